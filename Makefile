@@ -1,0 +1,42 @@
+# One entry per habit (STYLE.md item 15). Every target installs what it needs
+# through `deps`, which only acts when something is missing.
+SHELL   := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO      ?= go
+FUZZTIME ?= 10s
+# Packages whose tests also run under the race detector.
+RACE_PKGS := ./fastpath/... ./ipam/... ./control/...
+
+.PHONY: deps build test test-unit test-race fuzz lint generate check-generate clean
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	$(GO) build ./...
+
+## test: every test, privileged ones included (needs root), real redis-server,
+## the race detector on the concurrent packages, and each fuzz target briefly.
+test: deps lint check-generate test-unit test-race fuzz
+
+test-unit:
+	$(GO) test -count=1 -timeout 30m ./...
+
+test-race:
+	$(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
+
+fuzz:
+	@FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+## generate: rebuild the BPF objects with clang through bpf2go (output committed).
+generate: deps
+	$(GO) generate ./bpfprog/...
+
+## check-generate: fail when the committed bpf2go output is stale.
+check-generate: generate
+	@git diff --exit-code --stat -- bpfprog/ || { echo "bpfprog: committed bpf2go output is stale; run make generate and commit"; exit 1; }
