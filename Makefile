@@ -35,8 +35,9 @@ lint: deps
 
 ## generate: rebuild the BPF objects with clang through bpf2go (output committed).
 generate: deps
-	$(GO) generate ./bpfprog/...
+	$(GO) generate ./bpfprog/
 
 ## check-generate: fail when the committed bpf2go output is stale.
 check-generate: generate
 	@git diff --exit-code --stat -- bpfprog/ || { echo "bpfprog: committed bpf2go output is stale; run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- bpfprog/)" || { git status --porcelain -- bpfprog/; echo "bpfprog: generated files not committed"; exit 1; }
