@@ -1,0 +1,75 @@
+package xsk
+
+import "time"
+
+// Defaults for PollerConfig.
+const (
+	DefaultSpin        = 200 * time.Microsecond
+	DefaultPollTimeout = 100 * time.Millisecond
+)
+
+// PollerConfig tunes hybrid polling. Zero fields take the defaults.
+type PollerConfig struct {
+	// Spin is how long the worker keeps polling its rings (yielding between
+	// rounds) after the last round that found work, before it blocks in
+	// poll(2). DESIGN.md: ~200 µs keeps p99 low without burning an idle CPU.
+	Spin time.Duration
+	// Timeout bounds one blocking poll(2), so the worker notices shutdown
+	// even when nothing wakes it.
+	Timeout time.Duration
+	// Yield is what a spinning round does before it returns (default
+	// YieldGo). See YieldMode.
+	Yield YieldMode
+	// Pending, if set, is called after the poller has announced that it is
+	// going to sleep and before it blocks; returning true cancels the sleep.
+	// Use it to re-check work that arrives without an fd event, e.g. an SPSC
+	// ring filled by another worker that calls Notify: the announce/re-check
+	// here and the enqueue/check-sleeping in Notify are ordered by sequentially
+	// consistent atomics, so a wakeup cannot be lost.
+	Pending func() bool
+}
+
+func (c PollerConfig) withDefaults() PollerConfig {
+	if c.Spin <= 0 {
+		c.Spin = DefaultSpin
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = DefaultPollTimeout
+	}
+	return c
+}
+
+// YieldMode is how a spinning worker yields between rounds.
+type YieldMode uint8
+
+const (
+	// YieldGo calls runtime.Gosched (the default). On a goroutine locked to
+	// its thread — a worker — Gosched hands the P to another thread and
+	// sleeps on a futex until it is handed back: ~27 µs per yield measured on
+	// this machine's kind (0.13 µs unlocked). That pause works as adaptive
+	// batching (more packets per sendto) and frees the P and the CPU for
+	// other goroutines and processes; BenchmarkXSKEcho measured it best:
+	// flood echo 104–134 kpps with 0 % loss, where YieldOS lost 2–43 % to a
+	// full RX ring and YieldNone varied 43–131 kpps.
+	YieldGo YieldMode = iota
+	// YieldOS calls sched_yield(2) (~1.3 µs): the CPU goes to any runnable
+	// thread, but the worker keeps its P.
+	YieldOS
+	// YieldNone spins without yielding (lowest latency; starves co-located
+	// applications on small machines: DESIGN.md measured p99 ≈ 5 ms).
+	YieldNone
+)
+
+// PollerStats counts what a Poller did; owned by the worker.
+type PollerStats struct {
+	Sleeps     uint64 // blocking poll(2) calls
+	Wakeups    uint64 // sleeps ended by an fd event or Notify (not by timeout)
+	Notified   uint64 // sleeps ended by Notify
+	Cancelled  uint64 // sleeps cancelled by Pending
+	PollErrors uint64 // poll(2) errors other than EINTR
+}
+
+// epoch is the base of the monotonic clock the poller reads.
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) }

@@ -1,0 +1,141 @@
+//go:build linux
+
+package xsk
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Poller implements hybrid polling for one worker: while rounds find work
+// the worker only yields (PollerConfig.Yield); after Spin without work it
+// blocks in poll(2) on its sockets' fds and an eventfd, for at most Timeout.
+// Busy polling received ~13x more packets per second than blocking per
+// batch, and pure busy polling starved applications on 2 cores (p99 ≈ 5 ms),
+// see DESIGN.md. Wait is for the owning worker only; Notify may be called
+// from any goroutine.
+type Poller struct {
+	cfg       PollerConfig
+	pfds      []unix.PollFd // [0] is the eventfd
+	efd       int
+	timeoutMs int
+	idleSince int64 // nanotime of the first idle round, 0 while working
+	sleeping  atomic.Bool
+	closed    bool
+	st        PollerStats
+}
+
+// NewPoller creates a poller with its wakeup eventfd.
+func NewPoller(cfg PollerConfig) (*Poller, error) {
+	cfg = cfg.withDefaults()
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return &Poller{
+		cfg:       cfg,
+		efd:       efd,
+		pfds:      []unix.PollFd{{Fd: int32(efd), Events: unix.POLLIN}},
+		timeoutMs: max(1, int(cfg.Timeout.Milliseconds())),
+	}, nil
+}
+
+// Add makes fd (a Socket's Fd) wake a sleeping Wait when it is readable.
+func (p *Poller) Add(fd int) {
+	p.pfds = append(p.pfds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+}
+
+// Stats returns the poller's counters. Worker side only.
+func (p *Poller) Stats() PollerStats { return p.st }
+
+// Wait is called by the worker after every round; didWork says whether the
+// round moved any packet. It returns at once (after yielding) while the
+// worker is busy or within Spin of its last work, and otherwise blocks until
+// a socket is readable, Notify is called, or Timeout passes; slept reports
+// whether it blocked. The worker checks its stop condition after every Wait.
+func (p *Poller) Wait(didWork bool) (slept bool, err error) {
+	if p.closed {
+		return false, ErrClosed
+	}
+	if didWork {
+		p.idleSince = 0
+		p.yield()
+		return false, nil
+	}
+	now := nanotime()
+	if p.idleSince == 0 {
+		p.idleSince = now
+	}
+	if now-p.idleSince < int64(p.cfg.Spin) {
+		p.yield()
+		return false, nil
+	}
+	p.sleeping.Store(true)
+	if p.cfg.Pending != nil && p.cfg.Pending() {
+		p.sleeping.Store(false)
+		p.st.Cancelled++
+		p.idleSince = 0
+		return false, nil
+	}
+	p.st.Sleeps++
+	n, err := unix.Poll(p.pfds, p.timeoutMs)
+	p.sleeping.Store(false)
+	if err != nil {
+		if errors.Is(err, unix.EINTR) {
+			return true, nil
+		}
+		p.st.PollErrors++
+		return true, fmt.Errorf("poll: %w", err)
+	}
+	if n > 0 {
+		p.st.Wakeups++
+		p.idleSince = 0 // something arrived: spin again
+		if p.pfds[0].Revents&unix.POLLIN != 0 {
+			p.st.Notified++
+			var buf [8]byte
+			unix.Read(p.efd, buf[:]) // drain; EAGAIN when raced is fine
+		}
+	}
+	return true, nil
+}
+
+func (p *Poller) yield() {
+	switch p.cfg.Yield {
+	case YieldGo:
+		runtime.Gosched()
+	case YieldOS:
+		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+	}
+}
+
+// Notify wakes the worker if it is sleeping in Wait (or about to). It is
+// safe for concurrent use and makes a system call only when the worker
+// sleeps.
+func (p *Poller) Notify() error {
+	if !p.sleeping.Load() {
+		return nil
+	}
+	one := uint64(1)
+	_, err := unix.Write(p.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	if err != nil && !errors.Is(err, unix.EAGAIN) {
+		return fmt.Errorf("eventfd write: %w", err)
+	}
+	return nil
+}
+
+// Close closes the eventfd. The sockets stay open; they belong to the worker.
+func (p *Poller) Close() error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if err := unix.Close(p.efd); err != nil {
+		return fmt.Errorf("close eventfd: %w", err)
+	}
+	return nil
+}
