@@ -1,0 +1,419 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// FlowKey is a packed 5-tuple: word 0 holds protocol, family and ports,
+// words 1–2 the source address, 3–4 the destination (IPv4 in the first 4
+// bytes). For ICMP echo both ports are the echo identifier.
+type FlowKey [5]uint64
+
+// MakeFlowKey packs a 5-tuple. src and dst must be of the same family.
+func MakeFlowKey(proto uint8, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) FlowKey {
+	var k FlowKey
+	fam := uint64(6)
+	if src.Is4() {
+		fam = 4
+		s, d := src.As4(), dst.As4()
+		k[1] = uint64(binary.BigEndian.Uint32(s[:])) << 32
+		k[3] = uint64(binary.BigEndian.Uint32(d[:])) << 32
+	} else {
+		s, d := src.As16(), dst.As16()
+		k[1], k[2] = binary.BigEndian.Uint64(s[:8]), binary.BigEndian.Uint64(s[8:])
+		k[3], k[4] = binary.BigEndian.Uint64(d[:8]), binary.BigEndian.Uint64(d[8:])
+	}
+	k[0] = uint64(proto) | fam<<8 | uint64(sport)<<16 | uint64(dport)<<32
+	return k
+}
+
+// flowKeyOf packs the 5-tuple of the packet p describes straight from its
+// bytes (the same key MakeFlowKey builds from p's fields).
+func flowKeyOf(pkt []byte, p *Parsed) FlowKey {
+	var k FlowKey
+	l3 := pkt[p.L3Off:]
+	fam := uint64(6)
+	if p.Version == 4 {
+		fam = 4
+		k[1] = uint64(binary.BigEndian.Uint32(l3[12:])) << 32
+		k[3] = uint64(binary.BigEndian.Uint32(l3[16:])) << 32
+	} else {
+		k[1], k[2] = binary.BigEndian.Uint64(l3[8:]), binary.BigEndian.Uint64(l3[16:])
+		k[3], k[4] = binary.BigEndian.Uint64(l3[24:]), binary.BigEndian.Uint64(l3[32:])
+	}
+	k[0] = uint64(p.Proto) | fam<<8 | uint64(p.SrcPort)<<16 | uint64(p.DstPort)<<32
+	return k
+}
+
+// Dst returns the key's destination address.
+func (k *FlowKey) Dst() netip.Addr { return keyAddr(k[0], k[3], k[4]) }
+
+func keyAddr(w0, hi, lo uint64) netip.Addr {
+	if (w0>>8)&0xff == 4 {
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], uint32(hi>>32))
+		return netip.AddrFrom4(a)
+	}
+	var a [16]byte
+	binary.BigEndian.PutUint64(a[:8], hi)
+	binary.BigEndian.PutUint64(a[8:], lo)
+	return netip.AddrFrom16(a)
+}
+
+// Hash is the flow hash (deterministic: it also picks the tunnel UDP
+// source port and the IPv6 flow label, which peers' RSS spreads on).
+func (k *FlowKey) Hash() uint32 {
+	// Five independent multiplies (they pipeline), then a finalizer.
+	h := k[0]*0x9E3779B97F4A7C15 + k[1]*0xbf58476d1ce4e5b9 + k[2]*0x94d049bb133111eb +
+		k[3]*0xff51afd7ed558ccd + k[4]*0xc4ceb9fe1a85ec53
+	h ^= h >> 31
+	h *= 0xd6e8feb86659fd93
+	h ^= h >> 32
+	return uint32(h)
+}
+
+// FlowConfig configures a FlowTable.
+type FlowConfig struct {
+	Capacity  int           // maximum flows (default 65536)
+	TCPIdle   time.Duration // idle expiry of TCP flows (default 10 min)
+	UDPIdle   time.Duration // default 60 s
+	ICMPIdle  time.Duration // ICMP and ICMPv6 echo (default 30 s)
+	OtherIdle time.Duration // any other protocol (default 60 s; unused today)
+}
+
+// DefaultFlowConfig: 65536 flows, TCP 10 min, UDP 60 s, ICMP 30 s.
+func DefaultFlowConfig() FlowConfig {
+	return FlowConfig{Capacity: 1 << 16, TCPIdle: 10 * time.Minute, UDPIdle: time.Minute, ICMPIdle: 30 * time.Second, OtherIdle: time.Minute}
+}
+
+// flowRec is one flow. Every field a reader touches is atomic: readers run
+// a per-record seqlock (seq odd while a writer changes the record), so a
+// reader never blocks and the race detector sees no plain shared access.
+type flowRec struct {
+	seq   atomic.Uint32
+	inst  atomic.Uint32 // instance number within the service
+	nextF atomic.Uint32 // next record in the forward chain (index+1; 0 ends)
+	nextR atomic.Uint32 // next record in the reverse chain
+	last  atomic.Int64  // last use, coarse monotonic ns
+	fwd   [5]atomic.Uint64
+	rev   [5]atomic.Uint64
+	// Written and read by writers only (under FlowTable.mu).
+	used   bool
+	bf, br uint32  // bucket indexes
+	_      [8]byte // pad to 128 bytes: a lookup touches one cache line (seq … fwd)
+}
+
+// FlowTable maps forward keys (client nsIP → service IP) and reverse keys
+// (server instance IP → client nsIP) to the flow's chosen instance number.
+// It is shared by all workers.
+//
+// Lookups are lock-free and never block: chained hash buckets over a fixed
+// slab of records, each record under a seqlock, plus a table-wide write
+// generation. A lookup never returns a wrong flow; one that misses while a
+// writer was active walks again (up to lookupTries), so a false miss needs
+// a writer to interfere three times in a row. Even then, egress takes the
+// insert path, which re-checks under the writer lock (no duplicate flow);
+// on ingress the reply would pass untranslated. Writers (insert, rebind,
+// sweep) serialize on one mutex; they run once per new flow, not per
+// packet.
+//
+// Capacity is fixed at creation: when every record is in use Insert fails
+// and the packet is dropped as ReasonFlowTableFull (no eviction of live
+// flows: a flood of new flows cannot break established ones). The sweeper
+// frees idle flows.
+//
+// Reverse keys of two flows can collide when one client socket talks to two
+// service IPs that picked the same instance; the newest flow wins on ingress.
+type FlowTable struct {
+	cfg   FlowConfig
+	idle  [256]int64 // idle ns per protocol
+	mask  uint32
+	bktF  []atomic.Uint32 // forward chain heads (index+1)
+	bktR  []atomic.Uint32
+	recs  []flowRec
+	mu    sync.Mutex // guards free, used/bf/br of records, all writes
+	free  []uint32
+	count atomic.Int64
+	// gen is odd while a writer changes chains or records and advances by
+	// two per change: a lookup that missed while gen moved walks again.
+	gen   atomic.Uint64
+	sweep int // next record the sweeper looks at (guarded by mu)
+}
+
+// lookupTries bounds how often a lock-free lookup walks again after it
+// missed while a writer was active (gen changed): with it a false miss
+// needs a writer to interfere with three walks in a row.
+const lookupTries = 3
+
+// maxChain bounds a lock-free chain walk (a walk racing with record reuse
+// could otherwise wander); exceeding it is a miss.
+const maxChain = 64
+
+// touchGranularity limits how often lookups store the last-use time (keeps
+// the record's cache line from bouncing between workers).
+const touchGranularity = int64(250 * time.Millisecond)
+
+// NewFlowTable allocates a table for cfg.Capacity flows (zero fields take
+// DefaultFlowConfig's values).
+func NewFlowTable(cfg FlowConfig) *FlowTable {
+	d := DefaultFlowConfig()
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = d.Capacity
+	}
+	if cfg.TCPIdle <= 0 {
+		cfg.TCPIdle = d.TCPIdle
+	}
+	if cfg.UDPIdle <= 0 {
+		cfg.UDPIdle = d.UDPIdle
+	}
+	if cfg.ICMPIdle <= 0 {
+		cfg.ICMPIdle = d.ICMPIdle
+	}
+	if cfg.OtherIdle <= 0 {
+		cfg.OtherIdle = d.OtherIdle
+	}
+	nb := 1
+	for nb < cfg.Capacity {
+		nb <<= 1
+	}
+	ft := &FlowTable{
+		cfg:  cfg,
+		mask: uint32(nb - 1),
+		bktF: make([]atomic.Uint32, nb),
+		bktR: make([]atomic.Uint32, nb),
+		recs: make([]flowRec, cfg.Capacity),
+		free: make([]uint32, cfg.Capacity),
+	}
+	for i := range ft.idle {
+		ft.idle[i] = int64(cfg.OtherIdle)
+	}
+	ft.idle[ProtoTCP] = int64(cfg.TCPIdle)
+	ft.idle[ProtoUDP] = int64(cfg.UDPIdle)
+	ft.idle[ProtoICMP] = int64(cfg.ICMPIdle)
+	ft.idle[ProtoICMPv6] = int64(cfg.ICMPIdle)
+	for i := range ft.free {
+		ft.free[i] = uint32(cfg.Capacity - 1 - i)
+	}
+	return ft
+}
+
+// Len returns the number of live flows.
+func (ft *FlowTable) Len() int { return int(ft.count.Load()) }
+
+// Capacity returns the maximum number of flows.
+func (ft *FlowTable) Capacity() int { return len(ft.recs) }
+
+func keyEq(a *[5]atomic.Uint64, k *FlowKey) bool {
+	return a[0].Load() == k[0] && a[1].Load() == k[1] && a[2].Load() == k[2] &&
+		a[3].Load() == k[3] && a[4].Load() == k[4]
+}
+
+// FlowRef identifies a record found by a lookup, for Rebind.
+type FlowRef struct {
+	idx uint32
+	seq uint32
+}
+
+// Lookup finds the flow with forward key k (hash = k.Hash()) and returns its
+// instance number. now refreshes the flow's idle timer.
+func (ft *FlowTable) Lookup(k *FlowKey, hash uint32, now int64) (inst uint32, ref FlowRef, ok bool) {
+	for try := 0; try < lookupTries; try++ {
+		g := ft.gen.Load()
+		i := ft.bktF[hash&ft.mask].Load()
+		for n := 0; i != 0 && n < maxChain; n++ {
+			r := &ft.recs[i-1]
+			s := r.seq.Load()
+			if s&1 == 0 && keyEq(&r.fwd, k) {
+				inst = r.inst.Load()
+				if r.seq.Load() == s {
+					ft.touch(r, now)
+					return inst, FlowRef{idx: i - 1, seq: s}, true
+				}
+			}
+			i = r.nextF.Load()
+		}
+		if g&1 == 0 && ft.gen.Load() == g {
+			break // no writer ran during the walk: a true miss
+		}
+	}
+	return 0, FlowRef{}, false
+}
+
+// LookupReverse finds the flow with reverse key k (hash = k.Hash()) and
+// returns the destination of its forward key: the service IP the client
+// addressed.
+func (ft *FlowTable) LookupReverse(k *FlowKey, hash uint32, now int64) (svcIP netip.Addr, ok bool) {
+	for try := 0; try < lookupTries; try++ {
+		g := ft.gen.Load()
+		i := ft.bktR[hash&ft.mask].Load()
+		for n := 0; i != 0 && n < maxChain; n++ {
+			r := &ft.recs[i-1]
+			s := r.seq.Load()
+			if s&1 == 0 && keyEq(&r.rev, k) {
+				w0, hi, lo := r.fwd[0].Load(), r.fwd[3].Load(), r.fwd[4].Load()
+				if r.seq.Load() == s {
+					ft.touch(r, now)
+					return keyAddr(w0, hi, lo), true
+				}
+			}
+			i = r.nextR.Load()
+		}
+		if g&1 == 0 && ft.gen.Load() == g {
+			break
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (ft *FlowTable) touch(r *flowRec, now int64) {
+	if now-r.last.Load() > touchGranularity {
+		r.last.Store(now)
+	}
+}
+
+// lookupLocked is the authoritative forward lookup (writers only).
+func (ft *FlowTable) lookupLocked(k *FlowKey, hash uint32) (uint32, bool) {
+	for i := ft.bktF[hash&ft.mask].Load(); i != 0; i = ft.recs[i-1].nextF.Load() {
+		if keyEq(&ft.recs[i-1].fwd, k) {
+			return i - 1, true
+		}
+	}
+	return 0, false
+}
+
+// Insert adds a flow, unless one with the same forward key exists already
+// (another worker won the race): then it returns that flow's instance
+// number. ok is false when the table is full.
+func (ft *FlowTable) Insert(fwd *FlowKey, fwdHash uint32, rev *FlowKey, inst uint32, now int64) (got uint32, ok bool) {
+	revHash := rev.Hash()
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	if idx, found := ft.lookupLocked(fwd, fwdHash); found {
+		return ft.recs[idx].inst.Load(), true
+	}
+	if len(ft.free) == 0 {
+		return 0, false
+	}
+	ft.gen.Add(1)
+	defer ft.gen.Add(1)
+	idx := ft.free[len(ft.free)-1]
+	ft.free = ft.free[:len(ft.free)-1]
+	r := &ft.recs[idx]
+	s := r.seq.Load()
+	r.seq.Store(s + 1)
+	for j := range r.fwd {
+		r.fwd[j].Store(fwd[j])
+		r.rev[j].Store(rev[j])
+	}
+	r.inst.Store(inst)
+	r.last.Store(now)
+	r.used = true
+	r.bf, r.br = fwdHash&ft.mask, revHash&ft.mask
+	r.nextF.Store(ft.bktF[r.bf].Load())
+	r.nextR.Store(ft.bktR[r.br].Load())
+	r.seq.Store(s + 2)
+	ft.bktF[r.bf].Store(idx + 1)
+	ft.bktR[r.br].Store(idx + 1)
+	ft.count.Add(1)
+	return inst, true
+}
+
+// Rebind changes the instance of the flow found as ref (its instance
+// vanished and the policy chose again) and its reverse key. It is a no-op
+// if the record changed since the lookup.
+func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
+	revHash := rev.Hash()
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	r := &ft.recs[ref.idx]
+	if !r.used || r.seq.Load() != ref.seq {
+		return
+	}
+	ft.gen.Add(1)
+	defer ft.gen.Add(1)
+	ft.unlinkLocked(ref.idx, false)
+	r.seq.Store(ref.seq + 1)
+	for j := range r.rev {
+		r.rev[j].Store(rev[j])
+	}
+	r.inst.Store(inst)
+	r.br = revHash & ft.mask
+	r.nextR.Store(ft.bktR[r.br].Load())
+	r.seq.Store(ref.seq + 2)
+	ft.bktR[r.br].Store(ref.idx + 1)
+}
+
+// unlinkLocked removes record idx from its reverse chain, and from its
+// forward chain too when both. The record's own next pointers stay, so a
+// reader standing on it continues along its old chain.
+func (ft *FlowTable) unlinkLocked(idx uint32, both bool) {
+	r := &ft.recs[idx]
+	unlink := func(head *atomic.Uint32, next func(*flowRec) *atomic.Uint32) {
+		if head.Load() == idx+1 {
+			head.Store(next(r).Load())
+			return
+		}
+		for i := head.Load(); i != 0; {
+			p := &ft.recs[i-1]
+			n := next(p).Load()
+			if n == idx+1 {
+				next(p).Store(next(r).Load())
+				return
+			}
+			i = n
+		}
+	}
+	unlink(&ft.bktR[r.br], func(x *flowRec) *atomic.Uint32 { return &x.nextR })
+	if both {
+		unlink(&ft.bktF[r.bf], func(x *flowRec) *atomic.Uint32 { return &x.nextF })
+	}
+}
+
+// Sweep removes flows idle longer than their protocol's timeout at now
+// (coarse monotonic ns, the same clock the workers pass in). It visits at
+// most budget records (≤ 0: all), resuming where the previous call
+// stopped, and takes the writer lock per chunk so inserts are not held up
+// for long. It returns the number of flows removed.
+func (ft *FlowTable) Sweep(now int64, budget int) int {
+	if budget <= 0 || budget > len(ft.recs) {
+		budget = len(ft.recs)
+	}
+	removed := 0
+	const chunk = 4096
+	for budget > 0 {
+		n := min(chunk, budget)
+		budget -= n
+		ft.mu.Lock()
+		for ; n > 0; n-- {
+			idx := uint32(ft.sweep)
+			ft.sweep++
+			if ft.sweep == len(ft.recs) {
+				ft.sweep = 0
+			}
+			r := &ft.recs[idx]
+			if !r.used || now-r.last.Load() <= ft.idle[uint8(r.fwd[0].Load())] {
+				continue
+			}
+			ft.gen.Add(1)
+			ft.unlinkLocked(idx, true)
+			s := r.seq.Load()
+			r.seq.Store(s + 1)
+			for j := range r.fwd {
+				r.fwd[j].Store(0)
+				r.rev[j].Store(0)
+			}
+			r.seq.Store(s + 2)
+			r.used = false
+			ft.gen.Add(1)
+			ft.free = append(ft.free, idx)
+			ft.count.Add(-1)
+			removed++
+		}
+		ft.mu.Unlock()
+	}
+	return removed
+}

@@ -1,0 +1,248 @@
+package fastpath
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+func fkey(i int) (FlowKey, FlowKey) {
+	c := netip.AddrFrom4([4]byte{10, 18, byte(i >> 16), byte(i >> 8)})
+	s := a4("10.30.0.1")
+	sp := uint16(i)
+	f := MakeFlowKey(ProtoUDP, c, sp, s, 53)
+	r := MakeFlowKey(ProtoUDP, a4("10.30.0.9"), 53, c, sp)
+	return f, r
+}
+
+func TestFlowRecLayout(t *testing.T) {
+	if s := unsafe.Sizeof(flowRec{}); s != 128 {
+		t.Fatalf("flowRec is %d bytes, want 128", s)
+	}
+	if o := unsafe.Offsetof(flowRec{}.fwd); o+40 > 64 {
+		t.Fatalf("forward key ends at %d, beyond the first cache line", o+40)
+	}
+}
+
+func TestFlowTableBasics(t *testing.T) {
+	ft := NewFlowTable(FlowConfig{Capacity: 100, UDPIdle: time.Second, TCPIdle: time.Hour})
+	for i := range 100 {
+		f, r := fkey(i)
+		if got, ok := ft.Insert(&f, f.Hash(), &r, uint32(i), 0); !ok || got != uint32(i) {
+			t.Fatalf("insert %d: %d %v", i, got, ok)
+		}
+	}
+	f, r := fkey(100)
+	if _, ok := ft.Insert(&f, f.Hash(), &r, 1, 0); ok {
+		t.Fatal("insert beyond capacity succeeded")
+	}
+	f, r = fkey(5)
+	if got, _ := ft.Insert(&f, f.Hash(), &r, 77, 0); got != 5 {
+		t.Fatalf("duplicate insert returned %d, want the existing 5", got)
+	}
+	for i := range 100 {
+		f, r := fkey(i)
+		if inst, _, ok := ft.Lookup(&f, f.Hash(), 0); !ok || inst != uint32(i) {
+			t.Fatalf("lookup %d: %d %v", i, inst, ok)
+		}
+		if svc, ok := ft.LookupReverse(&r, r.Hash(), 0); !ok || svc != a4("10.30.0.1") {
+			t.Fatalf("reverse %d: %v %v", i, svc, ok)
+		}
+	}
+	// Keep flow 7 alive, let the rest expire.
+	f7, _ := fkey(7)
+	ft.Lookup(&f7, f7.Hash(), int64(900*time.Millisecond))
+	if n := ft.Sweep(int64(1500*time.Millisecond), 0); n != 99 || ft.Len() != 1 {
+		t.Fatalf("sweep removed %d, left %d", n, ft.Len())
+	}
+	if _, _, ok := ft.Lookup(&f7, f7.Hash(), 0); !ok {
+		t.Fatal("live flow swept")
+	}
+	f, r = fkey(3)
+	if _, _, ok := ft.Lookup(&f, f.Hash(), 0); ok {
+		t.Fatal("expired flow found")
+	}
+	if _, ok := ft.LookupReverse(&r, r.Hash(), 0); ok {
+		t.Fatal("expired reverse found")
+	}
+	// Rebind moves the reverse key.
+	f, r = fkey(200)
+	ft.Insert(&f, f.Hash(), &r, 1, 0)
+	_, ref, _ := ft.Lookup(&f, f.Hash(), 0)
+	r2 := MakeFlowKey(ProtoUDP, a4("10.30.0.8"), 53, a4("10.18.0.2"), 1)
+	ft.Rebind(ref, &r2, 2)
+	if inst, _, _ := ft.Lookup(&f, f.Hash(), 0); inst != 2 {
+		t.Fatalf("rebind: inst %d", inst)
+	}
+	if _, ok := ft.LookupReverse(&r, r.Hash(), 0); ok {
+		t.Fatal("old reverse key still found")
+	}
+	if _, ok := ft.LookupReverse(&r2, r2.Hash(), 0); !ok {
+		t.Fatal("new reverse key not found")
+	}
+}
+
+// TestConcurrentRace runs workers translating (egress and ingress) while
+// the table is swapped and a sweeper expires flows. Run with -race.
+func TestConcurrentRace(t *testing.T) {
+	base := multiBuilder(4)
+	tb0, err := base.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h TableHolder
+	h.Swap(tb0)
+	ft := NewFlowTable(FlowConfig{Capacity: 512, UDPIdle: time.Millisecond})
+	p := NewProcessor(&h, ft)
+	var now atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // control plane: swap tables, migrating instances
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b := multiBuilder(0)
+			b.Neighbors[nodeC.Addr()] = macB
+			for j := range 2 + i%5 {
+				node := nodeB
+				if (i+j)%3 == 0 {
+					node = nodeC
+				}
+				b.Instances = append(b.Instances, mInst(j, node, i%2))
+			}
+			b.Prev = h.Load()
+			tb, err := b.Build()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			h.Swap(tb)
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	go func() { // sweeper
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			now.Add(int64(time.Millisecond))
+			ft.Sweep(now.Load(), 256)
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
+	const workers, rounds = 4, 300
+	var wwg sync.WaitGroup
+	for w := range workers {
+		wwg.Add(1)
+		go func() {
+			defer wwg.Done()
+			ctx := NewWorkerCtx()
+			frames := make([]Frame, 16)
+			out := make([]Verdict, 16)
+			for r := range rounds {
+				ctx.Now = now.Load()
+				for i := range frames {
+					sp := uint16(w*1000 + (r*16+i)%700)
+					frames[i] = inFrame(fromCli(udpPkt(cli4, a4("10.30.3.1"), sp, 53, ipo{})))
+				}
+				p.Egress(ctx, 1, frames, out)
+				for i := range out {
+					switch {
+					case out[i].Action == ActTxUplink, out[i].Action == ActSlowPath && out[i].Reason == ReasonNoNeighbor:
+					case out[i].Action == ActDrop && (out[i].Reason == ReasonFlowTableFull || out[i].Reason == ReasonNoInstance):
+					default:
+						t.Errorf("egress verdict %v/%v", out[i].Action, out[i].Reason)
+						return
+					}
+				}
+				for i := range frames {
+					frames[i] = inFrame(fromB(udpPkt(netip.AddrFrom4([4]byte{10, 30, 4, byte(i % 4)}), cli4, 53, uint16(w*1000+i), ipo{})))
+				}
+				p.Ingress(ctx, frames, out)
+				for i := range out {
+					if out[i].Action != ActTxPort {
+						t.Errorf("ingress verdict %v/%v", out[i].Action, out[i].Reason)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wwg.Wait()
+	close(stop)
+	wg.Wait()
+}
+
+func TestFlowKeyOf(t *testing.T) {
+	for _, b := range [][]byte{udpPkt(cli4, svcR4, 1, 2, ipo{}), tcpPkt(cli6, svcR6, 3, 4), echoPkt(cli6, svcR6, false, 5)} {
+		var p Parsed
+		if r := p.DecodeIP(b, 0); r != ReasonNone {
+			t.Fatal(r)
+		}
+		if flowKeyOf(b, &p) != MakeFlowKey(p.Proto, p.Src, p.SrcPort, p.Dst, p.DstPort) {
+			t.Fatalf("flowKeyOf differs for %v", p.Dst)
+		}
+	}
+}
+
+// TestFlowLookupUnderChurn: lock-free lookups of stable flows never miss
+// while a writer inserts and sweeps other flows sharing their chains.
+func TestFlowLookupUnderChurn(t *testing.T) {
+	ft := NewFlowTable(FlowConfig{Capacity: 256, UDPIdle: time.Nanosecond})
+	const stable = 64
+	for i := range stable {
+		f, r := fkey(i)
+		ft.Insert(&f, f.Hash(), &r, uint32(i), 1<<62) // far future: never idle
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for j := range 150 {
+				f, r := fkey(1000 + (n*150+j)%5000)
+				ft.Insert(&f, f.Hash(), &r, 9, 0)
+			}
+			ft.Sweep(1<<40, 0) // removes only churn flows (last use 0)
+		}
+	}()
+	var wg sync.WaitGroup
+	var misses atomic.Int64
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range 100000 {
+				f, r := fkey(n % stable)
+				if inst, _, ok := ft.Lookup(&f, f.Hash(), 1<<62); !ok || inst != uint32(n%stable) {
+					misses.Add(1)
+				}
+				if _, ok := ft.LookupReverse(&r, r.Hash(), 1<<62); !ok {
+					misses.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-done
+	if m := misses.Load(); m != 0 {
+		t.Fatalf("%d false misses", m)
+	}
+}

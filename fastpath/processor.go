@@ -1,0 +1,543 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+)
+
+// Processor is the per-packet logic of a node. It is safe for concurrent
+// use by any number of workers, each with its own WorkerCtx.
+type Processor struct {
+	tables *TableHolder
+	flows  *FlowTable
+}
+
+// NewProcessor returns a processor reading snapshots from tables and
+// sharing flows between workers.
+func NewProcessor(tables *TableHolder, flows *FlowTable) *Processor {
+	return &Processor{tables: tables, flows: flows}
+}
+
+// Flows returns the shared flow table (for the sweeper and metrics).
+func (p *Processor) Flows() *FlowTable { return p.flows }
+
+// WorkerCtx is one worker's private state: counters and scratch. It must
+// not be shared by goroutines, except Stats, which any goroutine may call.
+type WorkerCtx struct {
+	// Now is a coarse monotonic clock in nanoseconds, set by the worker
+	// once per batch (flow idle timers, fragment cache expiry).
+	Now int64
+
+	pp, q, e Parsed
+	fragOut  fragCache
+	fragIn   fragCache
+	counters counters
+}
+
+// NewWorkerCtx returns a fresh worker context.
+func NewWorkerCtx() *WorkerCtx { return new(WorkerCtx) }
+
+// Stats adds this worker's counters as of its last finished batch into s.
+// Any goroutine may call it.
+func (c *WorkerCtx) Stats(s *Stats) {
+	for i := range s.Drops {
+		s.Drops[i] += c.counters.pubD[i].Load()
+	}
+	for i := range s.Events {
+		s.Events[i] += c.counters.pubE[i].Load()
+	}
+}
+
+func (c *WorkerCtx) ev(e Event) { c.counters.events[e]++ }
+
+func (c *WorkerCtx) drop(v *Verdict, r DropReason) {
+	v.Action, v.Reason = ActDrop, r
+	c.counters.drops[r]++
+}
+
+func (c *WorkerCtx) slow(v *Verdict, r DropReason) {
+	v.Action, v.Reason = ActSlowPath, r
+	c.counters.drops[r]++
+	c.counters.events[EvEgressSlowPath]++
+}
+
+// Egress processes a batch of frames received from local container port in
+// and writes one verdict per frame into out (len(out) ≥ len(frames)). It
+// rewrites frames in place and may write in front of Frame.Off (up to 14
+// + 48 bytes of headroom for the tunnel headers). The table snapshot is
+// loaded once per batch.
+func (p *Processor) Egress(ctx *WorkerCtx, in PortID, frames []Frame, out []Verdict) {
+	t := p.tables.Load()
+	var port *LocalPort
+	if t != nil {
+		port = t.Port(in)
+	}
+	out = out[:len(frames)]
+	for i := range frames {
+		out[i] = Verdict{Off: frames[i].Off, Len: frames[i].Len, Port: in}
+		if port == nil {
+			ctx.drop(&out[i], ReasonUnknownPort)
+			continue
+		}
+		p.egress(ctx, t, port, &frames[i], &out[i])
+	}
+	ctx.counters.publish()
+}
+
+// Ingress processes a batch of frames received from the uplink (outer
+// Ethernet/IP/UDP) and writes one verdict per frame into out.
+// Decapsulation moves Off forward to a fresh Ethernet header in front of
+// the inner packet.
+func (p *Processor) Ingress(ctx *WorkerCtx, frames []Frame, out []Verdict) {
+	t := p.tables.Load()
+	out = out[:len(frames)]
+	for i := range frames {
+		out[i] = Verdict{Off: frames[i].Off, Len: frames[i].Len}
+		if t == nil {
+			out[i].Action = ActPass
+			continue
+		}
+		p.ingress(ctx, t, &frames[i], &out[i])
+	}
+	ctx.counters.publish()
+}
+
+func frameBytes(f *Frame) ([]byte, bool) {
+	if f.Off < 0 || f.Len < 0 || f.Off > len(f.Buf) || f.Len > len(f.Buf)-f.Off {
+		return nil, false
+	}
+	return f.Buf[f.Off : f.Off+f.Len], true
+}
+
+func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, v *Verdict) {
+	pkt, ok := frameBytes(f)
+	if !ok {
+		ctx.drop(v, ReasonTruncatedEth)
+		return
+	}
+	pp := &ctx.pp
+	if r := pp.Decode(pkt); r != ReasonNone {
+		if r == ReasonNotIP {
+			v.Action = ActPass
+			ctx.ev(EvEgressPass)
+			return
+		}
+		ctx.drop(v, r)
+		return
+	}
+	if !t.inService(pp.Dst) {
+		v.Action = ActPass
+		ctx.ev(EvEgressPass)
+		return
+	}
+	own, self := port.NS4, port.Inst4
+	if pp.Version == 6 {
+		own, self = port.NS6, port.Inst6
+	}
+	if !own.IsValid() || pp.Src != own {
+		ctx.drop(v, ReasonSpoofed)
+		return
+	}
+	if !self.IsValid() {
+		ctx.drop(v, ReasonNoFamily)
+		return
+	}
+	e, ok := t.addrs.get(pp.Dst)
+	if !ok {
+		ctx.slow(v, ReasonUnknownService)
+		return
+	}
+	var ii int32
+	var hash uint32
+	if e.kind == addrInstance {
+		ii = e.idx
+		k := MakeFlowKey(pp.Proto, pp.Src, pp.SrcPort, pp.Dst, pp.DstPort)
+		if pp.Frag != FragNone {
+			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
+		}
+		hash = k.Hash()
+	} else {
+		svc := &t.Services[e.idx]
+		switch {
+		case pp.Frag == FragLater:
+			fe := ctx.fragOut.get(pp, ctx.Now)
+			if fe == nil {
+				ctx.drop(v, ReasonFragUnknown)
+				return
+			}
+			if ii = t.instanceByNumber(svc, fe.inst); ii < 0 {
+				ctx.drop(v, ReasonFragUnknown)
+				return
+			}
+			hash = fe.hash
+			ctx.ev(EvFragTranslated)
+		case !pp.HasPorts || pp.isICMPError():
+			ctx.drop(v, ReasonUnsupportedProto)
+			return
+		default:
+			var r DropReason
+			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, port, pkt, pp); r != ReasonNone {
+				ctx.drop(v, r)
+				return
+			}
+			if pp.Frag == FragFirst {
+				ctx.fragOut.put(pp, t.Instances[ii].Number, netip.Addr{}, hash, ctx.Now)
+			}
+		}
+	}
+	inst := &t.Instances[ii]
+	ns := inst.NS4
+	if pp.Version == 6 {
+		ns = inst.NS6
+	}
+	if !ns.IsValid() {
+		ctx.drop(v, ReasonNoFamily)
+		return
+	}
+	full := port.Csum == CsumRecompute
+	if inst.Local {
+		dp := t.Port(inst.Port)
+		if dp == nil {
+			ctx.drop(v, ReasonUnknownPort)
+			return
+		}
+		translateEgress(ctx, pkt, pp, self, ns, full)
+		start, end, ver := pp.L3Off-EthernetLen, pp.End, pp.Version
+		// Both ends are here: the reply direction of a local flow is also
+		// un-translated here (what ingress does for remote servers).
+		if q := &ctx.q; q.decodeIP(pkt[:end], pp.L3Off, false, 0) == ReasonNone {
+			p.untranslate(ctx, pkt[:end], q)
+		}
+		writeEth(pkt[start:], dp.ContainerMAC, dp.HostMAC, ver)
+		v.Action, v.Port = ActTxPort, inst.Port
+		v.Off, v.Len = f.Off+start, end-start
+		ctx.ev(EvEgressLocal)
+		return
+	}
+	ipLen := pp.End - pp.L3Off
+	if ipLen > t.maxIP {
+		p.tooBig(ctx, t, port, f, pkt, v)
+		return
+	}
+	if inst.Node.Addr().Is4() != t.node4 {
+		ctx.drop(v, ReasonNodeFamily)
+		return
+	}
+	hdr := EthernetLen + outerOverhead4
+	if !t.node4 {
+		hdr = EthernetLen + outerOverhead6
+	}
+	start := f.Off + pp.L3Off - hdr
+	if start < 0 {
+		ctx.drop(v, ReasonNoHeadroom)
+		return
+	}
+	translateEgress(ctx, pkt, pp, self, ns, full)
+	encap(f.Buf[start:start+hdr+ipLen], t, inst, hash)
+	v.Off, v.Len = start, hdr+ipLen
+	if !inst.hasMAC {
+		ctx.slow(v, ReasonNoNeighbor)
+		return
+	}
+	v.Action = ActTxUplink
+	ctx.ev(EvEgressRemote)
+}
+
+// resolve finds or creates the flow of a packet to a service IP.
+func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, port *LocalPort, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
+	key := flowKeyOf(pkt, pp)
+	h := key.Hash()
+	num, ref, found := p.flows.Lookup(&key, h, ctx.Now)
+	if found {
+		if ii := t.instanceByNumber(svc, num); ii >= 0 {
+			return ii, h, ReasonNone
+		}
+	}
+	ii, ok := t.policies[pol].Pick(t, svc, &svc.policy[pol], port, h)
+	if !ok {
+		return 0, 0, ReasonNoInstance
+	}
+	inst := &t.Instances[ii]
+	iip := inst.IP4
+	if pp.Version == 6 {
+		iip = inst.IP6
+	}
+	if !iip.IsValid() {
+		return 0, 0, ReasonNoFamily
+	}
+	rev := MakeFlowKey(pp.Proto, iip, pp.DstPort, pp.Src, pp.SrcPort)
+	if found {
+		p.flows.Rebind(ref, &rev, inst.Number)
+		ctx.ev(EvFlowRechosen)
+		return ii, h, ReasonNone
+	}
+	got, ok := p.flows.Insert(&key, h, &rev, inst.Number, ctx.Now)
+	if !ok {
+		return 0, 0, ReasonFlowTableFull
+	}
+	if got != inst.Number {
+		// Another worker created the flow first: follow its choice.
+		if gi := t.instanceByNumber(svc, got); gi >= 0 {
+			return gi, h, ReasonNone
+		}
+	} else {
+		ctx.ev(EvFlowNew)
+	}
+	return ii, h, ReasonNone
+}
+
+// translateEgress rewrites the addresses; for an ICMP error it also
+// rewrites the quoted packet's addresses as the mirror image (the quoted
+// packet travelled the other way: its source was our destination and its
+// destination our source) and recomputes the ICMP checksum.
+func translateEgress(ctx *WorkerCtx, pkt []byte, pp *Parsed, src, dst netip.Addr, full bool) {
+	isErr := pp.isICMPError() && pp.Frag == FragNone
+	oldSrc, oldDst := pp.Src, pp.Dst
+	rewriteAddrs(pkt, pp, src, dst, full)
+	if !isErr {
+		return
+	}
+	q := &ctx.q
+	if quoted(pkt, pp, q) != ReasonNone {
+		return // opaque quote: leave it
+	}
+	qs, qd := q.Src, q.Dst
+	if qs == oldDst {
+		qs = dst
+	}
+	if qd == oldSrc {
+		qd = src
+	}
+	rewriteAddrs(pkt, q, qs, qd, false)
+	icmpChecksum(pkt, pp)
+	ctx.ev(EvICMPErrorTranslated)
+}
+
+func writeEth(b []byte, dst, src [6]byte, version uint8) {
+	e := Ethernet(b[:EthernetLen])
+	e.SetDst(dst)
+	e.SetSrc(src)
+	if version == 4 {
+		e.SetType(EtherTypeIPv4)
+	} else {
+		e.SetType(EtherTypeIPv6)
+	}
+}
+
+// TunnelSourcePort maps a flow hash to the outer UDP source port (the
+// ephemeral range 49152–65535, RFC 6335).
+func TunnelSourcePort(hash uint32) uint16 { return 49152 | uint16(hash&0x3fff) }
+
+// encap writes Ethernet + outer IP + UDP headers at the start of b, in
+// front of the inner packet that fills the rest of b. Outer IPv4: DF set,
+// TTL 64, ID 0 (RFC 6864 allows any ID on atomic datagrams), UDP checksum
+// 0 (RFC 768). Outer IPv6: hop limit 64, flow label from the hash, UDP
+// checksum computed (RFC 8200 §8.1; RFC 6935's zero-checksum exception is
+// not used).
+func encap(b []byte, t *Table, inst *Instance, hash uint32) {
+	node := t.Node.Addr.Addr()
+	peer := inst.Node.Addr()
+	var v4 bool = node.Is4()
+	ipo := EthernetLen
+	var udp []byte
+	if v4 {
+		writeEth(b, inst.nodeMAC, t.Node.UplinkMAC, 4)
+		h := b[ipo : ipo+IPv4MinLen]
+		h[0], h[1] = 0x45, 0
+		binary.BigEndian.PutUint16(h[2:], uint16(len(b)-ipo))
+		binary.BigEndian.PutUint32(h[4:], ipv4FlagDF) // ID 0, DF
+		h[8], h[9] = 64, ProtoUDP
+		h[10], h[11] = 0, 0
+		putAddr(h[12:], node)
+		putAddr(h[16:], peer)
+		IPv4(h).SetChecksum(^fold64(uint64(inst.outerSum) + uint64(len(b)-ipo)))
+		udp = b[ipo+IPv4MinLen:]
+	} else {
+		writeEth(b, inst.nodeMAC, t.Node.UplinkMAC, 6)
+		h := b[ipo : ipo+IPv6Len]
+		binary.BigEndian.PutUint32(h[0:], 6<<28|hash&0xfffff)
+		binary.BigEndian.PutUint16(h[4:], uint16(len(b)-ipo-IPv6Len))
+		h[6], h[7] = ProtoUDP, 64
+		putAddr(h[8:], node)
+		putAddr(h[24:], peer)
+		udp = b[ipo+IPv6Len:]
+	}
+	binary.BigEndian.PutUint16(udp[0:], TunnelSourcePort(hash))
+	binary.BigEndian.PutUint16(udp[2:], inst.Node.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	udp[6], udp[7] = 0, 0
+	if !v4 {
+		h := b[ipo:]
+		cs := Checksum(udp, PseudoHeaderSum(ProtoUDP, h[8:24], h[24:40], len(udp)))
+		if cs == 0 {
+			cs = 0xffff
+		}
+		binary.BigEndian.PutUint16(udp[6:], cs)
+	}
+}
+
+// tooBig turns the frame into an ICMP "fragmentation needed" (IPv4, type 3
+// code 4, RFC 1191) or ICMPv6 "packet too big" (RFC 4443 §3.2) back to the
+// sending container, quoting the original (untranslated) packet, and sends
+// it back out of the port it came from. The error's source is the
+// packet's original destination. The advertised MTU is the underlay MTU
+// minus the tunnel overhead. No error is sent for IPv4 without DF (the
+// frame is dropped: we do not fragment), or about an ICMP error.
+func (p *Processor) tooBig(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, pkt []byte, v *Verdict) {
+	pp := &ctx.pp
+	if (pp.Version == 4 && !pp.DF) || pp.isICMPError() {
+		ctx.drop(v, ReasonTooBig)
+		return
+	}
+	hdr, limit := IPv4MinLen+ICMPMinLen, minIPv4ErrorQuoteTo
+	if pp.Version == 6 {
+		hdr, limit = IPv6Len+ICMPMinLen, minIPv6MTU
+	}
+	start := f.Off + pp.L3Off - hdr - EthernetLen
+	if start < 0 {
+		ctx.drop(v, ReasonNoHeadroom)
+		return
+	}
+	qlen := min(pp.End-pp.L3Off, limit-hdr)
+	ipLen := hdr + qlen
+	b := f.Buf[start : start+EthernetLen+ipLen]
+	src, dst := pp.Dst, pp.Src
+	writeEth(b, port.ContainerMAC, port.HostMAC, pp.Version)
+	ip := b[EthernetLen:]
+	if pp.Version == 4 {
+		h := ip[:IPv4MinLen]
+		h[0], h[1] = 0x45, 0
+		binary.BigEndian.PutUint16(h[2:], uint16(ipLen))
+		binary.BigEndian.PutUint32(h[4:], 0)
+		h[8], h[9], h[10], h[11] = 64, ProtoICMP, 0, 0
+		putAddr(h[12:], src)
+		putAddr(h[16:], dst)
+		IPv4(h).SetChecksum(IPv4HeaderChecksum(h))
+		m := ip[IPv4MinLen:]
+		m[0], m[1], m[2], m[3], m[4], m[5] = ICMPv4DestUnreach, ICMPv4FragNeeded, 0, 0, 0, 0
+		binary.BigEndian.PutUint16(m[6:], uint16(t.maxIP))
+		binary.BigEndian.PutUint16(m[2:], Checksum(m, 0))
+	} else {
+		h := ip[:IPv6Len]
+		binary.BigEndian.PutUint32(h[0:], 6<<28)
+		binary.BigEndian.PutUint16(h[4:], uint16(ipLen-IPv6Len))
+		h[6], h[7] = ProtoICMPv6, 64
+		putAddr(h[8:], src)
+		putAddr(h[24:], dst)
+		m := ip[IPv6Len:]
+		m[0], m[1], m[2], m[3] = ICMPv6PacketTooBig, 0, 0, 0
+		binary.BigEndian.PutUint32(m[4:], uint32(t.maxIP))
+		binary.BigEndian.PutUint16(m[2:], Checksum(m, PseudoHeaderSum(ProtoICMPv6, h[8:24], h[24:40], len(m))))
+	}
+	v.Action, v.Port = ActTxPort, port.ID
+	v.Off, v.Len = start, len(b)
+	ctx.ev(EvICMPTooBigSent)
+}
+
+func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
+	pkt, ok := frameBytes(f)
+	if !ok {
+		ctx.drop(v, ReasonTruncatedEth)
+		return
+	}
+	pp := &ctx.pp
+	if r := pp.Decode(pkt); r != ReasonNone {
+		if r == ReasonNotIP {
+			v.Action = ActPass
+			ctx.ev(EvIngressPass)
+			return
+		}
+		ctx.drop(v, r)
+		return
+	}
+	if pp.Proto != ProtoUDP || pp.Dst != t.Node.Addr.Addr() || pp.Frag == FragLater || pp.DstPort != t.Node.Addr.Port() {
+		v.Action = ActPass
+		ctx.ev(EvIngressPass)
+		return
+	}
+	if pp.Frag == FragFirst {
+		ctx.drop(v, ReasonOuterFragment)
+		return
+	}
+	if _, ok := t.peers.get(pp.Src); !ok {
+		ctx.drop(v, ReasonNonPeer)
+		return
+	}
+	innerOff := pp.L4Off + UDPLen
+	inner := pkt[:pp.L4Off+int(binary.BigEndian.Uint16(pkt[pp.L4Off+4:]))]
+	q := &ctx.q
+	if r := q.decodeIP(inner, innerOff, false, 0); r != ReasonNone {
+		ctx.drop(v, ReasonBadInner)
+		return
+	}
+	id, ok := t.localNS.get(q.Dst)
+	if !ok {
+		ctx.drop(v, ReasonNotLocal)
+		return
+	}
+	lp := t.Port(id)
+	p.untranslate(ctx, inner, q)
+	start := innerOff - EthernetLen
+	writeEth(pkt[start:], lp.ContainerMAC, lp.HostMAC, q.Version)
+	v.Action, v.Port = ActTxPort, id
+	v.Off, v.Len = f.Off+start, q.End-start
+	ctx.ev(EvIngressDelivered)
+}
+
+// untranslate restores the service IP as the source of a packet about to
+// be delivered to a local client when it is a reply on a flow this node
+// opened (reverse key), including ICMP errors about such a flow and later
+// fragments of a translated reply. Other packets are left unchanged.
+func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
+	switch {
+	case q.isICMPError() && q.Frag == FragNone:
+		p.untranslateICMPError(ctx, pkt, q)
+	case q.Frag == FragLater:
+		if fe := ctx.fragIn.get(q, ctx.Now); fe != nil {
+			rewriteAddrs(pkt, q, fe.addr, q.Dst, false)
+			ctx.ev(EvFragTranslated)
+			ctx.ev(EvIngressTranslated)
+		}
+	case q.HasPorts:
+		k := MakeFlowKey(q.Proto, q.Src, q.SrcPort, q.Dst, q.DstPort)
+		if svcIP, ok := p.flows.LookupReverse(&k, k.Hash(), ctx.Now); ok {
+			rewriteAddrs(pkt, q, svcIP, q.Dst, false)
+			if q.Frag == FragFirst {
+				ctx.fragIn.put(q, 0, svcIP, 0, ctx.Now)
+			}
+			ctx.ev(EvIngressTranslated)
+		}
+	}
+}
+
+// untranslateICMPError handles an ICMP error arriving for a local client:
+// if the quoted packet (client nsIP → server instance IP) belongs to a
+// flow this node opened, the quoted destination and the error's source
+// (when it is the server instance) become the service IP again.
+func (p *Processor) untranslateICMPError(ctx *WorkerCtx, pkt []byte, q *Parsed) {
+	e := &ctx.e
+	if quoted(pkt, q, e) != ReasonNone || !e.HasPorts {
+		return
+	}
+	k := MakeFlowKey(e.Proto, e.Dst, e.DstPort, e.Src, e.SrcPort)
+	svcIP, ok := p.flows.LookupReverse(&k, k.Hash(), ctx.Now)
+	if !ok {
+		return
+	}
+	server := e.Dst
+	rewriteAddrs(pkt, e, e.Src, svcIP, false)
+	if q.Src == server {
+		rewriteAddrs(pkt, q, svcIP, q.Dst, false)
+	}
+	icmpChecksum(pkt, q)
+	ctx.ev(EvICMPErrorTranslated)
+	ctx.ev(EvIngressTranslated)
+}
+
+var epoch = time.Now()
+
+// Monotonic returns nanoseconds on the monotonic clock since process start:
+// the clock workers put in WorkerCtx.Now once per batch and the sweeper
+// passes to FlowTable.Sweep.
+func Monotonic() int64 { return int64(time.Since(epoch)) }

@@ -1,0 +1,92 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// putAddr writes a at b (4 or 16 bytes by family).
+func putAddr(b []byte, a netip.Addr) {
+	if a.Is4() {
+		a4 := a.As4()
+		copy(b, a4[:])
+		return
+	}
+	a16 := a.As16()
+	copy(b, a16[:])
+}
+
+// rewriteAddrs replaces the addresses of the IP packet p describes inside
+// pkt with src and dst (same family), keeping checksums right: the IPv4
+// header checksum and the upper-layer checksum (pseudo-header) are updated
+// per RFC 1624; with full set, a TCP/UDP checksum of a non-fragmented
+// packet is recomputed instead (CHECKSUM_PARTIAL from containers). An IPv4
+// UDP checksum of 0 (none) stays 0; a computed 0 is sent as 0xffff
+// (RFC 768). Later fragments carry no upper-layer header: only the IPv4
+// header checksum changes. Checksum fields beyond a quoted packet's end are
+// left alone.
+func rewriteAddrs(pkt []byte, p *Parsed, src, dst netip.Addr, full bool) {
+	so, do, alen := p.L3Off+12, p.L3Off+16, 4
+	if p.Version == 6 {
+		so, do, alen = p.L3Off+8, p.L3Off+24, 16
+	}
+	var nb [16]byte
+	var delta uint64
+	if src != p.Src {
+		putAddr(nb[:], src)
+		delta += addrDelta(pkt[so:so+alen], nb[:alen])
+		copy(pkt[so:], nb[:alen])
+	}
+	if dst != p.Dst {
+		putAddr(nb[:], dst)
+		delta += addrDelta(pkt[do:do+alen], nb[:alen])
+		copy(pkt[do:], nb[:alen])
+	}
+	if p.Version == 4 {
+		h := IPv4(pkt[p.L3Off:])
+		h.SetChecksum(applyDelta(h.Checksum(), delta))
+	}
+	if p.Frag == FragLater {
+		return
+	}
+	co := csumOff(p.Proto, p.Version)
+	if co < 0 || p.Proto == ProtoICMP || p.L4Off+co+2 > p.End {
+		return // no checksum, no pseudo-header (ICMPv4), or cut off
+	}
+	cp := pkt[p.L4Off+co:]
+	cs := binary.BigEndian.Uint16(cp)
+	udp := p.Proto == ProtoUDP
+	if udp && cs == 0 && p.Version == 4 {
+		return
+	}
+	if full && p.Frag == FragNone && (udp || p.Proto == ProtoTCP) {
+		cp[0], cp[1] = 0, 0
+		l4 := pkt[p.L4Off:p.End]
+		cs = Checksum(l4, PseudoHeaderSum(p.Proto, pkt[so:so+alen], pkt[do:do+alen], len(l4)))
+	} else {
+		cs = applyDelta(cs, delta)
+	}
+	if udp && cs == 0 {
+		cs = 0xffff
+	}
+	binary.BigEndian.PutUint16(cp, cs)
+}
+
+// icmpChecksum recomputes the checksum of the ICMP message p describes.
+func icmpChecksum(pkt []byte, p *Parsed) {
+	m := pkt[p.L4Off:p.End]
+	m[2], m[3] = 0, 0
+	var init uint32
+	if p.Version == 6 {
+		init = PseudoHeaderSum(ProtoICMPv6, pkt[p.L3Off+8:p.L3Off+24], pkt[p.L3Off+24:p.L3Off+40], len(m))
+	}
+	binary.BigEndian.PutUint16(m[2:], Checksum(m, init))
+}
+
+// quoted decodes the packet quoted by the ICMP error p describes into q.
+func quoted(pkt []byte, p *Parsed, q *Parsed) DropReason {
+	if r := q.decodeIP(pkt[:p.End], p.L4Off+ICMPMinLen, true, p.Version); r != ReasonNone {
+		return ReasonBadEmbedded
+	}
+	return ReasonNone
+}

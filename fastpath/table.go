@@ -1,0 +1,383 @@
+package fastpath
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"sync/atomic"
+)
+
+// CsumMode says how a port's egress TCP/UDP checksums are maintained.
+type CsumMode uint8
+
+const (
+	// CsumRecompute (default) recomputes the full TCP/UDP checksum of
+	// packets from the container. Needed while the container's interface
+	// has TX checksum offload on: its packets carry CHECKSUM_PARTIAL values
+	// (only the pseudo-header sum), which an RFC 1624 update corrupts.
+	// First fragments are always updated incrementally (the rest of the
+	// datagram is not here; the kernel completes checksums before
+	// fragmenting). An IPv4 UDP checksum of 0 stays 0.
+	CsumRecompute CsumMode = iota
+	// CsumIncremental trusts the container's checksums and updates them
+	// per RFC 1624 (the NetManager turned TX offload off on the port).
+	CsumIncremental
+)
+
+// Location is a node's reported position in degrees.
+type Location struct{ Lat, Long float64 }
+
+// PolicyIP is one service IP pair of a service: the addresses whose use
+// selects Policy (a registered policy name).
+type PolicyIP struct {
+	Policy string
+	V4, V6 netip.Addr
+}
+
+// ServiceSpec describes a service ("job").
+type ServiceSpec struct {
+	Job string
+	IPs []PolicyIP
+}
+
+// InstanceSpec describes one instance of a service, wherever it runs.
+type InstanceSpec struct {
+	Job      string
+	Number   uint32
+	IP4, IP6 netip.Addr // instance IPs (stable across migration)
+	NS4, NS6 netip.Addr // namespace IPs (where it runs now)
+	Node     netip.AddrPort
+	Loc      *Location // node location; nil if unknown
+	Local    bool      // runs on this node, behind Port
+	Port     PortID
+}
+
+// PortSpec describes a local container port.
+type PortSpec struct {
+	ID           PortID
+	NS4, NS6     netip.Addr // the container's nsIPs (anti-spoofing, ingress delivery)
+	Inst4, Inst6 netip.Addr // the container's own instance IPs (egress source rewrite)
+	ContainerMAC [6]byte
+	HostMAC      [6]byte // host side of the veth: source MAC of frames we deliver
+	Csum         CsumMode
+}
+
+// NodeSpec describes this node.
+type NodeSpec struct {
+	Addr      netip.AddrPort // node IP and tunnel port (default port 50103)
+	UplinkMAC [6]byte
+	Loc       *Location
+	// UnderlayMTU is the uplink's IP MTU (default 1500).
+	UnderlayMTU int
+}
+
+// Ranges are the platform's address ranges. Only destinations inside
+// Service4/Service6 are translated.
+type Ranges struct {
+	Service4, Service6   netip.Prefix // default 10.30.0.0/16, fdff::/16
+	Platform4, Platform6 netip.Prefix // default 10.16.0.0/12, fc00::/7
+}
+
+// DefaultRanges returns the SPEC §2 defaults.
+func DefaultRanges() Ranges {
+	return Ranges{
+		Service4:  netip.MustParsePrefix("10.30.0.0/16"),
+		Service6:  netip.MustParsePrefix("fdff::/16"),
+		Platform4: netip.MustParsePrefix("10.16.0.0/12"),
+		Platform6: netip.MustParsePrefix("fc00::/7"),
+	}
+}
+
+// Builder holds plain Go values from which Build makes an immutable Table.
+// The control plane fills a fresh Builder for every change.
+type Builder struct {
+	Node      NodeSpec
+	Ranges    Ranges // zero value: DefaultRanges
+	Services  []ServiceSpec
+	Instances []InstanceSpec
+	Ports     []PortSpec
+	// Peers is the peer set: tunnel endpoints of the other nodes. Ingress
+	// admits tunnel datagrams whose source *address* is a peer's: the UDP
+	// source port is a flow hash (and NAT rewrites it), so it is not checked.
+	Peers []netip.AddrPort
+	// Neighbors maps a next-hop node IP to its MAC on the uplink. A remote
+	// send to a node without one is an ActSlowPath verdict.
+	Neighbors map[netip.Addr][6]byte
+	// Prev, when set, is the table being replaced: policy state (round-robin
+	// counters) carries over per service and policy.
+	Prev *Table
+}
+
+// ErrInvalid wraps every Build validation error.
+var ErrInvalid = errors.New("fastpath: invalid table")
+
+// Service is one service in a Table.
+type Service struct {
+	Job       string
+	Instances []int32 // indexes into Table.Instances
+	policy    []PolicyState
+}
+
+// Instance is one instance in a Table.
+type Instance struct {
+	InstanceSpec
+	Svc     int32 // index into Table.Services
+	nodeMAC [6]byte
+	hasMAC  bool
+	// outerSum is the one's complement sum of the outer IPv4 header's
+	// constant words (everything but total length and checksum), so encap
+	// finishes the header checksum with one addition.
+	outerSum uint32
+}
+
+// LocalPort is a local container port in a Table.
+type LocalPort struct {
+	PortSpec
+}
+
+// PolicyState is a policy's state for one service in one snapshot.
+type PolicyState struct {
+	// Counter is shared by every snapshot for the same job and policy
+	// (round-robin position).
+	Counter *atomic.Uint64
+	// Data is what Policy.Prepare returned for this snapshot.
+	Data any
+}
+
+type addrKind uint8
+
+const (
+	addrService addrKind = iota + 1
+	addrInstance
+)
+
+type addrEntry struct {
+	kind   addrKind
+	policy uint8 // index into Table.policies (service addresses)
+	idx    int32 // service or instance index
+}
+
+// Table is an immutable snapshot of everything the data path needs. Workers
+// load it once per batch; nothing in it changes after Build.
+type Table struct {
+	Node      NodeSpec
+	Ranges    Ranges
+	Services  []Service
+	Instances []Instance
+
+	policies []Policy
+	addrs    addrTable[addrEntry] // service and instance IPs
+	localNS  addrTable[PortID]    // local container nsIPs
+	ports    []*LocalPort         // indexed by PortID
+	peers    addrTable[struct{}]
+	node4    bool
+	maxIP    int // largest inner IP packet that fits the tunnel
+}
+
+// Build validates b and returns the snapshot.
+func (b *Builder) Build() (*Table, error) {
+	t := &Table{
+		Node:     b.Node,
+		Ranges:   b.Ranges,
+		policies: Policies(),
+		addrs:    newAddrTable[addrEntry](2 * (len(b.Services) + len(b.Instances))),
+		localNS:  newAddrTable[PortID](2 * len(b.Ports)),
+		peers:    newAddrTable[struct{}](len(b.Peers)),
+	}
+	if t.Ranges == (Ranges{}) {
+		t.Ranges = DefaultRanges()
+	}
+	if t.Node.UnderlayMTU == 0 {
+		t.Node.UnderlayMTU = 1500
+	}
+	if !t.Node.Addr.IsValid() {
+		return nil, fmt.Errorf("%w: node address unset", ErrInvalid)
+	}
+	t.node4 = t.Node.Addr.Addr().Is4()
+	t.maxIP = t.Node.UnderlayMTU - outerOverhead4
+	if !t.node4 {
+		t.maxIP = t.Node.UnderlayMTU - outerOverhead6
+	}
+	if t.maxIP < 576 {
+		return nil, fmt.Errorf("%w: underlay MTU %d too small", ErrInvalid, t.Node.UnderlayMTU)
+	}
+	polIdx := make(map[string]int, len(t.policies))
+	for i, p := range t.policies {
+		polIdx[p.Name()] = i
+	}
+	addAddr := func(a netip.Addr, e addrEntry, what string) error {
+		if !a.IsValid() {
+			return nil
+		}
+		if !t.inService(a) {
+			return fmt.Errorf("%w: %s %v outside the service ranges", ErrInvalid, what, a)
+		}
+		if _, dup := t.addrs.get(a); dup {
+			return fmt.Errorf("%w: %s %v used twice", ErrInvalid, what, a)
+		}
+		t.addrs.put(a, e)
+		return nil
+	}
+	svcByJob := make(map[string]int32, len(b.Services))
+	t.Services = make([]Service, len(b.Services))
+	for i, s := range b.Services {
+		if _, dup := svcByJob[s.Job]; dup || s.Job == "" {
+			return nil, fmt.Errorf("%w: service %q empty or duplicate", ErrInvalid, s.Job)
+		}
+		svcByJob[s.Job] = int32(i)
+		t.Services[i] = Service{Job: s.Job, policy: make([]PolicyState, len(t.policies))}
+		for _, pip := range s.IPs {
+			pi, ok := polIdx[pip.Policy]
+			if !ok {
+				return nil, fmt.Errorf("%w: service %s: unknown policy %q", ErrInvalid, s.Job, pip.Policy)
+			}
+			e := addrEntry{kind: addrService, policy: uint8(pi), idx: int32(i)}
+			if err := addAddr(pip.V4, e, "service IP"); err != nil {
+				return nil, err
+			}
+			if err := addAddr(pip.V6, e, "service IP"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, p := range b.Ports {
+		if p.ID >= MaxPorts {
+			return nil, fmt.Errorf("%w: port %d beyond %d", ErrInvalid, p.ID, MaxPorts)
+		}
+		for int(p.ID) >= len(t.ports) {
+			t.ports = append(t.ports, nil)
+		}
+		if t.ports[p.ID] != nil {
+			return nil, fmt.Errorf("%w: port %d twice", ErrInvalid, p.ID)
+		}
+		t.ports[p.ID] = &LocalPort{PortSpec: p}
+		for _, a := range []netip.Addr{p.NS4, p.NS6} {
+			if a.IsValid() {
+				if _, dup := t.localNS.get(a); dup {
+					return nil, fmt.Errorf("%w: nsIP %v on two ports", ErrInvalid, a)
+				}
+				t.localNS.put(a, p.ID)
+			}
+		}
+	}
+	t.Instances = make([]Instance, len(b.Instances))
+	for i, in := range b.Instances {
+		si, ok := svcByJob[in.Job]
+		if !ok {
+			return nil, fmt.Errorf("%w: instance %s/%d of unknown service", ErrInvalid, in.Job, in.Number)
+		}
+		for _, j := range t.Services[si].Instances {
+			if t.Instances[j].Number == in.Number {
+				return nil, fmt.Errorf("%w: instance %s/%d twice", ErrInvalid, in.Job, in.Number)
+			}
+		}
+		inst := Instance{InstanceSpec: in, Svc: si}
+		if in.Local {
+			if int(in.Port) >= len(t.ports) || t.ports[in.Port] == nil {
+				return nil, fmt.Errorf("%w: local instance %s/%d on unknown port %d", ErrInvalid, in.Job, in.Number, in.Port)
+			}
+		} else if in.Node.IsValid() {
+			inst.nodeMAC, inst.hasMAC = b.Neighbors[in.Node.Addr()]
+			if t.node4 && in.Node.Addr().Is4() {
+				n, p := t.Node.Addr.Addr().As4(), in.Node.Addr().As4()
+				inst.outerSum = 0x4500 + ipv4FlagDF + 64<<8 | ProtoUDP
+				inst.outerSum += uint32(Sum(n[:], 0)) + uint32(Sum(p[:], 0))
+			}
+		} else {
+			return nil, fmt.Errorf("%w: remote instance %s/%d without node", ErrInvalid, in.Job, in.Number)
+		}
+		t.Instances[i] = inst
+		e := addrEntry{kind: addrInstance, idx: int32(i)}
+		if err := addAddr(in.IP4, e, "instance IP"); err != nil {
+			return nil, err
+		}
+		if err := addAddr(in.IP6, e, "instance IP"); err != nil {
+			return nil, err
+		}
+		t.Services[si].Instances = append(t.Services[si].Instances, int32(i))
+	}
+	for _, p := range b.Peers {
+		t.peers.put(p.Addr(), struct{}{})
+	}
+	for si := range t.Services {
+		s := &t.Services[si]
+		for pi, pol := range t.policies {
+			var ctr *atomic.Uint64
+			if b.Prev != nil {
+				if ps := b.Prev.policyState(s.Job, pol.Name()); ps != nil {
+					ctr = ps.Counter
+				}
+			}
+			if ctr == nil {
+				ctr = new(atomic.Uint64)
+			}
+			s.policy[pi] = PolicyState{Counter: ctr}
+			s.policy[pi].Data = pol.Prepare(t, s)
+		}
+	}
+	return t, nil
+}
+
+func (t *Table) policyState(job, policy string) *PolicyState {
+	for si := range t.Services {
+		if t.Services[si].Job != job {
+			continue
+		}
+		for pi, p := range t.policies {
+			if p.Name() == policy {
+				return &t.Services[si].policy[pi]
+			}
+		}
+	}
+	return nil
+}
+
+// inService reports whether a is in the service ranges (translated).
+func (t *Table) inService(a netip.Addr) bool {
+	if a.Is4() {
+		return t.Ranges.Service4.Contains(a)
+	}
+	return t.Ranges.Service6.Contains(a)
+}
+
+// Port returns the local port with id, or nil.
+func (t *Table) Port(id PortID) *LocalPort {
+	if int(id) < len(t.ports) {
+		return t.ports[id]
+	}
+	return nil
+}
+
+// instanceByNumber returns the index of instance number n of service s, or -1.
+func (t *Table) instanceByNumber(s *Service, n uint32) int32 {
+	for _, i := range s.Instances {
+		if t.Instances[i].Number == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// Distance returns the great-circle distance in km between two locations
+// (haversine), or +Inf when either is unknown.
+func Distance(a, b *Location) float64 {
+	if a == nil || b == nil {
+		return math.Inf(1)
+	}
+	const r = 6371.0
+	rad := math.Pi / 180
+	dlat := (b.Lat - a.Lat) * rad
+	dlon := (b.Long - a.Long) * rad
+	h := math.Sin(dlat/2)*math.Sin(dlat/2) + math.Cos(a.Lat*rad)*math.Cos(b.Lat*rad)*math.Sin(dlon/2)*math.Sin(dlon/2)
+	return 2 * r * math.Asin(math.Min(1, math.Sqrt(h)))
+}
+
+// TableHolder publishes the current Table to workers.
+type TableHolder struct{ p atomic.Pointer[Table] }
+
+// Load returns the current table (nil before the first Swap).
+func (h *TableHolder) Load() *Table { return h.p.Load() }
+
+// Swap installs t and returns the previous table.
+func (h *TableHolder) Swap(t *Table) *Table { return h.p.Swap(t) }
