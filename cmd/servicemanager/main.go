@@ -1,0 +1,351 @@
+// Command servicemanager runs Oakwire's control services:
+//
+//	servicemanager root --listen ADDR --redis URL [--redis-cluster ADDR,ADDR,...] [--redis-prefix P]
+//	servicemanager cluster --listen ADDR --redis URL --root URL --cluster-id ID [--redis-prefix P]
+//
+// Both also take --config FILE (YAML with the same key names, plus the
+// tuning keys documented in configs/root.yaml and configs/cluster.yaml;
+// flags win over the file) and --insecure (run without OAKWIRE_TOKEN).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/oakwire/oakwire/control"
+	"github.com/oakwire/oakwire/ipam"
+	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
+	"gopkg.in/yaml.v3"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "servicemanager:", err)
+		os.Exit(2)
+	}
+}
+
+const usage = `usage:
+  servicemanager root --listen ADDR --redis URL [--redis-cluster ADDR,ADDR,...] [--redis-prefix P] [--config FILE] [--insecure]
+  servicemanager cluster --listen ADDR --redis URL --root URL --cluster-id ID [--redis-prefix P] [--config FILE] [--insecure]`
+
+// Config is the YAML file; keys are the flags' names.
+type Config struct {
+	Listen       string   `yaml:"listen"`
+	Redis        string   `yaml:"redis"`
+	RedisCluster []string `yaml:"redis-cluster"`
+	RedisPrefix  string   `yaml:"redis-prefix"`
+	RedisTimeout Duration `yaml:"redis-timeout"`
+	Insecure     bool     `yaml:"insecure"`
+	LogLevel     string   `yaml:"log-level"`
+
+	// root
+	Policies         []string `yaml:"policies"`
+	Quarantine       Duration `yaml:"quarantine"`
+	WorkerV4First    string   `yaml:"worker-v4-first"`
+	WorkerV6First    string   `yaml:"worker-v6-first"`
+	WorkerCount      int      `yaml:"worker-count"`
+	ServiceV4        string   `yaml:"service-v4"`
+	ServiceV6Base    string   `yaml:"service-v6-base"`
+	NotifyTimeout    Duration `yaml:"notify-timeout"`
+	NotifyBackoff    Duration `yaml:"notify-min-backoff"`
+	NotifyMaxBack    Duration `yaml:"notify-max-backoff"`
+	NotifyQueue      int      `yaml:"notify-queue"`
+	UnreachableAfter int      `yaml:"notify-unreachable-after"`
+
+	// cluster
+	Root           string   `yaml:"root"`
+	ClusterID      string   `yaml:"cluster-id"`
+	Advertise      string   `yaml:"advertise"`
+	WatchRetention int      `yaml:"watch-retention"`
+	WatchPoll      Duration `yaml:"watch-poll"`
+	MaxWatch       Duration `yaml:"max-watch"`
+	Refresh        Duration `yaml:"refresh"`
+	RootTimeout    Duration `yaml:"root-timeout"`
+}
+
+// Duration reads "500ms", "60s" … from YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q: %w", n.Line, n.Value, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// run parses args and serves until ctx ends. ready, when set, receives the
+// listening address once serving.
+func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- string) error {
+	if len(args) == 0 || (args[0] != "root" && args[0] != "cluster") {
+		return errors.New(usage)
+	}
+	role := args[0]
+	fs := flag.NewFlagSet(role, flag.ContinueOnError)
+	fs.SetOutput(logOut)
+	var flags Config
+	var redisCluster, configFile string
+	fs.StringVar(&configFile, "config", "", "YAML configuration `file` (flags win)")
+	fs.StringVar(&flags.Listen, "listen", "", "listen `address` host:port")
+	fs.StringVar(&flags.Redis, "redis", "", "Redis `URL` (redis://host:port/db)")
+	fs.StringVar(&flags.RedisPrefix, "redis-prefix", "", "Redis key `prefix` (default oakwire:)")
+	fs.BoolVar(&flags.Insecure, "insecure", false, "run without OAKWIRE_TOKEN (no authentication)")
+	if role == "root" {
+		fs.StringVar(&redisCluster, "redis-cluster", "", "Redis Cluster seed `addresses` ADDR,ADDR,... (instead of --redis)")
+	} else {
+		fs.StringVar(&flags.Root, "root", "", "root service manager `URL`")
+		fs.StringVar(&flags.ClusterID, "cluster-id", "", "this cluster's `id`")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q\n%s", fs.Args(), usage)
+	}
+	var cfg Config
+	if configFile != "" {
+		b, err := os.ReadFile(configFile)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("config %s: %w", configFile, err)
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "listen":
+			cfg.Listen = flags.Listen
+		case "redis":
+			cfg.Redis = flags.Redis
+		case "redis-prefix":
+			cfg.RedisPrefix = flags.RedisPrefix
+		case "insecure":
+			cfg.Insecure = flags.Insecure
+		case "redis-cluster":
+			cfg.RedisCluster = splitList(redisCluster)
+		case "root":
+			cfg.Root = flags.Root
+		case "cluster-id":
+			cfg.ClusterID = flags.ClusterID
+		}
+	})
+
+	level := slog.LevelInfo
+	if cfg.LogLevel != "" {
+		if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+			return fmt.Errorf("log-level: %w", err)
+		}
+	}
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level})).With("role", role)
+
+	token := os.Getenv("OAKWIRE_TOKEN")
+	if token == "" {
+		if !cfg.Insecure {
+			return errors.New("OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without authentication")
+		}
+		log.Warn("running without authentication (--insecure, OAKWIRE_TOKEN unset): every /api/ request is accepted")
+	}
+	if cfg.Listen == "" {
+		return errors.New("--listen: missing")
+	}
+	if cfg.Redis == "" && len(cfg.RedisCluster) == 0 {
+		return errors.New("--redis: missing")
+	}
+	rdb, err := newRedis(cfg)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	var handler fasthttp.RequestHandler
+	var closer func() error
+	switch role {
+	case "root":
+		plan, err := ipamConfig(cfg)
+		if err != nil {
+			return err
+		}
+		prefix := orDefault(cfg.RedisPrefix, control.DefaultPrefix)
+		alloc, err := ipam.NewRedis(rdb, plan, prefix)
+		if err != nil {
+			return fmt.Errorf("ipam: %w", err)
+		}
+		r, err := control.NewRoot(control.RootConfig{
+			Prefix: prefix, Token: token, Policies: cfg.Policies, IPAM: plan, Log: log,
+			Timeout: time.Duration(cfg.RedisTimeout) * 4,
+			Notify: control.NotifyConfig{Timeout: time.Duration(cfg.NotifyTimeout), MinBackoff: time.Duration(cfg.NotifyBackoff),
+				MaxBackoff: time.Duration(cfg.NotifyMaxBack), QueueLen: cfg.NotifyQueue, UnreachableAfter: cfg.UnreachableAfter},
+		}, rdb, alloc)
+		if err != nil {
+			return err
+		}
+		handler, closer = r.Handler(), r.Close
+	case "cluster":
+		if cfg.Root == "" {
+			return errors.New("--root: missing")
+		}
+		adv := cfg.Advertise
+		if adv == "" {
+			adv = advertiseFor(cfg.Listen, cfg.Root)
+		}
+		c, err := control.NewCluster(control.ClusterConfig{
+			Prefix: cfg.RedisPrefix, Token: token, ClusterID: cfg.ClusterID, RootURL: cfg.Root, Advertise: adv,
+			WatchRetention: cfg.WatchRetention, WatchPoll: time.Duration(cfg.WatchPoll), MaxWatch: time.Duration(cfg.MaxWatch),
+			Refresh: time.Duration(cfg.Refresh), Timeout: time.Duration(cfg.RedisTimeout) * 4, RootTimeout: time.Duration(cfg.RootTimeout),
+			Log: log,
+		}, rdb)
+		if err != nil {
+			return err
+		}
+		c.Start()
+		handler, closer = c.Handler(), c.Close
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		_ = closer()
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := control.NewServer(handler, log)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("serving", "listen", ln.Addr().String(), "redis", cfg.Redis, "redis-cluster", cfg.RedisCluster)
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-errc:
+		_ = closer()
+		return fmt.Errorf("serve: %w", err)
+	}
+	// Close first: it wakes long-polling watches so shutdown does not wait
+	// for them.
+	cerr := closer()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return errors.Join(cerr, srv.ShutdownWithContext(sctx))
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// newRedis returns a standalone client for --redis, or a cluster client
+// for --redis-cluster (credentials from --redis's URL if given). Timeouts
+// are short so a dead Redis becomes a 503 within a second.
+func newRedis(cfg Config) (redis.UniversalClient, error) {
+	to := time.Duration(cfg.RedisTimeout)
+	if to <= 0 {
+		to = 300 * time.Millisecond
+	}
+	var base *redis.Options
+	if cfg.Redis != "" {
+		o, err := redis.ParseURL(cfg.Redis)
+		if err != nil {
+			return nil, fmt.Errorf("--redis: %w", err)
+		}
+		base = o
+	} else {
+		base = &redis.Options{}
+	}
+	if len(cfg.RedisCluster) > 0 {
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: cfg.RedisCluster, Username: base.Username, Password: base.Password, TLSConfig: base.TLSConfig,
+			DialTimeout: to, ReadTimeout: to, WriteTimeout: to, PoolTimeout: to, MaxRetries: 1,
+			DialerRetries: 1, DialerRetryTimeout: 20 * time.Millisecond, PoolSize: 256,
+		}), nil
+	}
+	base.DialTimeout, base.ReadTimeout, base.WriteTimeout, base.PoolTimeout = to, to, to, to
+	base.MaxRetries = 1
+	base.DialerRetries, base.DialerRetryTimeout = 1, 20*time.Millisecond
+	base.PoolSize = 256
+	return redis.NewClient(base), nil
+}
+
+func ipamConfig(cfg Config) (ipam.Config, error) {
+	var c ipam.Config
+	var err error
+	parse := func(name, s string) netip.Prefix {
+		if s == "" || err != nil {
+			return netip.Prefix{}
+		}
+		p, e := netip.ParsePrefix(s)
+		if e != nil {
+			err = fmt.Errorf("%s: %w", name, e)
+		}
+		return p
+	}
+	c.WorkerV4First = parse("worker-v4-first", cfg.WorkerV4First)
+	c.WorkerV6First = parse("worker-v6-first", cfg.WorkerV6First)
+	c.ServiceV4 = parse("service-v4", cfg.ServiceV4)
+	c.ServiceV6Base = parse("service-v6-base", cfg.ServiceV6Base)
+	c.WorkerCount = cfg.WorkerCount
+	c.Quarantine = time.Duration(cfg.Quarantine)
+	if err != nil {
+		return c, err
+	}
+	return c.WithDefaults(), c.Validate()
+}
+
+// advertiseFor is the address root should use to reach this cluster: the
+// listen address, or, when it listens on every interface, the local
+// address the kernel picks towards root.
+func advertiseFor(listen, root string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip, err := netip.ParseAddr(host); host != "" && (err != nil || !ip.IsUnspecified()) {
+		return listen
+	}
+	rh := root
+	if i := strings.Index(rh, "://"); i >= 0 {
+		rh = rh[i+3:]
+	}
+	rh, _, _ = strings.Cut(rh, "/")
+	if _, _, err := net.SplitHostPort(rh); err != nil {
+		rh = net.JoinHostPort(rh, "80")
+	}
+	conn, err := net.Dial("udp", rh) // no packet is sent
+	if err != nil {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	defer conn.Close()
+	la := conn.LocalAddr().(*net.UDPAddr)
+	return net.JoinHostPort(la.IP.String(), port)
+}

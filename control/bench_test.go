@@ -1,0 +1,146 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// benchConns is the client concurrency of the control-plane benchmarks.
+const benchConns = 64
+
+// benchRun runs n operations over benchConns goroutines and returns each
+// operation's latency.
+func benchRun(b *testing.B, n int, op func(i int) error) []time.Duration {
+	b.Helper()
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for range benchConns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				t0 := time.Now()
+				if err := op(i); err != nil {
+					failed.Store(err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		b.Fatal(err)
+	}
+	return lat
+}
+
+func pct(lat []time.Duration, p float64) float64 {
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	return float64(s[int(float64(len(s)-1)*p)].Microseconds())
+}
+
+var benchClient = &fasthttp.Client{MaxConnsPerHost: benchConns, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+
+func benchDo(method, url, body string) error {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(url)
+	req.Header.SetMethod(method)
+	if body != "" {
+		req.Header.SetContentType("application/json")
+		req.SetBodyString(body)
+	}
+	if err := benchClient.Do(req, resp); err != nil {
+		return err
+	}
+	if resp.StatusCode() != 200 {
+		return fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode(), resp.Body())
+	}
+	return nil
+}
+
+// BenchmarkControlPlane measures, with 64 concurrent connections over real
+// HTTP on loopback against a real Redis: instance deploys per second
+// (allocation + store + answer), resolve latency p50/p99 (GET the service
+// entry by job name), and the raw Redis PING rate with the same
+// concurrency for comparison. b.N is bounded so the address pool (65534
+// v4 addresses) never runs out.
+func BenchmarkControlPlane(b *testing.B) {
+	_, rdb := startRedis(b)
+	b.Run("InstanceDeploy", func(b *testing.B) {
+		n := min(b.N, 40000)
+		rdb.FlushAll(context.Background())
+		_, R := startRoot(b, rdb, rootOpts{})
+		if err := benchDo("POST", R+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":9}`); err != nil {
+			b.Fatal(err)
+		}
+		if err := benchDo("POST", R+"/api/net/service/deploy", svcBody("s1", "web", "")); err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		t0 := time.Now()
+		lat := benchRun(b, n, func(i int) error {
+			return benchDo("POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":"c1"}`, i))
+		})
+		el := time.Since(t0)
+		b.StopTimer()
+		b.ReportMetric(float64(n)/el.Seconds(), "deploys/s")
+		b.ReportMetric(pct(lat, 0.5), "p50-µs")
+		b.ReportMetric(pct(lat, 0.99), "p99-µs")
+	})
+	b.Run("Resolve", func(b *testing.B) {
+		rdb.FlushAll(context.Background())
+		_, R := startRoot(b, rdb, rootOpts{})
+		for _, u := range []struct{ path, body string }{
+			{"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":9}`},
+			{"/api/net/service/deploy", svcBody("s1", "web", "")},
+		} {
+			if err := benchDo("POST", R+u.path, u.body); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for i := range 10 {
+			if err := benchDo("POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":"c1"}`, i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ResetTimer()
+		t0 := time.Now()
+		lat := benchRun(b, b.N, func(int) error {
+			return benchDo("GET", R+"/api/net/service/app.ns.web.default/instances", "")
+		})
+		el := time.Since(t0)
+		b.StopTimer()
+		b.ReportMetric(float64(b.N)/el.Seconds(), "resolves/s")
+		b.ReportMetric(pct(lat, 0.5), "p50-µs")
+		b.ReportMetric(pct(lat, 0.99), "p99-µs")
+	})
+	b.Run("RedisPing", func(b *testing.B) {
+		ctx := context.Background()
+		b.ResetTimer()
+		t0 := time.Now()
+		lat := benchRun(b, b.N, func(int) error { return rdb.Ping(ctx).Err() })
+		el := time.Since(t0)
+		b.StopTimer()
+		b.ReportMetric(float64(b.N)/el.Seconds(), "pings/s")
+		b.ReportMetric(pct(lat, 0.5), "p50-µs")
+		b.ReportMetric(pct(lat, 0.99), "p99-µs")
+	})
+}

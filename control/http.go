@@ -1,0 +1,266 @@
+package control
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// MaxBody is the largest request body accepted (SPEC §5); larger → 413.
+const MaxBody = 1 << 20
+
+// handlerFunc serves one route. params are the path's ":name" segments in
+// order, already copied out of the request (they outlive nothing).
+type handlerFunc func(ctx *fasthttp.RequestCtx, params []string) error
+
+type route struct {
+	method string
+	segs   []string // literal segments, or "" for a parameter
+	name   string   // metrics label: the pattern
+	h      handlerFunc
+}
+
+// api is what root and cluster share: routing, auth, metrics, health and
+// error answers.
+type api struct {
+	log     *slog.Logger
+	rdb     redis.UniversalClient
+	token   []byte // "Bearer <token>", or nil when auth is off
+	routes  []route
+	reg     *prometheus.Registry
+	reqs    *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+	metrics fasthttp.RequestHandler
+}
+
+func newAPI(log *slog.Logger, rdb redis.UniversalClient, token string) *api {
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &api{log: log, rdb: rdb, reg: prometheus.NewRegistry()}
+	if token != "" {
+		a.token = []byte("Bearer " + token)
+	}
+	a.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oakwire_http_requests_total", Help: "HTTP requests by route and status code.",
+	}, []string{"route", "code"})
+	a.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "oakwire_http_request_duration_seconds", Help: "HTTP request latency by route and status code.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"route", "code"})
+	a.reg.MustRegister(a.reqs, a.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	return a
+}
+
+// handle registers pattern "METHOD /a/:x/b".
+func (a *api) handle(pattern string, h handlerFunc) {
+	method, path, _ := strings.Cut(pattern, " ")
+	var segs []string
+	for _, s := range strings.Split(strings.Trim(path, "/"), "/") {
+		if strings.HasPrefix(s, ":") {
+			s = ""
+		}
+		segs = append(segs, s)
+	}
+	a.routes = append(a.routes, route{method: method, segs: segs, name: method + " " + path, h: h})
+}
+
+// match finds the route of path; a path that matches only with another
+// method is ErrMethod. Parameters are copied strings.
+func (a *api) match(method, path string) (*route, []string, error) {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	methodMiss := false
+	for i := range a.routes {
+		r := &a.routes[i]
+		if len(r.segs) != len(parts) {
+			continue
+		}
+		ok := true
+		for j, s := range r.segs {
+			if s != "" && s != parts[j] || s == "" && parts[j] == "" {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		if r.method != method {
+			methodMiss = true
+			continue
+		}
+		var params []string
+		for j, s := range r.segs {
+			if s == "" {
+				params = append(params, parts[j])
+			}
+		}
+		return r, params, nil
+	}
+	if methodMiss {
+		return nil, nil, newErr(ErrMethod, "method_not_allowed", "%s %s: method not allowed", method, path)
+	}
+	return nil, nil, notFoundf("%s %s: no such endpoint", method, path)
+}
+
+// serve is the fasthttp entry point.
+func (a *api) serve(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	path := string(ctx.Path()) // a copy: nothing below keeps request bytes
+	method := string(ctx.Method())
+	name := "other"
+	switch path {
+	case "/healthz":
+		name = "healthz"
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyString("ok\n")
+	case "/readyz":
+		name = "readyz"
+		if err := a.ready(ctx); err != nil {
+			a.writeErr(ctx, err)
+		} else {
+			ctx.SetContentType("text/plain")
+			ctx.SetBodyString("ready\n")
+		}
+	case "/metrics":
+		a.metrics(ctx)
+		return
+	default:
+		if strings.HasPrefix(path, "/api/") && !a.authorized(ctx) {
+			name = "unauthorized"
+			a.writeErr(ctx, newErr(ErrUnauthorized, "unauthorized", "Authorization: missing or wrong bearer token"))
+			break
+		}
+		r, params, err := a.match(method, path)
+		if r != nil {
+			name = r.name
+			err = r.h(ctx, params)
+		}
+		if err != nil {
+			a.writeErr(ctx, err)
+		}
+	}
+	code := strconv.Itoa(ctx.Response.StatusCode())
+	a.reqs.WithLabelValues(name, code).Inc()
+	a.latency.WithLabelValues(name, code).Observe(time.Since(start).Seconds())
+}
+
+func (a *api) authorized(ctx *fasthttp.RequestCtx) bool {
+	if a.token == nil {
+		return true
+	}
+	got := ctx.Request.Header.Peek("Authorization")
+	return subtle.ConstantTimeCompare(got, a.token) == 1
+}
+
+// detach returns the parent for contexts of work done on behalf of a
+// request. fasthttp recycles a RequestCtx once the handler returns, and a
+// context derived from it starts a goroutine that reads it (to propagate
+// cancellation) which may outlive the handler; so request work derives
+// from base instead, never from the RequestCtx.
+func detach(ctx, base context.Context) context.Context {
+	if _, ok := ctx.(*fasthttp.RequestCtx); ok {
+		return base
+	}
+	return ctx
+}
+
+func (a *api) ready(ctx context.Context) error {
+	c, cancel := context.WithTimeout(detach(ctx, context.Background()), time.Second)
+	defer cancel()
+	return redisErr("readyz: ping", a.rdb.Ping(c).Err())
+}
+
+func (a *api) writeErr(ctx *fasthttp.RequestCtx, err error) {
+	status, code, msg := errStatus(err)
+	if status >= 500 {
+		a.log.Warn("request failed", "path", string(ctx.Path()), "status", status, "err", err)
+	}
+	writeJSON(ctx, status, errorBody{Error: msg, Code: code})
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encode answer","code":"internal"}`)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+// decodeBody unmarshals the request body into v, naming the field of a
+// type error.
+func decodeBody(ctx *fasthttp.RequestCtx, v any) error {
+	body := ctx.PostBody()
+	if len(body) == 0 {
+		return badf("bad_json", "body: empty, want a JSON object")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return badf("bad_json", "body: malformed JSON at offset %d: %v", se.Offset, se)
+		case errors.As(err, &te):
+			field := te.Field
+			if field == "" {
+				field = "body"
+			}
+			return badf("bad_type", "%s: want %s, got JSON %s", field, te.Type, te.Value)
+		default:
+			return badf("bad_json", "body: %v", err)
+		}
+	}
+	return nil
+}
+
+// NewServer wraps a role's handler in a fasthttp server with the body limit
+// and JSON answers for requests fasthttp rejects itself (413, 400).
+func NewServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &fasthttp.Server{
+		Handler:            h,
+		Name:               "oakwire",
+		MaxRequestBodySize: MaxBody,
+		ReadTimeout:        30 * time.Second,
+		IdleTimeout:        2 * time.Minute,
+		Concurrency:        256 * 1024,
+		CloseOnShutdown:    true,
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				writeJSON(ctx, http.StatusRequestEntityTooLarge,
+					errorBody{Error: fmt.Sprintf("body: larger than %d bytes", MaxBody), Code: "body_too_large"})
+				return
+			}
+			writeJSON(ctx, http.StatusBadRequest, errorBody{Error: "request: " + err.Error(), Code: "bad_request"})
+		},
+		Logger: slogPrintf{log},
+	}
+}
+
+type slogPrintf struct{ l *slog.Logger }
+
+func (s slogPrintf) Printf(format string, args ...any) { s.l.Debug(fmt.Sprintf(format, args...)) }

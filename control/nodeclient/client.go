@@ -1,0 +1,226 @@
+// Package nodeclient is the Go client of the cluster service manager's
+// node-facing API (see docs/api.md): what a NetManager uses to register its
+// node, resolve service IPs and job names, report its instances, and watch
+// for changes. It also defines the JSON wire types shared with package
+// control.
+package nodeclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Errors returned by the client; test them with errors.Is. An *APIError
+// carries the server's message and code and wraps one of these.
+var (
+	ErrBadRequest   = errors.New("bad request")
+	ErrUnauthorized = errors.New("unauthorized")
+	ErrNotFound     = errors.New("not found")
+	ErrConflict     = errors.New("conflict")
+	ErrUnavailable  = errors.New("unavailable")
+	ErrServer       = errors.New("server error")
+)
+
+// APIError is a non-2xx answer.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("cluster: %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// Unwrap maps the status to the client's sentinel errors.
+func (e *APIError) Unwrap() error {
+	switch {
+	case e.Status == http.StatusBadRequest || e.Status == http.StatusRequestEntityTooLarge:
+		return ErrBadRequest
+	case e.Status == http.StatusUnauthorized:
+		return ErrUnauthorized
+	case e.Status == http.StatusNotFound:
+		return ErrNotFound
+	case e.Status == http.StatusConflict:
+		return ErrConflict
+	case e.Status == http.StatusServiceUnavailable || e.Status == http.StatusBadGateway:
+		return ErrUnavailable
+	default:
+		return ErrServer
+	}
+}
+
+// Client talks to one cluster service manager on behalf of one node. It is
+// safe for concurrent use.
+type Client struct {
+	base    string
+	nodeID  string
+	token   string
+	timeout time.Duration
+	http    *http.Client
+}
+
+// Options tune a Client. Zero values take defaults.
+type Options struct {
+	// Token is the bearer token; default: environment OAKWIRE_TOKEN.
+	Token string
+	// Timeout bounds every request except Watch (default 5 s); a watch is
+	// bounded by its own timeout plus this.
+	Timeout time.Duration
+	// HTTPClient replaces the default transport.
+	HTTPClient *http.Client
+}
+
+// New returns a client of the cluster at base ("host:port" or a URL) acting
+// for node nodeID.
+func New(base, nodeID string, opt Options) *Client {
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	if opt.Token == "" {
+		opt.Token = os.Getenv("OAKWIRE_TOKEN")
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 5 * time.Second
+	}
+	hc := opt.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second}}
+	}
+	return &Client{base: strings.TrimRight(base, "/"), nodeID: nodeID, token: opt.Token, timeout: opt.Timeout, http: hc}
+}
+
+// NodeID is the node this client acts for.
+func (c *Client) NodeID() string { return c.nodeID }
+
+func (c *Client) do(ctx context.Context, timeout time.Duration, method, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %w", method, path, ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w: %w", method, path, ErrUnavailable, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		_ = json.Unmarshal(b, &eb)
+		if eb.Error == "" {
+			eb.Error = strings.TrimSpace(string(b))
+		}
+		return fmt.Errorf("%s %s: %w", method, path, &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error})
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Register registers the node (idempotent per node id) and returns its
+// subnets, peers and the watch position to start from.
+func (c *Client) Register(ctx context.Context, nodeIP string, tunnelPort int, loc *Location) (RegisterResponse, error) {
+	var r RegisterResponse
+	err := c.do(ctx, c.timeout, http.MethodPost, "/api/node/register",
+		RegisterRequest{NodeID: c.nodeID, NodeIP: nodeIP, TunnelPort: tunnelPort, Location: loc}, &r)
+	return r, err
+}
+
+// Deregister removes the node; its subnets return to the pool.
+func (c *Client) Deregister(ctx context.Context) error {
+	return c.do(ctx, c.timeout, http.MethodDelete, "/api/node/"+url.PathEscape(c.nodeID), nil, nil)
+}
+
+// ResolveByIP returns the entry of the service that owns ip (a service IP
+// or an instance IP, v4 or v6) and registers the node's interest in it.
+func (c *Client) ResolveByIP(ctx context.Context, ip string) (ServiceEntry, error) {
+	var e ServiceEntry
+	q := url.Values{"node_id": {c.nodeID}, "ip": {ip}}
+	err := c.do(ctx, c.timeout, http.MethodGet, "/api/node/resolve?"+q.Encode(), nil, &e)
+	return e, err
+}
+
+// ResolveByName returns the entry of job (dotted job name) and registers
+// the node's interest in it.
+func (c *Client) ResolveByName(ctx context.Context, job string) (ServiceEntry, error) {
+	var e ServiceEntry
+	q := url.Values{"node_id": {c.nodeID}, "job": {job}}
+	err := c.do(ctx, c.timeout, http.MethodGet, "/api/node/resolve?"+q.Encode(), nil, &e)
+	return e, err
+}
+
+// ReportDeployed tells the cluster that instance n of job now runs on this
+// node at the given namespace IPs.
+func (c *Client) ReportDeployed(ctx context.Context, job string, n int, nsIP, nsIPv6 string) error {
+	return c.do(ctx, c.timeout, http.MethodPost, "/api/node/instance/deployed",
+		InstanceReport{NodeID: c.nodeID, JobName: job, InstanceNumber: n, NamespaceIP: nsIP, NamespaceIPv6: nsIPv6}, nil)
+}
+
+// ReportUndeployed tells the cluster that instance n of job stopped on this
+// node. The instance keeps its instance IPs (it may be migrating); only its
+// location is cleared, and only if it is still this node.
+func (c *Client) ReportUndeployed(ctx context.Context, job string, n int) error {
+	return c.do(ctx, c.timeout, http.MethodPost, "/api/node/instance/undeployed",
+		InstanceReport{NodeID: c.nodeID, JobName: job, InstanceNumber: n}, nil)
+}
+
+// DropInterest stops changes of job being pushed to this node.
+func (c *Client) DropInterest(ctx context.Context, job string) error {
+	q := url.Values{"node_id": {c.nodeID}}
+	return c.do(ctx, c.timeout, http.MethodDelete, "/api/node/interest/"+url.PathEscape(job)+"?"+q.Encode(), nil, nil)
+}
+
+// Peers returns the node's current peer set.
+func (c *Client) Peers(ctx context.Context) (PeersResponse, error) {
+	var r PeersResponse
+	q := url.Values{"node_id": {c.nodeID}}
+	err := c.do(ctx, c.timeout, http.MethodGet, "/api/node/peers?"+q.Encode(), nil, &r)
+	return r, err
+}
+
+// Watch waits up to wait (server-capped) for changes after version since of
+// epoch (empty: any) and returns them; an empty Changes with Resync unset
+// means the wait timed out. When Resync is set, replace all tables with
+// Services and Peers.
+func (c *Client) Watch(ctx context.Context, epoch string, since uint64, wait time.Duration) (WatchResponse, error) {
+	var r WatchResponse
+	q := url.Values{"node_id": {c.nodeID}, "since": {strconv.FormatUint(since, 10)},
+		"timeout": {strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)}}
+	if epoch != "" {
+		q.Set("epoch", epoch)
+	}
+	err := c.do(ctx, wait+c.timeout, http.MethodGet, "/api/node/watch?"+q.Encode(), nil, &r)
+	return r, err
+}

@@ -1,0 +1,249 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+// NotifyConfig tunes root → cluster change notifications.
+type NotifyConfig struct {
+	// Timeout bounds one attempt (default 2 s).
+	Timeout time.Duration
+	// MinBackoff and MaxBackoff bound the exponential backoff between
+	// attempts at one cluster (defaults 100 ms, 30 s).
+	MinBackoff, MaxBackoff time.Duration
+	// UnreachableAfter consecutive failures mark a cluster unreachable
+	// (metric oakwire_cluster_unreachable, one log line) (default 3).
+	UnreachableAfter int
+	// QueueLen bounds the pending notifications per cluster; beyond it the
+	// oldest are dropped and counted (clusters' periodic refresh repairs
+	// what they missed) (default 10000).
+	QueueLen int
+}
+
+func (c NotifyConfig) withDefaults() NotifyConfig {
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Second
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = max(30*time.Second, c.MinBackoff)
+	}
+	if c.UnreachableAfter <= 0 {
+		c.UnreachableAfter = 3
+	}
+	if c.QueueLen <= 0 {
+		c.QueueLen = 10000
+	}
+	return c
+}
+
+// jobUpdate is the body of POST /api/net/job/update.
+type jobUpdate struct {
+	JobName        string `json:"job_name"`
+	InstanceNumber int    `json:"instance_number"`
+	Type           string `json:"type"`
+}
+
+// notifier delivers job updates to clusters: one queue and one goroutine
+// per cluster, in order, with retry and exponential backoff, so a slow or
+// dead cluster delays only itself and never the request that caused the
+// change.
+type notifier struct {
+	cfg    NotifyConfig
+	token  string
+	log    *slog.Logger
+	client *fasthttp.Client
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex // guards queues
+	queues map[string]*clusterQueue
+
+	sent        *prometheus.CounterVec
+	failed      *prometheus.CounterVec
+	dropped     *prometheus.CounterVec
+	unreachable *prometheus.GaugeVec
+}
+
+type clusterQueue struct {
+	id     string
+	cancel context.CancelFunc
+	wake   chan struct{} // capacity 1
+
+	mu    sync.Mutex // guards url and items
+	url   string
+	items []jobUpdate
+}
+
+func newNotifier(cfg NotifyConfig, token string, log *slog.Logger, reg prometheus.Registerer) *notifier {
+	cfg = cfg.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &notifier{
+		cfg: cfg, token: token, log: log, ctx: ctx, cancel: cancel,
+		client: &fasthttp.Client{Name: "oakwire-root", ReadTimeout: cfg.Timeout, WriteTimeout: cfg.Timeout,
+			MaxIdleConnDuration: time.Minute, MaxConnsPerHost: 16},
+		queues: map[string]*clusterQueue{},
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "oakwire_notify_sent_total",
+			Help: "Job updates delivered to clusters."}, []string{"cluster"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "oakwire_notify_failed_attempts_total",
+			Help: "Failed attempts to deliver a job update (each is retried)."}, []string{"cluster"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "oakwire_notify_dropped_total",
+			Help: "Job updates dropped: queue full, or rejected by the cluster with a 4xx."}, []string{"cluster"}),
+		unreachable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "oakwire_cluster_unreachable",
+			Help: "1 while a cluster has failed UnreachableAfter consecutive notifications."}, []string{"cluster"}),
+	}
+	reg.MustRegister(n.sent, n.failed, n.dropped, n.unreachable)
+	return n
+}
+
+func clusterURL(ci clusterInfo) string {
+	a := ci.ClusterAddress
+	if strings.Contains(a, "://") {
+		u := strings.TrimRight(a, "/")
+		// a URL without a port gets cluster_port
+		rest := u[strings.Index(u, "://")+3:]
+		if _, _, err := net.SplitHostPort(rest); err != nil {
+			u += ":" + strconv.Itoa(ci.ClusterPort)
+		}
+		return u
+	}
+	return "http://" + net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(ci.ClusterPort))
+}
+
+func (n *notifier) enqueue(ci clusterInfo, u jobUpdate) {
+	n.mu.Lock()
+	q := n.queues[ci.ClusterID]
+	if q == nil {
+		ctx, cancel := context.WithCancel(n.ctx)
+		q = &clusterQueue{id: ci.ClusterID, cancel: cancel, wake: make(chan struct{}, 1)}
+		n.queues[ci.ClusterID] = q
+		n.wg.Add(1)
+		go n.run(ctx, q)
+	}
+	n.mu.Unlock()
+
+	q.mu.Lock()
+	q.url = clusterURL(ci)
+	if len(q.items) >= n.cfg.QueueLen {
+		q.items = q.items[1:]
+		n.dropped.WithLabelValues(q.id).Inc()
+	}
+	q.items = append(q.items, u)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// forget stops notifying a deregistered cluster.
+func (n *notifier) forget(cid string) {
+	n.mu.Lock()
+	q := n.queues[cid]
+	delete(n.queues, cid)
+	n.mu.Unlock()
+	if q != nil {
+		q.cancel()
+	}
+	n.unreachable.DeleteLabelValues(cid)
+}
+
+func (n *notifier) close() {
+	n.cancel()
+	n.wg.Wait()
+}
+
+func (n *notifier) run(ctx context.Context, q *clusterQueue) {
+	defer n.wg.Done()
+	backoff := n.cfg.MinBackoff
+	fails := 0
+	for {
+		q.mu.Lock()
+		var item jobUpdate
+		have := len(q.items) > 0
+		if have {
+			item = q.items[0]
+		}
+		url := q.url
+		q.mu.Unlock()
+		if !have {
+			select {
+			case <-ctx.Done():
+				return
+			case <-q.wake:
+				continue
+			}
+		}
+		status, err := n.post(url, item)
+		switch {
+		case err == nil && status/100 == 2, err == nil && status/100 == 4:
+			if status/100 == 4 {
+				n.dropped.WithLabelValues(q.id).Inc()
+				n.log.Warn("cluster rejected job update", "cluster", q.id, "status", status, "job", item.JobName)
+			} else {
+				n.sent.WithLabelValues(q.id).Inc()
+			}
+			q.mu.Lock()
+			if len(q.items) > 0 && q.items[0] == item {
+				q.items = q.items[1:]
+			}
+			q.mu.Unlock()
+			if fails >= n.cfg.UnreachableAfter {
+				n.log.Info("cluster reachable again", "cluster", q.id)
+			}
+			fails, backoff = 0, n.cfg.MinBackoff
+			n.unreachable.WithLabelValues(q.id).Set(0)
+		default:
+			if err == nil {
+				err = fmt.Errorf("status %d", status)
+			}
+			fails++
+			n.failed.WithLabelValues(q.id).Inc()
+			if fails == n.cfg.UnreachableAfter {
+				n.unreachable.WithLabelValues(q.id).Set(1)
+				n.log.Warn("cluster unreachable; retrying with backoff", "cluster", q.id, "url", url, "err", err)
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(backoff*2, n.cfg.MaxBackoff)
+		}
+	}
+}
+
+func (n *notifier) post(url string, u jobUpdate) (int, error) {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(url + "/api/net/job/update")
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.SetContentType("application/json")
+	if n.token != "" {
+		req.Header.Set("Authorization", "Bearer "+n.token)
+	}
+	b, _ := json.Marshal(u)
+	req.SetBodyRaw(b)
+	if err := n.client.DoTimeout(req, resp, n.cfg.Timeout); err != nil {
+		return 0, err
+	}
+	return resp.StatusCode(), nil
+}

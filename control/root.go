@@ -1,0 +1,973 @@
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/ipam"
+	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
+)
+
+// DefaultPolicies are the balancing policies in registration order; policy
+// i (0-based) allocates service IPs of ipam.Kind(i+1).
+var DefaultPolicies = []string{"Closest", "RR"}
+
+// DefaultPrefix is the default Redis key prefix.
+const DefaultPrefix = "oakwire:"
+
+// RootConfig configures the root service manager. It is read once by
+// NewRoot (an immutable snapshot).
+type RootConfig struct {
+	// Prefix starts every Redis key (default DefaultPrefix). It may not
+	// contain '{' or '}' (the hash tags are ours).
+	Prefix string
+	// Token is the bearer token of every /api/ request and of the
+	// notifications to clusters; empty disables auth.
+	Token string
+	// Policies are the balancing policies' names in registration order
+	// (default DefaultPolicies). Each gets one v4+v6 service IP per service.
+	Policies []string
+	// IPAM is the address plan (zero fields: ipam defaults); it must be the
+	// allocator's. Used to validate addresses in requests.
+	IPAM ipam.Config
+	// Notify tunes change notifications to clusters.
+	Notify NotifyConfig
+	// Timeout bounds the work of one request against Redis (default 2 s).
+	Timeout time.Duration
+	Log     *slog.Logger
+}
+
+// Validate checks the configuration after defaults.
+func (c *RootConfig) Validate() error {
+	if strings.ContainsAny(c.Prefix, "{}") {
+		return fmt.Errorf("root config: prefix %q: may not contain { or }", c.Prefix)
+	}
+	if len(c.Policies) == 0 || len(c.Policies) >= ipam.MaxKinds {
+		return fmt.Errorf("root config: policies: want 1..%d, have %d", ipam.MaxKinds-1, len(c.Policies))
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Policies {
+		if !validPart(p) || seen[p] {
+			return fmt.Errorf("root config: policies: %q: empty, not alphanumeric or repeated", p)
+		}
+		seen[p] = true
+	}
+	if err := c.IPAM.Validate(); err != nil {
+		return fmt.Errorf("root config: %w", err)
+	}
+	return nil
+}
+
+func (c RootConfig) withDefaults() RootConfig {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if len(c.Policies) == 0 {
+		c.Policies = DefaultPolicies
+	}
+	c.Policies = slices.Clone(c.Policies)
+	c.IPAM = c.IPAM.WithDefaults()
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return c
+}
+
+// Root is the root service manager (SPEC §5).
+type Root struct {
+	*api
+	cfg    RootConfig
+	alloc  ipam.Allocator
+	notify *notifier
+	keyTag string // prefix + "{r}:"
+	// worker ranges, for validating namespace IPs
+	workerV4Lo, workerV4Hi netip.Addr
+	workerV6Lo, workerV6Hi netip.Addr
+}
+
+// NewRoot returns the root service manager over rdb and alloc. Close stops
+// its notifier.
+func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*Root, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Root{
+		api:    newAPI(cfg.Log, rdb, cfg.Token),
+		cfg:    cfg,
+		alloc:  alloc,
+		keyTag: cfg.Prefix + "{r}:",
+	}
+	first, _ := cfg.IPAM.SubnetAt(0)
+	last, _ := cfg.IPAM.SubnetAt(cfg.IPAM.WorkerCount - 1)
+	r.workerV4Lo, r.workerV6Lo = first.V4.Addr(), first.V6.Addr()
+	r.workerV4Hi, r.workerV6Hi = lastAddr(last.V4), lastAddr(last.V6)
+	r.notify = newNotifier(cfg.Notify, cfg.Token, cfg.Log, r.reg)
+
+	r.handle("POST /api/net/cluster", r.registerCluster)
+	r.handle("DELETE /api/net/cluster/:cid", r.deleteCluster)
+	r.handle("POST /api/net/service/deploy", r.deployService)
+	r.handle("POST /api/net/service/net_deploy_status", r.netDeployStatus)
+	r.handle("POST /api/net/service/net_undeploy_status", r.netUndeployStatus)
+	r.handle("GET /api/net/service/ip/:ip/instances", r.serviceByIP)
+	r.handle("GET /api/net/service/:job/instances", r.serviceByJob)
+	r.handle("DELETE /api/net/service/:id", r.deleteService)
+	r.handle("POST /api/net/instance/deploy", r.deployInstance)
+	r.handle("DELETE /api/net/interest/:job", r.dropInterest)
+	r.handle("GET /api/net/subnet", r.allocSubnet)
+	r.handle("DELETE /api/net/subnet/:node", r.releaseSubnet)
+	r.handle("GET /api/pubnet/service/netinfo/available-ip", r.availableIP)
+	r.handle("DELETE /api/net/:id/:n", r.deleteInstance)
+	return r, nil
+}
+
+// Handler is the fasthttp handler of every root endpoint.
+func (r *Root) Handler() fasthttp.RequestHandler { return r.serve }
+
+// Close stops the notifier; pending notifications are dropped (clusters
+// refresh their caches periodically).
+func (r *Root) Close() error {
+	r.notify.close()
+	return nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr()
+	b := a.AsSlice()
+	hostBits := len(b)*8 - p.Bits()
+	for i := len(b) - 1; hostBits > 0; i-- {
+		n := min(hostBits, 8)
+		b[i] |= byte(1<<n - 1)
+		hostBits -= n
+	}
+	out, _ := netip.AddrFromSlice(b)
+	return out
+}
+
+func (r *Root) kSvc(id string) string   { return r.keyTag + "svc:" + id }
+func (r *Root) kInt(id string) string   { return r.keyTag + "int:" + id }
+func (r *Root) kCint(cid string) string { return r.keyTag + "cint:" + cid }
+func (r *Root) kJobs() string           { return r.keyTag + "jobs" }
+func (r *Root) kClusters() string       { return r.keyTag + "clusters" }
+
+func (r *Root) ctx(ctx *fasthttp.RequestCtx) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(detach(ctx, context.Background()), r.cfg.Timeout)
+}
+
+// ---- clusters ----
+
+type clusterInfo struct {
+	ClusterID      string `json:"cluster_id"`
+	ClusterAddress string `json:"cluster_address"`
+	ClusterPort    int    `json:"cluster_port"`
+}
+
+func (r *Root) registerCluster(ctx *fasthttp.RequestCtx, _ []string) error {
+	var in struct {
+		ClusterID      *string `json:"cluster_id"`
+		ClusterAddress *string `json:"cluster_address"`
+		ClusterPort    *int    `json:"cluster_port"`
+	}
+	if err := decodeBody(ctx, &in); err != nil {
+		return err
+	}
+	switch {
+	case in.ClusterID == nil:
+		return badf("missing_field", "cluster_id: missing")
+	case in.ClusterAddress == nil || *in.ClusterAddress == "":
+		return badf("missing_field", "cluster_address: missing")
+	case in.ClusterPort == nil:
+		return badf("missing_field", "cluster_port: missing")
+	}
+	if err := validID("cluster_id", *in.ClusterID); err != nil {
+		return err
+	}
+	if *in.ClusterPort < 1 || *in.ClusterPort > 65535 {
+		return badf("bad_port", "cluster_port: %d not in 1..65535", *in.ClusterPort)
+	}
+	addr := *in.ClusterAddress
+	if len(addr) > 255 || strings.ContainsAny(addr, " \t\r\n/?#@") && !strings.Contains(addr, "://") {
+		return badf("bad_address", "cluster_address: %q is not a host name, IP address or URL", addr)
+	}
+	ci := clusterInfo{ClusterID: *in.ClusterID, ClusterAddress: addr, ClusterPort: *in.ClusterPort}
+	b, _ := json.Marshal(ci)
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	if err := r.rdb.HSet(c, r.kClusters(), ci.ClusterID, b).Err(); err != nil {
+		return redisErr("register cluster", err)
+	}
+	writeJSON(ctx, 200, ci)
+	return nil
+}
+
+func (r *Root) deleteCluster(ctx *fasthttp.RequestCtx, p []string) error {
+	cid := p[0]
+	if err := validID("cluster_id", cid); err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	n, err := deleteClusterScript.Run(c, r.rdb, []string{r.kClusters(), r.kCint(cid)}, cid, r.keyTag+"int:").Int()
+	if err != nil {
+		return redisErr("delete cluster", err)
+	}
+	if n == 0 {
+		return notFoundf("cluster_id: %q is not registered", cid)
+	}
+	r.notify.forget(cid)
+	writeJSON(ctx, 200, map[string]string{"cluster_id": cid})
+	return nil
+}
+
+// ---- services ----
+
+type serviceMeta struct {
+	ID            string                 `json:"_id"`
+	JobName       string                 `json:"job_name"`
+	ServiceIPList []nodeclient.ServiceIP `json:"service_ip_list"`
+}
+
+type deployAnswer struct {
+	JobName       string                 `json:"job_name"`
+	ServiceIPList []nodeclient.ServiceIP `json:"service_ip_list"`
+}
+
+func (r *Root) svcOwner(id, policy string) string { return "svc/" + id + "/" + policy }
+func instOwner(id string, n int) string           { return "inst/" + id + "/" + strconv.Itoa(n) }
+
+func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
+	var in struct {
+		ID *string `json:"_id"`
+		DD *struct {
+			AppName     string `json:"app_name"`
+			AppNS       string `json:"app_ns"`
+			MsName      string `json:"microservice_name"`
+			MsNS        string `json:"microservice_namespace"`
+			ServiceName string `json:"service_name"`
+			ServiceNS   string `json:"service_ns"`
+			RRIP        string `json:"RR_ip"`
+			RRIPv6      string `json:"RR_ip_v6"`
+			ClosestIP   string `json:"closest_ip"`
+			ClosestIPv6 string `json:"closest_ip_v6"`
+		} `json:"deployment_descriptor"`
+	}
+	if err := decodeBody(ctx, &in); err != nil {
+		return err
+	}
+	if in.ID == nil {
+		return badf("missing_field", "_id: missing")
+	}
+	if err := validID("_id", *in.ID); err != nil {
+		return err
+	}
+	if in.DD == nil {
+		return badf("missing_field", "deployment_descriptor: missing")
+	}
+	dd := in.DD
+	// microservice_name/namespace are Oakestra's; service_name/service_ns
+	// are accepted in their place.
+	if dd.MsName == "" {
+		dd.MsName = dd.ServiceName
+	}
+	if dd.MsNS == "" {
+		dd.MsNS = dd.ServiceNS
+	}
+	for _, f := range []struct{ name, v string }{
+		{"deployment_descriptor.app_name", dd.AppName}, {"deployment_descriptor.app_ns", dd.AppNS},
+		{"deployment_descriptor.microservice_name", dd.MsName}, {"deployment_descriptor.microservice_namespace", dd.MsNS},
+	} {
+		if f.v == "" {
+			return badf("missing_field", "%s: missing", f.name)
+		}
+		if !validPart(f.v) {
+			return badf("bad_name", "%s: %q must match ^[a-zA-Z0-9]{1,30}$", f.name, f.v)
+		}
+	}
+	job := dd.AppName + "." + dd.AppNS + "." + dd.MsName + "." + dd.MsNS
+	id := *in.ID
+
+	custom := map[string][2]string{"RR": {dd.RRIP, dd.RRIPv6}, "Closest": {dd.ClosestIP, dd.ClosestIPv6}}
+	reqs := make([]ipam.Request, len(r.cfg.Policies))
+	for i, pol := range r.cfg.Policies {
+		reqs[i] = ipam.Request{Owner: r.svcOwner(id, pol), Kind: ipam.Kind(i + 1)}
+		cu := custom[pol]
+		field := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[pol]
+		if cu[0] != "" {
+			a, err := parseAddr("deployment_descriptor."+field, cu[0], 4)
+			if err != nil {
+				return err
+			}
+			if !r.cfg.IPAM.ServiceV4.Contains(a) {
+				return badf("out_of_pool", "deployment_descriptor.%s: %s outside the service pool %s", field, a, r.cfg.IPAM.ServiceV4)
+			}
+			reqs[i].Custom4 = a
+		}
+		if cu[1] != "" {
+			a, err := parseAddr("deployment_descriptor."+field+"_v6", cu[1], 6)
+			if err != nil {
+				return err
+			}
+			kp, _ := r.cfg.IPAM.KindPrefix(ipam.Kind(i + 1))
+			if !kp.Contains(a) {
+				return badf("out_of_pool", "deployment_descriptor.%s_v6: %s outside the %s pool %s", field, a, pol, kp)
+			}
+			reqs[i].Custom6 = a
+		}
+	}
+
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	// Pre-checks: a job name held by another id, or this id holding another
+	// job, is a conflict before anything is allocated.
+	pipe := r.rdb.Pipeline()
+	ownerCmd := pipe.HGet(c, r.kJobs(), job)
+	metaCmd := pipe.HGet(c, r.kSvc(id), "meta")
+	if _, err := pipe.Exec(c); err != nil && !errors.Is(err, redis.Nil) {
+		return redisErr("deploy service: read", err)
+	}
+	if o := ownerCmd.Val(); o != "" && o != id {
+		return conflictf("job_name: %s already belongs to service _id %q", job, o)
+	}
+	existed := metaCmd.Val() != ""
+	if existed {
+		var m serviceMeta
+		if err := json.Unmarshal([]byte(metaCmd.Val()), &m); err == nil && m.JobName != job {
+			return conflictf("_id: %q already names service %s", id, m.JobName)
+		}
+	}
+
+	pairs, err := r.alloc.Alloc(c, reqs)
+	if err != nil {
+		if errors.Is(err, ipam.ErrConflict) {
+			// Name the field of the custom address that is taken.
+			for i, q := range reqs {
+				if (q.Custom4.IsValid() || q.Custom6.IsValid()) && strings.Contains(err.Error(), q.Owner+" ") {
+					f := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[r.cfg.Policies[i]]
+					return newErr(ipam.ErrConflict, "address_in_use", "deployment_descriptor.%s: requested address not free (%v)", f, err)
+				}
+			}
+		}
+		return fmt.Errorf("deploy service: allocate service IPs: %w", err)
+	}
+	meta := serviceMeta{ID: id, JobName: job}
+	for i, pol := range r.cfg.Policies {
+		meta.ServiceIPList = append(meta.ServiceIPList, nodeclient.ServiceIP{IpType: pol, Address: pairs[i].V4.String(), AddressV6: pairs[i].V6.String()})
+	}
+	mb, _ := json.Marshal(meta)
+	res, err := createServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kJobs()}, id, job, mb).Slice()
+	if err != nil {
+		if !existed {
+			r.release(ctx, reqOwners(reqs))
+		}
+		return redisErr("deploy service: store", err)
+	}
+	switch res[0].(int64) {
+	case -2:
+		if !existed {
+			r.release(ctx, reqOwners(reqs))
+		}
+		return conflictf("job_name: %s already belongs to service _id %q", job, res[1])
+	case -3:
+		return conflictf("_id: %q already names service %s", id, res[1])
+	case 0:
+		if err := json.Unmarshal([]byte(res[1].(string)), &meta); err != nil {
+			return fmt.Errorf("deploy service: stored meta: %w", err)
+		}
+	}
+	writeJSON(ctx, 200, deployAnswer{JobName: meta.JobName, ServiceIPList: meta.ServiceIPList})
+	return nil
+}
+
+func reqOwners(reqs []ipam.Request) []string {
+	out := make([]string, len(reqs))
+	for i, q := range reqs {
+		out[i] = q.Owner
+	}
+	return out
+}
+
+// release frees owners after a failed write, on a fresh context (the
+// request's may be what failed). Failure is logged: the owners are
+// deterministic, so a retried request re-uses (or a delete frees) them.
+func (r *Root) release(_ context.Context, owners []string) {
+	c, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
+	defer cancel()
+	if err := r.alloc.Release(c, owners); err != nil {
+		r.log.Warn("release after failed write", "owners", owners, "err", err)
+	}
+}
+
+func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
+	id := p[0]
+	if err := validID("_id", id); err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	res, err := deleteServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kJobs(), r.kInt(id)}, id, r.keyTag+"cint:").Slice()
+	if err != nil {
+		return redisErr("delete service", err)
+	}
+	owners := make([]string, len(r.cfg.Policies))
+	for i, pol := range r.cfg.Policies {
+		owners[i] = r.svcOwner(id, pol)
+	}
+	switch res[0].(int64) {
+	case -1:
+		// Unknown: still free what a half-finished earlier attempt may have
+		// left (owners that hold nothing are ignored).
+		if err := r.alloc.Release(c, owners); err != nil {
+			return fmt.Errorf("delete service: release: %w", err)
+		}
+		return notFoundf("_id: no service %q", id)
+	case -2:
+		return conflictf("_id: service %q still has instances", id)
+	}
+	if err := r.alloc.Release(c, owners); err != nil {
+		return fmt.Errorf("delete service: release service IPs: %w", err)
+	}
+	var m serviceMeta
+	_ = json.Unmarshal([]byte(res[1].(string)), &m)
+	writeJSON(ctx, 200, map[string]string{"_id": id, "job_name": m.JobName})
+	return nil
+}
+
+// ---- instances ----
+
+type instanceAnswer struct {
+	JobName string `json:"job_name"`
+	nodeclient.Instance
+}
+
+func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
+	var in struct {
+		ID        *string `json:"_id"`
+		N         *int    `json:"instance_number"`
+		ClusterID *string `json:"cluster_id"`
+	}
+	if err := decodeBody(ctx, &in); err != nil {
+		return err
+	}
+	switch {
+	case in.ID == nil:
+		return badf("missing_field", "_id: missing")
+	case in.N == nil:
+		return badf("missing_field", "instance_number: missing")
+	case in.ClusterID == nil:
+		return badf("missing_field", "cluster_id: missing")
+	}
+	if err := validID("_id", *in.ID); err != nil {
+		return err
+	}
+	if err := validID("cluster_id", *in.ClusterID); err != nil {
+		return err
+	}
+	if *in.N < 0 {
+		return badf("bad_instance_number", "instance_number: %d is negative", *in.N)
+	}
+	id, n, cid := *in.ID, *in.N, *in.ClusterID
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+
+	pipe := r.rdb.Pipeline()
+	metaCmd := pipe.HGet(c, r.kSvc(id), "meta")
+	instCmd := pipe.HGet(c, r.kSvc(id), "i:"+strconv.Itoa(n))
+	clCmd := pipe.HExists(c, r.kClusters(), cid)
+	if _, err := pipe.Exec(c); err != nil && !errors.Is(err, redis.Nil) {
+		return redisErr("deploy instance: read", err)
+	}
+	if metaCmd.Val() == "" {
+		return notFoundf("_id: no service %q", id)
+	}
+	if !clCmd.Val() {
+		return notFoundf("cluster_id: %q is not registered", cid)
+	}
+	existed := instCmd.Val() != ""
+	var meta serviceMeta
+	_ = json.Unmarshal([]byte(metaCmd.Val()), &meta)
+	owner := instOwner(id, n)
+	pairs, err := r.alloc.Alloc(c, []ipam.Request{{Owner: owner, Kind: ipam.KindInstance}})
+	if err != nil {
+		return fmt.Errorf("deploy instance: allocate instance IPs: %w", err)
+	}
+	inst := nodeclient.Instance{InstanceNumber: n, InstanceIP: pairs[0].V4.String(), InstanceIPv6: pairs[0].V6.String(), ClusterID: cid}
+	ib, _ := json.Marshal(inst)
+	res, err := deployInstanceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters()}, "i:"+strconv.Itoa(n), ib, cid).Slice()
+	if err != nil {
+		if !existed {
+			r.release(ctx, []string{owner})
+		}
+		return redisErr("deploy instance: store", err)
+	}
+	if res[0].(int64) == -1 {
+		if !existed {
+			r.release(ctx, []string{owner})
+		}
+		return notFoundf("_id: no service %q", id)
+	}
+	if err := json.Unmarshal([]byte(res[1].(string)), &inst); err != nil {
+		return fmt.Errorf("deploy instance: stored instance: %w", err)
+	}
+	if res[0].(int64) == 1 {
+		r.notifyClusters(res[2:], meta.JobName, n, "DEPLOYMENT")
+	}
+	writeJSON(ctx, 200, instanceAnswer{JobName: meta.JobName, Instance: inst})
+	return nil
+}
+
+func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
+	id, ns := p[0], p[1]
+	if err := validID("_id", id); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(ns)
+	if err != nil || n < -1 {
+		return badf("bad_instance_number", "instance_number: %q is not an integer >= -1", ns)
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	meta, err := r.rdb.HGet(c, r.kSvc(id), "meta").Result()
+	if errors.Is(err, redis.Nil) {
+		return notFoundf("_id: no service %q", id)
+	} else if err != nil {
+		return redisErr("delete instance: read", err)
+	}
+	var m serviceMeta
+	_ = json.Unmarshal([]byte(meta), &m)
+	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters()}, strconv.Itoa(n)).Slice()
+	if err != nil {
+		return redisErr("delete instance", err)
+	}
+	switch res[0].(int64) {
+	case -1:
+		return notFoundf("_id: no service %q", id)
+	case -2:
+		// Free a leftover of an earlier attempt that failed to release.
+		if err := r.alloc.Release(c, []string{instOwner(id, n)}); err != nil {
+			return fmt.Errorf("delete instance: release: %w", err)
+		}
+		return notFoundf("instance_number: service %q has no instance %d", id, n)
+	}
+	var removed []int
+	var owners []string
+	for _, v := range res[1].([]any) {
+		k, _ := strconv.Atoi(v.(string))
+		removed = append(removed, k)
+		owners = append(owners, instOwner(id, k))
+	}
+	slices.Sort(removed)
+	if len(owners) > 0 {
+		if err := r.alloc.Release(c, owners); err != nil {
+			return fmt.Errorf("delete instance: release instance IPs: %w", err)
+		}
+	}
+	for _, k := range removed {
+		r.notifyClusters(res[2:], m.JobName, k, "UNDEPLOYMENT")
+	}
+	if removed == nil {
+		removed = []int{}
+	}
+	writeJSON(ctx, 200, map[string]any{"_id": id, "job_name": m.JobName, "removed": removed})
+	return nil
+}
+
+type statusIn struct {
+	InstanceNumber *int    `json:"instance_number"`
+	NamespaceIP    *string `json:"namespace_ip"`
+	NamespaceIPv6  *string `json:"namespace_ip_v6"`
+	HostIP         *string `json:"host_ip"`
+	HostPort       *int    `json:"host_port"`
+}
+
+func (r *Root) inWorkerRange(a netip.Addr) bool {
+	if a.Is4() {
+		return a.Compare(r.workerV4Lo) >= 0 && a.Compare(r.workerV4Hi) <= 0
+	}
+	return a.Compare(r.workerV6Lo) >= 0 && a.Compare(r.workerV6Hi) <= 0
+}
+
+func (r *Root) netDeployStatus(ctx *fasthttp.RequestCtx, _ []string) error {
+	return r.deployStatus(ctx, false)
+}
+
+// netUndeployStatus is Oakwire's extension: the instance stopped at the
+// given host; clear its location if it is still there (a migration may
+// already have moved it).
+func (r *Root) netUndeployStatus(ctx *fasthttp.RequestCtx, _ []string) error {
+	return r.deployStatus(ctx, true)
+}
+
+func (r *Root) deployStatus(ctx *fasthttp.RequestCtx, undeploy bool) error {
+	var in struct {
+		JobID     *string    `json:"job_id"`
+		Instances []statusIn `json:"instances"`
+	}
+	if err := decodeBody(ctx, &in); err != nil {
+		return err
+	}
+	if in.JobID == nil {
+		return badf("missing_field", "job_id: missing")
+	}
+	if err := validID("job_id", *in.JobID); err != nil {
+		return err
+	}
+	if len(in.Instances) == 0 {
+		return badf("missing_field", "instances: missing or empty")
+	}
+	var args []any
+	seen := map[int]bool{}
+	for i, s := range in.Instances {
+		f := func(name string) string { return fmt.Sprintf("instances[%d].%s", i, name) }
+		if s.InstanceNumber == nil {
+			return badf("missing_field", "%s: missing", f("instance_number"))
+		}
+		if *s.InstanceNumber < 0 {
+			return badf("bad_instance_number", "%s: %d is negative", f("instance_number"), *s.InstanceNumber)
+		}
+		if seen[*s.InstanceNumber] {
+			return badf("duplicate", "%s: %d listed twice", f("instance_number"), *s.InstanceNumber)
+		}
+		seen[*s.InstanceNumber] = true
+		if s.HostIP == nil || *s.HostIP == "" {
+			return badf("missing_field", "%s: missing", f("host_ip"))
+		}
+		hip, err := parseAddr(f("host_ip"), *s.HostIP, 0)
+		if err != nil {
+			return err
+		}
+		if s.HostPort == nil {
+			return badf("missing_field", "%s: missing", f("host_port"))
+		}
+		if *s.HostPort < 1 || *s.HostPort > 65535 {
+			return badf("bad_port", "%s: %d not in 1..65535", f("host_port"), *s.HostPort)
+		}
+		field := "i:" + strconv.Itoa(*s.InstanceNumber)
+		if undeploy {
+			args = append(args, field, hip.String(), strconv.Itoa(*s.HostPort))
+			continue
+		}
+		if s.NamespaceIP == nil || *s.NamespaceIP == "" {
+			return badf("missing_field", "%s: missing", f("namespace_ip"))
+		}
+		ns4, err := parseAddr(f("namespace_ip"), *s.NamespaceIP, 4)
+		if err != nil {
+			return err
+		}
+		if !r.inWorkerRange(ns4) {
+			return badf("out_of_pool", "%s: %s outside the worker subnets %s–%s", f("namespace_ip"), ns4, r.workerV4Lo, r.workerV4Hi)
+		}
+		ns6s := ""
+		if s.NamespaceIPv6 != nil && *s.NamespaceIPv6 != "" {
+			ns6, err := parseAddr(f("namespace_ip_v6"), *s.NamespaceIPv6, 6)
+			if err != nil {
+				return err
+			}
+			if !r.inWorkerRange(ns6) {
+				return badf("out_of_pool", "%s: %s outside the worker subnets %s–%s", f("namespace_ip_v6"), ns6, r.workerV6Lo, r.workerV6Hi)
+			}
+			ns6s = ns6.String()
+		}
+		args = append(args, field, ns4.String(), ns6s, hip.String(), strconv.Itoa(*s.HostPort))
+	}
+	id := *in.JobID
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	meta, err := r.rdb.HGet(c, r.kSvc(id), "meta").Result()
+	if errors.Is(err, redis.Nil) {
+		return notFoundf("job_id: no service %q", id)
+	} else if err != nil {
+		return redisErr("deploy status: read", err)
+	}
+	var m serviceMeta
+	_ = json.Unmarshal([]byte(meta), &m)
+	script := deployStatusScript
+	if undeploy {
+		script = undeployStatusScript
+	}
+	res, err := script.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters()}, args...).Slice()
+	if err != nil {
+		return redisErr("deploy status: store", err)
+	}
+	switch res[0].(int64) {
+	case -1:
+		return notFoundf("job_id: no service %q", id)
+	case -2:
+		return notFoundf("instances: service %q has no instance %s", id, strings.TrimPrefix(res[1].(string), "i:"))
+	}
+	if res[0].(int64) > 0 {
+		typ := "DEPLOYMENT"
+		if undeploy {
+			typ = "UNDEPLOYMENT"
+		}
+		for _, s := range in.Instances {
+			r.notifyClusters(res[1:], m.JobName, *s.InstanceNumber, typ)
+		}
+	}
+	writeJSON(ctx, 200, map[string]any{"job_id": id, "job_name": m.JobName, "updated": res[0]})
+	return nil
+}
+
+func (r *Root) notifyClusters(clusters []any, job string, n int, typ string) {
+	for _, c := range clusters {
+		var ci clusterInfo
+		if err := json.Unmarshal([]byte(c.(string)), &ci); err != nil {
+			continue
+		}
+		r.notify.enqueue(ci, jobUpdate{JobName: job, InstanceNumber: n, Type: typ})
+	}
+}
+
+// ---- lookups and interests ----
+
+func (r *Root) serviceByJob(ctx *fasthttp.RequestCtx, p []string) error {
+	job, err := normJob("job_name", p[0])
+	if err != nil {
+		return err
+	}
+	cid, err := r.clusterParam(ctx)
+	if err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	res, err := resolveJobScript.Run(c, r.rdb, []string{r.kJobs(), r.kClusters()}, job, cid, r.keyTag).Slice()
+	if err != nil {
+		return redisErr("get service", err)
+	}
+	switch res[0].(int64) {
+	case -1:
+		return notFoundf("job_name: no service %s", job)
+	case -2:
+		return notFoundf("cluster_id: %q is not registered", cid)
+	}
+	e, err := entryFromFields(res[1].([]any))
+	if err != nil {
+		return err
+	}
+	writeJSON(ctx, 200, e)
+	return nil
+}
+
+func (r *Root) serviceByIP(ctx *fasthttp.RequestCtx, p []string) error {
+	a, err := parseAddr("ip", p[0], 0)
+	if err != nil {
+		return err
+	}
+	if a.Is4() && !r.cfg.IPAM.ServiceV4.Contains(a) || a.Is6() && !r.cfg.IPAM.ServiceV6Base.Contains(a) {
+		return badf("out_of_pool", "ip: %s is not in the service pools %s, %s", a, r.cfg.IPAM.ServiceV4, r.cfg.IPAM.ServiceV6Base)
+	}
+	cid, err := r.clusterParam(ctx)
+	if err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	owner, err := r.alloc.Owner(c, a)
+	if err != nil {
+		if errors.Is(err, ipam.ErrNotFound) {
+			return notFoundf("ip: %s belongs to no service or instance", a)
+		}
+		return fmt.Errorf("get service by ip: %w", err)
+	}
+	// owners are svc/<id>/<policy> or inst/<id>/<n>
+	parts := strings.Split(owner, "/")
+	if len(parts) != 3 {
+		return notFoundf("ip: %s belongs to no service or instance", a)
+	}
+	return r.answerService(ctx, c, parts[1], cid, fmt.Sprintf("ip: %s belongs to no service or instance", a))
+}
+
+func (r *Root) clusterParam(ctx *fasthttp.RequestCtx) (string, error) {
+	cid := string(ctx.QueryArgs().Peek("cluster_id"))
+	if cid == "" {
+		return "", nil
+	}
+	return cid, validID("cluster_id", cid)
+}
+
+// answerService writes the service entry of id, registering cid's interest
+// when cid is set.
+func (r *Root) answerService(ctx *fasthttp.RequestCtx, c context.Context, id, cid, notFound string) error {
+	var fields []any
+	if cid == "" {
+		m, err := r.rdb.HGetAll(c, r.kSvc(id)).Result()
+		if err != nil {
+			return redisErr("get service", err)
+		}
+		if m["meta"] == "" {
+			return notFoundf("%s", notFound)
+		}
+		for k, v := range m {
+			fields = append(fields, k, v)
+		}
+	} else {
+		res, err := getServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kCint(cid), r.kClusters()}, id, cid).Slice()
+		if err != nil {
+			return redisErr("get service", err)
+		}
+		switch res[0].(int64) {
+		case -1:
+			return notFoundf("%s", notFound)
+		case -2:
+			return notFoundf("cluster_id: %q is not registered", cid)
+		}
+		fields = res[1].([]any)
+	}
+	e, err := entryFromFields(fields)
+	if err != nil {
+		return err
+	}
+	writeJSON(ctx, 200, e)
+	return nil
+}
+
+// entryFromFields builds a service entry from the service hash (field,
+// value, field, value…).
+func entryFromFields(fields []any) (nodeclient.ServiceEntry, error) {
+	var e nodeclient.ServiceEntry
+	e.InstanceList = []nodeclient.Instance{}
+	for i := 0; i+1 < len(fields); i += 2 {
+		k, _ := fields[i].(string)
+		v, _ := fields[i+1].(string)
+		if k == "meta" {
+			var m serviceMeta
+			if err := json.Unmarshal([]byte(v), &m); err != nil {
+				return e, fmt.Errorf("service entry: meta: %w", err)
+			}
+			e.ID, e.JobName, e.ServiceIPList = m.ID, m.JobName, m.ServiceIPList
+			continue
+		}
+		var inst nodeclient.Instance
+		if err := json.Unmarshal([]byte(v), &inst); err != nil {
+			return e, fmt.Errorf("service entry: %s: %w", k, err)
+		}
+		e.InstanceList = append(e.InstanceList, inst)
+	}
+	slices.SortFunc(e.InstanceList, func(a, b nodeclient.Instance) int { return a.InstanceNumber - b.InstanceNumber })
+	return e, nil
+}
+
+func (r *Root) dropInterest(ctx *fasthttp.RequestCtx, p []string) error {
+	job, err := normJob("job_name", p[0])
+	if err != nil {
+		return err
+	}
+	cid, err := r.clusterParam(ctx)
+	if err != nil {
+		return err
+	}
+	if cid == "" {
+		return badf("missing_field", "cluster_id: missing query parameter")
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	id, err := r.rdb.HGet(c, r.kJobs(), job).Result()
+	if errors.Is(err, redis.Nil) {
+		return notFoundf("job_name: no service %s", job)
+	} else if err != nil {
+		return redisErr("drop interest", err)
+	}
+	pipe := r.rdb.TxPipeline()
+	pipe.SRem(c, r.kInt(id), cid)
+	pipe.SRem(c, r.kCint(cid), id)
+	if _, err := pipe.Exec(c); err != nil {
+		return redisErr("drop interest", err)
+	}
+	writeJSON(ctx, 200, map[string]string{"job_name": job, "cluster_id": cid})
+	return nil
+}
+
+// ---- subnets and preview ----
+
+type subnetAnswer struct {
+	NodeID       string `json:"node_id"`
+	SubnetAddr   string `json:"subnet_addr"`
+	SubnetAddrV6 string `json:"subnet_addr_v6"`
+	Subnet       string `json:"subnet"`
+	SubnetV6     string `json:"subnet_v6"`
+}
+
+func (r *Root) allocSubnet(ctx *fasthttp.RequestCtx, _ []string) error {
+	node := string(ctx.QueryArgs().Peek("node_id"))
+	if node == "" {
+		// Not idempotent without a node id (Oakestra's behaviour); the
+		// answer names the generated id so the subnets can be freed.
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		node = "anon-" + hex.EncodeToString(b[:])
+	} else if err := validID("node_id", node); err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	sp, err := r.alloc.AllocSubnet(c, node)
+	if err != nil {
+		return fmt.Errorf("allocate subnet: %w", err)
+	}
+	writeJSON(ctx, 200, subnetAnswer{NodeID: node, SubnetAddr: sp.V4.Addr().String(), SubnetAddrV6: sp.V6.Addr().String(),
+		Subnet: sp.V4.String(), SubnetV6: sp.V6.String()})
+	return nil
+}
+
+func (r *Root) releaseSubnet(ctx *fasthttp.RequestCtx, p []string) error {
+	node := p[0]
+	if err := validID("node_id", node); err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	if err := r.alloc.ReleaseSubnet(c, node); err != nil {
+		if errors.Is(err, ipam.ErrNotFound) {
+			return notFoundf("node_id: %q holds no subnet", node)
+		}
+		return fmt.Errorf("release subnet: %w", err)
+	}
+	writeJSON(ctx, 200, map[string]string{"node_id": node})
+	return nil
+}
+
+func (r *Root) availableIP(ctx *fasthttp.RequestCtx, _ []string) error {
+	fam := 4
+	switch v := string(ctx.QueryArgs().Peek("v")); v {
+	case "", "4":
+	case "6":
+		fam = 6
+	default:
+		return badf("bad_param", "v: %q, want 4 or 6", v)
+	}
+	kind := ipam.Kind(1)
+	if k := string(ctx.QueryArgs().Peek("kind")); k != "" {
+		i := slices.Index(r.cfg.Policies, k)
+		switch {
+		case k == "instance":
+			kind = ipam.KindInstance
+		case i >= 0:
+			kind = ipam.Kind(i + 1)
+		default:
+			return badf("bad_param", "kind: %q, want instance or one of %v", k, r.cfg.Policies)
+		}
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	a, err := r.alloc.Peek(c, kind, fam)
+	if err != nil {
+		return fmt.Errorf("preview: %w", err)
+	}
+	writeJSON(ctx, 200, map[string]string{"ip": a.String()})
+	return nil
+}

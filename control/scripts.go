@@ -1,0 +1,182 @@
+package control
+
+import "github.com/redis/go-redis/v9"
+
+// Lua scripts: every multi-key change of the control state is one script,
+// so it is atomic and replicas never see half of it. All keys of a script
+// share one hash tag ({r} for root state, {c:<id>} for a cluster's), and
+// keys built inside a script carry the same tag, so scripts run unchanged on
+// Redis Cluster.
+
+// luaInterested appends the JSON of every registered cluster interested in
+// the service (int set KEYS[2], clusters hash KEYS[3]) to out.
+const luaInterested = `
+local function interested(out)
+  for _, c in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local v = redis.call('HGET', KEYS[3], c)
+    if v then table.insert(out, v) end
+  end
+  return out
+end
+`
+
+// createService: KEYS svc, jobs. ARGV id, job, meta JSON.
+// → {1, meta} created, {0, meta} exists already (same job),
+// {-2, other id} job taken, {-3, job} id exists with another job.
+var createServiceScript = redis.NewScript(`
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if owner and owner ~= ARGV[1] then return {-2, owner} end
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if meta then
+  local m = cjson.decode(meta)
+  if m.job_name ~= ARGV[2] then return {-3, m.job_name} end
+  return {0, meta}
+end
+redis.call('HSET', KEYS[1], 'meta', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return {1, ARGV[3]}
+`)
+
+// deleteService: KEYS svc, jobs, int. ARGV id, cint key prefix.
+// → {1, meta} deleted, {-1} unknown, {-2} has instances.
+var deleteServiceScript = redis.NewScript(`
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if not meta then return {-1} end
+if redis.call('HLEN', KEYS[1]) > 1 then return {-2} end
+local m = cjson.decode(meta)
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('SREM', ARGV[2] .. c, ARGV[1])
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+if redis.call('HGET', KEYS[2], m.job_name) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], m.job_name)
+end
+return {1, meta}
+`)
+
+// deployInstance: KEYS svc, int, clusters. ARGV field, instance JSON,
+// cluster id. → {-1} unknown service; {changed, instance JSON, clusters...}.
+// An existing instance keeps its addresses; only its cluster may change.
+var deployInstanceScript = redis.NewScript(luaInterested + `
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local inst = cjson.decode(cur)
+  if inst.cluster_id == ARGV[3] then return {0, cur} end
+  inst.cluster_id = ARGV[3]
+  cur = cjson.encode(inst)
+  redis.call('HSET', KEYS[1], ARGV[1], cur)
+  return interested({1, cur})
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return interested({1, ARGV[2]})
+`)
+
+// deployStatus: KEYS svc, int, clusters. ARGV groups of 5: field, nsIP,
+// nsIPv6, host IP, host port. All instances must exist; all are updated.
+// → {-1} unknown service, {-2, field} unknown instance, {1, clusters...}.
+var deployStatusScript = redis.NewScript(luaInterested + `
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
+local cur = {}
+for i = 1, #ARGV, 5 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if not v then return {-2, ARGV[i]} end
+  cur[i] = cjson.decode(v)
+end
+for i = 1, #ARGV, 5 do
+  local inst = cur[i]
+  inst.namespace_ip = ARGV[i+1]
+  inst.namespace_ip_v6 = ARGV[i+2]
+  inst.host_ip = ARGV[i+3]
+  inst.host_port = tonumber(ARGV[i+4])
+  redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(inst))
+end
+return interested({1})
+`)
+
+// undeployStatus: KEYS svc, int, clusters. ARGV groups of 3: field, host
+// IP, host port. Clears the location of each instance that still runs at
+// that host. → {-1}, {-2, field}, {n cleared, clusters...}.
+var undeployStatusScript = redis.NewScript(luaInterested + `
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
+local cur = {}
+for i = 1, #ARGV, 3 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if not v then return {-2, ARGV[i]} end
+  cur[i] = cjson.decode(v)
+end
+local n = 0
+for i = 1, #ARGV, 3 do
+  local inst = cur[i]
+  if inst.host_ip == ARGV[i+1] and tonumber(inst.host_port) == tonumber(ARGV[i+2]) then
+    inst.namespace_ip = ''
+    inst.namespace_ip_v6 = ''
+    inst.host_ip = ''
+    inst.host_port = 0
+    redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(inst))
+    n = n + 1
+  end
+end
+if n == 0 then return {0} end
+return interested({n})
+`)
+
+// deleteInstances: KEYS svc, int, clusters. ARGV instance number or "-1".
+// → {-1} unknown service, {-2} unknown instance, {1, {numbers}, clusters...}.
+var deleteInstancesScript = redis.NewScript(luaInterested + `
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
+local removed = {}
+if ARGV[1] == '-1' then
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 2) == 'i:' then
+      redis.call('HDEL', KEYS[1], f)
+      table.insert(removed, string.sub(f, 3))
+    end
+  end
+else
+  if redis.call('HDEL', KEYS[1], 'i:' .. ARGV[1]) == 0 then return {-2} end
+  removed = {ARGV[1]}
+end
+if #removed == 0 then return {1, removed} end
+return interested({1, removed})
+`)
+
+// getService: KEYS svc, int, cint, clusters. ARGV id, cluster id.
+// Registers the cluster's interest. → {-1} unknown service, {-2} unknown
+// cluster, {1, HGETALL}.
+var getServiceScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
+if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 0 then return {-2} end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return {1, redis.call('HGETALL', KEYS[1])}
+`)
+
+// deleteCluster: KEYS clusters, cint. ARGV cluster id, int key prefix.
+// → 0 unknown, 1 deleted (with its interests).
+var deleteClusterScript = redis.NewScript(`
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+for _, s in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('SREM', ARGV[2] .. s, ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+return 1
+`)
+
+// resolveJob: KEYS jobs, clusters. ARGV job, cluster id (may be empty),
+// key tag. One round trip for the hottest read: job → id → service hash,
+// registering the cluster's interest when given. The service, int and cint
+// keys are built here; they carry the same {r} tag as KEYS, so one slot.
+// → {-1} unknown job, {-2} unknown cluster, {1, HGETALL}.
+var resolveJobScript = redis.NewScript(`
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return {-1} end
+local svc = ARGV[3] .. 'svc:' .. id
+if redis.call('HEXISTS', svc, 'meta') == 0 then return {-1} end
+if ARGV[2] ~= '' then
+  if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return {-2} end
+  redis.call('SADD', ARGV[3] .. 'int:' .. id, ARGV[2])
+  redis.call('SADD', ARGV[3] .. 'cint:' .. ARGV[2], id)
+end
+return {1, redis.call('HGETALL', svc)}
+`)
