@@ -1,0 +1,22 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/oakwire/oakwire/netmanager"
+)
+
+// newDataplane is the seam where the AF_XDP fast path (fastpath, bpfprog)
+// plugs in: it returns the netmanager.Dataplane for cfg.Dataplane.
+func newDataplane(cfg netmanager.Config, log *slog.Logger) (netmanager.Dataplane, error) {
+	switch cfg.Dataplane {
+	case "none":
+		log.Warn("dataplane: none: kernel routing only; service IPs and the overlay are off")
+		return &netmanager.KernelOnly{}, nil
+	case "xdp":
+		// TODO(lead): wire fastpath + bpfprog here.
+		return nil, errors.New("dataplane xdp: not wired into this build yet; use --dataplane none")
+	}
+	return nil, errors.New("dataplane: want xdp or none")
+}

@@ -1,0 +1,72 @@
+// Command netmanager is Oakwire's node daemon (SPEC §7, §8):
+//
+//	netmanager [--config FILE] --node-id ID --uplink IFACE --node-ip IP [--tunnel-port 50103]
+//	  --cluster URL [--socket PATH] [--state-dir DIR] [--workers N] [...]
+//	netmanager teardown [--config FILE] [--socket PATH] [--state-dir DIR]
+//
+// Every flag is also a key of the YAML file (configs/netmanager.yaml);
+// flags win over the file. SIGTERM/SIGINT stop the API and the data plane
+// and leave containers attached; a restart re-adopts them. `teardown`
+// removes everything the daemon set up on the node.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/oakwire/oakwire/netmanager"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "netmanager:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	teardown := len(args) > 0 && args[0] == "teardown"
+	if teardown {
+		args = args[1:]
+	}
+	cfg, err := netmanager.LoadConfig(args, os.Getenv, stderr)
+	if err != nil {
+		return err
+	}
+	level, err := netmanager.ParseLogLevel(cfg.LogLevel)
+	if err != nil {
+		return fmt.Errorf("log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if teardown {
+		return netmanager.Teardown(cfg, log)
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	dp, err := newDataplane(cfg, log)
+	if err != nil {
+		return err
+	}
+	d, err := netmanager.New(netmanager.Options{
+		Config:     cfg,
+		Dataplane:  dp,
+		NewCluster: netmanager.NodeClientCluster(cfg.Token),
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}

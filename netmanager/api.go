@@ -1,0 +1,188 @@
+package netmanager
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// maxBody bounds request bodies.
+const maxBody = 1 << 20
+
+// Handler is the local API of SPEC §7.1 (Oakestra's paths and JSON).
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /register", d.handleRegister)
+	mux.HandleFunc("POST /container/deploy", d.handleDeploy)
+	mux.HandleFunc("POST /container/undeploy", d.handleUndeploy)
+	mux.HandleFunc("POST /docker/undeploy", d.handleUndeploy)
+	mux.HandleFunc("GET /status", d.handleStatus)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// RegisterRequest is POST /register.
+type RegisterRequest struct {
+	ClientID       string `json:"client_id"`
+	ClusterAddress string `json:"cluster_address"`
+}
+
+func (d *Daemon) handleRegister(w http.ResponseWriter, r *http.Request) {
+	var req RegisterRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.ClientID == "" {
+		writeError(w, badRequest("missing_field", "client_id: missing"))
+		return
+	}
+	if err := d.Register(r.Context(), req.ClientID, req.ClusterAddress); err != nil {
+		d.log.Warn("register", "client_id", req.ClientID, "cluster", req.ClusterAddress, "err", err)
+		writeError(w, err)
+		return
+	}
+	d.mu.Lock()
+	sub := d.st.Subnets.Subnet()
+	d.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]string{
+		"client_id": req.ClientID, "cluster_address": req.ClusterAddress,
+		"subnet": sub.V4.String(), "subnet_v6": sub.V6.String(),
+	})
+}
+
+func (d *Daemon) handleDeploy(w http.ResponseWriter, r *http.Request) {
+	var req DeployRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		d.metrics.deployErrors.Inc()
+		writeError(w, err)
+		return
+	}
+	resp, err := d.Deploy(r.Context(), req)
+	if err != nil {
+		d.log.Warn("deploy", "service", req.ServiceName, "instance", req.InstanceNumber, "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (d *Daemon) handleUndeploy(w http.ResponseWriter, r *http.Request) {
+	var req UndeployRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := d.Undeploy(r.Context(), req); err != nil {
+		d.log.Warn("undeploy", "service", req.ServiceName, "instance", req.InstanceNumber, "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"serviceName": req.ServiceName, "instanceNumber": req.InstanceNumber})
+}
+
+// Status is GET /status.
+type Status struct {
+	NodeID     string            `json:"node_id"`
+	Registered bool              `json:"registered"`
+	Confirmed  bool              `json:"cluster_confirmed"`
+	Cluster    string            `json:"cluster"`
+	LastError  string            `json:"last_error,omitempty"`
+	Uplink     string            `json:"uplink"`
+	NodeIP     string            `json:"node_ip"`
+	TunnelPort int               `json:"tunnel_port"`
+	Subnet     string            `json:"subnet"`
+	SubnetV6   string            `json:"subnet_v6"`
+	Gateway    string            `json:"gateway"`
+	GatewayV6  string            `json:"gateway_v6"`
+	GatewayDev string            `json:"gateway_dev"`
+	Workers    int               `json:"workers"`
+	XDPMode    string            `json:"xdp_mode"`
+	MTU        int               `json:"mtu"`
+	Uptime     string            `json:"uptime"`
+	Containers []*Container      `json:"containers"`
+	Quarantine int               `json:"quarantined_ns_ips"`
+	Dataplane  DataplaneStats    `json:"dataplane"`
+	Counters   map[string]uint64 `json:"counters"`
+}
+
+// Status returns the daemon's status.
+func (d *Daemon) Status() Status {
+	dps := d.dp.Stats()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.st == nil { // before Run loaded the state
+		return Status{Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, Dataplane: dps}
+	}
+	s := Status{
+		NodeID: d.nodeID, Registered: d.st.Subnets != nil, Confirmed: d.confirmed,
+		Cluster: d.clusterAddressLocked(), LastError: d.lastErr,
+		Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, TunnelPort: d.cfg.TunnelPort,
+		Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode, MTU: d.cfg.MTU,
+		Uptime:     time.Since(d.started).Round(time.Second).String(),
+		Containers: append([]*Container{}, d.st.Containers...),
+		Quarantine: len(d.st.Quarantine),
+		Dataplane:  dps,
+		Counters: map[string]uint64{
+			"deploys":              d.metrics.deploys.Value(),
+			"deploy_errors":        d.metrics.deployErrors.Value(),
+			"undeploys":            d.metrics.undeploys.Value(),
+			"cluster_report_error": d.metrics.reportErrors.Value(),
+		},
+	}
+	if s.Workers == 0 {
+		s.Workers = runtime.NumCPU()
+	}
+	if d.st.Subnets != nil {
+		sub, gw := d.st.Subnets.Subnet(), d.st.Subnets.Gateway()
+		s.Subnet, s.SubnetV6 = sub.V4.String(), sub.V6.String()
+		s.Gateway, s.GatewayV6, s.GatewayDev = gw.V4.String(), gw.V6.String(), gatewayDev
+	}
+	return s
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, d.Status())
+}
+
+// decodeBody decodes a JSON body into v; errors name the field.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		var se *json.SyntaxError
+		var me *http.MaxBytesError
+		switch {
+		case errors.As(err, &te):
+			return badRequest("bad_type", "%s: want %s, got JSON %s", te.Field, te.Type, te.Value)
+		case errors.As(err, &se):
+			return badRequest("malformed_json", "malformed JSON at byte %d: %v", se.Offset, err)
+		case errors.As(err, &me):
+			return badRequest("too_large", "body larger than %d bytes", maxBody)
+		case errors.Is(err, io.EOF):
+			return badRequest("malformed_json", "empty body: want a JSON object")
+		}
+		return badRequest("malformed_json", "malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return badRequest("malformed_json", "malformed JSON: data after the object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	status, code := httpStatus(err)
+	writeJSON(w, status, map[string]string{"error": err.Error(), "code": code})
+}

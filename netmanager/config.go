@@ -1,0 +1,252 @@
+package netmanager
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the daemon's configuration: every command-line flag of SPEC §8
+// is also a YAML key of the same name, and flags win over the file.
+// configs/netmanager.yaml documents every key with its default.
+type Config struct {
+	// NodeID identifies this node to its cluster. Required with Cluster;
+	// without it the first POST /register names the node.
+	NodeID string `yaml:"node-id"`
+	// Uplink is the node's underlay interface (masquerade, tunnel).
+	Uplink string `yaml:"uplink"`
+	// NodeIP is the node's underlay address: tunnel endpoint and the only
+	// address port mappings are matched on.
+	NodeIP string `yaml:"node-ip"`
+	// TunnelPort is the UDP port of the overlay tunnel.
+	TunnelPort int `yaml:"tunnel-port"`
+	// Cluster is the cluster service manager (host, host:port or URL).
+	// Empty: wait for POST /register.
+	Cluster string `yaml:"cluster"`
+	// Socket is the path of the local API's unix socket.
+	Socket string `yaml:"socket"`
+	// StateDir holds the state file (state.json).
+	StateDir string `yaml:"state-dir"`
+	// Workers is the number of data-plane workers; 0 means one per CPU.
+	Workers int `yaml:"workers"`
+	// MTU of containers' interfaces (1450 fits the tunnel in a 1500 underlay).
+	MTU int `yaml:"mtu"`
+	// XDPMode is how XDP programs attach: generic or native.
+	XDPMode string `yaml:"xdp-mode"`
+	// Quarantine is how long a freed namespace IP stays unused (SPEC §2);
+	// 0 disables it.
+	Quarantine time.Duration `yaml:"quarantine"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log-level"`
+	// Insecure allows running without OAKWIRE_TOKEN (logs a warning).
+	Insecure bool `yaml:"insecure"`
+	// Dataplane selects the data plane: xdp (the AF_XDP fast path) or none
+	// (kernel routing only: same-node traffic and port mappings work,
+	// service IPs do not; for debugging and tests).
+	Dataplane string `yaml:"dataplane"`
+	// ContainerIf is the name of the interface inside containers.
+	ContainerIf string `yaml:"container-if"`
+	// PlatformV4 and PlatformV6 are the platform ranges (SPEC §2): routed
+	// to the overlay on the node and never masqueraded.
+	PlatformV4 string `yaml:"platform-v4"`
+	PlatformV6 string `yaml:"platform-v6"`
+
+	// Token is OAKWIRE_TOKEN from the environment; never in the file.
+	Token string `yaml:"-"`
+}
+
+// Defaults returns the configuration with every default filled in.
+func Defaults() Config {
+	return Config{
+		TunnelPort:  50103,
+		Socket:      "/etc/netmanager/netmanager.sock",
+		StateDir:    "/var/lib/netmanager",
+		MTU:         1450,
+		XDPMode:     "generic",
+		Quarantine:  60 * time.Second,
+		LogLevel:    "info",
+		Dataplane:   "xdp",
+		ContainerIf: "eth0",
+		PlatformV4:  "10.16.0.0/12",
+		PlatformV6:  "fc00::/7",
+	}
+}
+
+// StateFile is the path of the state file.
+func (c *Config) StateFile() string { return filepath.Join(c.StateDir, "state.json") }
+
+// bindFlags binds every key to a flag of the same name on fs, writing into c.
+func (c *Config) bindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node id (required with --cluster)")
+	fs.StringVar(&c.Uplink, "uplink", c.Uplink, "underlay interface")
+	fs.StringVar(&c.NodeIP, "node-ip", c.NodeIP, "node's underlay IP (tunnel endpoint)")
+	fs.IntVar(&c.TunnelPort, "tunnel-port", c.TunnelPort, "UDP port of the overlay tunnel")
+	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "cluster service manager (host:port or URL); empty: wait for POST /register")
+	fs.StringVar(&c.Socket, "socket", c.Socket, "unix socket of the local API")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state file")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "data-plane workers (0: one per CPU)")
+	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of container interfaces")
+	fs.StringVar(&c.XDPMode, "xdp-mode", c.XDPMode, "XDP attach mode: generic or native")
+	fs.DurationVar(&c.Quarantine, "quarantine", c.Quarantine, "how long a freed namespace IP stays unused (0: none)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "run without OAKWIRE_TOKEN")
+	fs.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "data plane: xdp or none (kernel routing only)")
+	fs.StringVar(&c.ContainerIf, "container-if", c.ContainerIf, "interface name inside containers")
+	fs.StringVar(&c.PlatformV4, "platform-v4", c.PlatformV4, "IPv4 platform range")
+	fs.StringVar(&c.PlatformV6, "platform-v6", c.PlatformV6, "IPv6 platform range")
+}
+
+// LoadConfig builds the configuration from args (flags, without the program
+// name): defaults, then the YAML file named by --config, then the flags
+// given, then OAKWIRE_TOKEN from env. It does not validate.
+func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	// First pass: find --config (and report bad flags once).
+	pre := flag.NewFlagSet("netmanager", flag.ContinueOnError)
+	pre.SetOutput(stderr)
+	var file string
+	pre.StringVar(&file, "config", "", "YAML configuration file")
+	scratch := Defaults()
+	scratch.bindFlags(pre)
+	if err := pre.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if pre.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", pre.Arg(0))
+	}
+	cfg := Defaults()
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := decodeYAML(b, &cfg); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", file, err)
+		}
+	}
+	// Second pass: flags given on the command line overwrite the file.
+	fs := flag.NewFlagSet("netmanager", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.String("config", "", "YAML configuration file")
+	cfg.bindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	cfg.Token = getenv("OAKWIRE_TOKEN")
+	return cfg, nil
+}
+
+// decodeYAML decodes b into c, rejecting unknown keys. An empty file is
+// fine.
+func decodeYAML(b []byte, c *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// Validate checks the configuration; the error names every bad key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if c.NodeID == "" && c.Cluster != "" {
+		bad("node-id", "required with cluster")
+	}
+	if c.NodeID != "" && !validNodeID(c.NodeID) {
+		bad("node-id", "%q: 1-128 characters of letters, digits and . _ - :", c.NodeID)
+	}
+	if c.Uplink == "" {
+		bad("uplink", "required")
+	} else if len(c.Uplink) > 15 || strings.ContainsAny(c.Uplink, "/ \t\"") {
+		bad("uplink", "%q is not an interface name", c.Uplink)
+	}
+	if c.NodeIP == "" {
+		bad("node-ip", "required")
+	} else if a, err := netip.ParseAddr(c.NodeIP); err != nil || a.Zone() != "" || a.IsUnspecified() {
+		bad("node-ip", "%q is not an IP address", c.NodeIP)
+	}
+	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
+		bad("tunnel-port", "%d not in 1-65535", c.TunnelPort)
+	}
+	if c.Socket == "" || !filepath.IsAbs(c.Socket) {
+		bad("socket", "%q must be an absolute path", c.Socket)
+	} else if len(c.Socket) > 107 {
+		bad("socket", "%q longer than 107 bytes", c.Socket)
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		bad("state-dir", "%q must be an absolute path", c.StateDir)
+	}
+	if c.Workers < 0 || c.Workers > 256 {
+		bad("workers", "%d not in 0-256", c.Workers)
+	}
+	if c.MTU < 1280 || c.MTU > 65535 {
+		bad("mtu", "%d not in 1280-65535 (IPv6 needs 1280)", c.MTU)
+	}
+	if c.XDPMode != "generic" && c.XDPMode != "native" {
+		bad("xdp-mode", "%q: want generic or native", c.XDPMode)
+	}
+	if c.Quarantine < 0 {
+		bad("quarantine", "%v is negative", c.Quarantine)
+	}
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		bad("log-level", "%v", err)
+	}
+	if c.Token == "" && !c.Insecure {
+		bad("insecure", "OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without a token")
+	}
+	if c.Dataplane != "xdp" && c.Dataplane != "none" {
+		bad("dataplane", "%q: want xdp or none", c.Dataplane)
+	}
+	if c.ContainerIf == "" || len(c.ContainerIf) > 15 || strings.ContainsAny(c.ContainerIf, "/ \t") {
+		bad("container-if", "%q is not an interface name", c.ContainerIf)
+	}
+	if p, err := netip.ParsePrefix(c.PlatformV4); err != nil || !p.Addr().Is4() || p.Masked() != p {
+		bad("platform-v4", "%q: want a masked IPv4 prefix", c.PlatformV4)
+	}
+	if p, err := netip.ParsePrefix(c.PlatformV6); err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p {
+		bad("platform-v6", "%q: want a masked IPv6 prefix", c.PlatformV6)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ParseLogLevel maps debug|info|warn|error to a slog level.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+}
+
+func (c *Config) nodeAddr() netip.Addr {
+	a, _ := netip.ParseAddr(c.NodeIP)
+	return a
+}
+
+func (c *Config) platforms() (netip.Prefix, netip.Prefix) {
+	p4, _ := netip.ParsePrefix(c.PlatformV4)
+	p6, _ := netip.ParsePrefix(c.PlatformV6)
+	return p4, p6
+}

@@ -1,0 +1,659 @@
+package netmanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oakwire/oakwire/ipam"
+)
+
+// Options are the daemon's collaborators. Dataplane and NewCluster are
+// required: cmd/netmanager passes the production ones; unit tests pass
+// fakes.
+type Options struct {
+	Config     Config
+	Dataplane  Dataplane
+	NewCluster ClusterFactory
+	Logger     *slog.Logger
+}
+
+// Daemon is the node-side NetManager.
+type Daemon struct {
+	cfg        Config
+	dp         Dataplane
+	newCluster ClusterFactory
+	log        *slog.Logger
+	metrics    *metrics
+	started    time.Time
+
+	// regMu serialises Register calls (held across the cluster call).
+	regMu sync.Mutex
+	// mu serialises every change of the node (register, deploy, undeploy,
+	// adopt) and guards all fields below.
+	mu        sync.Mutex
+	st        *State
+	nodeID    string
+	cluster   Cluster
+	confirmed bool   // the cluster answered a Register
+	lastErr   string // last registration error, for /status and 409s
+	dpStarted bool
+	ctx       context.Context // Run's context (for Dataplane.Start)
+}
+
+// New checks the options and returns a daemon ready to Run.
+func New(o Options) (*Daemon, error) {
+	if err := o.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Dataplane == nil {
+		return nil, errors.New("netmanager: no data plane")
+	}
+	if o.NewCluster == nil {
+		return nil, errors.New("netmanager: no cluster factory")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, started: time.Now()}
+	d.metrics = newMetrics(d)
+	return d, nil
+}
+
+// Run sets the node up from the state file (re-adopting its containers),
+// serves the local API and registers with the cluster, until ctx is done.
+// On return the API and the data plane are down; containers stay attached.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	d.ctx = ctx
+	if d.cfg.Insecure && d.cfg.Token == "" {
+		d.log.Warn("running without OAKWIRE_TOKEN (--insecure): cluster calls are unauthenticated")
+	}
+	defer func() {
+		err = errors.Join(err, d.closeCollaborators())
+	}()
+	if err := d.load(); err != nil {
+		return err
+	}
+	ln, err := listenUnix(d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(d.cfg.Socket)
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	d.log.Info("serving", "socket", d.cfg.Socket, "node_id", d.nodeIDSnapshot())
+
+	d.mu.Lock()
+	addr := d.clusterAddressLocked()
+	id := d.nodeID
+	d.mu.Unlock()
+	if addr != "" && id != "" {
+		go d.registerLoop(ctx, id, addr)
+	} else {
+		d.log.Info("waiting for POST /register")
+	}
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-serveErr:
+			return fmt.Errorf("api: %w", err)
+		case <-tick.C:
+			d.expireQuarantine()
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("api shutdown: %w", err)
+	}
+	d.log.Info("stopped; containers stay attached")
+	return nil
+}
+
+func (d *Daemon) closeCollaborators() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	if err := d.dp.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("data plane close: %w", err))
+	}
+	if d.cluster != nil {
+		if err := d.cluster.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster close: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) nodeIDSnapshot() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.nodeID
+}
+
+func (d *Daemon) clusterAddressLocked() string {
+	if d.cfg.Cluster != "" {
+		return d.cfg.Cluster
+	}
+	return d.st.ClusterAddress
+}
+
+// listenUnix listens on path with mode 0660, replacing a stale socket but
+// refusing to steal one a running daemon answers on.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket %s: exists and is not a socket", path)
+		}
+		if socketAnswers(path) {
+			return nil, fmt.Errorf("socket %s: another netmanager answers on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("stale socket %s: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket %s: chmod: %w", path, err)
+	}
+	return ln, nil
+}
+
+// load reads the state file and, when it holds subnets, sets the node up
+// again and re-adopts the containers whose veth still exists.
+func (d *Daemon) load() error {
+	st, err := loadState(d.cfg.StateFile())
+	if err != nil {
+		return err
+	}
+	if st == nil {
+		st = &State{}
+	}
+	if st.Sysctls == nil {
+		st.Sysctls = map[string]string{}
+	}
+	if st.Quarantine == nil {
+		st.Quarantine = map[netip.Addr]time.Time{}
+	}
+	if d.cfg.NodeID != "" && st.NodeID != "" && st.NodeID != d.cfg.NodeID {
+		return fmt.Errorf("state %s belongs to node %q, not %q: run `netmanager teardown` first", d.cfg.StateFile(), st.NodeID, d.cfg.NodeID)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.st = st
+	d.nodeID = d.cfg.NodeID
+	if d.nodeID == "" {
+		d.nodeID = st.NodeID
+	}
+	if st.Subnets == nil {
+		return nil
+	}
+	if addr := d.clusterAddressLocked(); addr != "" {
+		cl, err := d.newCluster(addr, d.nodeID)
+		if err != nil {
+			return fmt.Errorf("cluster %s: %w", addr, err)
+		}
+		d.cluster = cl
+	}
+	if err := d.setupNodeLocked(); err != nil {
+		return err
+	}
+	kept := st.Containers[:0]
+	for _, c := range st.Containers {
+		ok, err := readopt(c)
+		if err != nil {
+			return fmt.Errorf("re-adopt %s: %w", ownerOf(c.Job, c.Instance), err)
+		}
+		if !ok {
+			d.log.Warn("container gone; dropping it", "service", c.Job, "instance", c.Instance, "veth", c.HostIf)
+			d.releaseLocked(ownerOf(c.Job, c.Instance), c.NSIP4)
+			if d.cluster != nil {
+				go d.reportGone(d.cluster, c.Job, c.Instance)
+			}
+			continue
+		}
+		if err := d.dp.AddPort(c.port()); err != nil {
+			return fmt.Errorf("re-adopt %s: data plane: %w", ownerOf(c.Job, c.Instance), err)
+		}
+		d.log.Info("re-adopted", "service", c.Job, "instance", c.Instance, "veth", c.HostIf, "ns_ip", c.NSIP4, "ns_ip6", c.NSIP6)
+		kept = append(kept, c)
+	}
+	st.Containers = kept
+	if err := applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers)); err != nil {
+		return err
+	}
+	return saveState(d.cfg.StateFile(), st)
+}
+
+// reportGone tells the cluster about a container that vanished while the
+// daemon was down (best effort, a few tries).
+func (d *Daemon) reportGone(cl Cluster, job string, instance int) {
+	for try := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := cl.ReportUndeployed(ctx, job, instance)
+		cancel()
+		if err == nil {
+			return
+		}
+		d.log.Warn("report vanished container to cluster", "service", job, "instance", instance, "try", try+1, "err", err)
+		time.Sleep(time.Duration(try+1) * time.Second)
+	}
+	d.metrics.reportErrors.Inc()
+}
+
+// setupNodeLocked sets up the gateway, forwarding, routes and the nft
+// table for the known subnets, and starts the data plane once. d.mu held.
+func (d *Daemon) setupNodeLocked() error {
+	sub := d.st.Subnets.Subnet()
+	gw := d.st.Subnets.Gateway()
+	if err := setupNode(&d.cfg, sub, gw, d.st.Sysctls); err != nil {
+		return fmt.Errorf("node setup: %w", err)
+	}
+	d.st.GatewayDev = gatewayDev
+	if err := applyNft(nftRuleset(&d.cfg, sub, d.st.Containers)); err != nil {
+		return fmt.Errorf("node setup: %w", err)
+	}
+	if !d.dpStarted {
+		ni := NodeInfo{
+			NodeID: d.nodeID, Uplink: d.cfg.Uplink, NodeIP: d.cfg.nodeAddr(), TunnelPort: d.cfg.TunnelPort,
+			Subnets: sub, Gateway4: gw.V4, Gateway6: gw.V6, Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode,
+			MTU: d.cfg.MTU, Cluster: d.cluster,
+		}
+		if err := d.dp.Start(d.ctx, ni); err != nil {
+			return fmt.Errorf("data plane start: %w", err)
+		}
+		d.dpStarted = true
+	}
+	return nil
+}
+
+// registerLoop registers with the cluster, retrying with backoff, until it
+// answers or ctx ends.
+func (d *Daemon) registerLoop(ctx context.Context, id, addr string) {
+	backoff := time.Second
+	for {
+		err := d.Register(ctx, id, addr)
+		if err == nil || errors.Is(err, ErrConflict) || errors.Is(err, ErrBadRequest) {
+			if err != nil {
+				d.log.Error("registration refused; not retrying", "cluster", addr, "err", err)
+			}
+			return
+		}
+		d.log.Warn("registration failed; retrying", "cluster", addr, "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// Register registers the node id with the cluster at addr (POST
+// /register). Same id again: no-op. Another id: ErrConflict.
+func (d *Daemon) Register(ctx context.Context, id, addr string) error {
+	if !validNodeID(id) {
+		return badRequest("bad_client_id", "client_id: %q: 1-128 characters of letters, digits and . _ - :", id)
+	}
+	if strings.TrimSpace(addr) == "" {
+		return badRequest("missing_field", "cluster_address: missing")
+	}
+	// regMu serialises registrations; d.mu is not held during the cluster
+	// call so /status and deploys (with known subnets) go on meanwhile.
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
+	d.mu.Lock()
+	if d.nodeID != "" && d.nodeID != id {
+		d.mu.Unlock()
+		return conflict("node_id", "client_id: this node is registered as %q, not %q", d.nodeID, id)
+	}
+	if d.confirmed {
+		d.mu.Unlock()
+		return nil
+	}
+	cl := d.cluster
+	if cl == nil || d.clusterAddressLocked() != addr {
+		var err error
+		if cl, err = d.newCluster(addr, id); err != nil {
+			d.mu.Unlock()
+			return badRequest("bad_cluster_address", "cluster_address: %v", err)
+		}
+	}
+	d.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	reg, err := cl.Register(rctx, d.cfg.nodeAddr(), d.cfg.TunnelPort)
+	cancel()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.lastErr = err.Error()
+		return fmt.Errorf("register with cluster %s: %w: %w", addr, ErrCluster, err)
+	}
+	if d.nodeID != "" && d.nodeID != id {
+		return conflict("node_id", "client_id: this node is registered as %q, not %q", d.nodeID, id)
+	}
+	st := d.st
+	if st.Subnets != nil && st.Subnets.Subnet() != reg.Subnets {
+		return conflict("subnet_changed", "cluster %s gave subnets %s %s but this node holds %s %s: run `netmanager teardown`",
+			addr, reg.Subnets.V4, reg.Subnets.V6, st.Subnets.Subnet().V4, st.Subnets.Subnet().V6)
+	}
+	fresh := st.Subnets == nil
+	if fresh {
+		ns, err := ipam.NewNodeSubnet(reg.Subnets)
+		if err != nil {
+			return fmt.Errorf("cluster %s: %w", addr, err)
+		}
+		st.Subnets = ns
+	}
+	if d.cluster != nil && d.cluster != cl {
+		_ = d.cluster.Close()
+	}
+	d.cluster = cl
+	d.nodeID = id
+	st.NodeID = id
+	if d.cfg.Cluster == "" {
+		st.ClusterAddress = addr
+	}
+	if err := d.setupNodeLocked(); err != nil {
+		if fresh { // undo the half-made node setup
+			st.Subnets = nil
+			if terr := teardownNode(st.Sysctls); terr != nil {
+				err = errors.Join(err, fmt.Errorf("rollback: %w", terr))
+			}
+			st.Sysctls = map[string]string{}
+		}
+		return err
+	}
+	if err := saveState(d.cfg.StateFile(), st); err != nil {
+		return err
+	}
+	d.confirmed = true
+	d.lastErr = ""
+	d.log.Info("registered", "node_id", id, "cluster", addr, "subnet", reg.Subnets.V4, "subnet_v6", reg.Subnets.V6)
+	return nil
+}
+
+// DeployRequest is POST /container/deploy (Oakestra's fields plus netns).
+type DeployRequest struct {
+	PID            int    `json:"pid"`
+	ServiceName    string `json:"serviceName"`
+	InstanceNumber int    `json:"instanceNumber"`
+	PortMappings   string `json:"portMappings"`
+	// Netns is the path of a named network namespace (our extension),
+	// instead of PID.
+	Netns string `json:"netns"`
+}
+
+// DeployResponse is its answer.
+type DeployResponse struct {
+	ServiceName string `json:"serviceName"`
+	NsAddress   string `json:"nsAddress"`
+	NsAddressV6 string `json:"nsAddressv6"`
+}
+
+// Deploy attaches a container. On any error nothing is left behind.
+func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployResponse, err error) {
+	job, err := normJob(r.ServiceName)
+	if err != nil {
+		return resp, badRequest("bad_name", "%v", err)
+	}
+	if r.InstanceNumber < 0 {
+		return resp, badRequest("bad_instance", "instanceNumber: %d is negative", r.InstanceNumber)
+	}
+	switch {
+	case r.PID < 0:
+		return resp, badRequest("bad_pid", "pid: %d is negative", r.PID)
+	case r.PID > 0 && r.Netns != "":
+		return resp, badRequest("bad_request", "pid and netns: give one, not both")
+	case r.PID == 0 && r.Netns == "":
+		return resp, badRequest("missing_field", "pid: missing (or netns)")
+	}
+	maps, err := ParsePortMappings(r.PortMappings)
+	if err != nil {
+		return resp, badRequest("bad_port_mappings", "%v", err)
+	}
+	owner := ownerOf(job, r.InstanceNumber)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.st
+	if st.Subnets == nil {
+		msg := "node not registered with a cluster: POST /register first"
+		if d.lastErr != "" {
+			msg += " (last attempt: " + d.lastErr + ")"
+		}
+		return resp, &apiError{kind: ErrNotRegistered, code: "not_registered", msg: msg}
+	}
+	if c := d.findLocked(job, r.InstanceNumber); c != nil {
+		return resp, conflict("already_deployed", "serviceName %s instance %d: already deployed (%s)", job, r.InstanceNumber, c.NSIP4)
+	}
+	for _, m := range maps {
+		for _, c := range st.Containers {
+			if slices.ContainsFunc(c.PortMappings, func(o PortMapping) bool { return o.HostPort == m.HostPort && o.Proto == m.Proto }) {
+				return resp, conflict("port_in_use", "portMappings: host port %d/%s is used by %s", m.HostPort, m.Proto, ownerOf(c.Job, c.Instance))
+			}
+		}
+	}
+	nsh, err := openNetns(r.PID, r.Netns)
+	if err != nil {
+		return resp, err
+	}
+	defer nsh.Close()
+
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+			d.metrics.deployErrors.Inc()
+		}
+	}()
+	pair, err := st.Subnets.Alloc(owner)
+	if err != nil {
+		if errors.Is(err, ipam.ErrExhausted) {
+			return resp, conflict("exhausted", "node subnet %s: no free namespace IP", st.Subnets.Subnet().V4)
+		}
+		return resp, err
+	}
+	undo = append(undo, func() { _ = st.Subnets.Release(owner) })
+	c := &Container{
+		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: r.Netns,
+		HostIf: hostIfName(job, r.InstanceNumber), HostMAC: macJSON(hostMAC(pair.V4)),
+		ContIf: d.cfg.ContainerIf, ContMAC: macJSON(containerMAC(pair.V4)),
+		NSIP4: pair.V4, NSIP6: pair.V6, MTU: d.cfg.MTU, PortMappings: maps,
+		Deployed: time.Now().UTC(),
+	}
+	if err := attach(c, nsh, st.Subnets.Gateway()); err != nil {
+		return resp, fmt.Errorf("attach %s: %w", owner, err)
+	}
+	undo = append(undo, func() { _ = detach(c) })
+
+	st.Containers = append(st.Containers, c)
+	undo = append(undo, func() {
+		st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
+		_ = applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers))
+	})
+	if len(maps) > 0 {
+		if err := applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers)); err != nil {
+			return resp, fmt.Errorf("port mappings %s: %w", owner, err)
+		}
+	}
+	if err := d.dp.AddPort(c.port()); err != nil {
+		return resp, fmt.Errorf("data plane add port %s: %w", c.HostIf, err)
+	}
+	undo = append(undo, func() { _ = d.dp.RemovePort(c.port()) })
+	if d.cluster != nil {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := d.cluster.ReportDeployed(rctx, job, r.InstanceNumber, pair.V4, pair.V6)
+		cancel()
+		if err != nil {
+			return resp, fmt.Errorf("report deploy of %s to cluster: %w: %w", owner, ErrCluster, err)
+		}
+	}
+	if err := saveState(d.cfg.StateFile(), st); err != nil {
+		return resp, err
+	}
+	d.metrics.deploys.Inc()
+	d.log.Info("deployed", "service", job, "instance", r.InstanceNumber, "veth", c.HostIf,
+		"ns_ip", pair.V4, "ns_ip6", pair.V6, "ports", r.PortMappings)
+	return DeployResponse{ServiceName: job, NsAddress: pair.V4.String(), NsAddressV6: pair.V6.String()}, nil
+}
+
+func (d *Daemon) findLocked(job string, instance int) *Container {
+	for _, c := range d.st.Containers {
+		if c.Job == job && c.Instance == instance {
+			return c
+		}
+	}
+	return nil
+}
+
+// UndeployRequest is POST /container/undeploy and /docker/undeploy.
+type UndeployRequest struct {
+	ServiceName    string `json:"serviceName"`
+	InstanceNumber int    `json:"instanceNumber"`
+}
+
+// Undeploy detaches a container: data plane, veth, port mappings, nsIPs
+// (into quarantine), state, then tells the cluster.
+func (d *Daemon) Undeploy(ctx context.Context, r UndeployRequest) error {
+	job, err := normJob(r.ServiceName)
+	if err != nil {
+		return badRequest("bad_name", "%v", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.st
+	c := d.findLocked(job, r.InstanceNumber)
+	if c == nil {
+		return &apiError{kind: ErrNotFound, code: "not_deployed", msg: fmt.Sprintf("serviceName %s instance %d: not deployed on this node", job, r.InstanceNumber)}
+	}
+	var errs []error
+	if err := d.dp.RemovePort(c.port()); err != nil {
+		errs = append(errs, fmt.Errorf("data plane remove port %s: %w", c.HostIf, err))
+	}
+	if err := detach(c); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
+	if len(c.PortMappings) > 0 {
+		if err := applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.releaseLocked(ownerOf(job, r.InstanceNumber), c.NSIP4)
+	if err := saveState(d.cfg.StateFile(), st); err != nil {
+		errs = append(errs, err)
+	}
+	d.metrics.undeploys.Inc()
+	d.log.Info("undeployed", "service", job, "instance", r.InstanceNumber, "veth", c.HostIf, "ns_ip", c.NSIP4)
+	if d.cluster != nil {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := d.cluster.ReportUndeployed(rctx, job, r.InstanceNumber); err != nil {
+			d.metrics.reportErrors.Inc()
+			d.log.Warn("report undeploy to cluster", "service", job, "instance", r.InstanceNumber, "err", err)
+		}
+		cancel()
+	}
+	return errors.Join(errs...)
+}
+
+func quarantineOwner(a netip.Addr) string { return "quarantine/" + a.String() }
+
+// releaseLocked frees owner's nsIPs; with a quarantine they stay held by a
+// placeholder owner until it expires. d.mu held.
+func (d *Daemon) releaseLocked(owner string, v4 netip.Addr) {
+	_ = d.st.Subnets.Release(owner)
+	if d.cfg.Quarantine <= 0 {
+		return
+	}
+	if _, err := d.st.Subnets.Adopt(quarantineOwner(v4), v4); err == nil {
+		d.st.Quarantine[v4] = time.Now().Add(d.cfg.Quarantine).UTC()
+	}
+}
+
+// expireQuarantine frees quarantined nsIPs whose time has come.
+func (d *Daemon) expireQuarantine() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.st == nil || d.st.Subnets == nil || len(d.st.Quarantine) == 0 {
+		return
+	}
+	now := time.Now()
+	changed := false
+	for a, until := range d.st.Quarantine {
+		if now.Before(until) {
+			continue
+		}
+		_ = d.st.Subnets.Release(quarantineOwner(a))
+		delete(d.st.Quarantine, a)
+		changed = true
+	}
+	if changed {
+		if err := saveState(d.cfg.StateFile(), d.st); err != nil {
+			d.log.Error("save state", "err", err)
+		}
+	}
+}
+
+// Teardown removes everything a daemon with this configuration set up on
+// the node: the veths named in the state file, the gateway link, the nft
+// table, the forwarding sysctls (restored), the socket and the state file.
+// It refuses while a daemon answers on the socket.
+func Teardown(cfg Config, log *slog.Logger) error {
+	if socketAnswers(cfg.Socket) {
+		return fmt.Errorf("teardown: a netmanager answers on %s: stop it first", cfg.Socket)
+	}
+	st, lerr := loadState(cfg.StateFile())
+	var errs []error
+	if lerr != nil {
+		errs = append(errs, lerr)
+	}
+	saved := map[string]string{}
+	if st != nil {
+		for _, c := range st.Containers {
+			if err := detach(c); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			log.Info("removed container interface", "service", c.Job, "instance", c.Instance, "veth", c.HostIf)
+		}
+		saved = st.Sysctls
+	}
+	if err := teardownNode(saved); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if lerr == nil {
+		if err := os.Remove(cfg.StateFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,82 @@
+package netmanager
+
+import (
+	"flag"
+	"net/netip"
+	"reflect"
+	"testing"
+)
+
+func newFlagSetForTest() *flag.FlagSet {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c := Defaults()
+	c.bindFlags(fs)
+	return fs
+}
+
+func TestNormJob(t *testing.T) {
+	for in, want := range map[string]string{
+		"a.b.c.d":                               "a.b.c.d",
+		"app_ns_svc_sns":                        "app.ns.svc.sns",
+		"A1.b2.C3.d4":                           "A1.b2.C3.d4",
+		"a.b.c":                                 "",
+		"a.b.c.d.e":                             "",
+		"a.b-x.c.d":                             "",
+		"a..c.d":                                "",
+		"":                                      "",
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.b.c.d": "", // 31 chars
+	} {
+		got, err := normJob(in)
+		if want == "" {
+			if err == nil {
+				t.Errorf("%q accepted", in)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %q %v, want %q", in, got, err, want)
+		}
+	}
+}
+
+func TestParsePortMappings(t *testing.T) {
+	got, err := ParsePortMappings("8080:80/tcp;5353:53/udp; 9000:90 ;443/UDP;")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []PortMapping{{8080, 80, "tcp"}, {5353, 53, "udp"}, {9000, 90, "tcp"}, {443, 443, "udp"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+	if m, err := ParsePortMappings(""); err != nil || m != nil {
+		t.Fatalf("empty: %v %v", m, err)
+	}
+	for _, bad := range []string{"8080:80/sctp", "0:80", "70000:80", "a:b", "8080:80;8080:81", "8080::80", ":80"} {
+		if _, err := ParsePortMappings(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	// Same host port on different protocols is fine.
+	if _, err := ParsePortMappings("53:53/tcp;53:53/udp"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestDerivedNames(t *testing.T) {
+	n := hostIfName("a.b.c.d", 0)
+	if len(n) != 10 || n[:2] != "ow" || n == hostIfName("a.b.c.d", 1) || n != hostIfName("a.b.c.d", 0) {
+		t.Fatalf("host if name %q", n)
+	}
+	if len(n+"c") > 15 {
+		t.Fatal("temporary peer name too long")
+	}
+	a := netip.MustParseAddr("10.18.0.2")
+	if containerMAC(a).String() != "0a:58:0a:12:00:02" || hostMAC(a).String() != "0e:58:0a:12:00:02" {
+		t.Fatalf("macs %v %v", containerMAC(a), hostMAC(a))
+	}
+	for _, m := range [][]byte{containerMAC(a), hostMAC(a)} {
+		if m[0]&1 != 0 || m[0]&2 == 0 {
+			t.Fatalf("%x: want locally administered unicast", m)
+		}
+	}
+}

@@ -1,0 +1,152 @@
+package netmanager
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/ipam"
+)
+
+// NodeInfo is what the data plane needs to know about the node. It is
+// complete once the node is registered (or re-adopted from the state file).
+type NodeInfo struct {
+	NodeID     string
+	Uplink     string
+	NodeIP     netip.Addr
+	TunnelPort int
+	Subnets    ipam.SubnetPair
+	// Gateway4/6 are the containers' gateway (.1, ::1); their MAC is the
+	// host-side veth's own (Port.HostMAC).
+	Gateway4, Gateway6 netip.Addr
+	Workers            int
+	XDPMode            string // generic or native
+	MTU                int
+	Cluster            Cluster
+}
+
+// Port is one container attachment: a veth pair whose host side sits in
+// the node namespace (where XDP and the AF_XDP socket attach) and whose
+// container side is ContIf inside the container's namespace.
+type Port struct {
+	Job      string // dotted job name
+	Instance int
+	// HostIf/HostIndex: the host-side veth in the node namespace.
+	HostIf    string
+	HostIndex int
+	HostMAC   net.HardwareAddr
+	// ContIf/ContMAC: the container-side interface (in the container).
+	ContIf  string
+	ContMAC net.HardwareAddr
+	NSIP4   netip.Addr
+	NSIP6   netip.Addr
+	MTU     int
+}
+
+// DataplaneStats is what /status and /metrics show of the data plane.
+type DataplaneStats struct {
+	Mode     string            `json:"mode"`
+	Workers  int               `json:"workers"`
+	Sockets  int               `json:"sockets"`
+	Tables   map[string]int    `json:"tables"`   // table name → entries
+	Counters map[string]uint64 `json:"counters"` // counter name (drop reasons, rx, tx) → value
+}
+
+// Dataplane is the packet path the daemon drives (the AF_XDP fast path in
+// production). Calls are serialised by the daemon: Start once the node is
+// known, then AddPort/RemovePort as containers come and go (also for
+// containers re-adopted at start), Close on shutdown. Close must take the
+// data plane down (XDP links, sockets) but never touch containers'
+// interfaces or addresses.
+type Dataplane interface {
+	Start(ctx context.Context, node NodeInfo) error
+	// AddPort attaches the data plane to a container port. An error makes
+	// the deploy fail and roll back.
+	AddPort(p Port) error
+	// RemovePort detaches it; the veth is deleted right after.
+	RemovePort(p Port) error
+	// Stats may be called at any time, also before Start, concurrently
+	// with the other methods.
+	Stats() DataplaneStats
+	Close() error
+}
+
+// Registration is the cluster's answer to Register.
+type Registration struct {
+	Subnets ipam.SubnetPair
+}
+
+// Cluster is the daemon's view of its cluster service manager.
+type Cluster interface {
+	// Register registers (idempotently, per node id) and returns the
+	// node's subnets.
+	Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error)
+	// ReportDeployed/ReportUndeployed tell the cluster where an instance
+	// runs. A failing ReportDeployed fails the deploy (it rolls back).
+	ReportDeployed(ctx context.Context, job string, instance int, nsIP4, nsIP6 netip.Addr) error
+	ReportUndeployed(ctx context.Context, job string, instance int) error
+	Close() error
+}
+
+// ClusterFactory makes the Cluster for address (host, host:port or URL)
+// acting for nodeID.
+type ClusterFactory func(address, nodeID string) (Cluster, error)
+
+// NodeClientCluster is the production Cluster: the cluster service
+// manager's node-facing API through control/nodeclient. Token empty means
+// OAKWIRE_TOKEN.
+func NodeClientCluster(token string) ClusterFactory {
+	return func(address, nodeID string) (Cluster, error) {
+		if address == "" {
+			return nil, fmt.Errorf("cluster address: empty")
+		}
+		return &nodeClientCluster{c: nodeclient.New(address, nodeID, nodeclient.Options{Token: token})}, nil
+	}
+}
+
+type nodeClientCluster struct{ c *nodeclient.Client }
+
+// Client exposes the underlying client (resolve, watch, peers) to the
+// data plane's wiring.
+func (n *nodeClientCluster) Client() *nodeclient.Client { return n.c }
+
+func (n *nodeClientCluster) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error) {
+	r, err := n.c.Register(ctx, nodeIP.String(), tunnelPort, nil)
+	if err != nil {
+		return Registration{}, err
+	}
+	s4, err := parseSubnet(r.Subnet, r.SubnetAddr, 26)
+	if err != nil {
+		return Registration{}, fmt.Errorf("register: subnet: %w", err)
+	}
+	s6, err := parseSubnet(r.SubnetV6, r.SubnetAddrV6, 120)
+	if err != nil {
+		return Registration{}, fmt.Errorf("register: subnet_v6: %w", err)
+	}
+	return Registration{Subnets: ipam.SubnetPair{V4: s4, V6: s6}}, nil
+}
+
+// parseSubnet takes the prefix form, else the network address with the
+// node-subnet length.
+func parseSubnet(prefix, addr string, bits int) (netip.Prefix, error) {
+	if prefix != "" {
+		return netip.ParsePrefix(prefix)
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, bits), nil
+}
+
+func (n *nodeClientCluster) ReportDeployed(ctx context.Context, job string, instance int, nsIP4, nsIP6 netip.Addr) error {
+	return n.c.ReportDeployed(ctx, job, instance, nsIP4.String(), nsIP6.String())
+}
+
+func (n *nodeClientCluster) ReportUndeployed(ctx context.Context, job string, instance int) error {
+	return n.c.ReportUndeployed(ctx, job, instance)
+}
+
+func (n *nodeClientCluster) Close() error { return nil }
