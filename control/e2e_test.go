@@ -360,10 +360,10 @@ func TestOnePolicyAddressesAndQuarantine(t *testing.T) {
 	mustCall(t, 200, "POST", rootURL+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":1}`, "", nil)
 	var s deployAnswer
 	mustCall(t, 200, "POST", rootURL+"/api/net/service/deploy", svcBody("S", "s", ""), "", &s)
-	if len(s.ServiceIPList) != 1 || s.ServiceIPList[0].Address != "10.30.0.1" || s.ServiceIPList[0].AddressV6 != "fdff:1000::1" {
-		// Kinds follow the configured policy order (index+1): the only
-		// policy is kind 1, whose v6 range is fdff:1000::/21.
-		t.Fatalf("service IPs %+v, want 10.30.0.1 / fdff:1000::1", s.ServiceIPList)
+	if len(s.ServiceIPList) != 1 || s.ServiceIPList[0].Address != "10.30.0.1" || s.ServiceIPList[0].AddressV6 != "fdff:2000::1" {
+		// RR keeps its registry kind (2) when it is the only enabled
+		// policy: its v6 range is fdff:2000::/21 whatever else is enabled.
+		t.Fatalf("service IPs %+v, want 10.30.0.1 / fdff:2000::1", s.ServiceIPList)
 	}
 	deploy := func(n int) (int, instanceAnswer) {
 		var ia instanceAnswer

@@ -15,14 +15,24 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
 )
 
-// DefaultPolicies are the balancing policies in registration order; policy
-// i (0-based) allocates service IPs of ipam.Kind(i+1).
-var DefaultPolicies = []string{"Closest", "RR"}
+// DefaultPolicies returns every balancing policy registered with the fast
+// path, in registration order. A policy's kind (and so its IPv6 range) is its
+// position in that registry, whichever subset a root enables: RR is always
+// ipam.KindRR. Registering a policy in fastpath is all it takes for the root
+// to allocate one service IP per service for it.
+func DefaultPolicies() []string { return fastpath.PolicyNames() }
+
+// policyKind is the ipam kind of a registered policy name.
+func policyKind(name string) (ipam.Kind, bool) {
+	k, ok := fastpath.PolicyKind(name)
+	return ipam.Kind(k), ok && k > 0 && k < ipam.MaxKinds
+}
 
 // DefaultPrefix is the default Redis key prefix.
 const DefaultPrefix = "oakwire:"
@@ -62,6 +72,9 @@ func (c *RootConfig) Validate() error {
 		if !validPart(p) || seen[p] {
 			return fmt.Errorf("root config: policies: %q: empty, not alphanumeric or repeated", p)
 		}
+		if _, ok := policyKind(p); !ok {
+			return fmt.Errorf("root config: policies: %q: not a registered policy (have %v)", p, fastpath.PolicyNames())
+		}
 		seen[p] = true
 	}
 	if err := c.IPAM.Validate(); err != nil {
@@ -75,7 +88,7 @@ func (c RootConfig) withDefaults() RootConfig {
 		c.Prefix = DefaultPrefix
 	}
 	if len(c.Policies) == 0 {
-		c.Policies = DefaultPolicies
+		c.Policies = DefaultPolicies()
 	}
 	c.Policies = slices.Clone(c.Policies)
 	c.IPAM = c.IPAM.WithDefaults()
@@ -304,7 +317,8 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 	custom := map[string][2]string{"RR": {dd.RRIP, dd.RRIPv6}, "Closest": {dd.ClosestIP, dd.ClosestIPv6}}
 	reqs := make([]ipam.Request, len(r.cfg.Policies))
 	for i, pol := range r.cfg.Policies {
-		reqs[i] = ipam.Request{Owner: r.svcOwner(id, pol), Kind: ipam.Kind(i + 1)}
+		kind, _ := policyKind(pol) // Validate checked every name
+		reqs[i] = ipam.Request{Owner: r.svcOwner(id, pol), Kind: kind}
 		cu := custom[pol]
 		field := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[pol]
 		if cu[0] != "" {
@@ -322,7 +336,7 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 			if err != nil {
 				return err
 			}
-			kp, _ := r.cfg.IPAM.KindPrefix(ipam.Kind(i + 1))
+			kp, _ := r.cfg.IPAM.KindPrefix(kind)
 			if !kp.Contains(a) {
 				return badf("out_of_pool", "deployment_descriptor.%s_v6: %s outside the %s pool %s", field, a, pol, kp)
 			}
@@ -952,12 +966,12 @@ func (r *Root) availableIP(ctx *fasthttp.RequestCtx, _ []string) error {
 	}
 	kind := ipam.Kind(1)
 	if k := string(ctx.QueryArgs().Peek("kind")); k != "" {
-		i := slices.Index(r.cfg.Policies, k)
+		pk, registered := policyKind(k)
 		switch {
 		case k == "instance":
 			kind = ipam.KindInstance
-		case i >= 0:
-			kind = ipam.Kind(i + 1)
+		case registered && slices.Contains(r.cfg.Policies, k):
+			kind = pk
 		default:
 			return badf("bad_param", "kind: %q, want instance or one of %v", k, r.cfg.Policies)
 		}
