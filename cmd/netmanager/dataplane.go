@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/oakwire/oakwire/dataplane"
 	"github.com/oakwire/oakwire/netmanager"
 )
 
@@ -15,8 +16,9 @@ func newDataplane(cfg netmanager.Config, log *slog.Logger) (netmanager.Dataplane
 		log.Warn("dataplane: none: kernel routing only; service IPs and the overlay are off")
 		return &netmanager.KernelOnly{}, nil
 	case "xdp":
-		// TODO(lead): wire fastpath + bpfprog here.
-		return nil, errors.New("dataplane xdp: not wired into this build yet; use --dataplane none")
+		// The service table and resolution hook are pushed through
+		// (*dataplane.NetManager).Engine() by the control wiring.
+		return &dataplane.NetManager{}, nil
 	}
 	return nil, errors.New("dataplane: want xdp or none")
 }

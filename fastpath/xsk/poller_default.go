@@ -10,6 +10,7 @@ type Poller struct{}
 func NewPoller(PollerConfig) (*Poller, error) { return nil, ErrNotSupported }
 
 func (p *Poller) Add(int)                 {}
+func (p *Poller) Remove(int)              {}
 func (p *Poller) Stats() PollerStats      { return PollerStats{} }
 func (p *Poller) Wait(bool) (bool, error) { return false, ErrNotSupported }
 func (p *Poller) Notify() error           { return ErrNotSupported }

@@ -50,6 +50,17 @@ func (p *Poller) Add(fd int) {
 	p.pfds = append(p.pfds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 }
 
+// Remove stops watching fd (call it before closing a Socket the poller
+// watches: poll(2) on a closed or reused fd misbehaves). Worker side only.
+func (p *Poller) Remove(fd int) {
+	for i := 1; i < len(p.pfds); i++ {
+		if p.pfds[i].Fd == int32(fd) {
+			p.pfds = append(p.pfds[:i], p.pfds[i+1:]...)
+			i--
+		}
+	}
+}
+
 // Stats returns the poller's counters. Worker side only.
 func (p *Poller) Stats() PollerStats { return p.st }
 

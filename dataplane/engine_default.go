@@ -1,0 +1,26 @@
+//go:build !linux
+
+package dataplane
+
+import (
+	"net/netip"
+
+	"github.com/oakwire/oakwire/fastpath"
+)
+
+// Engine is the AF_XDP data plane; on this system New returns
+// ErrNotSupported.
+type Engine struct{}
+
+// New returns ErrNotSupported: the engine needs Linux (AF_XDP, XDP, netlink).
+func New(Config) (*Engine, error) { return nil, ErrNotSupported }
+
+func (e *Engine) AddPort(PortConfig) (fastpath.PortID, error) { return 0, ErrNotSupported }
+func (e *Engine) RemovePort(fastpath.PortID) error            { return ErrNotSupported }
+func (e *Engine) PortByIfindex(int) (fastpath.PortID, bool)   { return 0, false }
+func (e *Engine) Table() *fastpath.Table                      { return nil }
+func (e *Engine) Stats() Stats                                { return Stats{Counters: map[string]uint64{}} }
+func (e *Engine) Close() error                                { return nil }
+func (e *Engine) SetServices([]fastpath.ServiceSpec, []fastpath.InstanceSpec, []netip.AddrPort) error {
+	return ErrNotSupported
+}

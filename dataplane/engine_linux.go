@@ -1,0 +1,716 @@
+//go:build linux
+
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/oakwire/oakwire/bpfprog"
+	"github.com/oakwire/oakwire/fastpath"
+	"github.com/oakwire/oakwire/fastpath/xsk"
+)
+
+// uplinkID is the socket id of the uplink in owner tables and cross-worker
+// descriptors; container ports use their PortID.
+const uplinkID = int32(fastpath.MaxPorts)
+
+// Engine is one node's AF_XDP data plane: the steering programs (uplink and
+// one per container port, sharing maps), the per-packet processor with its
+// table snapshot and flow table, a pool of workers, the slow path and the
+// neighbour watcher. Its methods are safe for concurrent use; control calls
+// (AddPort, RemovePort, SetServices, Close) are serialised internally.
+type Engine struct {
+	cfg  Config
+	topo string
+
+	tables fastpath.TableHolder
+	flows  *fastpath.FlowTable
+	proc   *fastpath.Processor
+
+	workers []*worker
+	// owners maps a socket id (PortID, or uplinkID) to the index of the
+	// worker that owns the socket, -1 for none. Copy-on-write; workers load
+	// it once per batch.
+	owners atomic.Pointer[[]int16]
+
+	slow *slowPath
+
+	// mu guards the control state below and serialises table rebuilds.
+	mu        sync.Mutex
+	closed    bool
+	uplinkIdx int
+	uplinkMAC [6]byte
+	mtu       int
+	upObjs    *bpfprog.Objects
+	upLink    link.Link
+	ports     map[fastpath.PortID]*port
+	services  []fastpath.ServiceSpec
+	instances []fastpath.InstanceSpec
+	peers     []netip.AddrPort
+	neigh     map[netip.Addr][6]byte
+	wantNeigh map[netip.Addr]bool
+
+	nPorts, nServices, nInstances, nPeers, nSockets atomic.Int64
+
+	stop chan struct{}
+	bg   sync.WaitGroup
+}
+
+type port struct {
+	id     fastpath.PortID
+	cfg    PortConfig
+	worker int
+	objs   *bpfprog.Objects
+	link   link.Link
+}
+
+// New loads the steering programs, starts the workers, opens the uplink
+// socket and attaches xdp_uplink. The table starts with no services,
+// instances, ports or peers; push them with SetServices and AddPort.
+func New(cfg Config) (e *Engine, err error) {
+	if cfg.Uplink == "" || !cfg.NodeIP.IsValid() {
+		return nil, fmt.Errorf("%w: uplink %q, node IP %v", ErrInvalidConfig, cfg.Uplink, cfg.NodeIP)
+	}
+	cfg.NodeIP = cfg.NodeIP.Unmap()
+	if cfg.TunnelPort == 0 {
+		cfg.TunnelPort = DefaultTunnelPort
+	}
+	if cfg.Ranges == (fastpath.Ranges{}) {
+		cfg.Ranges = fastpath.DefaultRanges()
+	}
+	topo := xsk.DetectTopology()
+	if cfg.Workers <= 0 {
+		cfg.Workers = topo.SuggestWorkers()
+	}
+	if cfg.Workers > 64 {
+		return nil, fmt.Errorf("%w: %d workers", ErrInvalidConfig, cfg.Workers)
+	}
+	if cfg.Frames == 0 {
+		cfg.Frames = xsk.DefaultNumFrames
+	}
+	if cfg.RingSize == 0 {
+		cfg.RingSize = xsk.DefaultRingSize
+	}
+	if cfg.Frames < 2*cfg.RingSize {
+		return nil, fmt.Errorf("%w: %d frames for rings of %d (need twice the ring size)", ErrInvalidConfig, cfg.Frames, cfg.RingSize)
+	}
+	if cfg.Flows == (fastpath.FlowConfig{}) {
+		cfg.Flows = fastpath.DefaultFlowConfig()
+	}
+	if cfg.Poller.Timeout <= 0 {
+		// Every control call and Close wake a sleeping worker through
+		// its eventfd; the timeout is only a safety net, so it is long.
+		cfg.Poller.Timeout = time.Second
+	}
+	if cfg.NegativeTTL <= 0 {
+		cfg.NegativeTTL = 5 * time.Second
+	}
+	if cfg.SlowBatches <= 0 {
+		cfg.SlowBatches = 16
+	}
+	ul, err := netlink.LinkByName(cfg.Uplink)
+	if err != nil {
+		return nil, fmt.Errorf("uplink %s: %w", cfg.Uplink, err)
+	}
+	e = &Engine{
+		cfg:       cfg,
+		topo:      topo.String(),
+		flows:     fastpath.NewFlowTable(cfg.Flows),
+		uplinkIdx: ul.Attrs().Index,
+		mtu:       cfg.UnderlayMTU,
+		ports:     map[fastpath.PortID]*port{},
+		neigh:     map[netip.Addr][6]byte{},
+		wantNeigh: map[netip.Addr]bool{},
+		stop:      make(chan struct{}),
+	}
+	copy(e.uplinkMAC[:], ul.Attrs().HardwareAddr)
+	if e.mtu == 0 {
+		e.mtu = ul.Attrs().MTU
+	}
+	e.proc = fastpath.NewProcessor(&e.tables, e.flows)
+	own := make([]int16, fastpath.MaxPorts+1)
+	for i := range own {
+		own[i] = -1
+	}
+	e.owners.Store(&own)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.Close())
+			e = nil
+		}
+	}()
+	e.slow, err = newSlowPath(e)
+	if err != nil {
+		return e, err
+	}
+	for i := range cfg.Workers {
+		cpu := -1
+		if len(cfg.CPUs) > 0 {
+			cpu = cfg.CPUs[i%len(cfg.CPUs)]
+		}
+		w, err := newWorker(e, i, cpu)
+		if err != nil {
+			return e, err
+		}
+		e.workers = append(e.workers, w)
+	}
+	for _, w := range e.workers {
+		w.connect(e.workers)
+	}
+	for _, w := range e.workers {
+		e.bg.Add(1)
+		go func() { defer e.bg.Done(); w.run() }()
+	}
+	e.upObjs, err = bpfprog.Load(bpfprog.Config{ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
+	if err != nil {
+		return e, fmt.Errorf("load steering: %w", err)
+	}
+	var n4, n6 netip.Addr
+	if cfg.NodeIP.Is4() {
+		n4 = cfg.NodeIP
+	} else {
+		n6 = cfg.NodeIP
+	}
+	if err := e.upObjs.SetNode(n4, n6, cfg.TunnelPort); err != nil {
+		return e, err
+	}
+	e.mu.Lock()
+	e.scanNeighLocked()
+	err = e.rebuildLocked()
+	e.mu.Unlock()
+	if err != nil {
+		return e, err
+	}
+	fd, err := e.openSocket(0, uplinkID, e.uplinkIdx)
+	if err != nil {
+		return e, fmt.Errorf("uplink socket: %w", err)
+	}
+	if err := e.upObjs.RegisterXSK(0, fd); err != nil {
+		return e, fmt.Errorf("uplink xskmap: %w", err)
+	}
+	e.setOwner(uplinkID, 0)
+	if e.upLink, err = e.upObjs.AttachUplink(e.uplinkIdx, cfg.Mode); err != nil {
+		return e, err
+	}
+	e.bg.Add(2)
+	go func() { defer e.bg.Done(); e.sweepLoop() }()
+	go func() { defer e.bg.Done(); e.neighLoop() }()
+	return e, nil
+}
+
+// openSocket creates socket id on (ifindex, queue 0) on worker wi, fills its
+// fill ring (before it may enter the XSKMAP) and returns its fd.
+func (e *Engine) openSocket(wi int, id int32, ifindex int) (int, error) {
+	fd := -1
+	err := e.onWorker(wi, func(w *worker) error {
+		s, err := xsk.NewSocket(xsk.Config{
+			Ifindex: ifindex, Queue: 0, NumFrames: e.cfg.Frames, Mode: xsk.BindCopy,
+			FillSize: e.cfg.RingSize, CompletionSize: e.cfg.RingSize, RxSize: e.cfg.RingSize, TxSize: e.cfg.RingSize,
+		})
+		if err != nil {
+			return err
+		}
+		w.addSocket(id, s)
+		fd = s.Fd()
+		return nil
+	})
+	if err == nil {
+		e.nSockets.Add(1)
+	}
+	return fd, err
+}
+
+func (e *Engine) closeSocket(wi int, id int32) error {
+	err := e.onWorker(wi, func(w *worker) error { return w.removeSocket(id) })
+	if err == nil {
+		e.nSockets.Add(-1)
+	}
+	return err
+}
+
+// onWorker runs f on worker wi's thread between two rounds and waits for it.
+func (e *Engine) onWorker(wi int, f func(w *worker) error) error {
+	w := e.workers[wi]
+	done := make(chan error, 1)
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case w.ctl <- func() { done <- f(w) }:
+	case <-w.exited:
+		return ErrClosed
+	case <-t.C:
+		return fmt.Errorf("worker %d: control call timed out", wi)
+	}
+	_ = w.poller.Notify()
+	select {
+	case err := <-done:
+		return err
+	case <-w.exited:
+		return ErrClosed
+	case <-t.C:
+		return fmt.Errorf("worker %d: control call timed out", wi)
+	}
+}
+
+func (e *Engine) setOwner(id int32, wi int) {
+	old := *e.owners.Load()
+	own := append([]int16(nil), old...)
+	own[id] = int16(wi)
+	e.owners.Store(&own)
+}
+
+// AddPort attaches the data plane to a container port: an AF_XDP socket on
+// queue 0 of the host-side veth (owned by the least loaded worker, fill
+// ring primed), its XSKMAP entry, the port in the table, then xdp_port as a
+// bpf_link. Other ports are not disturbed. It returns the port's id.
+func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
+	if pc.Ifindex <= 0 || (!pc.NS4.IsValid() && !pc.NS6.IsValid()) || pc.Job == "" {
+		return 0, fmt.Errorf("%w: port ifindex %d, nsIPs %v %v, job %q", ErrInvalidConfig, pc.Ifindex, pc.NS4, pc.NS6, pc.Job)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return 0, ErrClosed
+	}
+	load := make([]int, len(e.workers))
+	for _, p := range e.ports {
+		if p.cfg.Ifindex == pc.Ifindex {
+			return 0, fmt.Errorf("%w: ifindex %d", ErrPortExists, pc.Ifindex)
+		}
+		load[p.worker]++
+	}
+	if pc.HostMAC == ([6]byte{}) {
+		l, err := netlink.LinkByIndex(pc.Ifindex)
+		if err != nil {
+			return 0, fmt.Errorf("port ifindex %d: %w", pc.Ifindex, err)
+		}
+		copy(pc.HostMAC[:], l.Attrs().HardwareAddr)
+	}
+	for id = 0; id < fastpath.MaxPorts; id++ {
+		if e.ports[id] == nil {
+			break
+		}
+	}
+	if id == fastpath.MaxPorts {
+		return 0, fmt.Errorf("%w: more than %d ports", ErrInvalidConfig, fastpath.MaxPorts)
+	}
+	// The uplink's worker (0) gets ports last when there is a choice.
+	wi := 0
+	for i := range load {
+		if load[i] < load[wi] || (load[i] == load[wi] && wi == 0 && i != 0) {
+			wi = i
+		}
+	}
+	p := &port{id: id, cfg: pc, worker: wi}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.teardownPortLocked(p))
+		}
+	}()
+	if p.objs, err = bpfprog.Load(bpfprog.Config{Queues: 1, Share: e.upObjs}); err != nil {
+		return 0, fmt.Errorf("port %d: load steering: %w", pc.Ifindex, err)
+	}
+	fd, err := e.openSocket(wi, int32(id), pc.Ifindex)
+	if err != nil {
+		return 0, fmt.Errorf("port %d: socket: %w", pc.Ifindex, err)
+	}
+	e.ports[id] = p
+	e.setOwner(int32(id), wi)
+	if err := p.objs.RegisterXSK(0, fd); err != nil {
+		return 0, fmt.Errorf("port %d: xskmap: %w", pc.Ifindex, err)
+	}
+	if err := e.rebuildLocked(); err != nil {
+		return 0, err
+	}
+	if p.link, err = p.objs.AttachPort(pc.Ifindex, e.cfg.Mode); err != nil {
+		return 0, err
+	}
+	e.nPorts.Store(int64(len(e.ports)))
+	return id, nil
+}
+
+// RemovePort detaches port id: link first (no more steering), then the
+// table entry, the socket and the programs.
+func (e *Engine) RemovePort(id fastpath.PortID) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p := e.ports[id]
+	if p == nil {
+		return fmt.Errorf("%w: %d", ErrNoPort, id)
+	}
+	return e.teardownPortLocked(p)
+}
+
+// PortByIfindex returns the id of the port on ifindex.
+func (e *Engine) PortByIfindex(ifindex int) (fastpath.PortID, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, p := range e.ports {
+		if p.cfg.Ifindex == ifindex {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+func (e *Engine) teardownPortLocked(p *port) error {
+	var errs []error
+	if p.link != nil {
+		errs = append(errs, p.link.Close())
+		p.link = nil
+	}
+	if e.ports[p.id] == p {
+		delete(e.ports, p.id)
+		e.setOwner(int32(p.id), -1)
+		errs = append(errs, e.rebuildLocked())
+		if err := e.closeSocket(p.worker, int32(p.id)); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if p.objs != nil {
+		errs = append(errs, p.objs.Close())
+		p.objs = nil
+	}
+	e.nPorts.Store(int64(len(e.ports)))
+	return errors.Join(errs...)
+}
+
+// SetServices replaces the control side's view: every service, every
+// instance (local ones are matched to ports by Job and Number; their
+// Local, Port and nsIP fields are filled in by the engine, and instances on
+// this node without a port are left out), and the peer set (tunnel
+// endpoints of the other nodes; source ports are not checked). A new
+// snapshot is built and swapped atomically; the peers go to the steering
+// program's peer map too. On error nothing changes.
+func (e *Engine) SetServices(services []fastpath.ServiceSpec, instances []fastpath.InstanceSpec, peers []netip.AddrPort) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	oldS, oldI, oldP := e.services, e.instances, e.peers
+	e.services = append([]fastpath.ServiceSpec(nil), services...)
+	e.instances = append([]fastpath.InstanceSpec(nil), instances...)
+	e.peers = append([]netip.AddrPort(nil), peers...)
+	for i := range e.instances {
+		if n := e.instances[i].Node; n.IsValid() && n.Port() == 0 {
+			e.instances[i].Node = netip.AddrPortFrom(n.Addr(), DefaultTunnelPort)
+		}
+	}
+	if err := e.rebuildLocked(); err != nil {
+		e.services, e.instances, e.peers = oldS, oldI, oldP
+		return err
+	}
+	bp := make([]bpfprog.Peer, 0, len(peers))
+	for _, p := range peers {
+		bp = append(bp, bpfprog.Peer{Addr: p.Addr().Unmap()})
+	}
+	if err := e.upObjs.ReplacePeers(bp); err != nil {
+		return fmt.Errorf("peer map: %w", err)
+	}
+	e.nServices.Store(int64(len(services)))
+	e.nInstances.Store(int64(len(instances)))
+	e.nPeers.Store(int64(len(peers)))
+	return nil
+}
+
+// Table returns the current snapshot (read-only).
+func (e *Engine) Table() *fastpath.Table { return e.tables.Load() }
+
+type jobNum struct {
+	job string
+	num uint32
+}
+
+// rebuildLocked builds a snapshot from the control state and swaps it in.
+func (e *Engine) rebuildLocked() error {
+	b := fastpath.Builder{
+		Node: fastpath.NodeSpec{
+			Addr:        netip.AddrPortFrom(e.cfg.NodeIP, e.cfg.TunnelPort),
+			UplinkMAC:   e.uplinkMAC,
+			UnderlayMTU: e.mtu,
+		},
+		Ranges:    e.cfg.Ranges,
+		Services:  e.services,
+		Peers:     e.peers,
+		Neighbors: e.neigh,
+		Prev:      e.tables.Load(),
+	}
+	b.Instances = make([]fastpath.InstanceSpec, 0, len(e.instances)) // no reallocation: inst points into it
+	local := make(map[jobNum]*port, len(e.ports))
+	for _, p := range e.ports {
+		local[jobNum{p.cfg.Job, p.cfg.Instance}] = p
+	}
+	inst := make(map[jobNum]*fastpath.InstanceSpec, len(e.instances))
+	want := map[netip.Addr]bool{}
+	for i := range e.instances {
+		in := e.instances[i]
+		k := jobNum{in.Job, in.Number}
+		if p := local[k]; p != nil {
+			in.Local, in.Port, in.NS4, in.NS6 = true, p.id, p.cfg.NS4, p.cfg.NS6
+			in.Node = netip.AddrPortFrom(e.cfg.NodeIP, e.cfg.TunnelPort)
+		} else {
+			if !in.Node.IsValid() || in.Node.Addr().Unmap() == e.cfg.NodeIP {
+				continue // here but not attached (yet), or nowhere
+			}
+			in.Local, in.Port = false, 0
+			want[in.Node.Addr().Unmap()] = true
+		}
+		b.Instances = append(b.Instances, in)
+		inst[k] = &b.Instances[len(b.Instances)-1]
+	}
+	ids := make([]int, 0, len(e.ports))
+	for id := range e.ports {
+		ids = append(ids, int(id))
+	}
+	sort.Ints(ids)
+	for _, id := range ids {
+		p := e.ports[fastpath.PortID(id)]
+		ps := fastpath.PortSpec{
+			ID: p.id, NS4: p.cfg.NS4, NS6: p.cfg.NS6,
+			ContainerMAC: p.cfg.ContainerMAC, HostMAC: p.cfg.HostMAC, Csum: p.cfg.Csum,
+		}
+		if in := inst[jobNum{p.cfg.Job, p.cfg.Instance}]; in != nil {
+			ps.Inst4, ps.Inst6 = in.IP4, in.IP6
+		}
+		b.Ports = append(b.Ports, ps)
+	}
+	t, err := b.Build()
+	if err != nil {
+		return fmt.Errorf("table: %w", err)
+	}
+	e.tables.Swap(t)
+	e.wantNeigh = want
+	return nil
+}
+
+// learnNeigh records a next-hop MAC on the uplink and rebuilds the table if
+// it was needed and changed.
+func (e *Engine) learnNeigh(ip netip.Addr, mac net.HardwareAddr) {
+	if len(mac) != 6 {
+		return
+	}
+	ip = ip.Unmap()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	m := [6]byte(mac)
+	if old, ok := e.neigh[ip]; ok && old == m {
+		return
+	}
+	e.neigh[ip] = m
+	if e.wantNeigh[ip] {
+		_ = e.rebuildLocked() // only the MAC changed: cannot fail where the last build did not
+	}
+}
+
+// scanNeighLocked reads the uplink's neighbour table.
+func (e *Engine) scanNeighLocked() {
+	ns, err := netlink.NeighList(e.uplinkIdx, netlink.FAMILY_ALL)
+	if err != nil {
+		return
+	}
+	for _, n := range ns {
+		if usableNeigh(n.State) && len(n.HardwareAddr) == 6 {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				e.neigh[a.Unmap()] = [6]byte(n.HardwareAddr)
+			}
+		}
+	}
+}
+
+func usableNeigh(state int) bool {
+	return state&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0
+}
+
+// neighLoop follows the uplink's neighbour table: netlink updates, plus a
+// rescan shortly after the slow path sent through the kernel and every
+// second while a needed neighbour is missing.
+func (e *Engine) neighLoop() {
+	ch := make(chan netlink.NeighUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.NeighSubscribe(ch, done); err != nil {
+		ch = nil
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var rescan <-chan time.Time
+	for {
+		select {
+		case <-e.stop:
+			return
+		case u, ok := <-ch:
+			if !ok {
+				ch = nil
+				continue
+			}
+			if u.Type == 28 /* RTM_NEWNEIGH */ && u.LinkIndex == e.uplinkIdx && usableNeigh(u.State) {
+				if a, ok := netip.AddrFromSlice(u.IP); ok {
+					e.learnNeigh(a, u.HardwareAddr)
+				}
+			}
+		case <-e.slow.neighKick:
+			rescan = time.After(20 * time.Millisecond)
+		case <-rescan:
+			rescan = nil
+			e.rescanIfMissing()
+		case <-tick.C:
+			e.rescanIfMissing()
+		}
+	}
+}
+
+func (e *Engine) rescanIfMissing() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	missing := false
+	for a := range e.wantNeigh {
+		if _, ok := e.neigh[a]; !ok {
+			missing = true
+		}
+	}
+	if !missing || e.closed {
+		return
+	}
+	e.scanNeighLocked()
+	_ = e.rebuildLocked()
+}
+
+// sweepLoop expires idle flows: a slice of the table four times a second.
+func (e *Engine) sweepLoop() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	budget := max(1024, e.flows.Capacity()/16)
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+			e.flows.Sweep(fastpath.Monotonic(), budget)
+		}
+	}
+}
+
+// Stats sums the workers' counters and reads the sockets' and the steering
+// programs' kernel counters.
+func (e *Engine) Stats() Stats {
+	s := Stats{
+		Mode: e.cfg.Mode.String(), Workers: len(e.workers), CPUs: append([]int(nil), e.cfg.CPUs...),
+		Topology: e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
+		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
+		Flows: e.flows.Len(), Counters: map[string]uint64{},
+	}
+	var c [numCounters]uint64
+	for _, w := range e.workers {
+		w.wctx.Stats(&s.Fast)
+		for i := range c {
+			c[i] += w.pub[i].Load()
+		}
+	}
+	for i, n := range counterNames {
+		s.Counters[n] = c[i]
+	}
+	for k, v := range e.slow.counters() {
+		s.Counters[k] = v
+	}
+	for wi := range e.workers {
+		_ = e.onWorker(wi, func(w *worker) error {
+			for _, ws := range w.socks {
+				st, err := ws.s.Stats()
+				if err != nil {
+					continue
+				}
+				s.Counters["xsk_rx_ring_full"] += st.RxRingFull
+				s.Counters["xsk_rx_fill_ring_empty"] += st.RxFillRingEmptyDescs
+				s.Counters["xsk_rx_dropped"] += st.RxDropped
+				s.Counters["xsk_rx_invalid"] += st.RxInvalidDescs
+				s.Counters["xsk_tx_invalid"] += st.TxInvalidDescs
+				s.Counters["xsk_kicks"] += st.Kicks
+				s.Counters["xsk_kick_errors"] += st.KickEAGAIN + st.KickENOBUFS + st.KickEBUSY + st.KickOther
+			}
+			ps := w.poller.Stats()
+			s.Counters["poll_sleeps"] += ps.Sleeps
+			s.Counters["poll_wakeups"] += ps.Wakeups
+			return nil
+		})
+	}
+	e.mu.Lock()
+	objs := e.upObjs
+	if objs != nil && !e.closed {
+		if m, err := objs.Counters(); err == nil {
+			for k, v := range m {
+				s.Counters["bpf_uplink_"+k] = v
+			}
+		}
+		for _, p := range e.ports {
+			if m, err := p.objs.Counters(); err == nil {
+				for k, v := range m {
+					s.Counters["bpf_port_"+k] += v
+				}
+			}
+		}
+	}
+	e.mu.Unlock()
+	return s
+}
+
+// Close detaches every program (links first, so the kernel stops steering),
+// stops the workers (which close their sockets) and the background
+// goroutines, and releases the programs. Idempotent.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	var errs []error
+	for _, p := range e.ports {
+		if p.link != nil {
+			errs = append(errs, p.link.Close())
+			p.link = nil
+		}
+	}
+	if e.upLink != nil {
+		errs = append(errs, e.upLink.Close())
+		e.upLink = nil
+	}
+	e.mu.Unlock()
+	close(e.stop)
+	for _, w := range e.workers {
+		close(w.quit)
+		_ = w.poller.Notify()
+	}
+	e.bg.Wait()
+	if e.slow != nil {
+		errs = append(errs, e.slow.close())
+	}
+	e.mu.Lock()
+	for _, p := range e.ports {
+		if p.objs != nil {
+			errs = append(errs, p.objs.Close())
+		}
+	}
+	e.ports = map[fastpath.PortID]*port{}
+	if e.upObjs != nil {
+		errs = append(errs, e.upObjs.Close())
+	}
+	e.mu.Unlock()
+	for _, w := range e.workers {
+		errs = append(errs, w.poller.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,373 @@
+//go:build linux
+
+package dataplane
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/oakwire/oakwire/fastpath"
+	"github.com/oakwire/oakwire/internal/testbed"
+	"github.com/oakwire/oakwire/netmanager"
+)
+
+// listenIn runs listen inside namespace ns; the socket stays in ns.
+func listenIn[T any](tb testing.TB, ns string, listen func() (T, error)) T {
+	tb.Helper()
+	var v T
+	err := testbed.Do(ns, func() (err error) { v, err = listen(); return err })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
+
+// checkUDP sends datagrams from client to dst:port and checks that the
+// server sees them from wantSrc and that the replies come from dst.
+func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port int) {
+	t.Helper()
+	srv := listenIn(t, server.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{Port: port}) })
+	defer srv.Close()
+	cli := listenIn(t, client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
+	defer cli.Close()
+	seen := make(chan netip.Addr, 16)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_ = srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case seen <- from.Addr().Unmap():
+			default:
+			}
+			_, _ = srv.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	buf := make([]byte, 2048)
+	for try := 0; ; try++ {
+		msg := fmt.Appendf(nil, "hello %d", try)
+		if _, err := cli.WriteToUDPAddrPort(msg, netip.AddrPortFrom(dst, uint16(port))); err != nil {
+			t.Fatal(err)
+		}
+		_ = cli.SetReadDeadline(time.Now().Add(time.Second))
+		n, from, err := cli.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if try < 4 {
+				continue
+			}
+			t.Fatalf("udp to %v: no reply after %d tries: %v", dst, try+1, err)
+		}
+		if got := from.Addr().Unmap(); got != dst {
+			t.Errorf("reply from %v, want the service IP %v", got, dst)
+		}
+		if !bytes.Equal(buf[:n], msg) {
+			t.Errorf("reply %q, want %q", buf[:n], msg)
+		}
+		break
+	}
+	if got := <-seen; got != wantSrc {
+		t.Errorf("server saw source %v, want the client's instance IP %v", got, wantSrc)
+	}
+}
+
+// checkTCP opens a real TCP connection from client to dst:port, sends
+// size bytes which the server echoes, and checks the server saw wantSrc.
+func checkTCP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port, size int) {
+	t.Helper()
+	ln := listenIn(t, server.NS, func() (net.Listener, error) { return net.Listen("tcp", fmt.Sprintf(":%d", port)) })
+	defer ln.Close()
+	seen := make(chan netip.Addr, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		seen <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		_, _ = io.Copy(c, c)
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	c := listenIn(t, client.NS, func() (net.Conn, error) {
+		return net.DialTimeout("tcp", netip.AddrPortFrom(dst, uint16(port)).String(), 5*time.Second)
+	})
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(rand.Uint32())
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("tcp to %v: read after %d bytes: %v", dst, len(got), err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("tcp to %v: write: %v", dst, err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("tcp to %v: echoed %d bytes differ from the %d sent", dst, len(got), len(data))
+	}
+	if s := <-seen; s != wantSrc {
+		t.Errorf("server saw source %v, want the client's instance IP %v", s, wantSrc)
+	}
+}
+
+// TestOverlay is issue 5's acceptance: UDP, TCP and ping from a client
+// container to service IPs, remote (node A → node B through the tunnel)
+// and local (both on node A), IPv4 and IPv6, then 100 000 paced UDP packets
+// without loss. Node A runs two workers (the client's port and the uplink
+// on different workers: every remote packet crosses between them), node B
+// one.
+func TestOverlay(t *testing.T) {
+	tp := newTopo(t)
+	ea := tp.startEngine(t, tp.a, tp.spec(tp.a, 2, tp.client, tp.local))
+	eb := tp.startEngine(t, tp.b, tp.spec(tp.b, 1, tp.server))
+	cases := []struct {
+		name          string
+		server        *ctr
+		dst, wantSrc  netip.Addr
+		udpPort, tcpP int
+	}{
+		{"remote/v4", tp.server, svcRemote4, instClient4, 7001, 8001},
+		{"remote/v6", tp.server, svcRemote6, instCli6, 7002, 8002},
+		{"local/v4", tp.local, svcLocal4, instClient4, 7003, 8003},
+		{"local/v6", tp.local, svcLocal6, instCli6, 7004, 8004},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			checkUDP(t, tp.client, c.server, c.dst, c.wantSrc, c.udpPort)
+			checkTCP(t, tp.client, c.server, c.dst, c.wantSrc, c.tcpP, 256<<10)
+			if err := testbed.Ping(tp.client.NS, c.dst, 5, time.Second); err != nil {
+				t.Errorf("ping: %v", err)
+			}
+		})
+	}
+	t.Run("unknown-service", func(t *testing.T) {
+		if err := testbed.Ping(tp.client.NS, mustAddr("10.30.99.99"), 1, 200*time.Millisecond); err == nil {
+			t.Error("ping to an unknown service IP answered")
+		}
+	})
+	t.Run("100k-udp-paced", func(t *testing.T) {
+		const count, rate = 100_000, 25_000
+		sent, recv := tp.udpFlood(t, netip.AddrPortFrom(svcRemote4, 9001), count, rate)
+		t.Logf("sent %d in %.2f s, received %d", sent.Packets, sent.Seconds, recv.Packets)
+		if sent.Packets != count+16 || recv.Packets != sent.Packets {
+			t.Errorf("sent %d (want %d), received %d: %d lost", sent.Packets, count+16, recv.Packets, int64(sent.Packets)-int64(recv.Packets))
+		}
+	})
+	sa, sb := ea.stats(t), eb.stats(t)
+	t.Logf("node A: mode %s, %d workers, %d sockets, counters %v", sa.Mode, sa.Workers, sa.Sockets, nonZero(sa.Counters))
+	t.Logf("node B: counters %v", nonZero(sb.Counters))
+	if sa.Counters["cross_out"] == 0 || sa.Counters["cross_in"] == 0 {
+		t.Errorf("node A moved nothing between its two workers: %v", nonZero(sa.Counters))
+	}
+	if sa.Counters["slow_kernel_sent"] == 0 && sa.Counters["resolve_suppressed"] == 0 {
+		t.Logf("note: no slow-path sends (neighbour known before the first packet)")
+	}
+	if sa.Mode != "generic" || sa.Workers != 2 {
+		t.Errorf("stats: mode %q workers %d", sa.Mode, sa.Workers)
+	}
+}
+
+func nonZero(m map[string]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// xdpAttached reports whether interface name in ns has an XDP program.
+func xdpAttached(tb testing.TB, ns, name string) bool {
+	tb.Helper()
+	var on bool
+	err := testbed.Handle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		on = l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return on
+}
+
+// cpuTicks returns utime+stime of pid in clock ticks (proc(5)).
+func cpuTicks(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
+// TestKillAndIdle: an idle engine uses under 2 % of a core; SIGKILL leaves
+// no XDP program attached (bpf_links die with the process); a restarted
+// engine serves again. Node A's engine is driven through the NetManager
+// adapter (netmanager.Dataplane), as the daemon does.
+func TestKillAndIdle(t *testing.T) {
+	tp := newTopo(t)
+	spa := tp.spec(tp.a, 0, tp.client, tp.local)
+	spa.ViaNetManager = true
+	ea := tp.startEngine(t, tp.a, spa)
+	tp.startEngine(t, tp.b, tp.spec(tp.b, 0, tp.server))
+	if err := testbed.Ping(tp.client.NS, svcRemote4, 5, time.Second); err != nil {
+		t.Fatalf("ping before kill: %v", err)
+	}
+	if _, err := io.WriteString(ea.stdin, "nmstats\n"); err != nil {
+		t.Fatal(err)
+	}
+	var nms netmanager.DataplaneStats
+	if err := json.Unmarshal([]byte(<-ea.lines), &nms); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("netmanager view: mode %s, %d workers, %d sockets, tables %v", nms.Mode, nms.Workers, nms.Sockets, nms.Tables)
+	if nms.Mode != "xdp-generic" || nms.Sockets != 3 || nms.Tables["ports"] != 2 || nms.Counters["event_flow-new"] == 0 {
+		t.Errorf("netmanager stats: %+v", nms)
+	}
+	t.Run("idle-cpu", func(t *testing.T) {
+		time.Sleep(500 * time.Millisecond)
+		pid := ea.cmd.Process.Pid
+		t0, c0 := time.Now(), cpuTicks(t, pid)
+		time.Sleep(5 * time.Second)
+		c1, el := cpuTicks(t, pid), time.Since(t0)
+		pct := float64(c1-c0) / 100 / el.Seconds() * 100 // CLK_TCK is 100 on Linux
+		t.Logf("idle engine: %d ticks in %v = %.2f %% of a core", c1-c0, el.Round(time.Millisecond), pct)
+		if pct >= 2 {
+			t.Errorf("idle engine used %.2f %% of a core, want < 2 %%", pct)
+		}
+	})
+	for _, ifn := range []string{tp.a.Uplink, tp.client.HostIf, tp.local.HostIf} {
+		if !xdpAttached(t, tp.a.NS, ifn) {
+			t.Fatalf("%s: no XDP program while the engine runs", ifn)
+		}
+	}
+	if err := ea.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ea.cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("engine wait after SIGKILL: %v", err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for _, ifn := range []string{tp.a.Uplink, tp.client.HostIf, tp.local.HostIf} {
+		for xdpAttached(t, tp.a.NS, ifn) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: XDP program still attached after SIGKILL", ifn)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if err := testbed.Ping(tp.client.NS, svcRemote4, 1, 300*time.Millisecond); err == nil {
+		t.Error("service IP answered with the engine dead")
+	}
+	tp.startEngine(t, tp.a, spa)
+	if err := testbed.Ping(tp.client.NS, svcRemote4, 5, time.Second); err != nil {
+		t.Fatalf("ping after restart: %v", err)
+	}
+	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7010)
+}
+
+// TestEngineValidation needs no privileges beyond reading config.
+func TestEngineValidation(t *testing.T) {
+	if _, err := New(Config{}); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("New(empty) = %v, want ErrInvalidConfig", err)
+	}
+}
+
+func (p *engineProc) command(tb testing.TB, line string) {
+	tb.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		tb.Fatal(err)
+	}
+	select {
+	case l := <-p.lines:
+		if l != "ok" {
+			tb.Fatalf("%s: %s", line, l)
+		}
+	case <-time.After(10 * time.Second):
+		tb.Fatalf("%s: no answer", line)
+	}
+}
+
+// TestResolveAndPortLifecycle: an unknown service IP goes to the Resolver
+// once (the packets that hit it are dropped, never waited on) and works
+// once the resolver pushed the service; an unresolvable IP is cached
+// negatively; removing a port detaches only that port, and adding it back
+// restores it.
+func TestResolveAndPortLifecycle(t *testing.T) {
+	tp := newTopo(t)
+	spa := tp.spec(tp.a, 0, tp.client, tp.local)
+	spa.Deferred = []string{"app.server"}
+	ea := tp.startEngine(t, tp.a, spa)
+	tp.startEngine(t, tp.b, tp.spec(tp.b, 0, tp.server))
+
+	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7020)
+	unknown := mustAddr("10.30.99.99")
+	if err := testbed.Ping(tp.client.NS, unknown, 3, 200*time.Millisecond); err == nil {
+		t.Error("unknown service IP answered")
+	}
+	s := ea.stats(t)
+	t.Logf("resolver counters: %v", nonZero(s.Counters))
+	if got := s.Counters["resolve_calls"]; got != 2 {
+		t.Errorf("resolve_calls = %d, want 2 (the deferred service once, the unknown IP once)", got)
+	}
+	if s.Counters["resolve_errors"] != 1 || s.Counters["resolve_suppressed"] < 2 {
+		t.Errorf("negative cache: errors %d suppressed %d, want 1 and ≥ 2", s.Counters["resolve_errors"], s.Counters["resolve_suppressed"])
+	}
+	if s.Fast.Drops[fastpath.ReasonUnknownService] < 4 {
+		t.Errorf("unknown-service drops = %d, want ≥ 4", s.Fast.Drops[fastpath.ReasonUnknownService])
+	}
+
+	ea.command(t, "remove "+tp.local.HostIf)
+	if xdpAttached(t, tp.a.NS, tp.local.HostIf) {
+		t.Error("XDP still on the removed port")
+	}
+	if !xdpAttached(t, tp.a.NS, tp.client.HostIf) {
+		t.Error("XDP gone from the other port")
+	}
+	if err := testbed.Ping(tp.client.NS, svcLocal4, 2, 300*time.Millisecond); err == nil {
+		t.Error("service on the removed port answered")
+	}
+	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7021)
+	ea.command(t, "add "+tp.local.HostIf)
+	if err := testbed.Ping(tp.client.NS, svcLocal4, 5, time.Second); err != nil {
+		t.Errorf("ping after re-adding the port: %v", err)
+	}
+	checkUDP(t, tp.client, tp.local, svcLocal6, instCli6, 7022)
+	if s := ea.stats(t); s.Ports != 2 || s.Sockets != 3 {
+		t.Errorf("after remove+add: %d ports, %d sockets, want 2 and 3", s.Ports, s.Sockets)
+	}
+}

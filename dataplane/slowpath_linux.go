@@ -1,0 +1,282 @@
+//go:build linux
+
+package dataplane
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oakwire/oakwire/fastpath"
+)
+
+// slowBatch carries up to one batch of copied packets from a worker to the
+// slow path. Batches are preallocated and recycled: the queue is bounded
+// by their number and a worker that finds none free drops and counts.
+type slowBatch struct {
+	n      int
+	reason [batch]fastpath.DropReason
+	lens   [batch]int
+	buf    [batch][slotSize]byte
+}
+
+// slowPath handles what workers cannot: sending to a next hop whose MAC is
+// unknown (through a kernel UDP socket, which resolves it) and asking the
+// Resolver about unknown service IPs (asynchronously, negatively cached).
+type slowPath struct {
+	e         *Engine
+	free, q   chan *slowBatch
+	neighKick chan struct{}
+	conn      *net.UDPConn
+	resolveQ  chan netip.Addr
+	done      chan struct{}
+	wg        sync.WaitGroup
+
+	// mu guards neg.
+	mu  sync.Mutex
+	neg map[netip.Addr]time.Time // address → no new Resolve before then
+
+	kernelSent, kernelErrors, resolveCalls, resolveErrors, resolveSuppressed, resolveQueueFull, malformed atomic.Uint64
+}
+
+func newSlowPath(e *Engine) (*slowPath, error) {
+	network := "udp4"
+	if e.cfg.NodeIP.Is6() {
+		network = "udp6"
+	}
+	conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.cfg.NodeIP, 0)))
+	if err != nil {
+		return nil, fmt.Errorf("slow path socket: %w", err)
+	}
+	s := &slowPath{
+		e:         e,
+		free:      make(chan *slowBatch, e.cfg.SlowBatches),
+		q:         make(chan *slowBatch, e.cfg.SlowBatches),
+		neighKick: make(chan struct{}, 1),
+		conn:      conn,
+		resolveQ:  make(chan netip.Addr, 64),
+		done:      make(chan struct{}),
+		neg:       map[netip.Addr]time.Time{},
+	}
+	for range e.cfg.SlowBatches {
+		s.free <- new(slowBatch)
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.run() }()
+	go func() { defer s.wg.Done(); s.resolveLoop() }()
+	return s, nil
+}
+
+// toSlow copies pkt into the worker's current slow batch; never blocks.
+func (w *worker) toSlow(pkt []byte, r fastpath.DropReason) {
+	if w.sb == nil {
+		select {
+		case w.sb = <-w.e.slow.free:
+			w.sb.n = 0
+		default:
+			w.cnt[cSlowFull]++
+			return
+		}
+	}
+	b := w.sb
+	if len(pkt) > slotSize {
+		w.cnt[cSlowFull]++
+		return
+	}
+	b.lens[b.n] = copy(b.buf[b.n][:], pkt)
+	b.reason[b.n] = r
+	b.n++
+	w.cnt[cSlowQueued]++
+	if b.n == batch {
+		w.e.slow.submit(w, b)
+		w.sb = nil
+	}
+}
+
+// submit queues a batch; the queue holds every batch there is, so this
+// never blocks, but it is a select with default all the same.
+func (s *slowPath) submit(w *worker, b *slowBatch) {
+	select {
+	case s.q <- b:
+	default:
+		w.cnt[cSlowFull] += uint64(b.n)
+		s.free <- b
+	}
+}
+
+func (s *slowPath) run() {
+	for {
+		select {
+		case <-s.done:
+			return
+		case b := <-s.q:
+			for i := range b.n {
+				s.handle(b.buf[i][:b.lens[i]], b.reason[i])
+			}
+			b.n = 0
+			s.free <- b
+		}
+	}
+}
+
+func (s *slowPath) handle(pkt []byte, r fastpath.DropReason) {
+	switch r {
+	case fastpath.ReasonNoNeighbor:
+		dst, payload, ok := tunnelPayload(pkt)
+		if !ok {
+			s.malformed.Add(1)
+			return
+		}
+		if _, err := s.conn.WriteToUDPAddrPort(payload, dst); err != nil {
+			s.kernelErrors.Add(1)
+		} else {
+			s.kernelSent.Add(1)
+		}
+		select {
+		case s.neighKick <- struct{}{}:
+		default:
+		}
+	case fastpath.ReasonUnknownService:
+		dst, ok := frameDst(pkt)
+		if !ok {
+			s.malformed.Add(1)
+			return
+		}
+		s.resolve(dst)
+	}
+}
+
+// resolve asks the Resolver about dst unless it was asked recently.
+func (s *slowPath) resolve(dst netip.Addr) {
+	if s.e.cfg.Resolver == nil {
+		s.resolveSuppressed.Add(1)
+		return
+	}
+	now := time.Now()
+	s.mu.Lock()
+	if until, ok := s.neg[dst]; ok && now.Before(until) {
+		s.mu.Unlock()
+		s.resolveSuppressed.Add(1)
+		return
+	}
+	if len(s.neg) > 4096 {
+		for a, until := range s.neg {
+			if now.After(until) {
+				delete(s.neg, a)
+			}
+		}
+	}
+	s.neg[dst] = now.Add(s.e.cfg.NegativeTTL) // also dedupes while in flight
+	s.mu.Unlock()
+	select {
+	case s.resolveQ <- dst:
+	default:
+		s.resolveQueueFull.Add(1)
+	}
+}
+
+func (s *slowPath) resolveLoop() {
+	for {
+		select {
+		case <-s.done:
+			return
+		case dst := <-s.resolveQ:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.resolveCalls.Add(1)
+			err := s.e.cfg.Resolver.Resolve(ctx, dst)
+			cancel()
+			if err != nil {
+				s.resolveErrors.Add(1)
+				continue // stays negatively cached
+			}
+			s.mu.Lock()
+			delete(s.neg, dst)
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *slowPath) counters() map[string]uint64 {
+	return map[string]uint64{
+		"slow_kernel_sent":   s.kernelSent.Load(),
+		"slow_kernel_errors": s.kernelErrors.Load(),
+		"slow_malformed":     s.malformed.Load(),
+		"resolve_calls":      s.resolveCalls.Load(),
+		"resolve_errors":     s.resolveErrors.Load(),
+		"resolve_suppressed": s.resolveSuppressed.Load(),
+		"resolve_queue_full": s.resolveQueueFull.Load(),
+	}
+}
+
+func (s *slowPath) close() error {
+	close(s.done)
+	err := s.conn.Close()
+	s.wg.Wait()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("slow path socket: %w", err)
+	}
+	return nil
+}
+
+// tunnelPayload parses an encapsulated frame (Ethernet, outer IPv4 or IPv6
+// without options or extension headers — we wrote it — and UDP) and returns
+// the outer destination and the UDP payload.
+func tunnelPayload(b []byte) (netip.AddrPort, []byte, bool) {
+	if len(b) < fastpath.EthernetLen {
+		return netip.AddrPort{}, nil, false
+	}
+	ip := b[fastpath.EthernetLen:]
+	var dst netip.Addr
+	var udp []byte
+	switch binary.BigEndian.Uint16(b[12:]) {
+	case fastpath.EtherTypeIPv4:
+		if len(ip) < 20 || ip[9] != fastpath.ProtoUDP {
+			return netip.AddrPort{}, nil, false
+		}
+		hl := int(ip[0]&0xf) * 4
+		if len(ip) < hl+8 {
+			return netip.AddrPort{}, nil, false
+		}
+		dst = netip.AddrFrom4([4]byte(ip[16:20]))
+		udp = ip[hl:]
+	case fastpath.EtherTypeIPv6:
+		if len(ip) < 48 || ip[6] != fastpath.ProtoUDP {
+			return netip.AddrPort{}, nil, false
+		}
+		dst = netip.AddrFrom16([16]byte(ip[24:40]))
+		udp = ip[40:]
+	default:
+		return netip.AddrPort{}, nil, false
+	}
+	l := int(binary.BigEndian.Uint16(udp[4:]))
+	if l < 8 || l > len(udp) {
+		return netip.AddrPort{}, nil, false
+	}
+	return netip.AddrPortFrom(dst, binary.BigEndian.Uint16(udp[2:])), udp[8:l], true
+}
+
+// frameDst returns the IP destination of an Ethernet frame (one VLAN tag
+// tolerated, like the processor).
+func frameDst(b []byte) (netip.Addr, bool) {
+	if len(b) < fastpath.EthernetLen {
+		return netip.Addr{}, false
+	}
+	et, off := binary.BigEndian.Uint16(b[12:]), fastpath.EthernetLen
+	if (et == 0x8100 || et == 0x88a8) && len(b) >= off+4 {
+		et, off = binary.BigEndian.Uint16(b[16:]), off+4
+	}
+	ip := b[off:]
+	switch {
+	case et == fastpath.EtherTypeIPv4 && len(ip) >= 20:
+		return netip.AddrFrom4([4]byte(ip[16:20])), true
+	case et == fastpath.EtherTypeIPv6 && len(ip) >= 40:
+		return netip.AddrFrom16([16]byte(ip[24:40])), true
+	}
+	return netip.Addr{}, false
+}
