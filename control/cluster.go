@@ -786,6 +786,16 @@ func (c *Cluster) instanceReport(ctx *fasthttp.RequestCtx, undeploy bool) error 
 	if err != nil {
 		return err
 	}
+	if !undeploy {
+		// A node running an instance needs the service's entry (its own
+		// instance IPs rewrite its containers' source addresses), so it is
+		// interested from now on; the change root announces next reaches
+		// it through its watch. Should root fail below, the interest stays:
+		// it only means pushes the node may not need.
+		if err := c.addInterest(ctx, *in.NodeID, job); err != nil {
+			return err
+		}
+	}
 	if err := c.root.deployStatus(ctx, undeploy, e.ID, st); err != nil {
 		return err
 	}

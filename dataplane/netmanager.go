@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
@@ -13,19 +15,39 @@ import (
 )
 
 // NetManager adapts an Engine to netmanager.Dataplane. Start makes the
-// Engine from the node's description; the control side pushes the service
-// table through Engine().SetServices and answers unknown service IPs
-// through the Resolver given here.
+// Engine from the node's description and, when the node's cluster offers
+// the node-facing API, feeds it from the cluster: a netmanager.Services
+// pushes the service table into Engine.SetServices (watch, resolution on a
+// miss, interest expiry), and the Engine's misses go to Services.Miss.
 type NetManager struct {
-	// Resolver is passed to the Engine (may be nil).
+	// Resolver, when set, answers unknown service IPs instead of the
+	// cluster (tests). Nil: the cluster's Services resolve them.
 	Resolver Resolver
 	// CPUs pins the workers (optional).
 	CPUs []int
+	// Services tunes the cluster feed (negative TTL, idle expiry).
+	Services netmanager.ServiceOptions
 
-	// mu guards e and byIfindex.
+	// mu guards e, svcs, stop, byIfindex and local.
 	mu        sync.Mutex
 	e         *Engine
+	svcs      *netmanager.Services
+	stop      context.CancelFunc
 	byIfindex map[int]fastpath.PortID
+	local     map[string]int // job → local ports of it
+}
+
+// miss hands an unknown service IP to the cluster feed. It never blocks:
+// Services.Miss queues, dedups and caches negatively on its own.
+func (n *NetManager) miss(_ context.Context, ip netip.Addr) error {
+	n.mu.Lock()
+	svcs := n.svcs
+	n.mu.Unlock()
+	if svcs == nil {
+		return errors.New("dataplane: no cluster to resolve through")
+	}
+	svcs.Miss(ip)
+	return nil
 }
 
 var _ netmanager.Dataplane = (*NetManager)(nil)
@@ -59,15 +81,37 @@ func (n *NetManager) Start(_ context.Context, node netmanager.NodeInfo) error {
 	if n.e != nil {
 		return errors.New("dataplane: started twice")
 	}
+	res := n.Resolver
+	src, fromCluster := netmanager.ServiceSourceFor(node.Cluster, 30*time.Second)
+	if res == nil && fromCluster {
+		res = ResolverFunc(n.miss)
+	}
 	e, err := New(Config{
 		Uplink: node.Uplink, NodeIP: node.NodeIP, TunnelPort: uint16(tp),
-		Workers: node.Workers, CPUs: n.CPUs, Mode: mode, Resolver: n.Resolver,
+		Workers: node.Workers, CPUs: n.CPUs, Mode: mode, Resolver: res,
 	})
 	if err != nil {
 		return err
 	}
-	n.e, n.byIfindex = e, map[int]fastpath.PortID{}
+	n.e, n.byIfindex, n.local = e, map[int]fastpath.PortID{}, map[string]int{}
+	if fromCluster {
+		ctx, cancel := context.WithCancel(context.Background())
+		n.svcs, n.stop = netmanager.NewServices(src, e, n.Services), cancel
+		go n.svcs.Run(ctx)
+	}
 	return nil
+}
+
+// setLocalLocked counts job's local ports; a job with a local instance
+// keeps the node's interest in it forever (SPEC 6).
+func (n *NetManager) setLocalLocked(job string, delta int) {
+	n.local[job] += delta
+	if n.local[job] <= 0 {
+		delete(n.local, job)
+	}
+	if n.svcs != nil {
+		n.svcs.View.SetLocal(job, n.local[job] > 0)
+	}
 }
 
 func mac6(h net.HardwareAddr) (m [6]byte) {
@@ -96,6 +140,7 @@ func (n *NetManager) AddPort(p netmanager.Port) error {
 		return err
 	}
 	n.byIfindex[p.HostIndex] = id
+	n.setLocalLocked(p.Job, 1)
 	return nil
 }
 
@@ -111,13 +156,14 @@ func (n *NetManager) RemovePort(p netmanager.Port) error {
 		return nil
 	}
 	delete(n.byIfindex, p.HostIndex)
+	n.setLocalLocked(p.Job, -1)
 	return n.e.RemovePort(id)
 }
 
 // Stats reports the engine's counters in the daemon's shape.
 func (n *NetManager) Stats() netmanager.DataplaneStats {
 	n.mu.Lock()
-	e := n.e
+	e, svcs := n.e, n.svcs
 	n.mu.Unlock()
 	if e == nil {
 		return netmanager.DataplaneStats{Mode: "xdp", Tables: map[string]int{}, Counters: map[string]uint64{}}
@@ -134,6 +180,11 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 	}
 	for i, v := range s.Fast.Events {
 		c["event_"+fastpath.Event(i).String()] = v
+	}
+	if svcs != nil {
+		for k, v := range svcs.Stats().Counters() {
+			c["services_"+k] = v
+		}
 	}
 	return netmanager.DataplaneStats{
 		Mode:    "xdp-" + s.Mode,
@@ -152,6 +203,10 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 func (n *NetManager) Close() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.stop != nil {
+		n.stop() // the feed's goroutines end; SetServices on a closed engine is refused
+		n.stop, n.svcs = nil, nil
+	}
 	if n.e == nil {
 		return nil
 	}

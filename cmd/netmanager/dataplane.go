@@ -16,8 +16,8 @@ func newDataplane(cfg netmanager.Config, log *slog.Logger) (netmanager.Dataplane
 		log.Warn("dataplane: none: kernel routing only; service IPs and the overlay are off")
 		return &netmanager.KernelOnly{}, nil
 	case "xdp":
-		// The service table and resolution hook are pushed through
-		// (*dataplane.NetManager).Engine() by the control wiring.
+		// Fed from the cluster once the node is registered: watch,
+		// resolution of unknown service IPs, interest expiry.
 		return &dataplane.NetManager{}, nil
 	}
 	return nil, errors.New("dataplane: want xdp or none")
