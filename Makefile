@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO      ?= go
 FUZZTIME ?= 10s
 # Packages whose tests also run under the race detector.
-RACE_PKGS := ./fastpath/... ./ipam/... ./control/...
+RACE_PKGS := ./fastpath/... ./ipam/... ./control/... ./netmanager/... ./dataplane/...
 
 .PHONY: deps build test test-unit test-race fuzz lint generate check-generate clean
 
