@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/oakwire/oakwire/internal/raceflag"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -259,6 +260,10 @@ func TestKillAndIdle(t *testing.T) {
 		t.Errorf("netmanager stats: %+v", nms)
 	}
 	t.Run("idle-cpu", func(t *testing.T) {
+		if raceflag.Enabled {
+			// Measured in the plain pass of make test; -race inflates it.
+			t.Skip("idle CPU is not measured under the race detector")
+		}
 		time.Sleep(500 * time.Millisecond)
 		pid := ea.cmd.Process.Pid
 		t0, c0 := time.Now(), cpuTicks(t, pid)
