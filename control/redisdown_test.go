@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"github.com/oakwire/oakwire/internal/redistest"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 // Redis restarts (empty: redistest persists nothing) both work again
 // without restarting anything.
 func TestRedisDownAndBack(t *testing.T) {
-	srv, rdb := startRedis(t)
+	srv := redistest.Start(t)
+	rdb := newRDB(t, srv.Addr)
 	_, R := startRoot(t, rdb, rootOpts{})
 	_, C := startCluster(t, rdb, R, clusterOpts{id: "c1"})
 	ctx := context.Background()

@@ -82,8 +82,15 @@ func do(t *testing.T, method, url, body, token string) (int, []byte) {
 func TestRootReplicasOnRedisCluster(t *testing.T) {
 	rc := redistest.StartCluster(t)
 	seeds := strings.Join(rc.Addrs(), ",")
-	a := start(t, "root", "--listen", freeAddr(t), "--redis-cluster", seeds, "--insecure")
-	b := start(t, "root", "--listen", freeAddr(t), "--redis-cluster", seeds, "--insecure", "--redis-prefix", "oakwire:")
+	// 500 concurrent deploys while other test binaries share the two CPUs:
+	// the default 300 ms Redis budget would fail dials on a busy accept
+	// queue rather than on a dead Redis, which is not what this test is about.
+	cfg := filepath.Join(t.TempDir(), "root.yaml")
+	if err := os.WriteFile(cfg, []byte("redis-timeout: 3s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := start(t, "root", "--config", cfg, "--listen", freeAddr(t), "--redis-cluster", seeds, "--insecure")
+	b := start(t, "root", "--config", cfg, "--listen", freeAddr(t), "--redis-cluster", seeds, "--insecure", "--redis-prefix", "oakwire:")
 	urls := []string{a, b}
 	if st, body := do(t, "POST", a+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":9}`, ""); st != 200 {
 		t.Fatalf("register cluster: %d %s", st, body)
@@ -157,11 +164,11 @@ func TestRootReplicasOnRedisCluster(t *testing.T) {
 	}
 	// The cluster role on the same Redis Cluster (redis-cluster from the
 	// YAML file): node registration, resolve, and a pushed change.
-	cfg := filepath.Join(t.TempDir(), "cluster.yaml")
-	if err := os.WriteFile(cfg, []byte("redis-cluster: ["+seeds+"]\ninsecure: true\n"), 0o600); err != nil {
+	ccfg := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(ccfg, []byte("redis-cluster: ["+seeds+"]\ninsecure: true\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := start(t, "cluster", "--config", cfg, "--listen", freeAddr(t), "--root", a, "--cluster-id", "cc")
+	c := start(t, "cluster", "--config", ccfg, "--listen", freeAddr(t), "--root", a, "--cluster-id", "cc")
 	for _, u := range []struct{ method, path, body string }{
 		{"POST", "/api/node/register", `{"node_id":"n1","node_ip":"198.18.0.1"}`},
 		{"GET", "/api/node/resolve?node_id=n1&job=a.b.m1.n", ""},
