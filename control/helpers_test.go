@@ -20,6 +20,11 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// testBudget is the services' per-request budget in tests: generous, since
+// the race pass runs 500 concurrent deploys at a tenth of normal speed.
+// Outage tests do not depend on it: a stopped Redis refuses at once.
+const testBudget = 10 * time.Second
+
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newRDB is a client with the short timeouts the service uses, so a dead
@@ -85,7 +90,7 @@ func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, stri
 		t.Fatalf("ipam: %v", err)
 	}
 	r, err := NewRoot(RootConfig{Prefix: o.prefix, Token: o.token, Policies: o.policies, IPAM: o.plan, Log: quietLog,
-		Timeout: 3 * time.Second, Notify: NotifyConfig{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Timeout: time.Second}}, rdb, alloc)
+		Timeout: testBudget, Notify: NotifyConfig{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Timeout: time.Second}}, rdb, alloc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +112,7 @@ func startCluster(t testing.TB, rdb redis.UniversalClient, rootURL string, o clu
 	}
 	ln := listen(t)
 	c, err := NewCluster(ClusterConfig{Prefix: o.prefix, Token: o.token, ClusterID: o.id, RootURL: rootURL,
-		Advertise: ln.Addr().String(), WatchRetention: o.retention, Log: quietLog, Timeout: 3 * time.Second, RootTimeout: 3 * time.Second}, rdb)
+		Advertise: ln.Addr().String(), WatchRetention: o.retention, Log: quietLog, Timeout: testBudget, RootTimeout: testBudget}, rdb)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,6 +173,11 @@ func TestOverlay(t *testing.T) {
 		}
 	})
 	t.Run("100k-udp-paced", func(t *testing.T) {
+		if raceflag.Enabled {
+			// A loss bound needs the engine at full speed: the plain pass of
+			// make test asserts it; under -race the workers run ~10x slower.
+			t.Skip("loss is not measured under the race detector")
+		}
 		const count, rate = 100_000, 25_000
 		sent, recv := tp.udpFlood(t, netip.AddrPortFrom(svcRemote4, 9001), count, rate)
 		t.Logf("sent %d in %.2f s, received %d", sent.Packets, sent.Seconds, recv.Packets)
