@@ -7,7 +7,7 @@ FUZZTIME ?= 10s
 # Packages whose tests also run under the race detector.
 RACE_PKGS := ./fastpath/... ./ipam/... ./control/... ./netmanager/... ./dataplane/...
 
-.PHONY: deps build test test-unit test-race fuzz lint generate check-generate clean
+.PHONY: deps build test test-unit test-race fuzz lint generate check-generate bench bench-smoke
 
 deps:
 	@bash scripts/deps.sh
@@ -44,3 +44,12 @@ generate: deps
 check-generate: generate
 	@git diff --exit-code --stat -- bpfprog/ || { echo "bpfprog: committed bpf2go output is stale; run make generate and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- bpfprog/)" || { git status --porcelain -- bpfprog/; echo "bpfprog: generated files not committed"; exit 1; }
+
+## bench: the perf suite (SPEC 9): routed, kernel overlay and oakwire side by
+## side, micro and control-plane numbers; report in results/latest/.
+bench: deps
+	$(GO) run ./cmd/netbench bench --out results
+
+## bench-smoke: the same suite, short (one round, short runs); CI runs it.
+bench-smoke: deps
+	$(GO) run ./cmd/netbench bench --smoke --out results

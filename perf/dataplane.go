@@ -1,0 +1,204 @@
+//go:build linux
+
+package perf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/oakwire/oakwire/internal/testbed"
+)
+
+// Dataplane is one way of carrying the client container's traffic to the
+// server container. The suite builds a fresh Topology for every round and
+// every dataplane, calls Setup, measures through Target, then calls
+// Teardown and removes the topology's namespaces (which removes anything
+// the dataplane made inside them).
+//
+// Ports: the server container runs the UDP sink on Topology.Ports.Flood,
+// the UDP echo server on Ports.Echo and iperf3 on Ports.TCP (TCP). The
+// client sends to Target().Addr() on the same port numbers: a dataplane
+// that translates a service IP must map those ports 1:1. Target().Port()
+// is Ports.Flood.
+//
+// A Dataplane may also implement Describer to put details (XDP mode,
+// worker placement, ...) into the report.
+type Dataplane interface {
+	// Name is the dataplane's name in flags and reports ("oakwire").
+	Name() string
+	// Setup wires the dataplane into topo (nodes, containers and their
+	// addresses exist; the host-side veths have no addresses). It must
+	// leave nothing outside topo's namespaces, except processes it stops
+	// in Teardown.
+	Setup(ctx context.Context, topo *Topology) error
+	// Target is the address the client sends to (the service IP for
+	// dataplanes that translate one) and Ports.Flood.
+	Target() netip.AddrPort
+	// Teardown stops what Setup started. It is called also after a failed
+	// Setup.
+	Teardown() error
+}
+
+// Describer is optionally implemented by a Dataplane to report settings
+// such as "xdp_mode" or "workers" (the report lists them).
+type Describer interface {
+	Describe() map[string]string
+}
+
+var (
+	regMu sync.Mutex
+	// registry maps a dataplane name to its constructor; guarded by regMu.
+	registry = map[string]func() Dataplane{
+		"routed": func() Dataplane { return &Routed{} },
+		"kernel": func() Dataplane { return &Kernel{} },
+	}
+)
+
+// OakwireName is the name the AF_XDP dataplane registers under; the report
+// computes the ratios oakwire/kernel and oakwire/routed against it.
+const OakwireName = "oakwire"
+
+// Register makes a dataplane available to the suite under name. newDP is
+// called once per round for a fresh value. This is the registration point
+// of the AF_XDP dataplane: cmd/netbench calls
+//
+//	perf.Register(perf.OakwireName, func() perf.Dataplane { return ... })
+//
+// before running the suite. Registering a name twice replaces it.
+func Register(name string, newDP func() Dataplane) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	registry[name] = newDP
+}
+
+// Registered lists the registered dataplane names, sorted.
+func Registered() []string {
+	regMu.Lock()
+	defer regMu.Unlock()
+	var names []string
+	for n := range registry {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func lookup(name string) (func() Dataplane, bool) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	f, ok := registry[name]
+	return f, ok
+}
+
+// Ports are the server's ports, the same on the service IP.
+type Ports struct {
+	Flood, Echo, TCP uint16
+}
+
+// DefaultPorts are the ports the suite uses.
+var DefaultPorts = Ports{Flood: 9000, Echo: 9001, TCP: 5201}
+
+// Topology is the emulated setup every dataplane is measured on (DESIGN.md
+// "Numbers to beat"): nodes A (198.18.0.1) and B (198.18.0.2) joined by one
+// veth, a client container on A and a server container on B, addressed the
+// way the NetManager addresses containers: /32 (and /128) on eth0, default
+// route via the subnet's gateway (.1, ::1) on-link, a static neighbour entry
+// for the gateway (the host-side veth's MAC), MTU 1450.
+type Topology struct {
+	Bed            *testbed.Bed
+	A, B           *testbed.Node
+	Client, Server *testbed.Container
+
+	// Node subnets (SPEC §2): A 10.18.0.0/26 + fc00::/120, B 10.18.0.64/26
+	// + fc00::100/120.
+	SubnetA, SubnetB   netip.Prefix
+	SubnetA6, SubnetB6 netip.Prefix
+	// Gateways of the containers on A and B (.1 and ::1 of the subnets).
+	GwA, GwB, GwA6, GwB6 netip.Addr
+	// Namespace IPs of client (on A) and server (on B).
+	ClientIP, ServerIP   netip.Addr
+	ClientIP6, ServerIP6 netip.Addr
+	// ServiceIP is the service IP a translating dataplane maps to the
+	// server (the first one a fresh root hands out, SPEC §2).
+	ServiceIP, ServiceIP6 netip.Addr
+	Ports                 Ports
+	// MTU of the container interfaces.
+	MTU int
+}
+
+// Fixed addresses of the topology.
+var (
+	subnetA   = netip.MustParsePrefix("10.18.0.0/26")
+	subnetB   = netip.MustParsePrefix("10.18.0.64/26")
+	subnetA6  = netip.MustParsePrefix("fc00::/120")
+	subnetB6  = netip.MustParsePrefix("fc00::100/120")
+	serviceV4 = netip.MustParseAddr("10.30.0.1")
+	serviceV6 = netip.MustParseAddr("fdff:2000::1")
+)
+
+// nth returns the n-th address of p.
+func nth(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// NewTopology builds the topology in a new testbed bed. On error
+// everything made so far is removed. The caller closes topo.Bed.
+func NewTopology(label string) (*Topology, error) {
+	bed, err := testbed.New(label, testbed.Options{Underlay: testbed.Direct})
+	if err != nil {
+		return nil, err
+	}
+	t := &Topology{
+		Bed:     bed,
+		SubnetA: subnetA, SubnetB: subnetB, SubnetA6: subnetA6, SubnetB6: subnetB6,
+		GwA: nth(subnetA, 1), GwB: nth(subnetB, 1), GwA6: nth(subnetA6, 1), GwB6: nth(subnetB6, 1),
+		ClientIP: nth(subnetA, 2), ServerIP: nth(subnetB, 2),
+		ClientIP6: nth(subnetA6, 2), ServerIP6: nth(subnetB6, 2),
+		ServiceIP: serviceV4, ServiceIP6: serviceV6,
+		Ports: DefaultPorts,
+		MTU:   1450,
+	}
+	if err := t.build(); err != nil {
+		return nil, errors.Join(fmt.Errorf("topology: %w", err), bed.Close())
+	}
+	return t, nil
+}
+
+func (t *Topology) build() error {
+	var err error
+	if t.A, err = t.Bed.AddNode("a"); err != nil {
+		return err
+	}
+	if t.B, err = t.Bed.AddNode("b"); err != nil {
+		return err
+	}
+	if t.Client, err = t.A.AddContainer("cli", testbed.ContainerConfig{
+		V4: netip.PrefixFrom(t.ClientIP, 32), V6: netip.PrefixFrom(t.ClientIP6, 128),
+		GW4: t.GwA, GW6: t.GwA6, MTU: t.MTU, HostIf: "vcli",
+	}); err != nil {
+		return err
+	}
+	if t.Server, err = t.B.AddContainer("srv", testbed.ContainerConfig{
+		V4: netip.PrefixFrom(t.ServerIP, 32), V6: netip.PrefixFrom(t.ServerIP6, 128),
+		GW4: t.GwB, GW6: t.GwB6, MTU: t.MTU, HostIf: "vsrv",
+	}); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		ctr     *testbed.Container
+		gw, gw6 netip.Addr
+	}{{t.Client, t.GwA, t.GwA6}, {t.Server, t.GwB, t.GwB6}} {
+		if err := staticGatewayNeigh(c.ctr, c.gw, c.gw6); err != nil {
+			return err
+		}
+	}
+	return nil
+}

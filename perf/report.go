@@ -1,0 +1,253 @@
+//go:build linux
+
+package perf
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Write writes report.json, report.md and chart.png into
+// root/<timestamp>/ and copies them to root/latest/. It returns the
+// timestamped directory.
+func (rep *Report) Write(root string) (string, error) {
+	dir := filepath.Join(root, rep.Started.UTC().Format("20060102T150405Z"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("results dir: %w", err)
+	}
+	files := map[string][]byte{}
+	j, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("report json: %w", err)
+	}
+	files["report.json"] = append(j, '\n')
+	var md strings.Builder
+	if err := rep.WriteMarkdown(&md); err != nil {
+		return "", err
+	}
+	files["report.md"] = []byte(md.String())
+	png, err := rep.ChartPNG()
+	if err != nil {
+		rep.Notes = append(rep.Notes, "chart: "+err.Error())
+	} else {
+		files["chart.png"] = png
+	}
+	latest := filepath.Join(root, "latest")
+	if err := os.RemoveAll(latest); err != nil {
+		return "", fmt.Errorf("results latest: %w", err)
+	}
+	if err := os.MkdirAll(latest, 0o755); err != nil {
+		return "", fmt.Errorf("results latest: %w", err)
+	}
+	for name, b := range files {
+		for _, d := range []string{dir, latest} {
+			if err := os.WriteFile(filepath.Join(d, name), b, 0o644); err != nil {
+				return "", fmt.Errorf("write %s: %w", name, err)
+			}
+		}
+	}
+	return dir, nil
+}
+
+// num formats v with prec decimals, or "—" for NaN.
+func num(v float64, prec int) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "—"
+	}
+	return fmt.Sprintf("%.*f", prec, v)
+}
+
+// kpps formats packets/s in thousands.
+func kpps(v float64) string {
+	if math.IsNaN(v) {
+		return "—"
+	}
+	return num(v/1e3, 1) + " k"
+}
+
+// cell formats a summary as "median (min–max)" with f, or "—" when empty.
+// With one value it prints only the median.
+func cell(s Summary, f func(float64) string) string {
+	if !s.Valid() {
+		return "—"
+	}
+	if s.N == 1 || s.Min == s.Max {
+		return f(s.Median)
+	}
+	return fmt.Sprintf("%s (%s–%s)", f(s.Median), f(s.Min), f(s.Max))
+}
+
+func ratioCell(v jsonFloat, registered bool) string {
+	if !registered {
+		return "n/a"
+	}
+	if math.IsNaN(float64(v)) {
+		return "— (not measured)"
+	}
+	return fmt.Sprintf("%.2f×", float64(v))
+}
+
+// WriteMarkdown writes the human-readable report.
+func (rep *Report) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	p := func(f string, a ...any) { fmt.Fprintf(&b, f+"\n", a...) }
+	mode := "full"
+	if rep.Config.Smoke {
+		mode = "smoke (short durations, small counts: for checking the suite, not for quoting)"
+	}
+	p("# Oakwire performance report")
+	p("")
+	p("Started %s, took %.0f s; mode: %s; %d round(s), dataplanes interleaved with their order rotated each round; medians with the spread (min–max) over the rounds.",
+		rep.Started.UTC().Format(time.RFC3339), rep.Elapsed, mode, rep.Config.Rounds)
+	p("")
+	if len(rep.Notes) > 0 {
+		p("## Notes")
+		p("")
+		for _, n := range rep.Notes {
+			p("- %s", n)
+		}
+		p("")
+	}
+	m := rep.Machine
+	p("## Machine")
+	p("")
+	p("| | |")
+	p("|---|---|")
+	p("| CPU | %s (%s, family %d model %d)%s |", m.CPU, m.Vendor, m.Family, m.Model, map[bool]string{true: ", under a hypervisor"}[m.Hypervisor])
+	p("| cores | %d logical, %d physical; %d usable |", m.LogicalCores, m.PhysicalCores, m.NumCPU)
+	p("| CPU features (selected; all in report.json) | %s |", strings.Join(m.keyFeatures(), " "))
+	p("| kernel | Linux %s (%s) |", m.Kernel, m.KernelVersion)
+	p("| Go | %s %s |", m.Go, m.Arch)
+	p("| load average at start | %s |", m.LoadAvg)
+	p("| iperf3 | %s |", m.Iperf3)
+	p("| XDP mode (oakwire) | %s |", m.XDPMode)
+	p("")
+	p("## End to end")
+	p("")
+	p("Two emulated nodes in network namespaces joined by one veth underlay (198.18.0.1/.2); client container 10.18.0.2 on node A, server container 10.18.0.66 on node B (/32 addresses, default route via the gateway on-link, static neighbours, MTU 1450). "+
+		"UDP flood: 64-byte payloads, sendmmsg/recvmmsg batches of 64, warm-up packets and a pause before the clock, sender on CPU %d and sink on CPU %d, %v or %d packets per run. "+
+		"Request/response: sequential 64-byte UDP ping-pong, client and server both on CPU %d, %d timed requests. TCP: iperf3, %v. Load tools run with GOMAXPROCS=1.",
+		rep.Config.FloodCPU, rep.Config.SinkCPU, rep.Config.FloodDuration, rep.Config.FloodCount, rep.Config.RRCPU, rep.Config.RRCount, rep.Config.TCPDuration)
+	p("")
+	p("| dataplane | UDP pps delivered | UDP pps sent | loss %% | RR p50 µs | RR p99 µs | RR p99.9 µs | RR lost | TCP Gbit/s |")
+	p("|---|---|---|---|---|---|---|---|---|")
+	n0 := func(v float64) string { return num(v, 0) }
+	for _, s := range rep.Summary {
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |", s.Dataplane,
+			cell(s.DeliveredPPS, kpps), cell(s.SentPPS, kpps), cell(s.LossPct, func(v float64) string { return num(v, 2) }),
+			cell(s.P50us, n0), cell(s.P99us, n0), cell(s.P999us, n0), cell(s.RRLost, n0),
+			cell(s.TCPGbps, func(v float64) string { return num(v, 2) }))
+	}
+	for _, n := range rep.Missing {
+		p("| %s | not registered: not measured | | | | | | | |", n)
+	}
+	p("")
+	p("### Ratios")
+	p("")
+	if !rep.OakwireRegistered {
+		p("The oakwire dataplane is not registered in this build, so there is nothing to compare: every ratio below is n/a.")
+		p("")
+	}
+	p("| metric | oakwire/kernel | oakwire/routed |")
+	p("|---|---|---|")
+	get := func(base string) Ratios {
+		for _, r := range rep.Ratios {
+			if r.Baseline == base {
+				return r
+			}
+		}
+		nan := jsonFloat(math.NaN())
+		return Ratios{Baseline: base, DeliveredPPS: nan, P50us: nan, P99us: nan, TCPGbps: nan}
+	}
+	k, r := get("kernel"), get("routed")
+	reg := rep.OakwireRegistered
+	p("| UDP pps delivered (higher is better) | %s | %s |", ratioCell(k.DeliveredPPS, reg), ratioCell(r.DeliveredPPS, reg))
+	p("| RR p50 latency (lower is better) | %s | %s |", ratioCell(k.P50us, reg), ratioCell(r.P50us, reg))
+	p("| RR p99 latency (lower is better) | %s | %s |", ratioCell(k.P99us, reg), ratioCell(r.P99us, reg))
+	p("| TCP throughput (higher is better) | %s | %s |", ratioCell(k.TCPGbps, reg), ratioCell(r.TCPGbps, reg))
+	p("")
+	for _, s := range rep.Summary {
+		if len(s.Info) > 0 {
+			var kv []string
+			for _, k := range slices.Sorted(maps.Keys(s.Info)) {
+				kv = append(kv, k+"="+s.Info[k])
+			}
+			p("%s settings: %s", s.Dataplane, strings.Join(kv, ", "))
+			p("")
+		}
+	}
+	p("![packets/s and latency per dataplane](chart.png)")
+	p("")
+	p("The load column is the machine's 1-minute load average when the round started; anything well above the tools' own share means other work competed for the %d CPUs and the spread will show it.", rep.Machine.NumCPU)
+	p("")
+	p("### Every round")
+	p("")
+	p("| round | # | dataplane | load | target | sent | received | pps delivered | loss %% | rcvbuf drops | p50/p99/p99.9 µs | TCP Gbit/s | errors |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, x := range rep.Rounds {
+		fl, rr, tc := "— | — | — | — | —", "—", "—"
+		if f := x.Flood; f != nil {
+			fl = fmt.Sprintf("%d | %d | %s | %s | %d", f.Sender.Sent, f.Sink.Received, kpps(f.DeliveredPPS), num(f.LossPct, 2), f.Sink.RcvbufErrors)
+		}
+		if q := x.RR; q != nil {
+			rr = fmt.Sprintf("%s / %s / %s (%d lost)", num(q.P50us, 0), num(q.P99us, 0), num(q.P999us, 0), q.Lost)
+		}
+		if t := x.TCP; t != nil {
+			tc = num(t.Gbps, 2)
+		}
+		errs := strings.ReplaceAll(strings.Join(x.Errors, "; "), "|", "/")
+		p("| %d | %d | %s | %s | %s | %s | %s | %s | %s |", x.Round, x.Position, x.Dataplane, num(x.Load1, 2), x.Target, fl, rr, tc, errs)
+	}
+	p("")
+	if mi := rep.Micro; mi != nil && len(mi.Benchmarks) > 0 {
+		p("## Micro: the per-packet pipeline")
+		p("")
+		p("`%s` (per-packet benchmarks process a batch per op; allocations per packet must be 0, SPEC §9.1).", mi.Command)
+		p("")
+		allocs := 0.0
+		for _, x := range mi.Benchmarks {
+			allocs += x.AllocsOp
+		}
+		if allocs > 0 {
+			p("**Allocations found on the measured paths** (see allocs/op below).")
+		} else {
+			p("Zero allocations on every benchmarked path.")
+		}
+		p("")
+		p("| benchmark | ns/packet | cpu-ns/packet | allocs/packet | ns/op | allocs/op | B/op |")
+		p("|---|---|---|---|---|---|---|")
+		for _, x := range mi.Benchmarks {
+			nsp, cpu, app := "—", "—", "—"
+			if x.PerPacket {
+				nsp, cpu, app = num(x.NsPerPacket, 1), num(x.CPUNsPerPacket, 1), num(x.AllocsPerPacket, 2)
+			}
+			p("| %s | %s | %s | %s | %s | %s | %s |", x.Name, nsp, cpu, app, num(x.NsPerOp, 1), num(x.AllocsOp, 0), num(x.BytesPerOp, 0))
+		}
+		p("")
+	}
+	if c := rep.Control; c != nil {
+		p("## Control plane")
+		p("")
+		p("In-process root service manager over real HTTP on loopback, a private redis-server (%s), %d concurrent connections; the clients, the root and Redis share the machine's CPUs.", c.Redis, c.Conns)
+		p("")
+		p("| operation | count | per second | p50 µs | p99 µs |")
+		p("|---|---|---|---|---|")
+		for _, o := range []struct {
+			name string
+			s    OpStat
+		}{{"instance deploy (allocation + store + answer)", c.Deploys}, {"table query (resolve a service's instances)", c.Resolves}, {"raw Redis PING (same concurrency)", c.RedisPing}} {
+			p("| %s | %d | %s | %s | %s |", o.name, o.s.N, num(o.s.PerSec, 0), num(o.s.P50us, 0), num(o.s.P99us, 0))
+		}
+		p("")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

@@ -1,0 +1,455 @@
+//go:build linux
+
+package perf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config configures one run of the suite. Zero fields take the defaults
+// of DefaultConfig (or SmokeConfig with Smoke set).
+type Config struct {
+	// Dataplanes to measure, in the first round's order.
+	Dataplanes []string `json:"dataplanes"`
+	// Rounds of interleaved measurements (order rotated each round).
+	Rounds int  `json:"rounds"`
+	Smoke  bool `json:"smoke"`
+	// Out is the results root: the run writes Out/<timestamp>/ and copies
+	// it to Out/latest/.
+	Out string `json:"out"`
+	// Tool is the argv prefix that runs a load tool (RunTool) inside a
+	// namespace, e.g. [/path/netbench]; default: this executable.
+	Tool []string `json:"tool"`
+	// ToolEnv is added to the load tools' environment (GOMAXPROCS=1 is
+	// always set).
+	ToolEnv []string `json:"-"`
+
+	FloodDuration time.Duration `json:"flood_duration"`
+	FloodCount    uint64        `json:"flood_count"`
+	RRCount       int           `json:"rr_count"`
+	TCPDuration   time.Duration `json:"tcp_duration"`
+	// CPUs: the flood sender and the sink on different CPUs, the
+	// request/response client and server on one (DESIGN.md).
+	FloodCPU int `json:"flood_cpu"`
+	SinkCPU  int `json:"sink_cpu"`
+	RRCPU    int `json:"rr_cpu"`
+
+	// Micro runs the fastpath benchmarks with `go test` in ModuleDir
+	// (default: the module root above the working directory).
+	Micro     bool          `json:"micro"`
+	MicroTime time.Duration `json:"micro_benchtime"`
+	ModuleDir string        `json:"-"`
+	// Control runs the control-plane measurement against a private
+	// redis-server.
+	Control        bool `json:"control"`
+	ControlDeploys int  `json:"control_deploys"`
+	ControlQueries int  `json:"control_queries"`
+	ControlPings   int  `json:"control_pings"`
+	ControlConns   int  `json:"control_conns"`
+
+	// Progress receives progress lines (default os.Stderr; io.Discard to
+	// silence).
+	Progress io.Writer `json:"-"`
+}
+
+// DefaultConfig is the full run (about 1 minute per round).
+func DefaultConfig() Config {
+	return Config{
+		Dataplanes:    []string{"routed", "kernel", OakwireName},
+		Rounds:        3,
+		Out:           "results",
+		FloodDuration: 5 * time.Second, FloodCount: 5_000_000,
+		RRCount:     20000,
+		TCPDuration: 5 * time.Second,
+		FloodCPU:    0, SinkCPU: 1, RRCPU: 0,
+		Micro: true, MicroTime: time.Second,
+		Control: true, ControlDeploys: 20000, ControlQueries: 50000, ControlPings: 200000, ControlConns: 64,
+	}
+}
+
+// SmokeConfig is the short run: one round, short durations, small counts;
+// the whole run stays under 2 minutes.
+func SmokeConfig() Config {
+	c := DefaultConfig()
+	c.Smoke = true
+	c.Rounds = 1
+	c.FloodDuration, c.FloodCount = time.Second, 1_000_000
+	c.RRCount = 2000
+	c.TCPDuration = time.Second
+	c.MicroTime = 100 * time.Millisecond
+	c.ControlDeploys, c.ControlQueries, c.ControlPings = 2000, 5000, 20000
+	return c
+}
+
+func (c *Config) fill() error {
+	d := DefaultConfig()
+	if c.Smoke {
+		d = SmokeConfig()
+	}
+	if len(c.Dataplanes) == 0 {
+		c.Dataplanes = d.Dataplanes
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = d.Rounds
+	}
+	if c.Out == "" {
+		c.Out = d.Out
+	}
+	if len(c.Tool) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("tool: %w", err)
+		}
+		c.Tool = []string{exe}
+	}
+	if c.FloodDuration <= 0 {
+		c.FloodDuration = d.FloodDuration
+	}
+	if c.FloodCount == 0 {
+		c.FloodCount = d.FloodCount
+	}
+	if c.RRCount <= 0 {
+		c.RRCount = d.RRCount
+	}
+	if c.TCPDuration <= 0 {
+		c.TCPDuration = d.TCPDuration
+	}
+	if c.MicroTime <= 0 {
+		c.MicroTime = d.MicroTime
+	}
+	if c.ControlDeploys <= 0 {
+		c.ControlDeploys = d.ControlDeploys
+	}
+	if c.ControlQueries <= 0 {
+		c.ControlQueries = d.ControlQueries
+	}
+	if c.ControlPings <= 0 {
+		c.ControlPings = d.ControlPings
+	}
+	if c.ControlConns <= 0 {
+		c.ControlConns = d.ControlConns
+	}
+	if c.Progress == nil {
+		c.Progress = os.Stderr
+	}
+	if c.FloodDuration > 5*time.Minute || c.TCPDuration > 5*time.Minute || c.Rounds > 50 {
+		return errors.New("config: durations or rounds out of range")
+	}
+	if c.ControlDeploys > 60000 {
+		return errors.New("config: control deploys > 60000 would exhaust the service pool")
+	}
+	return nil
+}
+
+// RoundResult is one dataplane in one round.
+type RoundResult struct {
+	Dataplane string `json:"dataplane"`
+	Round     int    `json:"round"`
+	Position  int    `json:"position"` // place in the round's order
+	Target    string `json:"target,omitempty"`
+	// Load1 is the 1-minute load average when the round started: other
+	// work on the machine shows up here before it skews the numbers.
+	Load1  float64           `json:"load1"`
+	Info   map[string]string `json:"info,omitempty"`
+	Flood  *FloodMeasure     `json:"flood,omitempty"`
+	RR     *RRResult         `json:"rr,omitempty"`
+	TCP    *TCPMeasure       `json:"tcp,omitempty"`
+	Errors []string          `json:"errors,omitempty"`
+}
+
+// DPSummary is one dataplane over all rounds.
+type DPSummary struct {
+	Dataplane    string            `json:"dataplane"`
+	Info         map[string]string `json:"info,omitempty"`
+	SentPPS      Summary           `json:"sent_pps"`
+	DeliveredPPS Summary           `json:"delivered_pps"`
+	LossPct      Summary           `json:"loss_pct"`
+	P50us        Summary           `json:"p50_us"`
+	P99us        Summary           `json:"p99_us"`
+	P999us       Summary           `json:"p999_us"`
+	RRLost       Summary           `json:"rr_lost"`
+	TCPGbps      Summary           `json:"tcp_gbps"`
+	Errors       int               `json:"errors"`
+}
+
+// Ratios of oakwire's medians to a baseline's; NaN when either is missing
+// (JSON null).
+type Ratios struct {
+	Baseline     string    `json:"baseline"`
+	DeliveredPPS jsonFloat `json:"delivered_pps"`
+	P50us        jsonFloat `json:"p50_us"`
+	P99us        jsonFloat `json:"p99_us"`
+	TCPGbps      jsonFloat `json:"tcp_gbps"`
+}
+
+// Report is everything one run measured.
+type Report struct {
+	Started  time.Time     `json:"started"`
+	Elapsed  float64       `json:"elapsed_seconds"`
+	Machine  Machine       `json:"machine"`
+	Config   Config        `json:"config"`
+	Measured []string      `json:"measured"`
+	Missing  []string      `json:"missing,omitempty"` // requested, not registered
+	Rounds   []RoundResult `json:"rounds"`
+	Summary  []DPSummary   `json:"summary"`
+	Ratios   []Ratios      `json:"ratios"`
+	// OakwireRegistered says whether the AF_XDP dataplane was registered.
+	OakwireRegistered bool           `json:"oakwire_registered"`
+	Micro             *MicroResult   `json:"micro,omitempty"`
+	Control           *ControlResult `json:"control,omitempty"`
+	Notes             []string       `json:"notes,omitempty"`
+	// Dir is where the files were written.
+	Dir string `json:"-"`
+}
+
+// jsonFloat marshals NaN and ±Inf as null.
+type jsonFloat float64
+
+func (f jsonFloat) MarshalJSON() ([]byte, error) {
+	v := float64(f)
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return []byte("null"), nil
+	}
+	return fmt.Appendf(nil, "%g", v), nil
+}
+
+func (f *jsonFloat) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*f = jsonFloat(math.NaN())
+		return nil
+	}
+	var v float64
+	_, err := fmt.Sscan(string(b), &v)
+	*f = jsonFloat(v)
+	return err
+}
+
+func (c *Config) progress(format string, a ...any) {
+	fmt.Fprintf(c.Progress, "netbench: "+format+"\n", a...)
+}
+
+// Run runs the suite and writes the report files. It returns the report
+// also when some measurements failed (their errors are in the report); an
+// error means no report could be written.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	rep := &Report{Started: time.Now(), Config: cfg, Machine: DescribeMachine()}
+	for _, n := range cfg.Dataplanes {
+		if _, ok := lookup(n); ok {
+			rep.Measured = append(rep.Measured, n)
+		} else {
+			rep.Missing = append(rep.Missing, n)
+		}
+	}
+	_, rep.OakwireRegistered = lookup(OakwireName)
+	if !rep.OakwireRegistered {
+		rep.Notes = append(rep.Notes, "The oakwire (AF_XDP) dataplane is not registered in this build (perf.Register), so it was not measured and its ratios are n/a.")
+	}
+	for _, n := range rep.Missing {
+		if n != OakwireName {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("Dataplane %q requested but not registered (have %v).", n, Registered()))
+		}
+	}
+
+	total := cfg.Rounds * len(rep.Measured)
+	step := 0
+	for round := range cfg.Rounds {
+		order := rotate(rep.Measured, round)
+		for pos, name := range order {
+			step++
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			cfg.progress("[%d/%d] round %d/%d: %s", step, total, round+1, cfg.Rounds, name)
+			rr := runOne(ctx, &cfg, name, round, pos)
+			for _, e := range rr.Errors {
+				cfg.progress("  %s: error: %s", name, e)
+			}
+			rep.Rounds = append(rep.Rounds, rr)
+		}
+	}
+	rep.summarize()
+
+	if cfg.Micro {
+		cfg.progress("micro: go test -bench ./fastpath/ (benchtime %v)", cfg.MicroTime)
+		m, err := RunMicro(ctx, cfg.ModuleDir, cfg.MicroTime)
+		if err != nil {
+			rep.Notes = append(rep.Notes, "micro benchmarks: "+err.Error())
+		}
+		rep.Micro = m
+	}
+	if cfg.Control {
+		cfg.progress("control plane: private redis-server, in-process root, %d connections", cfg.ControlConns)
+		c, err := RunControl(ctx, cfg)
+		if err != nil {
+			rep.Notes = append(rep.Notes, "control plane: "+err.Error())
+		}
+		rep.Control = c
+	}
+	rep.Elapsed = time.Since(rep.Started).Seconds()
+	dir, err := rep.Write(cfg.Out)
+	if err != nil {
+		return rep, err
+	}
+	rep.Dir = dir
+	cfg.progress("report: %s", filepath.Join(dir, "report.md"))
+	return rep, nil
+}
+
+// rotate returns names rotated left by r.
+func rotate(names []string, r int) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	r %= len(names)
+	return append(slices.Clone(names[r:]), names[:r]...)
+}
+
+// runOne builds a fresh topology, sets dataplane name up and measures it.
+// The topology is removed before it returns, also on failure; Ctrl-C
+// removes it too.
+func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res RoundResult) {
+	res = RoundResult{Dataplane: name, Round: round + 1, Position: pos + 1, Load1: load1()}
+	fail := func(what string, err error) { res.Errors = append(res.Errors, what+": "+err.Error()) }
+	newDP, _ := lookup(name)
+	topo, err := NewTopology("perf-" + name)
+	if err != nil {
+		fail("topology", err)
+		return res
+	}
+	stop := topo.Bed.CloseOnSignal()
+	defer func() {
+		stop()
+		if err := topo.Bed.Close(); err != nil {
+			fail("testbed close", err)
+		}
+	}()
+	dp := newDP()
+	err = dp.Setup(ctx, topo)
+	defer func() {
+		if err := dp.Teardown(); err != nil {
+			fail("teardown", err)
+		}
+	}()
+	if err != nil {
+		fail("setup", err)
+		return res
+	}
+	if d, ok := dp.(Describer); ok {
+		res.Info = d.Describe()
+	}
+	target := dp.Target().Addr()
+	res.Target = dp.Target().String()
+	r := &runner{cfg: cfg, topo: topo}
+	if err := r.probe(ctx, target); err != nil {
+		fail("probe", err)
+		return res
+	}
+	cfg.progress("  %s: udp flood %v (sender cpu %d, sink cpu %d)", name, cfg.FloodDuration, cfg.FloodCPU, cfg.SinkCPU)
+	if m, err := r.flood(ctx, target); err != nil {
+		fail("flood", err)
+	} else {
+		res.Flood = &m
+		cfg.progress("  %s: %.0f pps delivered of %.0f sent (%.2f %% lost)", name, m.DeliveredPPS, m.SentPPS, m.LossPct)
+	}
+	cfg.progress("  %s: request/response x%d (cpu %d)", name, cfg.RRCount, cfg.RRCPU)
+	if m, err := r.rr(ctx, target); err != nil {
+		fail("rr", err)
+	} else {
+		res.RR = &m
+		cfg.progress("  %s: p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, %d lost", name, m.P50us, m.P99us, m.P999us, m.Lost)
+	}
+	cfg.progress("  %s: tcp iperf3 %v", name, cfg.TCPDuration)
+	if m, err := r.tcp(ctx, target); err != nil {
+		fail("tcp", err)
+	} else {
+		res.TCP = &m
+		cfg.progress("  %s: %.2f Gbit/s", name, m.Gbps)
+	}
+	return res
+}
+
+func (rep *Report) summarize() {
+	rep.Summary = nil
+	for _, name := range rep.Measured {
+		s := DPSummary{Dataplane: name}
+		var sent, deliv, loss, p50, p99, p999, lost, tcp []float64
+		for _, r := range rep.Rounds {
+			if r.Dataplane != name {
+				continue
+			}
+			if r.Info != nil {
+				s.Info = r.Info
+			}
+			s.Errors += len(r.Errors)
+			if f := r.Flood; f != nil {
+				sent, deliv, loss = append(sent, f.SentPPS), append(deliv, f.DeliveredPPS), append(loss, f.LossPct)
+			}
+			if x := r.RR; x != nil && x.Count > 0 {
+				p50, p99, p999 = append(p50, x.P50us), append(p99, x.P99us), append(p999, x.P999us)
+				lost = append(lost, float64(x.Lost))
+			}
+			if t := r.TCP; t != nil {
+				tcp = append(tcp, t.Gbps)
+			}
+		}
+		s.SentPPS, s.DeliveredPPS, s.LossPct = Summarize(sent), Summarize(deliv), Summarize(loss)
+		s.P50us, s.P99us, s.P999us, s.RRLost = Summarize(p50), Summarize(p99), Summarize(p999), Summarize(lost)
+		s.TCPGbps = Summarize(tcp)
+		rep.Summary = append(rep.Summary, s)
+	}
+	rep.Ratios = nil
+	ow := rep.summaryOf(OakwireName)
+	if m := ow.Info["xdp_mode"]; m != "" {
+		rep.Machine.XDPMode = m
+	}
+	for _, base := range []string{"kernel", "routed"} {
+		b := rep.summaryOf(base)
+		rep.Ratios = append(rep.Ratios, Ratios{
+			Baseline:     base,
+			DeliveredPPS: jsonFloat(Ratio(ow.DeliveredPPS, b.DeliveredPPS)),
+			P50us:        jsonFloat(Ratio(ow.P50us, b.P50us)),
+			P99us:        jsonFloat(Ratio(ow.P99us, b.P99us)),
+			TCPGbps:      jsonFloat(Ratio(ow.TCPGbps, b.TCPGbps)),
+		})
+	}
+}
+
+// summaryOf returns the summary of name, or an empty one.
+func (rep *Report) summaryOf(name string) DPSummary {
+	for _, s := range rep.Summary {
+		if s.Dataplane == name {
+			return s
+		}
+	}
+	return DPSummary{Dataplane: name}
+}
+
+// load1 is the 1-minute load average, or NaN.
+func load1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return math.NaN()
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return math.NaN()
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return v
+}
