@@ -1,0 +1,325 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/oakwire/oakwire/internal/deploy"
+	"github.com/oakwire/oakwire/internal/testenv"
+)
+
+// TestEndToEnd is issue 6's acceptance test (SPEC §7 end to end): real
+// redis-server, root and cluster service managers, three nodes each running
+// netmanager with the AF_XDP data plane, containers attached through the
+// unix-socket API. Service "web" has instances on B and C; the client is on
+// A. Subtests run in order and build on each other.
+func TestEndToEnd(t *testing.T) {
+	d, err := up(t, deploy.Options{Dataplane: "xdp"})
+	if err != nil {
+		skipIfNoXDP(t, err)
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, b, c := d.Node("a"), d.Node("b"), d.Node("c")
+	web, err := d.DeployService(ctx, "web1", "e2e.ns.web.default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deployEcho := func(n int, node *deploy.Node) *deploy.Instance {
+		t.Helper()
+		in, err := d.DeployInstance(ctx, "web1", n, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.StartEcho(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	i0, i1 := deployEcho(0, b), deployEcho(1, c)
+	client, err := d.AddClient(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, closest := web.RR(), web.Closest()
+	t.Logf("RR %v, Closest %v; web/0 %v on b (%v), web/1 %v on c (%v); client %v on a (%v)",
+		rr, closest, i0.IP, i0.NSIP, i1.IP, i1.NSIP, client.IP, client.NSIP)
+
+	// The first packets to a service IP start its resolution; wait until
+	// both families answer before measuring.
+	for _, ip := range []netip.Addr{rr.V4, rr.V6} {
+		waitAnswered(t, d, client, "udp", ip, 5*time.Second)
+	}
+
+	t.Run("RoundRobin", func(t *testing.T) {
+		for _, ip := range []netip.Addr{rr.V4, rr.V6} {
+			for _, proto := range []string{"udp", "tcp"} {
+				r := ask(t, d, client, proto, ip, 20, 3, time.Second)
+				checkAnswered(t, r, "RR")
+				if m := r.Sticky(); m != nil {
+					t.Errorf("%s to RR %v: flows %v answered by more than one instance", proto, ip, m)
+				}
+				flows := r.FlowsByTag()
+				for _, in := range []*deploy.Instance{i0, i1} {
+					if n := flows[in.Tag()]; n < 8 || n > 12 {
+						t.Errorf("%s to RR %v: %s got %d of 20 flows (%v), want 10±2", proto, ip, in.Tag(), n, flows)
+					}
+				}
+				wantPeer, wantFrom := client.IP.V4, ip
+				if ip.Is6() {
+					wantPeer = client.IP.V6
+				}
+				if p := r.Peers(); len(p) != 1 || p[0] != wantPeer {
+					t.Errorf("%s to RR %v: servers saw sources %v, want the client's instance IP %v", proto, ip, p, wantPeer)
+				}
+				if f := r.Froms(); len(f) != 1 || f[0] != wantFrom {
+					t.Errorf("%s to RR %v: replies came from %v, want %v", proto, ip, f, wantFrom)
+				}
+			}
+		}
+	})
+
+	t.Run("Closest", func(t *testing.T) {
+		// No instance on A: a remote one answers.
+		for _, ip := range []netip.Addr{closest.V4, closest.V6} {
+			waitAnswered(t, d, client, "udp", ip, 5*time.Second)
+			r := ask(t, d, client, "udp", ip, 6, 2, time.Second)
+			checkAnswered(t, r, "Closest")
+			for tag := range r.ByTag() {
+				if tag != i0.Tag() && tag != i1.Tag() {
+					t.Errorf("Closest %v answered by %s", ip, tag)
+				}
+			}
+		}
+		// An instance on A: it wins, within the push delay.
+		i2 := deployEcho(2, a)
+		for _, ip := range []netip.Addr{closest.V4, closest.V6} {
+			poll(t, 3*time.Second, func() (bool, string) {
+				r := ask(t, d, client, "udp", ip, 6, 1, 300*time.Millisecond)
+				return r.Answered == r.Sent && r.ByTag()[i2.Tag()] == r.Sent,
+					fmt.Sprintf("Closest %v from a: answered by %v, want all by %s", ip, r.ByTag(), i2.Tag())
+			})
+			r := ask(t, d, client, "tcp", ip, 4, 2, time.Second)
+			checkAnswered(t, r, "Closest")
+			if r.ByTag()[i2.Tag()] != r.Answered {
+				t.Errorf("tcp Closest %v: %v of %d (%s)", ip, r.ByTag(), r.Sent, r.Failures())
+			}
+		}
+		if err := d.UndeployInstance(ctx, "web1", 2); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("InstanceIP", func(t *testing.T) {
+		for _, in := range []*deploy.Instance{i0, i1} {
+			for _, ip := range []netip.Addr{in.IP.V4, in.IP.V6} {
+				waitAnswered(t, d, client, "udp", ip, 5*time.Second)
+				for _, proto := range []string{"udp", "tcp"} {
+					r := ask(t, d, client, proto, ip, 3, 3, time.Second)
+					checkAnswered(t, r, "instance IP")
+					if r.ByTag()[in.Tag()] != r.Answered {
+						t.Errorf("%s to instance IP %v of %s: answered by %v of %d (%s)", proto, ip, in.Tag(), r.ByTag(), r.Sent, r.Failures())
+					}
+				}
+				if err := d.Ping(client, ip, 5, time.Second); err != nil {
+					t.Errorf("ping instance IP of %s: %v", in.Tag(), err)
+				}
+			}
+		}
+		for _, ip := range []netip.Addr{rr.V4, rr.V6} {
+			if err := d.Ping(client, ip, 5, time.Second); err != nil {
+				t.Errorf("ping RR IP: %v", err)
+			}
+		}
+	})
+
+	t.Run("UndeployLeavesRotation", func(t *testing.T) {
+		i3 := deployEcho(3, c)
+		poll(t, 3*time.Second, func() (bool, string) {
+			r := ask(t, d, client, "udp", rr.V4, 6, 1, 300*time.Millisecond)
+			return r.ByTag()[i3.Tag()] > 0, fmt.Sprintf("RR never picked the new %s: %v", i3.Tag(), r.ByTag())
+		})
+		if err := d.UndeployInstance(ctx, "web1", 3); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var last string
+		for {
+			r := ask(t, d, client, "udp", rr.V4, 6, 1, 150*time.Millisecond)
+			if r.Answered == r.Sent && r.ByTag()[i3.Tag()] == 0 {
+				t.Logf("out of rotation on a %v after the undeploy returned", time.Since(start).Round(time.Millisecond))
+				break
+			}
+			last = fmt.Sprintf("%v of %d answered (%s)", r.ByTag(), r.Sent, r.Failures())
+			if time.Since(start) > time.Second {
+				t.Fatalf("undeployed %s still in rotation on a after 1 s: %s", i3.Tag(), last)
+			}
+		}
+	})
+
+	t.Run("Move", func(t *testing.T) {
+		before := i0.IP
+		moved, err := d.MoveInstance(ctx, "web1", 0, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if moved.IP != before {
+			t.Fatalf("instance IP changed on move: %v → %v", before, moved.IP)
+		}
+		e, err := d.ServiceEntry(ctx, web.Job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range e.InstanceList {
+			if x.InstanceNumber == 0 && (x.InstanceIP != before.V4.String() || x.HostIP != c.IP().String() || x.NamespaceIP != moved.NSIP.V4.String()) {
+				t.Errorf("root's instance 0 after move: %+v; want IP %v on %v at %v", x, before.V4, c.IP(), moved.NSIP.V4)
+			}
+		}
+		for _, ip := range []netip.Addr{moved.IP.V4, moved.IP.V6} {
+			poll(t, 3*time.Second, func() (bool, string) {
+				r := ask(t, d, client, "udp", ip, 2, 1, 300*time.Millisecond)
+				return r.Answered == r.Sent && r.ByTag()[moved.Tag()] == r.Sent,
+					fmt.Sprintf("instance IP %v after move: answered by %v, want %s (%s)", ip, r.ByTag(), moved.Tag(), r.Failures())
+			})
+			r := ask(t, d, client, "tcp", ip, 3, 2, time.Second)
+			checkAnswered(t, r, "moved instance IP")
+			if r.ByTag()[moved.Tag()] != r.Answered {
+				t.Errorf("tcp to moved instance IP %v: %v of %d (%s)", ip, r.ByTag(), r.Sent, r.Failures())
+			}
+		}
+		r := ask(t, d, client, "udp", rr.V4, 10, 2, time.Second)
+		checkAnswered(t, r, "RR after move")
+		if r.FlowsByTag()[moved.Tag()] == 0 || r.FlowsByTag()[i1.Tag()] == 0 {
+			t.Errorf("RR after move: flows %v, %d of %d answered", r.FlowsByTag(), r.Answered, r.Sent)
+		}
+	})
+
+	t.Run("RestartNetManager", func(t *testing.T) {
+		before, err := d.Status(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.RestartNetManager(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		after, err := d.Status(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(before.Containers) != fmt.Sprint(after.Containers) {
+			t.Errorf("containers after restart %+v, before %+v", after.Containers, before.Containers)
+		}
+		waitAnswered(t, d, client, "udp", rr.V4, 10*time.Second)
+		for _, ip := range []netip.Addr{rr.V4, rr.V6} {
+			for _, proto := range []string{"udp", "tcp"} {
+				r := ask(t, d, client, proto, ip, 6, 2, time.Second)
+				checkAnswered(t, r, "RR after restart")
+			}
+		}
+	})
+
+	t.Run("ClusterDown", func(t *testing.T) {
+		// Resolved before the cluster dies (the previous subtests did).
+		targets := []netip.Addr{rr.V4, rr.V6, i1.IP.V4, i1.IP.V6}
+		for _, ip := range targets {
+			waitAnswered(t, d, client, "udp", ip, 5*time.Second)
+		}
+		if err := d.KillCluster(); err != nil {
+			t.Fatal(err)
+		}
+		for _, ip := range targets {
+			for _, proto := range []string{"udp", "tcp"} {
+				r := ask(t, d, client, proto, ip, 6, 2, time.Second)
+				checkAnswered(t, r, "cluster down")
+			}
+		}
+	})
+}
+
+// checkAnswered fails the test unless every request of r was answered,
+// except at most one lost UDP datagram per run (logged): the emulated
+// network shares two CPUs with the data plane's workers and the clients, and
+// the SPEC promises delivery of flows, not of every datagram. TCP runs use a
+// timeout long enough for a retransmission, so TCP gets no allowance.
+func checkAnswered(t *testing.T, r *deploy.AskResult, what string) {
+	t.Helper()
+	lost := r.Sent - r.Answered
+	switch {
+	case lost == 0:
+	case lost == 1 && r.Proto == "udp" && r.Sent >= 10:
+		t.Logf("%s: %s to %s: 1 of %d datagrams unanswered (%s)", what, r.Proto, r.Addr, r.Sent, r.Failures())
+	default:
+		t.Errorf("%s: %s to %s: %d of %d answered (%s)", what, r.Proto, r.Addr, r.Answered, r.Sent, r.Failures())
+	}
+}
+
+// skipIfNoXDP skips the test (outside CI; in CI it fails) when err is a
+// netmanager exiting at start with --dataplane xdp while the same
+// deployment comes up with --dataplane none: then the AF_XDP data plane is
+// what is missing, not the rest of the stack.
+func skipIfNoXDP(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, deploy.ErrNetManagerExited) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d, nerr := deploy.Up(ctx, deploy.Options{Dataplane: "none", Nodes: 1, BinDir: binDir})
+	if nerr != nil {
+		t.Fatalf("netmanager fails with --dataplane none too: %v\n(with xdp: %v)", nerr, err)
+	}
+	if cerr := d.Close(); cerr != nil {
+		t.Errorf("close: %v", cerr)
+	}
+	testenv.Skipf(t, "dataplane xdp unavailable: netmanager --dataplane xdp exits at start, --dataplane none works; run again once the AF_XDP data plane is wired: %v", err)
+}
+
+// ask runs a client and fails the test if the client itself fails. TCP
+// waits at least 3 s (connect and reply), so one lost segment is recovered
+// by TCP's retransmission (initial RTO 1 s) rather than failing the test.
+func ask(t *testing.T, d *deploy.Deployment, from *deploy.Instance, proto string, ip netip.Addr, flows, perFlow int, timeout time.Duration) *deploy.AskResult {
+	t.Helper()
+	if proto == "tcp" {
+		timeout = max(timeout, 3*time.Second)
+	}
+	r, err := d.Ask(context.Background(), from, proto, netipAddrPort(ip, proto), flows, perFlow, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// waitAnswered polls single UDP/TCP requests to ip until one is answered.
+func waitAnswered(t *testing.T, d *deploy.Deployment, from *deploy.Instance, proto string, ip netip.Addr, within time.Duration) {
+	t.Helper()
+	poll(t, within, func() (bool, string) {
+		r := ask(t, d, from, proto, ip, 1, 1, 250*time.Millisecond)
+		return r.Answered == 1, fmt.Sprintf("%s to %v from %s: no answer (%s)", proto, ip, from.Tag(), r.Failures())
+	})
+}
+
+// poll calls f until it returns true, failing the test with its last
+// message after within.
+func poll(t *testing.T, within time.Duration, f func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var msgs []string
+	for {
+		ok, msg := f()
+		if ok {
+			return
+		}
+		if !slices.Contains(msgs, msg) {
+			msgs = append(msgs, msg)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,307 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// RunDemo is `make demo` (SPEC §8): it starts a deployment of three nodes
+// with the AF_XDP data plane, deploys a service with instances on nodes b
+// and c and a client on a, shows what it set up and what the service IPs
+// do, measures latency and a short packet rate, and removes everything.
+func RunDemo(ctx context.Context, w io.Writer) error {
+	return RunDemoWith(ctx, w, Options{})
+}
+
+// RunDemoWith is RunDemo with options (Options.Nodes is at least 3). With
+// Dataplane "none" it shows the setup only: service IPs need the data
+// plane.
+func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
+	o.Nodes = max(o.Nodes, 3)
+	if o.Dataplane == "" {
+		o.Dataplane = "xdp"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	// Ctrl-C (or SIGTERM, SIGHUP) cancels ctx: every step is bounded by it,
+	// so the demo returns through the same cleanup as on success.
+	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer stopSignals()
+	p := &printer{w: w}
+	p.title("Oakwire demo: an emulated edge cluster in network namespaces on this machine")
+	p.line("Starting redis-server, servicemanager root and cluster on a control node, and one")
+	p.line("netmanager (--dataplane %s) per worker node, each a real process in its node's namespace.", o.Dataplane)
+	start := time.Now()
+	d, err := Up(ctx, o)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("demo: interrupted: %w", err)
+		}
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer func() {
+		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			err = errors.Join(err, errors.New("demo: interrupted"))
+		}
+		p.line("")
+		p.line("Cleaning up: processes stopped, %d namespaces removed.", len(d.Namespaces()))
+		err = errors.Join(err, d.Close())
+	}()
+	p.line("Up in %v; namespaces %s-* (see `ip netns list` while it runs).", time.Since(start).Round(10*time.Millisecond), d.Bed.Prefix())
+
+	p.section("1. Nodes (underlay %v, tunnel UDP port 50103)", d.Ctl.Prefix)
+	tw := p.table()
+	fmt.Fprintln(tw, "   node\tunderlay IP\tcontainer subnets (v4, v6)\truns")
+	for _, n := range d.Nodes {
+		fmt.Fprintf(tw, "   %s\t%v\t%v, %v\tnetmanager\n", n.Name, n.IP(), n.Subnet, n.Subnet6)
+	}
+	fmt.Fprintf(tw, "   ctl\t%v\t-\tredis 127.0.0.1:%d, root :%d, cluster :%d\n", d.Ctl.IP, redisPort, RootPort, ClusterPort)
+	tw.Flush()
+
+	web, err := d.DeployService(ctx, "web", "demo.ns.web.default")
+	if err != nil {
+		return err
+	}
+	p.section("2. Service %s (root POST /api/net/service/deploy): one IP pair per balancing policy", web.Job)
+	tw = p.table()
+	fmt.Fprintln(tw, "   policy\tservice IPv4\tservice IPv6")
+	pols := make([]string, 0, len(web.IPs))
+	for k := range web.IPs {
+		pols = append(pols, k)
+	}
+	slices.Sort(pols)
+	for _, k := range pols {
+		fmt.Fprintf(tw, "   %s\t%v\t%v\n", k, web.IPs[k].V4, web.IPs[k].V6)
+	}
+	tw.Flush()
+
+	a, b, c := d.Nodes[0], d.Nodes[1], d.Nodes[2]
+	var insts []*Instance
+	for i, n := range []*Node{b, c} {
+		in, err := d.DeployInstance(ctx, "web", i, n)
+		if err != nil {
+			return err
+		}
+		if err := d.StartEcho(ctx, in); err != nil {
+			return err
+		}
+		insts = append(insts, in)
+	}
+	client, err := d.AddClient(ctx, a)
+	if err != nil {
+		return err
+	}
+	p.section("3. Containers (root allocates instance IPs; the node's netmanager attaches the namespace)")
+	tw = p.table()
+	fmt.Fprintln(tw, "   instance\tnode\tinstance IP (v4, v6)\tnamespace IP (v4, v6)\truns")
+	for _, in := range append(slices.Clone(insts), client) {
+		what := "owload udpecho :7000, tcpecho :7001"
+		if in == client {
+			what = "the client"
+		}
+		fmt.Fprintf(tw, "   %s\t%s\t%v, %v\t%v, %v\t%s\n", in.Name(), in.Node.Name, in.IP.V4, in.IP.V6, in.NSIP.V4, in.NSIP.V6, what)
+	}
+	tw.Flush()
+	p.line("   Applications use service and instance IPs; namespace IPs change when an instance moves.")
+
+	if o.Dataplane == "none" {
+		p.section("4. Traffic")
+		p.line("   skipped: --dataplane none routes only inside a node (no service IPs, no overlay).")
+		if err := d.Ping(client, a.Subnet.Addr().Next(), 3, time.Second); err != nil {
+			p.line("   ping from client/0 to its gateway %v: %v", a.Subnet.Addr().Next(), err)
+			return err
+		}
+		p.line("   ping from client/0 to its node's gateway %v: ok", a.Subnet.Addr().Next())
+		return nil
+	}
+	var problems []string
+	fail := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		problems = append(problems, msg)
+		p.line("   PROBLEM: %s", msg)
+	}
+	rr, closest := web.RR(), web.Closest()
+	for _, ip := range []netip.Addr{rr.V4, rr.V6, closest.V4, closest.V6} {
+		if err := d.warm(ctx, client, ip); err != nil {
+			fail("%v", err)
+		}
+	}
+	if len(problems) > 0 {
+		p.line("   The service IPs do not answer: the data plane is not working; stopping here.")
+		p.line("   Process logs (last lines):")
+		d.DumpLogs(w, 8)
+		return fmt.Errorf("demo: %s", strings.Join(problems, "; "))
+	}
+
+	p.section("4. Round robin: 20 UDP + 20 TCP flows of 3 requests from client/0 on a to the RR IP")
+	for _, ip := range []netip.Addr{rr.V4, rr.V6} {
+		for _, proto := range []string{"udp", "tcp"} {
+			r, err := d.Ask(ctx, client, proto, echoAddr(ip, proto), 20, 3, time.Second)
+			if err != nil {
+				return err
+			}
+			sticky := "every flow stuck to one instance"
+			if r.Answered == 0 {
+				sticky = "no answers"
+			} else if m := r.Sticky(); m != nil {
+				sticky = fmt.Sprintf("flows %v switched instance", m)
+				fail("%s to %v: %s", proto, ip, sticky)
+			}
+			p.line("   %s %-22s flows per instance: %s; %d/%d answered; %s", proto, ip, fmtCounts(r.FlowsByTag()), r.Answered, r.Sent, sticky)
+			if r.Answered != r.Sent {
+				fail("%s to %v: %d of %d unanswered (%s)", proto, ip, r.Sent-r.Answered, r.Sent, r.FirstError())
+			}
+		}
+	}
+	if r, err := d.Ask(ctx, client, "udp", echoAddr(rr.V4, "udp"), 1, 1, time.Second); err == nil && r.Answered == 1 {
+		p.line("   the servers saw source %s (client/0's instance IP %v); replies came from %s (the RR IP)",
+			r.Answers[0].Peer, client.IP.V4, r.Answers[0].From)
+	}
+
+	p.section("5. Closest: the instance nearest the client's node")
+	for _, ip := range []netip.Addr{closest.V4, closest.V6} {
+		r, err := d.Ask(ctx, client, "udp", echoAddr(ip, "udp"), 6, 1, time.Second)
+		if err != nil {
+			return err
+		}
+		p.line("   no instance on a: 6 flows to %v answered by %s", ip, fmtCounts(r.ByTag()))
+	}
+	local, err := d.DeployInstance(ctx, "web", 2, a)
+	if err != nil {
+		return err
+	}
+	if err := d.StartEcho(ctx, local); err != nil {
+		return err
+	}
+	for _, ip := range []netip.Addr{closest.V4, closest.V6} {
+		var r *AskResult
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			if r, err = d.Ask(ctx, client, "udp", echoAddr(ip, "udp"), 6, 1, 300*time.Millisecond); err != nil {
+				return err
+			}
+			if r.ByTag()[local.Tag()] == r.Sent || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		p.line("   web/2 deployed on a: 6 flows to %v answered by %s", ip, fmtCounts(r.ByTag()))
+		if r.ByTag()[local.Tag()] != r.Sent {
+			fail("Closest %v did not pick the local instance %s", ip, local.Tag())
+		}
+	}
+	if err := d.UndeployInstance(ctx, "web", 2); err != nil {
+		return err
+	}
+	p.line("   web/2 undeployed again.")
+
+	p.section("6. Instance IPs reach exactly their instance")
+	for _, in := range insts {
+		for _, ip := range []netip.Addr{in.IP.V4, in.IP.V6} {
+			if err := d.warm(ctx, client, ip); err != nil {
+				fail("%v", err)
+				continue
+			}
+			r, err := d.Ask(ctx, client, "tcp", echoAddr(ip, "tcp"), 3, 2, time.Second)
+			if err != nil {
+				return err
+			}
+			pingRes := "ping ok"
+			if err := d.Ping(client, ip, 3, time.Second); err != nil {
+				pingRes = "ping FAILED"
+				fail("ping %v: %v", ip, err)
+			}
+			p.line("   %-22s → %s (tcp %d/%d answered; %s)", ip, fmtCounts(r.ByTag()), r.Answered, r.Sent, pingRes)
+			if r.ByTag()[in.Tag()] != r.Sent {
+				fail("instance IP %v of %s answered by %v", ip, in.Tag(), r.ByTag())
+			}
+		}
+	}
+
+	p.section("7. Latency: 200 UDP request/responses, one flow, client/0 on a → web/0's instance IP on b")
+	r, err := d.Ask(ctx, client, "udp", echoAddr(insts[0].IP.V4, "udp"), 1, 200, time.Second)
+	if err != nil {
+		return err
+	}
+	p.line("   p50 %d µs, p99 %d µs (%d/%d answered; includes both owload processes, unpinned)", r.P50us, r.P99us, r.Answered, r.Sent)
+
+	p.section("8. Packet rate: 2 s of 64-byte UDP from client/0 on a → web/1's instance IP on c (one flow)")
+	f, s, err := d.Rate(ctx, client, insts[1], 2*time.Second)
+	if err != nil {
+		fail("packet rate: %v", err)
+	} else {
+		loss := 0.0
+		if f.Sent > 0 {
+			loss = 100 * float64(f.Sent-s.Received) / float64(f.Sent)
+		}
+		p.line("   sent %d (%.0f kpps), delivered %d (%.0f kpps), %.1f %% lost — a rough number: sender, sink",
+			f.Sent, float64(f.Sent)/f.Seconds/1e3, s.Received, float64(s.Received)/f.Seconds/1e3, loss)
+		p.line("   and data-plane workers share this machine's CPUs; `make bench` measures properly.")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("demo: %d problems: %s", len(problems), strings.Join(problems, "; "))
+	}
+	p.section("All checks passed.")
+	return nil
+}
+
+// warm sends single UDP requests to ip until one is answered (up to 5 s):
+// the first packets to a service IP start its resolution.
+func (d *Deployment) warm(ctx context.Context, from *Instance, ip netip.Addr) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := d.Ask(ctx, from, "udp", echoAddr(ip, "udp"), 1, 1, 250*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		if r.Answered == 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%v: no answer within 5 s (%s)", ip, r.FirstError())
+		}
+	}
+}
+
+func echoAddr(ip netip.Addr, proto string) netip.AddrPort {
+	if proto == "tcp" {
+		return netip.AddrPortFrom(ip, EchoTCPPort)
+	}
+	return netip.AddrPortFrom(ip, EchoUDPPort)
+}
+
+func fmtCounts(m map[string]int) string {
+	if len(m) == 0 {
+		return "nobody"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var s []string
+	for _, k := range keys {
+		s = append(s, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(s, ", ")
+}
+
+type printer struct{ w io.Writer }
+
+func (p *printer) line(format string, args ...any) { fmt.Fprintf(p.w, format+"\n", args...) }
+func (p *printer) title(s string) {
+	fmt.Fprintf(p.w, "%s\n%s\n", s, strings.Repeat("=", len([]rune(s))))
+}
+func (p *printer) section(format string, args ...any) {
+	fmt.Fprintf(p.w, "\n"+format+"\n", args...)
+}
+func (p *printer) table() *tabwriter.Writer { return tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0) }

@@ -1,0 +1,864 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/oakwire/oakwire/internal/testbed"
+)
+
+// Ports of the control services on the control node.
+const (
+	RootPort    = 10100
+	ClusterPort = 10110
+	redisPort   = 6379
+)
+
+// Deployment is a running emulated deployment. Methods are safe for
+// concurrent use unless noted.
+type Deployment struct {
+	Bed *testbed.Bed
+	// Ctl is the control node (redis, root, cluster).
+	Ctl *testbed.Node
+	// Nodes are the worker nodes, each with a netmanager.
+	Nodes []*Node
+	// Token is the OAKWIRE_TOKEN of every process.
+	Token string
+	// RootURL and ClusterURL are reachable from the control node's and the
+	// worker nodes' namespaces (not from the root namespace: use RootCall).
+	RootURL, ClusterURL string
+	ClusterID           string
+	// WorkDir holds logs (*.log), sockets and state.
+	WorkDir string
+
+	opts    Options
+	bin     string // directory of the binaries
+	ownWork bool
+	ctlHTTP *http.Client
+	log     io.Writer
+
+	// mu guards the fields below.
+	mu        sync.Mutex
+	procs     []*proc
+	cluster   *proc
+	services  map[string]*Service
+	instances map[instKey]*Instance
+	ctrNS     []string // container namespaces made and not yet deleted
+	clientN   int
+	closed    bool
+}
+
+// Node is a worker node running a netmanager.
+type Node struct {
+	Name string
+	TB   *testbed.Node
+	// Socket is the netmanager's unix socket; StateDir its state directory.
+	Socket, StateDir, LogPath string
+	// Subnet and Subnet6 are the node's container subnets (from /status).
+	Subnet, Subnet6 netip.Prefix
+
+	args []string
+	http *http.Client
+	mu   sync.Mutex // guards proc
+	proc *proc
+}
+
+// IP is the node's underlay address.
+func (n *Node) IP() netip.Addr { return n.TB.IP }
+
+type instKey struct {
+	id string
+	n  int
+}
+
+// Instance is one instance of a service running in a container on a node.
+type Instance struct {
+	Service *Service
+	Number  int
+	// IP is the instance IP pair (stable across moves).
+	IP IPPair
+	// Node, NS, NSIP: where it runs now (NS is the container's netns name).
+	Node *Node
+	NS   string
+	NSIP IPPair
+
+	servers []serverSpec
+}
+
+// Tag is what the instance's owload servers put into their replies:
+// "<service>/<instance>@<node>".
+func (i *Instance) Tag() string {
+	return fmt.Sprintf("%s/%d@%s", shortName(i.Service.Job), i.Number, i.Node.Name)
+}
+
+// Name is "<service>/<instance>" (the tag without the node).
+func (i *Instance) Name() string { return fmt.Sprintf("%s/%d", shortName(i.Service.Job), i.Number) }
+
+func shortName(job string) string {
+	p := strings.Split(job, ".")
+	if len(p) == 4 {
+		return p[2]
+	}
+	return job
+}
+
+type serverSpec struct {
+	kind string // udpecho, tcpecho
+	port int
+}
+
+// Build compiles servicemanager, netmanager and owload into dir (go build,
+// from the module containing this package's source or the working
+// directory).
+func Build(ctx context.Context, dir string) error {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go" // where make deps and the README put it
+	}
+	root, err := moduleRoot(ctx, goBin)
+	if err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+"/",
+		"./cmd/servicemanager", "./cmd/netmanager", "./cmd/owload")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build: go build: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// moduleRoot finds the oakwire module: the working directory's module, else
+// the source tree this package was built from.
+func moduleRoot(ctx context.Context, goBin string) (string, error) {
+	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
+	if gm := strings.TrimSpace(string(out)); err == nil && gm != "" && gm != os.DevNull {
+		if b, err := os.ReadFile(gm); err == nil && bytes.Contains(b, []byte("module github.com/oakwire/oakwire\n")) {
+			return filepath.Dir(gm), nil
+		}
+	}
+	if _, file, _, ok := runtime.Caller(0); ok {
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
+			return root, nil
+		}
+	}
+	return "", errors.New("cannot find the oakwire module (run from its directory)")
+}
+
+// Up starts a deployment. On error everything it started is gone again and
+// the error carries the tails of the process logs.
+func Up(ctx context.Context, o Options) (d *Deployment, err error) {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Nodes < 1 || o.Nodes > 26 {
+		return nil, fmt.Errorf("deploy: Nodes %d: want 1..26", o.Nodes)
+	}
+	if o.Dataplane == "" {
+		o.Dataplane = "xdp"
+	}
+	if o.ClusterID == "" {
+		o.ClusterID = "cluster1"
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 20 * time.Second
+	}
+	d = &Deployment{opts: o, ClusterID: o.ClusterID, log: o.Log,
+		services: map[string]*Service{}, instances: map[instKey]*Instance{}}
+	if d.log == nil {
+		d.log = io.Discard
+	}
+	var tok [16]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return nil, fmt.Errorf("deploy: token: %w", err)
+	}
+	d.Token = hex.EncodeToString(tok[:])
+	if o.WorkDir == "" {
+		if d.WorkDir, err = os.MkdirTemp("", "oakwire-deploy-"); err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
+		}
+		d.ownWork = !o.KeepWorkDir
+	} else {
+		d.WorkDir = o.WorkDir
+		if err := os.MkdirAll(d.WorkDir, 0o755); err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			var tails strings.Builder
+			d.DumpLogs(&tails, 15)
+			fmt.Fprint(d.log, tails.String())
+			err = fmt.Errorf("%w\n%s", err, tails.String())
+			_ = d.Close()
+			d = nil
+		}
+	}()
+	d.bin = o.BinDir
+	if d.bin == "" {
+		d.bin = filepath.Join(d.WorkDir, "bin")
+		d.logf("building servicemanager, netmanager, owload")
+		if err := Build(ctx, d.bin); err != nil {
+			return d, err
+		}
+	}
+	for _, b := range []string{"servicemanager", "netmanager", "owload"} {
+		if _, err := os.Stat(filepath.Join(d.bin, b)); err != nil {
+			return d, fmt.Errorf("deploy: binary: %w", err)
+		}
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return d, fmt.Errorf("deploy: %w (make deps installs it)", err)
+	}
+
+	if d.Bed, err = testbed.New("deploy", testbed.Options{Underlay: testbed.Bridge}); err != nil {
+		return d, fmt.Errorf("deploy: %w", err)
+	}
+	for i := range o.Nodes {
+		name := string(rune('a' + i))
+		tn, err := d.Bed.AddNode(name)
+		if err != nil {
+			return d, fmt.Errorf("deploy: %w", err)
+		}
+		dir := filepath.Join(d.WorkDir, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return d, fmt.Errorf("deploy: %w", err)
+		}
+		n := &Node{Name: name, TB: tn, Socket: filepath.Join(dir, "nm.sock"),
+			StateDir: filepath.Join(dir, "state"), LogPath: filepath.Join(d.WorkDir, "netmanager-"+name+".log")}
+		n.http = unixClient(n.Socket)
+		d.Nodes = append(d.Nodes, n)
+	}
+	if d.Ctl, err = d.Bed.AddNode("ctl"); err != nil {
+		return d, fmt.Errorf("deploy: %w", err)
+	}
+	ctlIP := d.Ctl.IP.String()
+	d.RootURL = "http://" + net.JoinHostPort(ctlIP, strconv.Itoa(RootPort))
+	d.ClusterURL = "http://" + net.JoinHostPort(ctlIP, strconv.Itoa(ClusterPort))
+	d.ctlHTTP = nsClient(d.Ctl.NS)
+	d.logf("testbed %s: workers %s, control node ctl %s", d.Bed.Prefix(), d.nodeList(), ctlIP)
+
+	// Redis on the control node's loopback.
+	redisDir := filepath.Join(d.WorkDir, "redis")
+	if err := os.MkdirAll(redisDir, 0o755); err != nil {
+		return d, fmt.Errorf("deploy: %w", err)
+	}
+	rp, err := d.start("redis", d.Ctl.NS, filepath.Join(d.WorkDir, "redis.log"),
+		"redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(redisPort), "--dir", redisDir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", "")
+	if err != nil {
+		return d, err
+	}
+	if err := d.waitFor(ctx, rp, "redis PING", func() bool { return redisPing(d.Ctl.NS, redisPort) }); err != nil {
+		return d, err
+	}
+	redisURL := fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort)
+
+	root, err := d.start("root", d.Ctl.NS, filepath.Join(d.WorkDir, "root.log"),
+		filepath.Join(d.bin, "servicemanager"), "root", "--listen", net.JoinHostPort(ctlIP, strconv.Itoa(RootPort)),
+		"--redis", redisURL)
+	if err != nil {
+		return d, err
+	}
+	if err := d.waitFor(ctx, root, "root /readyz", func() bool { return d.ready(d.RootURL) }); err != nil {
+		return d, err
+	}
+	if err := d.startCluster(ctx); err != nil {
+		return d, err
+	}
+	// What an orchestrator does when a cluster joins (the cluster also
+	// registers itself; this is idempotent).
+	reg := map[string]any{"cluster_id": d.ClusterID, "cluster_address": ctlIP, "cluster_port": ClusterPort}
+	if err := d.RootCall(ctx, "POST", "/api/net/cluster", reg, nil); err != nil {
+		return d, err
+	}
+	d.logf("redis, root %s and cluster %s (%s) up in the ctl namespace", d.RootURL, d.ClusterURL, d.ClusterID)
+
+	for _, n := range d.Nodes {
+		n.args = []string{filepath.Join(d.bin, "netmanager"),
+			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
+			"--cluster", d.ClusterURL, "--socket", n.Socket, "--state-dir", n.StateDir,
+			"--dataplane", o.Dataplane}
+		if o.Workers > 0 {
+			n.args = append(n.args, "--workers", strconv.Itoa(o.Workers))
+		}
+		if err := d.startNetManager(n); err != nil {
+			return d, err
+		}
+	}
+	for _, n := range d.Nodes {
+		if err := d.waitNetManager(ctx, n); err != nil {
+			return d, err
+		}
+	}
+	d.logf("netmanagers (--dataplane %s) registered: %s", o.Dataplane, d.nodeList())
+	return d, nil
+}
+
+func (d *Deployment) nodeList() string {
+	var s []string
+	for _, n := range d.Nodes {
+		s = append(s, n.Name+" "+n.TB.IP.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+func (d *Deployment) logf(format string, args ...any) {
+	fmt.Fprintf(d.log, "deploy: "+format+"\n", args...)
+}
+
+func (d *Deployment) startCluster(ctx context.Context) error {
+	ctlIP := d.Ctl.IP.String()
+	cl, err := d.start("cluster", d.Ctl.NS, filepath.Join(d.WorkDir, "cluster.log"),
+		filepath.Join(d.bin, "servicemanager"), "cluster",
+		"--listen", net.JoinHostPort(ctlIP, strconv.Itoa(ClusterPort)),
+		"--redis", fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort),
+		"--root", d.RootURL, "--cluster-id", d.ClusterID)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.cluster = cl
+	d.mu.Unlock()
+	return d.waitFor(ctx, cl, "cluster /readyz", func() bool { return d.ready(d.ClusterURL) })
+}
+
+func (d *Deployment) startNetManager(n *Node) error {
+	p, err := d.start("netmanager-"+n.Name, n.TB.NS, n.LogPath, n.args...)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.proc = p
+	n.mu.Unlock()
+	return nil
+}
+
+// waitNetManager waits until n's netmanager answers on its socket and is
+// registered and confirmed by the cluster, then records its subnets.
+func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	var st *NodeStatus
+	err := d.waitFor(ctx, p, "netmanager "+n.Name+" registered", func() bool {
+		s, err := d.Status(ctx, n)
+		if err != nil || !s.Registered || !s.Confirmed {
+			return false
+		}
+		st = s
+		return true
+	})
+	if err != nil {
+		if p.exited() {
+			return fmt.Errorf("%w: node %s (--dataplane %s): %w", ErrNetManagerExited, n.Name, d.opts.Dataplane, err)
+		}
+		return err
+	}
+	n.Subnet, _ = netip.ParsePrefix(st.Subnet)
+	n.Subnet6, _ = netip.ParsePrefix(st.SubnetV6)
+	return nil
+}
+
+// proc is a process started by the deployment.
+type proc struct {
+	name string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // valid after done
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends sig, waits up to grace, then kills; it returns once the
+// process is gone.
+func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(grace):
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// start runs argv inside namespace ns (ip netns exec, which execs the
+// program: the PID is the program's), output appended to logPath. The
+// process gets SIGKILL if this process dies first.
+func (d *Deployment) start(name, ns, logPath string, argv ...string) (*proc, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("deploy: closed")
+	}
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("deploy: %s: %w", name, err)
+	}
+	defer lf.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Env = append(os.Environ(), "OAKWIRE_TOKEN="+d.Token)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("deploy: start %s: %w", name, err)
+	}
+	p := &proc{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	d.procs = append(d.procs, p)
+	return p, nil
+}
+
+// waitFor polls ok every 50 ms until it holds, p exits, ctx ends or the
+// start timeout passes.
+func (d *Deployment) waitFor(ctx context.Context, p *proc, what string, ok func() bool) error {
+	deadline := time.Now().Add(d.opts.StartTimeout)
+	for {
+		if ok() {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("deploy: %s: process exited (%v) before ready", what, p.err)
+		case <-ctx.Done():
+			return fmt.Errorf("deploy: %s: %w", what, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("deploy: %s: not ready within %v", what, d.opts.StartTimeout)
+		}
+	}
+}
+
+// DumpLogs writes the last n lines of every process log to w.
+func (d *Deployment) DumpLogs(w io.Writer, n int) {
+	d.mu.Lock()
+	seen := map[string]bool{}
+	var logs []string
+	for _, p := range d.procs {
+		if !seen[p.log] {
+			seen[p.log] = true
+			logs = append(logs, p.log)
+		}
+	}
+	d.mu.Unlock()
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		fmt.Fprintf(w, "---- %s (last %d lines)\n%s\n", filepath.Base(l), len(lines), strings.Join(lines, "\n"))
+	}
+}
+
+// Close stops every process (by PID), deletes the container namespaces
+// and the testbed's namespaces (by exact name) and the work directory (if
+// Up made it). Idempotent.
+func (d *Deployment) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	procs := d.procs
+	d.procs = nil
+	ctrs := d.ctrNS
+	d.ctrNS = nil
+	d.mu.Unlock()
+	var errs []error
+	for _, p := range procs {
+		if !p.exited() {
+			_ = p.cmd.Process.Kill()
+		}
+	}
+	for _, p := range procs {
+		p.stop(syscall.SIGKILL, 0) // waits for the exit
+		if !p.exited() {
+			errs = append(errs, fmt.Errorf("deploy: %s (pid %d) did not exit", p.name, p.cmd.Process.Pid))
+		}
+	}
+	for _, ns := range ctrs {
+		if err := deleteNS(ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.Bed != nil {
+		if err := d.Bed.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.ownWork && d.WorkDir != "" {
+		if err := os.RemoveAll(d.WorkDir); err != nil {
+			errs = append(errs, err)
+		}
+		d.ownWork = false
+	}
+	return errors.Join(errs...)
+}
+
+// CloseOnSignal makes SIGINT, SIGTERM and SIGHUP close the deployment and
+// exit with 128+signal, for programs (the demo). stop undoes it.
+func (d *Deployment) CloseOnSignal() (stop func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	quit := make(chan struct{})
+	go func() {
+		select {
+		case s := <-ch:
+			if err := d.Close(); err != nil {
+				fmt.Fprintf(os.Stderr, "deploy: close on %v: %v\n", s, err)
+			}
+			code := 1
+			if sig, ok := s.(syscall.Signal); ok {
+				code = 128 + int(sig)
+			}
+			os.Exit(code)
+		case <-quit:
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { signal.Stop(ch); close(quit) }) }
+}
+
+// Namespaces lists every namespace the deployment made and has not deleted.
+func (d *Deployment) Namespaces() []string {
+	d.mu.Lock()
+	out := append([]string(nil), d.ctrNS...)
+	d.mu.Unlock()
+	if d.Bed != nil {
+		out = append(out, d.Bed.Namespaces()...)
+	}
+	return out
+}
+
+// newNS creates an empty named namespace (lo up) without leaving the
+// calling thread in it, and records it for Close.
+func (d *Deployment) newNS(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("deploy: closed")
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netns %s: %w", name, err)
+	}
+	defer orig.Close()
+	ns, nerr := netns.NewNamed(name)
+	if ns.IsOpen() {
+		ns.Close()
+	}
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime discards it.
+		return errors.Join(nerr, fmt.Errorf("restore netns: %w", err))
+	}
+	runtime.UnlockOSThread()
+	if nerr != nil {
+		return fmt.Errorf("netns %s: %w", name, nerr)
+	}
+	d.ctrNS = append(d.ctrNS, name)
+	if _, err := testbed.Run(5*time.Second, name, "ip", "link", "set", "lo", "up"); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (d *Deployment) dropNS(name string) error {
+	d.mu.Lock()
+	for i, n := range d.ctrNS {
+		if n == name {
+			d.ctrNS = append(d.ctrNS[:i], d.ctrNS[i+1:]...)
+			break
+		}
+	}
+	d.mu.Unlock()
+	return deleteNS(name)
+}
+
+func deleteNS(name string) error {
+	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// nsClient is an HTTP client whose connections are made inside namespace
+// ns (a socket stays in the namespace it was created in).
+func nsClient(ns string) *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+				derr := testbed.Do(ns, func() error {
+					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+					return err
+				})
+				if c == nil && derr != nil {
+					return nil, derr
+				}
+				return c, err
+			},
+			MaxIdleConnsPerHost: 4,
+			IdleConnTimeout:     10 * time.Second,
+		},
+	}
+}
+
+// unixClient talks HTTP over the unix socket path (netmanager's API).
+func unixClient(path string) *http.Client {
+	return &http.Client{
+		Timeout: 20 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", path)
+			},
+			DisableKeepAlives: true,
+		},
+	}
+}
+
+func (d *Deployment) ready(base string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/readyz", nil)
+	resp, err := d.ctlHTTP.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode == 200
+}
+
+// redisPing sends PING to 127.0.0.1:port inside ns.
+func redisPing(ns string, port int) bool {
+	var c net.Conn
+	err := testbed.Do(ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
+		return err
+	})
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
+}
+
+// APIError is a non-2xx answer of root, the cluster or a netmanager.
+type APIError struct {
+	Method, URL string
+	Status      int
+	Body        string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s %s: %d: %s", e.Method, e.URL, e.Status, strings.TrimSpace(e.Body))
+}
+
+func doJSON(ctx context.Context, c *http.Client, method, url, token string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return &APIError{Method: method, URL: url, Status: resp.StatusCode, Body: string(b)}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: answer: %w", method, url, err)
+		}
+	}
+	return nil
+}
+
+// RootCall calls root's API (path like "/api/net/service/deploy") with the
+// token, from the control node's namespace; out (if not nil) receives the
+// JSON answer.
+func (d *Deployment) RootCall(ctx context.Context, method, path string, in, out any) error {
+	return doJSON(ctx, d.ctlHTTP, method, d.RootURL+path, d.Token, in, out)
+}
+
+// ClusterCall calls the cluster's API like RootCall.
+func (d *Deployment) ClusterCall(ctx context.Context, method, path string, in, out any) error {
+	return doJSON(ctx, d.ctlHTTP, method, d.ClusterURL+path, d.Token, in, out)
+}
+
+// NodeCall calls n's netmanager API over its unix socket.
+func (d *Deployment) NodeCall(ctx context.Context, n *Node, method, path string, in, out any) error {
+	return doJSON(ctx, n.http, method, "http://netmanager"+path, "", in, out)
+}
+
+// NodeStatus is the part of netmanager's GET /status the harness reads.
+type NodeStatus struct {
+	NodeID     string `json:"node_id"`
+	Registered bool   `json:"registered"`
+	Confirmed  bool   `json:"cluster_confirmed"`
+	LastError  string `json:"last_error"`
+	NodeIP     string `json:"node_ip"`
+	Subnet     string `json:"subnet"`
+	SubnetV6   string `json:"subnet_v6"`
+	Gateway    string `json:"gateway"`
+	GatewayV6  string `json:"gateway_v6"`
+	Containers []struct {
+		Job      string `json:"service"`
+		Instance int    `json:"instance"`
+		Netns    string `json:"netns"`
+		NSIP     string `json:"ns_ip"`
+		NSIP6    string `json:"ns_ip6"`
+	} `json:"containers"`
+	Dataplane struct {
+		Mode string `json:"mode"`
+	} `json:"dataplane"`
+}
+
+// Status is n's netmanager GET /status.
+func (d *Deployment) Status(ctx context.Context, n *Node) (*NodeStatus, error) {
+	var s NodeStatus
+	if err := d.NodeCall(ctx, n, "GET", "/status", nil, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// DumpStatus writes every netmanager's GET /status (counters, drop
+// reasons, tables) to w, for diagnosing a failed run.
+func (d *Deployment) DumpStatus(ctx context.Context, w io.Writer) {
+	for _, n := range d.Nodes {
+		var raw json.RawMessage
+		if err := d.NodeCall(ctx, n, "GET", "/status", nil, &raw); err != nil {
+			fmt.Fprintf(w, "---- netmanager %s /status: %v\n", n.Name, err)
+			continue
+		}
+		fmt.Fprintf(w, "---- netmanager %s /status\n%s\n", n.Name, raw)
+	}
+}
+
+// Node returns the worker node named name, or nil.
+func (d *Deployment) Node(name string) *Node {
+	for _, n := range d.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// RestartNetManager stops n's netmanager with SIGTERM (SIGKILL after 10 s),
+// starts it again with the same flags and waits until it is registered.
+func (d *Deployment) RestartNetManager(ctx context.Context, n *Node) error {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	p.stop(syscall.SIGTERM, 10*time.Second)
+	if !p.exited() {
+		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.cmd.Process.Pid)
+	}
+	if err := d.startNetManager(n); err != nil {
+		return err
+	}
+	return d.waitNetManager(ctx, n)
+}
+
+// StopNetManager stops n's netmanager with SIGTERM (SIGKILL after 10 s).
+func (d *Deployment) StopNetManager(n *Node) {
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	p.stop(syscall.SIGTERM, 10*time.Second)
+}
+
+// KillCluster kills the cluster service manager (SIGKILL) and waits for it.
+func (d *Deployment) KillCluster() error {
+	d.mu.Lock()
+	p := d.cluster
+	d.mu.Unlock()
+	if p == nil {
+		return errors.New("deploy: no cluster process")
+	}
+	p.stop(syscall.SIGKILL, 0)
+	if !p.exited() {
+		return fmt.Errorf("deploy: cluster (pid %d) did not die", p.cmd.Process.Pid)
+	}
+	return nil
+}
+
+// StartCluster starts the cluster service manager again after KillCluster.
+func (d *Deployment) StartCluster(ctx context.Context) error { return d.startCluster(ctx) }
