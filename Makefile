@@ -7,13 +7,19 @@ FUZZTIME ?= 10s
 # Packages whose tests also run under the race detector.
 RACE_PKGS := ./fastpath/... ./ipam/... ./control/... ./netmanager/... ./dataplane/...
 
-.PHONY: deps build test test-unit test-race fuzz lint generate check-generate bench bench-smoke
+.PHONY: deps build demo test test-unit test-race fuzz lint generate check-generate bench bench-smoke
 
 deps:
 	@bash scripts/deps.sh
 
 build: deps
 	$(GO) build ./...
+
+## demo: the main job. Three emulated nodes in network namespaces, real
+## redis-server, root and cluster service managers and netmanagers; a service
+## with instances on two nodes reached through its service IPs. Cleans up.
+demo: deps
+	$(GO) run ./cmd/netbench demo
 
 ## test: every test, privileged ones included (needs root), real redis-server,
 ## the race detector on the concurrent packages, and each fuzz target briefly.

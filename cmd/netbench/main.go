@@ -3,6 +3,7 @@
 // Command netbench is Oakwire's performance suite (SPEC §9) and the load
 // tools it runs inside emulated containers.
 //
+//	netbench demo  [--dataplane xdp|none] [--keep]
 //	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire]
 //	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--cpu C]
 //	netbench udpsink  --listen IP:PORT [--duration D] [--idle D] [--cpu C]
@@ -39,7 +40,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: netbench bench [flags] | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
+	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
 }
 
 func run(args []string) int {
@@ -50,6 +51,8 @@ func run(args []string) int {
 	switch args[0] {
 	case "bench":
 		return bench(args[1:])
+	case "demo":
+		return demo(args[1:])
 	case "-h", "--help", "help":
 		usage()
 		return 0
