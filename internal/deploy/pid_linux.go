@@ -1,0 +1,12 @@
+package deploy
+
+// PID is the process id of the node's running netmanager, or 0 when none
+// runs (stopped, or exited).
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc == nil || n.proc.exited() {
+		return 0
+	}
+	return n.proc.cmd.Process.Pid
+}
