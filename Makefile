@@ -12,8 +12,11 @@ RACE_PKGS := ./fastpath/... ./ipam/... ./control/... ./netmanager/... ./dataplan
 deps:
 	@bash scripts/deps.sh
 
+## build: every package, and the binaries into bin/ (servicemanager,
+## netmanager, netbench, owload).
 build: deps
 	$(GO) build ./...
+	$(GO) build -o bin/ ./cmd/...
 
 ## demo: the main job. Three emulated nodes in network namespaces, real
 ## redis-server, root and cluster service managers and netmanagers; a service

@@ -37,7 +37,7 @@ func TestUnreachableClusterDoesNotBlock(t *testing.T) {
 	for i := range 3 {
 		start := time.Now()
 		mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":`+string(rune('0'+i))+`,"cluster_id":"live"}`, "", nil)
-		if d := time.Since(start); d > 200*time.Millisecond {
+		if d := time.Since(start); d > time.Second { // SPEC's budget for a change to reach a node
 			t.Errorf("deploy took %v with a dead cluster interested", d)
 		}
 		got, err := n.Watch(ctx, reg.Epoch, w.Version, time.Second)

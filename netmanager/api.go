@@ -3,6 +3,7 @@ package netmanager
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"runtime"
@@ -164,7 +165,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 		case errors.As(err, &se):
 			return badRequest("malformed_json", "malformed JSON at byte %d: %v", se.Offset, err)
 		case errors.As(err, &me):
-			return badRequest("too_large", "body larger than %d bytes", maxBody)
+			return &apiError{kind: ErrTooLarge, code: "body_too_large", msg: fmt.Sprintf("body larger than %d bytes", maxBody)}
 		case errors.Is(err, io.EOF):
 			return badRequest("malformed_json", "empty body: want a JSON object")
 		}

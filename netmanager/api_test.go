@@ -92,7 +92,7 @@ func TestAPIInputErrors(t *testing.T) {
 		{"POST", "/register", `{"client_id":"n1"}`, 400, "cluster_address"},
 		{"POST", "/register", `{"client_id":"n1","cluster_address":"x:1"}`, 502, "connection refused"},
 		{"GET", "/container/deploy", ``, 405, ""},
-		{"POST", "/container/deploy", `{"pid":1,"serviceName":"` + strings.Repeat("a", maxBody) + `"}`, 400, "larger than"},
+		{"POST", "/container/deploy", `{"pid":1,"serviceName":"` + strings.Repeat("a", maxBody) + `"}`, 413, "larger than"},
 	} {
 		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
 		resp, err := http.DefaultClient.Do(req)

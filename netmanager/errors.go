@@ -14,6 +14,7 @@ var (
 	ErrNotFound      = errors.New("not found")
 	ErrCluster       = errors.New("cluster unreachable")
 	ErrNotSupported  = errors.New("not supported on this OS")
+	ErrTooLarge      = errors.New("body too large")
 )
 
 // apiError is an error with a machine code for the JSON answer.
@@ -41,6 +42,8 @@ func httpStatus(err error) (int, string) {
 		code = ae.code
 	}
 	switch {
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, code
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest, code
 	case errors.Is(err, ErrNotRegistered):
