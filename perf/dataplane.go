@@ -49,6 +49,13 @@ type Describer interface {
 	Describe() map[string]string
 }
 
+// Counterer is optionally implemented by a Dataplane to report its own
+// counters (drop reasons, socket statistics) for a round; the suite calls
+// Counters after Teardown and puts the result into the round's report.
+type Counterer interface {
+	Counters() map[string]uint64
+}
+
 var (
 	regMu sync.Mutex
 	// registry maps a dataplane name to its constructor; guarded by regMu.

@@ -23,6 +23,9 @@ const toolEnv = "OAKWIRE_PERF_TOOL"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(toolEnv) == "1" {
+		if len(os.Args) > 1 && os.Args[1] == "xdpnode" {
+			os.Exit(RunXDPNode(os.Args[2:], os.Stdout, os.Stderr))
+		}
 		os.Exit(RunTool(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())

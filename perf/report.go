@@ -207,6 +207,17 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		p("| %d | %d | %s | %s | %s | %s | %s | %s | %s |", x.Round, x.Position, x.Dataplane, num(x.Load1, 2), x.Target, fl, rr, tc, errs)
 	}
 	p("")
+	for _, x := range rep.Rounds {
+		if len(x.Counters) == 0 {
+			continue
+		}
+		var kv []string
+		for _, k := range slices.Sorted(maps.Keys(x.Counters)) {
+			kv = append(kv, fmt.Sprintf("%s=%d", k, x.Counters[k]))
+		}
+		p("%s counters, round %d (whole round: probe, flood, request/response, TCP; non-zero only): %s", x.Dataplane, x.Round, strings.Join(kv, ", "))
+		p("")
+	}
 	if mi := rep.Micro; mi != nil && len(mi.Benchmarks) > 0 {
 		p("## Micro: the per-packet pipeline")
 		p("")

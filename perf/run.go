@@ -165,6 +165,9 @@ type RoundResult struct {
 	RR     *RRResult         `json:"rr,omitempty"`
 	TCP    *TCPMeasure       `json:"tcp,omitempty"`
 	Errors []string          `json:"errors,omitempty"`
+	// Counters are the dataplane's own non-zero counters for the round
+	// (Counterer), read after Teardown.
+	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
 // DPSummary is one dataplane over all rounds.
@@ -341,6 +344,9 @@ func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res 
 	defer func() {
 		if err := dp.Teardown(); err != nil {
 			fail("teardown", err)
+		}
+		if c, ok := dp.(Counterer); ok {
+			res.Counters = c.Counters()
 		}
 	}()
 	if err != nil {

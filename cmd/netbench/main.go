@@ -5,6 +5,9 @@
 //
 //	netbench demo  [--dataplane xdp|none] [--keep]
 //	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire]
+//	               [--oakwire-mode generic|native] [--oakwire-workers N] [--oakwire-cpus none|LIST|A/B]
+//	               [--oakwire-yield go|os|none]
+//	netbench xdpnode --spec FILE [--stats FILE]
 //	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--cpu C]
 //	netbench udpsink  --listen IP:PORT [--duration D] [--idle D] [--cpu C]
 //	netbench udpecho  --listen IP:PORT [--duration D] [--cpu C]
@@ -13,15 +16,10 @@
 // bench needs root (network namespaces); it builds its own emulated nodes
 // and removes them at the end, on failure and on Ctrl-C.
 //
-// The AF_XDP dataplane joins the suite by registering itself before main
-// runs, in a file of this package, e.g.
-//
-//	func init() {
-//		perf.Register(perf.OakwireName, func() perf.Dataplane { return newOakwireBench() })
-//	}
-//
-// Until then the report says it was not measured and prints its ratios as
-// n/a.
+// The AF_XDP dataplane (perf.Oakwire) joins the suite by registering
+// itself before main runs (oakwire_linux.go); bench re-registers it with
+// the --oakwire-* flags. Its engines run as `netbench xdpnode` processes,
+// one per emulated node, inside the node's namespace (perf.RunXDPNode).
 package main
 
 import (
@@ -40,7 +38,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
+	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench xdpnode --spec FILE | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
 }
 
 func run(args []string) int {
@@ -53,6 +51,8 @@ func run(args []string) int {
 		return bench(args[1:])
 	case "demo":
 		return demo(args[1:])
+	case "xdpnode":
+		return perf.RunXDPNode(args[1:], os.Stdout, os.Stderr)
 	case "-h", "--help", "help":
 		usage()
 		return 0
@@ -77,9 +77,27 @@ func bench(args []string) int {
 	rrCount := fs.Int("rr-count", 0, "timed request/response exchanges per run (default 20000; 2000 with --smoke)")
 	noMicro := fs.Bool("no-micro", false, "skip the fastpath micro benchmarks")
 	noControl := fs.Bool("no-control", false, "skip the control-plane measurement")
+	owMode := fs.String("oakwire-mode", "generic", "oakwire: XDP attach mode, generic or native")
+	owWorkers := fs.Int("oakwire-workers", 0, "oakwire: workers per engine (0: the engine's default, half the CPUs)")
+	owCPUs := fs.String("oakwire-cpus", defaultOakwirePlacement, "oakwire: worker placement: none (unpinned), a CPU list for both engines (worker i on LIST[i % len]), or A/B per node (node A = client/sender, B = server/sink), e.g. 1/0")
+	owYield := fs.String("oakwire-yield", "go", "oakwire: how spinning workers yield: go (runtime.Gosched), os (sched_yield) or none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if _, err := perf.ParseYield(*owYield); err != nil {
+		fmt.Fprintf(os.Stderr, "netbench bench: %v\n", err)
+		return 2
+	}
+	cpusA, cpusB, err := perf.ParsePlacement(*owCPUs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "netbench bench: %v\n", err)
+		return 2
+	}
+	if *owMode != "generic" && *owMode != "native" {
+		fmt.Fprintf(os.Stderr, "netbench bench: --oakwire-mode %q: want generic or native\n", *owMode)
+		return 2
+	}
+	registerOakwire(oakwireOpts{mode: *owMode, workers: *owWorkers, cpusA: cpusA, cpusB: cpusB, yield: *owYield})
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "netbench bench: needs root (network namespaces)")
 		return 1
