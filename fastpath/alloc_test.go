@@ -172,6 +172,25 @@ func BenchmarkEgressLocal(b *testing.B) {
 	}
 }
 
+// BenchmarkEgressInstanceIP is a server's replies (to client instance IPs),
+// with the client flows' reverse keys in the table: each packet checks
+// whether a flow owns its reply 5-tuple (FlowTable.ReleaseReverse).
+func BenchmarkEgressInstanceIP(b *testing.B) {
+	p, ctx := newTestProc(b, nodeA)
+	eg := egressRemoteBatch(64)
+	eg.reset()
+	p.Egress(ctx, 1, eg.frames, eg.out) // flows with reverse keys in the table
+	var tmpl [][]byte
+	for i := range 64 {
+		tmpl = append(tmpl, fromCli(udpPkt(cli4, srvRI4, uint16(30000+i), 53, ipo{})))
+	}
+	bt := newBatch(tmpl)
+	benchBatch(b, bt, func() { p.Egress(ctx, 1, bt.frames, bt.out) })
+	if bt.out[0].Action != ActTxUplink {
+		b.Fatal(bt.out[0].Action)
+	}
+}
+
 func BenchmarkIngress(b *testing.B) {
 	p, ctx := newTestProc(b, nodeA)
 	eg := egressRemoteBatch(64)

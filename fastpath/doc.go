@@ -57,7 +57,12 @@
 // (protocol, server instance IP, server port, client nsIP, client port):
 // the server's node already rewrote the reply's source to the server's
 // instance IP, which is stable across migration. Its source becomes the
-// service IP the client addressed again.
+// service IP the client addressed again. The reverse key cannot tell a
+// reply to the service IP from a reply to that instance IP addressed
+// directly from the same client port (a reused ephemeral port), so the most
+// recent use owns it: a packet to an instance IP releases the reverse key
+// of any flow that picked that instance from the same 5-tuple (its replies
+// pass unchanged), and the flow's next packet takes it back (FlowTable).
 //
 // ICMP errors quoting a translated packet are translated too: on egress the
 // quote is rewritten as the mirror image of the outer addresses; on

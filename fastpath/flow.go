@@ -49,6 +49,14 @@ func flowKeyOf(pkt []byte, p *Parsed) FlowKey {
 	return k
 }
 
+// reverse returns the key of the same 5-tuple in the other direction.
+func (k *FlowKey) reverse() FlowKey {
+	w0 := k[0]&0xffff | (w0Port(k[0], 32) << 16) | (w0Port(k[0], 16) << 32)
+	return FlowKey{w0, k[3], k[4], k[1], k[2]}
+}
+
+func w0Port(w0 uint64, shift uint) uint64 { return (w0 >> shift) & 0xffff }
+
 // Dst returns the key's destination address.
 func (k *FlowKey) Dst() netip.Addr { return keyAddr(k[0], k[3], k[4]) }
 
@@ -101,6 +109,10 @@ type flowRec struct {
 	last  atomic.Int64  // last use, coarse monotonic ns
 	fwd   [5]atomic.Uint64
 	rev   [5]atomic.Uint64
+	// revOff: the reverse key was claimed by a newer use of the same
+	// reply 5-tuple (see FlowTable), so LookupReverse skips this record
+	// until the flow is used again (Claim). Written under FlowTable.mu.
+	revOff atomic.Bool
 	// Written and read by writers only (under FlowTable.mu).
 	used   bool
 	bf, br uint32  // bucket indexes
@@ -126,8 +138,18 @@ type flowRec struct {
 // flows: a flood of new flows cannot break established ones). The sweeper
 // frees idle flows.
 //
-// Reverse keys of two flows can collide when one client socket talks to two
-// service IPs that picked the same instance; the newest flow wins on ingress.
+// Reverse keys can collide: the reply 5-tuple (instance IP, port → client
+// nsIP, port) says which instance answered, not what the client addressed.
+// One client port may talk to two service IPs that picked the same instance,
+// or to a service IP and then straight to the instance IP it picked (a
+// client reuses an ephemeral port long before a 10 min TCP flow expires).
+// The server sees the same 4-tuple either way, so only the most recent use
+// can work, and it must: the most recently used flow owns the reverse key.
+// Insert, Rebind and Claim (a flow used again) take it; ReleaseReverse (a
+// packet sent straight to the instance IP) takes it from every flow, so
+// the reply passes untranslated. Without that, a reply to a direct
+// connection came back with the service IP as its source and the client's
+// kernel dropped it (UDP NoPorts, TCP RST): lost with no counter here.
 type FlowTable struct {
 	cfg   FlowConfig
 	idle  [256]int64 // idle ns per protocol
@@ -253,7 +275,7 @@ func (ft *FlowTable) LookupReverse(k *FlowKey, hash uint32, now int64) (svcIP ne
 		for n := 0; i != 0 && n < maxChain; n++ {
 			r := &ft.recs[i-1]
 			s := r.seq.Load()
-			if s&1 == 0 && keyEq(&r.rev, k) {
+			if s&1 == 0 && keyEq(&r.rev, k) && !r.revOff.Load() {
 				w0, hi, lo := r.fwd[0].Load(), r.fwd[3].Load(), r.fwd[4].Load()
 				if r.seq.Load() == s {
 					ft.touch(r, now)
@@ -312,6 +334,8 @@ func (ft *FlowTable) Insert(fwd *FlowKey, fwdHash uint32, rev *FlowKey, inst uin
 	r.inst.Store(inst)
 	r.last.Store(now)
 	r.used = true
+	ft.disownLocked(rev, revHash, idx)
+	r.revOff.Store(false)
 	r.bf, r.br = fwdHash&ft.mask, revHash&ft.mask
 	r.nextF.Store(ft.bktF[r.bf].Load())
 	r.nextR.Store(ft.bktR[r.br].Load())
@@ -341,10 +365,82 @@ func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
 		r.rev[j].Store(rev[j])
 	}
 	r.inst.Store(inst)
+	ft.disownLocked(rev, revHash, ref.idx)
+	r.revOff.Store(false)
 	r.br = revHash & ft.mask
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(ref.seq + 2)
 	ft.bktR[r.br].Store(ref.idx + 1)
+}
+
+// Claim makes the flow found as ref the owner of its reverse key again
+// (called for every packet of a flow found by Lookup). It costs one atomic
+// load unless a newer use of the reverse key took it (ReleaseReverse, or
+// another flow's Insert or Rebind); it is a no-op if the record changed
+// since the lookup.
+func (ft *FlowTable) Claim(ref FlowRef) {
+	if !ft.recs[ref.idx].revOff.Load() {
+		return
+	}
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	r := &ft.recs[ref.idx]
+	if !r.used || r.seq.Load() != ref.seq || !r.revOff.Load() {
+		return
+	}
+	var rev FlowKey
+	for j := range rev {
+		rev[j] = r.rev[j].Load()
+	}
+	ft.gen.Add(1) // a reverse lookup that misses meanwhile walks again
+	defer ft.gen.Add(1)
+	ft.disownLocked(&rev, rev.Hash(), ref.idx)
+	r.revOff.Store(false)
+}
+
+// ReleaseReverse takes reverse key k from every flow that owns it: the
+// client sent a packet on that 5-tuple straight to the instance IP, so
+// replies must pass untranslated. The common cases cost one atomic load (no
+// flows at all, e.g. a node with servers only) or a hash and one lock-free
+// chain walk (no flow has k).
+func (ft *FlowTable) ReleaseReverse(k *FlowKey) {
+	if ft.count.Load() == 0 {
+		return
+	}
+	hash := k.Hash()
+	if !ft.ownedReverse(k, hash) {
+		return
+	}
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	ft.gen.Add(1)
+	defer ft.gen.Add(1)
+	ft.disownLocked(k, hash, ^uint32(0))
+}
+
+// ownedReverse reports whether some flow owns reverse key k. Like
+// LookupReverse it may miss while a writer is active; then the next packet
+// releases the key.
+func (ft *FlowTable) ownedReverse(k *FlowKey, hash uint32) bool {
+	i := ft.bktR[hash&ft.mask].Load()
+	for n := 0; i != 0 && n < maxChain; n++ {
+		r := &ft.recs[i-1]
+		if keyEq(&r.rev, k) && !r.revOff.Load() {
+			return true
+		}
+		i = r.nextR.Load()
+	}
+	return false
+}
+
+// disownLocked marks every record but keep whose reverse key is k as not
+// owning it. ft.mu must be held.
+func (ft *FlowTable) disownLocked(k *FlowKey, hash uint32, keep uint32) {
+	for i := ft.bktR[hash&ft.mask].Load(); i != 0; i = ft.recs[i-1].nextR.Load() {
+		if r := &ft.recs[i-1]; i-1 != keep && keyEq(&r.rev, k) {
+			r.revOff.Store(true)
+		}
+	}
 }
 
 // unlinkLocked removes record idx from its reverse chain, and from its

@@ -85,6 +85,85 @@ func TestFlowTableBasics(t *testing.T) {
 	}
 }
 
+func TestFlowKeyReverse(t *testing.T) {
+	for _, c := range []struct{ src, dst netip.Addr }{
+		{a4("10.18.0.2"), a4("10.30.0.4")}, {a4("fc00::2"), a4("fdff::2")},
+	} {
+		k := MakeFlowKey(ProtoTCP, c.src, 46820, c.dst, 7001)
+		want := MakeFlowKey(ProtoTCP, c.dst, 7001, c.src, 46820)
+		if got := k.reverse(); got != want {
+			t.Errorf("%v: reverse %x, want %x", c, got, want)
+		}
+	}
+}
+
+// TestFlowReverseOwner: the most recently used flow owns a reverse key
+// shared by several flows, and a direct use of the reply 5-tuple
+// (ReleaseReverse) takes it from all of them until a flow is used again.
+func TestFlowReverseOwner(t *testing.T) {
+	ft := NewFlowTable(FlowConfig{Capacity: 16})
+	cli, inst := a4("10.18.0.2"), a4("10.30.0.4")
+	f1 := MakeFlowKey(ProtoTCP, cli, 46820, a4("10.30.0.2"), 7001) // RR service IP
+	f2 := MakeFlowKey(ProtoTCP, cli, 46820, a4("10.30.0.1"), 7001) // Closest service IP
+	r := MakeFlowKey(ProtoTCP, inst, 7001, cli, 46820)             // both picked inst
+	rev := func() string {
+		if svc, ok := ft.LookupReverse(&r, r.Hash(), 0); ok {
+			return svc.String()
+		}
+		return "untranslated"
+	}
+	use := func(f FlowKey) {
+		t.Helper()
+		_, ref, ok := ft.Lookup(&f, f.Hash(), 0)
+		if !ok {
+			t.Fatal("flow not found")
+		}
+		ft.Claim(ref)
+	}
+	ft.Insert(&f1, f1.Hash(), &r, 1, 0)
+	if got := rev(); got != "10.30.0.2" {
+		t.Fatalf("after insert 1: %s", got)
+	}
+	ft.Insert(&f2, f2.Hash(), &r, 1, 0)
+	if got := rev(); got != "10.30.0.1" {
+		t.Fatalf("after insert 2: %s, want the newest flow's", got)
+	}
+	use(f1)
+	if got := rev(); got != "10.30.0.2" {
+		t.Fatalf("after using flow 1 again: %s", got)
+	}
+	ft.ReleaseReverse(&r)
+	if got := rev(); got != "untranslated" {
+		t.Fatalf("after a direct packet to the instance: %s", got)
+	}
+	ft.ReleaseReverse(&r) // nothing owns it: no-op
+	use(f2)
+	if got := rev(); got != "10.30.0.1" {
+		t.Fatalf("after using flow 2 again: %s", got)
+	}
+	use(f2) // owner already: no change
+	if got := rev(); got != "10.30.0.1" {
+		t.Fatalf("after using flow 2 twice: %s", got)
+	}
+	// A disowned record that expires and is reused owns its new key.
+	ft.ReleaseReverse(&r)
+	if n := ft.Sweep(int64(time.Hour), 0); n != 2 {
+		t.Fatalf("swept %d, want 2", n)
+	}
+	ft.Insert(&f1, f1.Hash(), &r, 1, 0)
+	if got := rev(); got != "10.30.0.2" {
+		t.Fatalf("after reuse: %s", got)
+	}
+	// Rebind takes the new reverse key.
+	r2 := MakeFlowKey(ProtoTCP, a4("10.30.0.3"), 7001, cli, 46820)
+	ft.Insert(&f2, f2.Hash(), &r2, 0, 0)
+	_, ref, _ := ft.Lookup(&f1, f1.Hash(), 0)
+	ft.Rebind(ref, &r2, 0)
+	if svc, ok := ft.LookupReverse(&r2, r2.Hash(), 0); !ok || svc != a4("10.30.0.2") {
+		t.Fatalf("after rebind: %v %v, want the rebound flow's", svc, ok)
+	}
+}
+
 // TestConcurrentRace runs workers translating (egress and ingress) while
 // the table is swapped and a sweeper expires flows. Run with -race.
 func TestConcurrentRace(t *testing.T) {

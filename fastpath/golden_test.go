@@ -507,6 +507,55 @@ func TestGoldenLocalReply(t *testing.T) {
 	})
 }
 
+// TestGoldenInstanceIPAfterService: a client port that talked to a service
+// IP and then straight to the instance IP that service picked (an ephemeral
+// port reused within the flow's idle time; the e2e ClusterDown loss) gets
+// the direct replies with the instance IP as their source, not the service
+// IP, which the client's kernel would drop (UDP NoPorts, TCP RST) with no
+// counter in the data plane. Using the service again takes the replies back.
+func TestGoldenInstanceIPAfterService(t *testing.T) {
+	p, ctx := newTestProc(t, nodeA)
+	h := hash5
+	fromSrvL := func(ip []byte) []byte { return mkEth(macH2, macC2, ip) }
+	runSteps(t, p, ctx, []step{
+		{name: "udp4 via service", port: 1, in: fromCli(udpPkt(cli4, svcR4, 40000, 53, ipo{})), act: ActTxUplink,
+			want: toB(udpPkt(cliI4, srvR4, 40000, 53, ipo{}), h(ProtoUDP, cli4, 40000, svcR4, 53))},
+		{name: "udp4 service reply", ingress: true, in: fromB(udpPkt(srvRI4, cli4, 53, 40000, ipo{})), act: ActTxPort, out: 1,
+			want: toCli(udpPkt(svcR4, cli4, 53, 40000, ipo{}))},
+		{name: "udp4 direct", port: 1, in: fromCli(udpPkt(cli4, srvRI4, 40000, 53, ipo{})), act: ActTxUplink,
+			want: toB(udpPkt(cliI4, srvR4, 40000, 53, ipo{}), h(ProtoUDP, cli4, 40000, srvRI4, 53))},
+		{name: "udp4 direct reply", ingress: true, in: fromB(udpPkt(srvRI4, cli4, 53, 40000, ipo{})), act: ActTxPort, out: 1,
+			want: toCli(udpPkt(srvRI4, cli4, 53, 40000, ipo{}))},
+		{name: "udp4 port unreachable, direct", ingress: true,
+			in:  fromB(mkIP(srvRI4, cli4, ProtoICMP, mkICMP(srvRI4, cli4, 3, 3, 0, udpPkt(cli4, srvRI4, 40000, 53, ipo{})), ipo{})),
+			act: ActTxPort, out: 1,
+			want: toCli(mkIP(srvRI4, cli4, ProtoICMP, mkICMP(srvRI4, cli4, 3, 3, 0, udpPkt(cli4, srvRI4, 40000, 53, ipo{})), ipo{}))},
+		{name: "udp4 via service again", port: 1, in: fromCli(udpPkt(cli4, svcR4, 40000, 53, ipo{})), act: ActTxUplink,
+			want: toB(udpPkt(cliI4, srvR4, 40000, 53, ipo{}), h(ProtoUDP, cli4, 40000, svcR4, 53))},
+		{name: "udp4 service reply again", ingress: true, in: fromB(udpPkt(srvRI4, cli4, 53, 40000, ipo{})), act: ActTxPort, out: 1,
+			want: toCli(udpPkt(svcR4, cli4, 53, 40000, ipo{}))},
+		{name: "tcp6 via service", port: 1, in: fromCli(tcpPkt(cli6, svcR6, 46820, 80)), act: ActTxUplink,
+			want: toB(tcpPkt(cliI6, srvR6, 46820, 80), h(ProtoTCP, cli6, 46820, svcR6, 80))},
+		{name: "tcp6 direct", port: 1, in: fromCli(tcpPkt(cli6, srvRI6, 46820, 80)), act: ActTxUplink,
+			want: toB(tcpPkt(cliI6, srvR6, 46820, 80), h(ProtoTCP, cli6, 46820, srvRI6, 80))},
+		{name: "tcp6 direct reply", ingress: true, in: fromB(tcpPkt(srvRI6, cli6, 80, 46820)), act: ActTxPort, out: 1,
+			want: toCli(tcpPkt(srvRI6, cli6, 80, 46820))},
+		{name: "echo4 via service", port: 1, in: fromCli(echoPkt(cli4, svcR4, false, 9)), act: ActTxUplink,
+			want: toB(echoPkt(cliI4, srvR4, false, 9), h(ProtoICMP, cli4, 9, svcR4, 9))},
+		{name: "echo4 direct", port: 1, in: fromCli(echoPkt(cli4, srvRI4, false, 9)), act: ActTxUplink,
+			want: toB(echoPkt(cliI4, srvR4, false, 9), h(ProtoICMP, cli4, 9, srvRI4, 9))},
+		{name: "echo4 direct reply", ingress: true, in: fromB(echoPkt(srvRI4, cli4, true, 9)), act: ActTxPort, out: 1,
+			want: toCli(echoPkt(srvRI4, cli4, true, 9))},
+		// Both ends on this node: the reply is un-translated on egress.
+		{name: "tcp4 local via service", port: 1, in: fromCli(tcpPkt(cli4, svcL4, 40002, 80)), act: ActTxPort, out: 2,
+			want: toSrvL(tcpPkt(cliI4, srvL4, 40002, 80))},
+		{name: "tcp4 local direct", port: 1, in: fromCli(tcpPkt(cli4, srvLI4, 40002, 80)), act: ActTxPort, out: 2,
+			want: toSrvL(tcpPkt(cliI4, srvL4, 40002, 80))},
+		{name: "tcp4 local direct reply", port: 2, in: fromSrvL(tcpPkt(srvL4, cliI4, 80, 40002)), act: ActTxPort, out: 1,
+			want: toCli(tcpPkt(srvLI4, cli4, 80, 40002))},
+	})
+}
+
 // TestGoldenIPv6ExtHeaders: extension headers are walked to the upper layer
 // and kept; the UDP checksum (pseudo-header) follows the translation.
 func TestGoldenIPv6ExtHeaders(t *testing.T) {

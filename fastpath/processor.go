@@ -152,11 +152,20 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	var hash uint32
 	if e.kind == addrInstance {
 		ii = e.idx
-		k := MakeFlowKey(pp.Proto, pp.Src, pp.SrcPort, pp.Dst, pp.DstPort)
+		fk := flowKeyOf(pkt, pp)
+		k := fk
 		if pp.Frag != FragNone {
 			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
 		}
 		hash = k.Hash()
+		if pp.HasPorts && pp.Frag != FragLater && !pp.isICMPError() {
+			// The client now talks to the instance IP itself on this
+			// 5-tuple: a service flow that picked this instance from the
+			// same port must not turn the replies' source into its
+			// service IP (see FlowTable).
+			rev := fk.reverse()
+			p.flows.ReleaseReverse(&rev)
+		}
 	} else {
 		svc := &t.Services[e.idx]
 		switch {
@@ -251,6 +260,7 @@ func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, p
 	num, ref, found := p.flows.Lookup(&key, h, ctx.Now)
 	if found {
 		if ii := t.instanceByNumber(svc, num); ii >= 0 {
+			p.flows.Claim(ref) // the replies are this flow's again
 			return ii, h, ReasonNone
 		}
 	}
