@@ -241,19 +241,13 @@ func TestEndToEnd(t *testing.T) {
 	})
 }
 
-// checkAnswered fails the test unless every request of r was answered,
-// except at most one lost UDP datagram per run (logged): the emulated
-// network shares two CPUs with the data plane's workers and the clients, and
-// the SPEC promises delivery of flows, not of every datagram. TCP runs use a
-// timeout long enough for a retransmission, so TCP gets no allowance.
+// checkAnswered fails the test unless every request of r was answered. The
+// requests are sequential and few, so nothing here is load: a lost one is a
+// bug (the last one found was a reply rewritten to a stale service IP, which
+// the client's kernel dropped).
 func checkAnswered(t *testing.T, r *deploy.AskResult, what string) {
 	t.Helper()
-	lost := r.Sent - r.Answered
-	switch {
-	case lost == 0:
-	case lost == 1 && r.Proto == "udp" && r.Sent >= 10:
-		t.Logf("%s: %s to %s: 1 of %d datagrams unanswered (%s)", what, r.Proto, r.Addr, r.Sent, r.Failures())
-	default:
+	if r.Sent != r.Answered {
 		t.Errorf("%s: %s to %s: %d of %d answered (%s)", what, r.Proto, r.Addr, r.Answered, r.Sent, r.Failures())
 	}
 }
