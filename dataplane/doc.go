@@ -101,8 +101,10 @@
 //
 // # Neighbours and the uplink
 //
-// The uplink MAC and MTU come from netlink at New. Next-hop MACs come from
-// the uplink's neighbour table: read at start, followed through a
+// The uplink MAC and MTU come from netlink at New. A remote node's frames go
+// to its next hop: the gateway of the kernel's route to the node (a router
+// or NAT between nodes), or the node itself when it is on-link. Next-hop
+// MACs come from the uplink's neighbour table: read at start, followed through a
 // netlink neighbour subscription, rescanned 20 ms after
 // each slow-path send and every second while a needed node is missing. A
 // learnt MAC rebuilds the table, after which that node's packets take the
@@ -123,6 +125,10 @@
 // of the flow table every 250 ms).
 //
 // Limits today: one socket per interface, on queue 0 (veth; a multi-queue
-// NIC uplink needs a socket per queue); no held-packet queue for unknown
+// NIC uplink needs a socket per queue: until then run `ethtool -L UPLINK
+// combined 1`, or tunnel datagrams that RSS puts on other queues pass to the
+// kernel, where nothing listens, counted only as the uplink program's
+// redirect_failed); the next hop is looked up per rebuild, not followed
+// through route updates; no held-packet queue for unknown
 // services (dropped and counted, which SPEC §7.3 allows).
 package dataplane

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
@@ -440,11 +441,10 @@ func (e *Engine) rebuildLocked() error {
 			UplinkMAC:   e.uplinkMAC,
 			UnderlayMTU: e.mtu,
 		},
-		Ranges:    e.cfg.Ranges,
-		Services:  e.services,
-		Peers:     e.peers,
-		Neighbors: e.neigh,
-		Prev:      e.tables.Load(),
+		Ranges:   e.cfg.Ranges,
+		Services: e.services,
+		Peers:    e.peers,
+		Prev:     e.tables.Load(),
 	}
 	b.Instances = make([]fastpath.InstanceSpec, 0, len(e.instances)) // no reallocation: inst points into it
 	local := make(map[jobNum]*port, len(e.ports))
@@ -485,13 +485,39 @@ func (e *Engine) rebuildLocked() error {
 		}
 		b.Ports = append(b.Ports, ps)
 	}
+	// A remote node's frames go to the MAC of the next hop towards it: the
+	// node itself when it is on the uplink's link, else the route's gateway
+	// (a router, a NAT). The table is keyed by node; neighbours by hop.
+	hops := make(map[netip.Addr]bool, len(want))
+	b.Neighbors = make(map[netip.Addr][6]byte, len(want))
+	for a := range want {
+		hop := e.nextHop(a)
+		hops[hop] = true
+		if m, ok := e.neigh[hop]; ok {
+			b.Neighbors[a] = m
+		}
+	}
 	t, err := b.Build()
 	if err != nil {
 		return fmt.Errorf("table: %w", err)
 	}
 	e.tables.Swap(t)
-	e.wantNeigh = want
+	e.wantNeigh = hops
 	return nil
+}
+
+// nextHop is the neighbour that frames to node dst go to on the uplink: the
+// gateway of the kernel's route to dst, or dst itself when the route has
+// none (on-link) or cannot be read.
+func (e *Engine) nextHop(dst netip.Addr) netip.Addr {
+	rs, err := netlink.RouteGet(dst.AsSlice())
+	if err != nil || len(rs) == 0 || rs[0].Gw == nil {
+		return dst
+	}
+	if gw, ok := netip.AddrFromSlice(rs[0].Gw); ok {
+		return gw.Unmap()
+	}
+	return dst
 }
 
 // learnNeigh records a next-hop MAC on the uplink and rebuilds the table if
@@ -557,7 +583,7 @@ func (e *Engine) neighLoop() {
 				ch = nil
 				continue
 			}
-			if u.Type == 28 /* RTM_NEWNEIGH */ && u.LinkIndex == e.uplinkIdx && usableNeigh(u.State) {
+			if u.Type == unix.RTM_NEWNEIGH && u.LinkIndex == e.uplinkIdx && usableNeigh(u.State) {
 				if a, ok := netip.AddrFromSlice(u.IP); ok {
 					e.learnNeigh(a, u.HardwareAddr)
 				}
