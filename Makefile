@@ -26,7 +26,8 @@ demo: deps
 
 ## test: every test, privileged ones included (needs root), real redis-server,
 ## the race detector on the concurrent packages, and each fuzz target briefly.
-test: deps lint check-generate test-unit test-race fuzz
+## The plain pass runs last, so go test's own summary lines close the log.
+test: deps lint check-generate fuzz test-race test-unit
 
 # -p 1: one test binary at a time. The traffic tests assert zero loss and the
 # load tests assert no 503s; on two CPUs, binaries running side by side would
