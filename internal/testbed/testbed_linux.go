@@ -224,10 +224,46 @@ func (b *Bed) newNSLocked(suffix string) (string, error) {
 	return name, nil
 }
 
+// netnsDirOnce makes netnsDir a shared mount once per process.
+var netnsDirOnce = sync.OnceValue(shareNetnsDir)
+
+// shareNetnsDir makes netnsDir a mount point with shared propagation, as
+// `ip netns add` does (iproute2 ip/ipnetns.c, netns_add). A namespace is
+// named by bind-mounting it onto a file in netnsDir; processes started with
+// `ip netns exec` live in a mount namespace copied at their start, and they
+// see later bind mounts only if netnsDir propagates them. On a fresh machine
+// with a private root mount, netns.NewNamed alone leaves netnsDir a plain
+// directory, and a netmanager started earlier finds an empty file where a
+// container's namespace should be.
+func shareNetnsDir() error {
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", netnsDir, err)
+	}
+	err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if !errors.Is(err, unix.EINVAL) {
+		return wrapMount(err)
+	}
+	// EINVAL: not a mount point yet. Bind it onto itself, then share it.
+	if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mount %s onto itself: %w", netnsDir, err)
+	}
+	return wrapMount(unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, ""))
+}
+
+func wrapMount(err error) error {
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", netnsDir, err)
+	}
+	return nil
+}
+
 // newNamedNS creates a named namespace without leaving the calling thread
 // in it. If the thread cannot be restored it stays locked, so the Go runtime
 // discards it instead of reusing it in the wrong namespace.
 func newNamedNS(name string) error {
+	if err := netnsDirOnce(); err != nil {
+		return err
+	}
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
