@@ -31,10 +31,10 @@ func BenchmarkUDPFlood(b *testing.B) {
 		}
 		spa.CPUs, spb.CPUs = []int{n}, []int{n}
 	}
-	// OAKWIRE_BENCH_YIELD=os makes spinning workers sched_yield instead of
-	// runtime.Gosched (experiment).
-	spa.YieldOS = os.Getenv("OAKWIRE_BENCH_YIELD") == "os"
-	spb.YieldOS = spa.YieldOS
+	// OAKWIRE_BENCH_YIELD=go makes spinning workers runtime.Gosched instead
+	// of sched_yield (experiment).
+	spa.YieldGo = os.Getenv("OAKWIRE_BENCH_YIELD") == "go"
+	spb.YieldGo = spa.YieldGo
 	ea := tp.startEngine(b, tp.a, spa)
 	eb := tp.startEngine(b, tp.b, spb)
 	const count = 300_000

@@ -46,17 +46,25 @@
 // calls (open/close a socket, read socket statistics) run on the worker's
 // own thread between rounds, through a channel plus Poller.Notify.
 //
-// Polling is xsk.Poller's hybrid: spin with runtime.Gosched for 200 µs
-// after the last work, then poll(2) on the worker's socket fds and eventfd,
-// with a 1 s timeout (every control call and Close wake the worker, so the
+// Polling is xsk.Poller's hybrid: spin with sched_yield for 200 µs after
+// the last work, then poll(2) on the worker's socket fds and eventfd, with
+// a 1 s timeout (every control call and Close wake the worker, so the
 // timeout is only a safety net). A Pending hook re-checks the cross-worker
 // rings and the control channel before sleeping, so no wake-up is lost.
+// The per-round system calls (sendto kicks, sched_yield, eventfd writes)
+// are RawSyscalls: through Syscall, every round shows sysmon a P in a
+// system call, and sysmon then wakes every 20 µs on the worker's CPU and
+// hands Ps around — bpftrace counted that churn as most of the context
+// switches on the workers' CPU during request/response. Only the blocking
+// poll(2) goes through Syscall, so a sleeping worker gives its P back.
+// Gosched (xsk.YieldGo) was the default until request/response was
+// measured hop by hop: on a locked thread every Gosched is a futex
+// hand-off of ~27 µs that each hop of a request waits out; sched_yield
+// brought the two-node request/response p50 from 100–290 µs to 43–56 µs
+// with no loss of flood rate beyond the noise (docs/design.md).
 // Measured idle (TestKillAndIdle): 0.6–0.8 % of one core for the whole engine
-// process over 5 s. A sched_yield variant (xsk.YieldOS) was measured in
-// BenchmarkUDPFlood against Gosched: no difference beyond run-to-run noise
-// (flood medians 165–253 kpps with either; at 200 kpps offered, 0–1.6 %
-// loss with either), so the default stays Gosched, as xsk's echo
-// benchmark chose.
+// process over 5 s. Under light load a sched_yield spin burns its 200 µs
+// where Gosched slept most of it: the price of the latency.
 //
 // # One UMEM per socket; copies, not shared UMEM
 //
@@ -73,7 +81,8 @@
 // goes: a CPU profile of node A's engine under BenchmarkUDPFlood put the
 // copy (copyTo) at 0.7 % of the engine's CPU, sendto (the kernel's
 // copy-mode transmit, flush) at 33 %, and the scheduler hand-offs of
-// Gosched-spinning on a locked thread at about half.
+// Gosched-spinning on a locked thread at about half (the reason the
+// default yield is now sched_yield).
 //
 // Across workers, packets are copied into a slot of a per-pair buffer and
 // an xsk.SPSC carries descriptors {Addr: slot, Len, Options: destination

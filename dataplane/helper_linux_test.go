@@ -53,7 +53,7 @@ type helperSpec struct {
 	Services  []fastpath.ServiceSpec
 	Instances []fastpath.InstanceSpec
 	Peers     []netip.AddrPort
-	YieldOS   bool
+	YieldGo   bool
 	// ViaNetManager drives the engine through the NetManager adapter.
 	ViaNetManager bool
 	// Deferred services are withheld from the table until the Resolver is
@@ -86,8 +86,8 @@ func runEngineHelper(specJSON string) int {
 		return 2
 	}
 	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode}
-	if sp.YieldOS {
-		cfg.Poller.Yield = xsk.YieldOS
+	if sp.YieldGo {
+		cfg.Poller.Yield = xsk.YieldGo
 	}
 	var e *Engine
 	var resMu sync.Mutex

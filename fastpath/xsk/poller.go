@@ -18,7 +18,7 @@ type PollerConfig struct {
 	// even when nothing wakes it.
 	Timeout time.Duration
 	// Yield is what a spinning round does before it returns (default
-	// YieldGo). See YieldMode.
+	// YieldOS). See YieldMode.
 	Yield YieldMode
 	// Pending, if set, is called after the poller has announced that it is
 	// going to sleep and before it blocks; returning true cancels the sleep.
@@ -43,20 +43,24 @@ func (c PollerConfig) withDefaults() PollerConfig {
 type YieldMode uint8
 
 const (
-	// YieldGo calls runtime.Gosched (the default). On a goroutine locked to
-	// its thread — a worker — Gosched hands the P to another thread and
-	// sleeps on a futex until it is handed back: ~27 µs per yield measured on
-	// this machine's kind (0.13 µs unlocked). That pause works as adaptive
-	// batching (more packets per sendto) and frees the P and the CPU for
-	// other goroutines and processes; BenchmarkXSKEcho measured it best:
-	// flood echo 104–134 kpps with 0 % loss, where YieldOS lost 2–43 % to a
-	// full RX ring and YieldNone varied 43–131 kpps.
-	YieldGo YieldMode = iota
-	// YieldOS calls sched_yield(2) (~1.3 µs): the CPU goes to any runnable
-	// thread, but the worker keeps its P.
-	YieldOS
-	// YieldNone spins without yielding (lowest latency; starves co-located
-	// applications on small machines: DESIGN.md measured p99 ≈ 5 ms).
+	// YieldOS calls sched_yield(2) (the default; ~1.3 µs when nothing else
+	// wants the CPU): the CPU goes to any runnable thread — the other
+	// node's worker, the application the packet is for — and the worker
+	// keeps its P, so the Go scheduler is not involved. The call is a
+	// RawSyscall: through Syscall, sysmon sees a P in a system call on
+	// every round and keeps waking every 20 µs on the worker's CPU.
+	// Request/response over two nodes (make bench, docs/design.md):
+	// p50 43–56 µs unpinned, where YieldGo took 100–215 µs.
+	YieldOS YieldMode = iota
+	// YieldGo calls runtime.Gosched. On a goroutine locked to its thread —
+	// a worker — Gosched hands the P to another thread and sleeps on a
+	// futex until it is handed back: ~27 µs per yield measured on this
+	// machine's kind (0.13 µs unlocked). The pause batches more packets per
+	// sendto (BenchmarkXSKEcho flood: 0.2 % lost against YieldOS's 7–17 %
+	// at about the same echo rate), but every hop of a request waits for it.
+	YieldGo
+	// YieldNone spins without yielding (starves co-located applications
+	// on small machines: DESIGN.md measured p99 ≈ 5 ms).
 	YieldNone
 )
 

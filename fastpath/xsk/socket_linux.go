@@ -427,7 +427,7 @@ func (s *Socket) publishFill(prod, n uint32) {
 	// Copy mode never sets this flag.
 	if s.wakeup && s.fill.needWakeup() {
 		s.st.RxWakeups++
-		unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	}
 }
 
@@ -503,13 +503,18 @@ func (s *Socket) Kick() {
 // kernel transmits copy-mode frames only inside sendmsg), otherwise when the
 // TX ring's need_wakeup flag is set. Errors are counted, never returned: the
 // descriptors stay in the ring and the next kick retries them.
+//
+// sendto is a RawSyscall: it never blocks (MSG_DONTWAIT) and a worker
+// calls it every round; through Syscall, sysmon would see the worker's P
+// in a system call on every round and keep waking every 20 µs on the
+// worker's CPU (see YieldOS).
 func (s *Socket) kick() {
 	if s.zeroCopy && s.wakeup && !s.tx.needWakeup() {
 		return
 	}
 	for try := 0; try < 4; try++ {
 		s.st.Kicks++
-		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			return
