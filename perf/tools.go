@@ -140,10 +140,48 @@ type mmsghdr struct {
 	_   [4]byte
 }
 
+// The load tools make their per-packet system calls with RawSyscall, as a
+// C program would. Through Syscall, a call that blocks longer than 20 µs
+// lets sysmon hand the tool's only P to a fresh thread, and the return has
+// to get it back: bpftrace on the request/response pair showed ~50 µs
+// between read returning and the next send, on every turn and for every
+// data plane — the tool measuring Go's scheduler, not the network. The
+// tools run nothing else (GOMAXPROCS=1, one goroutine locked to its
+// thread), so holding the P across a blocking call costs nothing; every
+// blocking socket has SO_RCVTIMEO, so a signal or a silent peer ends the
+// call with EINTR or EAGAIN.
+
 func mmsg(fd int, trap uintptr, hs []mmsghdr, flags int) (int, error) {
-	n, _, e := unix.Syscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])), uintptr(len(hs)), uintptr(flags), 0, 0)
+	n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])), uintptr(len(hs)), uintptr(flags), 0, 0)
 	if e != 0 {
 		return int(n), e
+	}
+	return int(n), nil
+}
+
+// rawSendto is sendto(2) of p to the raw socket address to (nil: the
+// connected peer).
+func rawSendto(fd int, p []byte, to *unix.RawSockaddrAny, tolen uint32) error {
+	var pp unsafe.Pointer
+	if len(p) > 0 {
+		pp = unsafe.Pointer(&p[0])
+	}
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(pp), uintptr(len(p)), 0, uintptr(unsafe.Pointer(to)), uintptr(tolen))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// rawRecvfrom is recvfrom(2) into p; from (may be nil) gets the sender and
+// *fromlen its length.
+func rawRecvfrom(fd int, p []byte, from *unix.RawSockaddrAny, fromlen *uint32) (int, error) {
+	if from != nil {
+		*fromlen = unix.SizeofSockaddrAny
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, uintptr(unsafe.Pointer(from)), uintptr(unsafe.Pointer(fromlen)))
+	if e != 0 {
+		return 0, e
 	}
 	return int(n), nil
 }
@@ -379,9 +417,11 @@ func runEcho(args []string, stderr io.Writer) error {
 	defer unix.Close(fd)
 	fmt.Fprintln(stderr, readyLine)
 	buf := make([]byte, 65536)
+	var from unix.RawSockaddrAny
+	var fromlen uint32
 	deadline := time.Now().Add(*dur)
 	for n := uint64(0); n < *maxPkts && time.Now().Before(deadline); {
-		k, from, err := unix.Recvfrom(fd, buf, 0)
+		k, err := rawRecvfrom(fd, buf, &from, &fromlen)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
@@ -389,7 +429,7 @@ func runEcho(args []string, stderr io.Writer) error {
 			return fmt.Errorf("recvfrom: %w", err)
 		}
 		n++
-		_ = unix.Sendto(fd, buf[:k], 0, from)
+		_ = rawSendto(fd, buf[:k], &from, fromlen)
 	}
 	return nil
 }
@@ -437,12 +477,12 @@ func runRR(args []string, stdout, stderr io.Writer) error {
 	for seq := uint64(1); seq <= uint64(*warm+*count) && time.Now().Before(deadline); seq++ {
 		binary.LittleEndian.PutUint64(out, seq)
 		t0 := time.Now()
-		if err := unix.Send(fd, out, 0); err != nil && !errors.Is(err, unix.ECONNREFUSED) {
+		if err := rawSendto(fd, out, nil, 0); err != nil && !errors.Is(err, unix.ECONNREFUSED) {
 			return fmt.Errorf("send: %w", err)
 		}
 		ok := false
 		for time.Since(t0) < *timeout {
-			k, err := unix.Read(fd, in)
+			k, err := rawRecvfrom(fd, in, nil, nil)
 			if err != nil {
 				if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNREFUSED) {
 					continue
