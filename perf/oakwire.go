@@ -67,8 +67,8 @@ type Oakwire struct {
 	// CPUs[i % len]; empty: unpinned. The client (flood sender) runs on
 	// node A, the server (sink) on node B.
 	CPUsA, CPUsB []int
-	// Yield is how spinning workers yield: "go" (runtime.Gosched, the
-	// engine's default), "os" (sched_yield) or "none" (xsk.YieldMode).
+	// Yield is how spinning workers yield: "os" (sched_yield, the
+	// engine's default), "go" (runtime.Gosched) or "none" (xsk.YieldMode).
 	Yield string
 
 	t        *Topology
@@ -101,7 +101,7 @@ type XDPNodeSpec struct {
 	Mode       string
 	Workers    int
 	CPUs       []int
-	Yield      string // "go" (default), "os" or "none"
+	Yield      string // "os" (default), "go" or "none"
 	Ports      []XDPNodePort
 	Services   []fastpath.ServiceSpec
 	Instances  []fastpath.InstanceSpec
@@ -144,7 +144,7 @@ func (o *Oakwire) Describe() map[string]string {
 	}
 	yield := o.Yield
 	if yield == "" {
-		yield = "go"
+		yield = "os"
 	}
 	return map[string]string{
 		"yield":            yield,
@@ -563,14 +563,14 @@ func RunXDPNode(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// ParseYield maps "go" (or ""), "os" and "none" to the poller's
+// ParseYield maps "os" (or ""), "go" and "none" to the poller's
 // xsk.YieldMode.
 func ParseYield(s string) (xsk.YieldMode, error) {
 	switch s {
-	case "", "go":
-		return xsk.YieldGo, nil
-	case "os":
+	case "", "os":
 		return xsk.YieldOS, nil
+	case "go":
+		return xsk.YieldGo, nil
 	case "none":
 		return xsk.YieldNone, nil
 	}

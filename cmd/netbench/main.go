@@ -6,7 +6,7 @@
 //	netbench demo  [--dataplane xdp|none] [--keep]
 //	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire]
 //	               [--oakwire-mode generic|native] [--oakwire-workers N] [--oakwire-cpus none|LIST|A/B]
-//	               [--oakwire-yield go|os|none]
+//	               [--oakwire-yield os|go|none]
 //	netbench xdpnode --spec FILE [--stats FILE]
 //	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--cpu C]
 //	netbench udpsink  --listen IP:PORT [--duration D] [--idle D] [--cpu C]
@@ -80,7 +80,7 @@ func bench(args []string) int {
 	owMode := fs.String("oakwire-mode", "generic", "oakwire: XDP attach mode, generic or native")
 	owWorkers := fs.Int("oakwire-workers", 0, "oakwire: workers per engine (0: the engine's default, half the CPUs)")
 	owCPUs := fs.String("oakwire-cpus", defaultOakwirePlacement, "oakwire: worker placement: none (unpinned), a CPU list for both engines (worker i on LIST[i % len]), or A/B per node (node A = client/sender, B = server/sink), e.g. 1/0")
-	owYield := fs.String("oakwire-yield", "go", "oakwire: how spinning workers yield: go (runtime.Gosched), os (sched_yield) or none")
+	owYield := fs.String("oakwire-yield", "os", "oakwire: how spinning workers yield: os (sched_yield), go (runtime.Gosched) or none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -15,22 +15,24 @@ type oakwireOpts struct {
 }
 
 // defaultOakwirePlacement is the worker placement (--oakwire-cpus, see
-// perf.ParsePlacement) bench uses unless told otherwise: both engines'
-// workers on CPU 1, the sink's CPU, away from the flood sender (CPU 0) and
-// the request/response pair (CPU 0). Measured on the 2-vCPU machine,
-// smoke mode with 2 s floods, medians of 3 interleaved rounds (delivered
-// pps, loss, RR p50, TCP):
+// perf.ParsePlacement) bench uses unless told otherwise: none, the
+// engine's own default, so the suite measures what an operator runs.
+// Measured on the 2-vCPU machine with sched_yield spinning and the
+// RawSyscall load tools, 2 s floods, 3 rounds each (delivered pps, loss,
+// RR p50, TCP):
 //
-//	none (unpinned)  282 k  60 %  283 µs  2.51 Gbit/s
-//	1 (both on 1)    316 k  54 %  242 µs  1.44 Gbit/s
-//	0 (both on 0)    149 k  66 %  445 µs  1.62 Gbit/s
-//	1/0 (A 1, B 0)   138 k  76 %  236 µs  2.52 Gbit/s
-//	0/1 (A 0, B 1)   144 k  80 %  254 µs  2.67 Gbit/s
+//	none (unpinned)  108–144 k  49–60 %   62–63 µs  1.45–1.56 Gbit/s
+//	1 (both on 1)    153–181 k  26–42 %  115–127 µs  0.91–0.99 Gbit/s
+//	0 (both on 0)     36–37 k  83–85 %   48–77 µs  1.05–1.24 Gbit/s
+//	1/0 (A 1, B 0)    43 k      82–85 %   39–54 µs  1.60–1.79 Gbit/s
+//	0/1 (A 0, B 1)    43 k      84–85 %   40–47 µs  1.43–2.00 Gbit/s
 //
-// CPU 1 delivers the most packets with the least loss and the best
-// latency; the price is TCP (iperf3 is not pinned and shares CPU 1 with
-// both workers), where unpinned does better.
-const defaultOakwirePlacement = "1"
+// Pinning both workers to the sink's CPU delivers the most packets, but
+// then every hop to and from the request/response pair (on CPU 0) wakes
+// another CPU, and a halted vCPU takes tens of µs to wake (cpuidle
+// haltpoll with guest_halt_poll_ns=0 here): p50 doubles. Unpinned, the
+// scheduler keeps a worker near the application it serves.
+const defaultOakwirePlacement = "none"
 
 func init() {
 	a, b, err := perf.ParsePlacement(defaultOakwirePlacement)
