@@ -150,9 +150,15 @@ func TestEndToEnd(t *testing.T) {
 		start := time.Now()
 		var last string
 		for {
+			// Only an ask that began within the second counts: the one
+			// that finds the instance gone proves it left by then.
+			began := time.Since(start)
 			r := ask(t, d, client, "udp", rr.V4, 6, 1, 150*time.Millisecond)
 			if r.Answered == r.Sent && r.ByTag()[i3.Tag()] == 0 {
-				t.Logf("out of rotation on a %v after the undeploy returned", time.Since(start).Round(time.Millisecond))
+				if began > time.Second {
+					t.Fatalf("undeployed %s left the rotation on a only %v after the undeploy returned", i3.Tag(), began.Round(time.Millisecond))
+				}
+				t.Logf("out of rotation on a %v after the undeploy returned", began.Round(time.Millisecond))
 				break
 			}
 			last = fmt.Sprintf("%v of %d answered (%s)", r.ByTag(), r.Sent, r.Failures())
@@ -170,6 +176,9 @@ func TestEndToEnd(t *testing.T) {
 		}
 		if moved.IP != before {
 			t.Fatalf("instance IP changed on move: %v → %v", before, moved.IP)
+		}
+		if moved.Node != c {
+			t.Fatalf("moved instance runs on %s, want %s", moved.Node.Name, c.Name)
 		}
 		e, err := d.ServiceEntry(ctx, web.Job)
 		if err != nil {

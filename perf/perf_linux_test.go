@@ -99,6 +99,9 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: %v", r.Dataplane, r.Errors)
 		}
 	}
+	if len(rep.Failures) > 0 {
+		t.Errorf("failures: %v", rep.Failures)
+	}
 	if len(rep.Summary) != 2 {
 		t.Fatalf("summary: %+v", rep.Summary)
 	}

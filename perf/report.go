@@ -24,6 +24,12 @@ func (rep *Report) Write(root string) (string, error) {
 		return "", fmt.Errorf("results dir: %w", err)
 	}
 	files := map[string][]byte{}
+	// The chart first, so that a failure to draw it is in the other files.
+	if png, err := rep.ChartPNG(); err != nil {
+		rep.Failures = append(rep.Failures, "chart: "+err.Error())
+	} else {
+		files["chart.png"] = png
+	}
 	j, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return "", fmt.Errorf("report json: %w", err)
@@ -34,12 +40,6 @@ func (rep *Report) Write(root string) (string, error) {
 		return "", err
 	}
 	files["report.md"] = []byte(md.String())
-	png, err := rep.ChartPNG()
-	if err != nil {
-		rep.Notes = append(rep.Notes, "chart: "+err.Error())
-	} else {
-		files["chart.png"] = png
-	}
 	latest := filepath.Join(root, "latest")
 	if err := os.RemoveAll(latest); err != nil {
 		return "", fmt.Errorf("results latest: %w", err)
@@ -108,6 +108,14 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("Started %s, took %.0f s; mode: %s; %d round(s), dataplanes interleaved with their order rotated each round; medians with the spread (min–max) over the rounds.",
 		rep.Started.UTC().Format(time.RFC3339), rep.Elapsed, mode, rep.Config.Rounds)
 	p("")
+	if len(rep.Failures) > 0 {
+		p("## Failures")
+		p("")
+		for _, f := range rep.Failures {
+			p("- **%s**", f)
+		}
+		p("")
+	}
 	if len(rep.Notes) > 0 {
 		p("## Notes")
 		p("")

@@ -35,6 +35,7 @@ func sampleReport() *Report {
 
 func TestMarkdown(t *testing.T) {
 	rep := sampleReport()
+	rep.Failures = []string{"micro: BenchmarkX allocates (1 allocs/op; SPEC §9.1 wants 0)"}
 	var b strings.Builder
 	if err := rep.WriteMarkdown(&b); err != nil {
 		t.Fatal(err)
@@ -50,6 +51,7 @@ func TestMarkdown(t *testing.T) {
 		"Test CPU",
 		"tcp: a / pipe", // a | in an error must not break the table
 		"![packets/s and latency per dataplane](chart.png)",
+		"## Failures\n\n- **micro: BenchmarkX allocates",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)

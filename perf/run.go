@@ -211,6 +211,11 @@ type Report struct {
 	Micro             *MicroResult   `json:"micro,omitempty"`
 	Control           *ControlResult `json:"control,omitempty"`
 	Notes             []string       `json:"notes,omitempty"`
+	// Failures are parts of the suite that did not measure what they
+	// should (a section that failed, allocations on a per-packet path, a
+	// requested dataplane missing); netbench exits non-zero when there
+	// are any, as it does for failed measurements in Rounds.
+	Failures []string `json:"failures,omitempty"`
 	// Dir is where the files were written.
 	Dir string `json:"-"`
 }
@@ -261,8 +266,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Notes = append(rep.Notes, "The oakwire (AF_XDP) dataplane is not registered in this build (perf.Register), so it was not measured and its ratios are n/a.")
 	}
 	for _, n := range rep.Missing {
-		if n != OakwireName {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("Dataplane %q requested but not registered (have %v).", n, Registered()))
+		if n != OakwireName { // said above: a build without the AF_XDP dataplane
+			rep.Failures = append(rep.Failures, fmt.Sprintf("dataplane %q requested but not registered (have %v)", n, Registered()))
 		}
 	}
 
@@ -289,7 +294,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.progress("micro: go test -bench ./fastpath/ (benchtime %v)", cfg.MicroTime)
 		m, err := RunMicro(ctx, cfg.ModuleDir, cfg.MicroTime)
 		if err != nil {
-			rep.Notes = append(rep.Notes, "micro benchmarks: "+err.Error())
+			rep.Failures = append(rep.Failures, "micro benchmarks: "+err.Error())
+		}
+		if m != nil {
+			for _, b := range m.Benchmarks {
+				if b.AllocsOp > 0 {
+					rep.Failures = append(rep.Failures, fmt.Sprintf("micro: %s allocates (%g allocs/op; SPEC §9.1 wants 0)", b.Name, b.AllocsOp))
+				}
+			}
 		}
 		rep.Micro = m
 	}
@@ -297,7 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.progress("control plane: private redis-server, in-process root, %d connections", cfg.ControlConns)
 		c, err := RunControl(ctx, cfg)
 		if err != nil {
-			rep.Notes = append(rep.Notes, "control plane: "+err.Error())
+			rep.Failures = append(rep.Failures, "control plane: "+err.Error())
 		}
 		rep.Control = c
 	}

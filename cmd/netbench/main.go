@@ -138,8 +138,11 @@ func bench(args []string) int {
 		failed += len(r.Errors)
 	}
 	fmt.Printf("report: %s/report.md (and report.json, chart.png; copied to %s/latest)\n", rep.Dir, cfg.Out)
-	if failed > 0 {
-		fmt.Fprintf(os.Stderr, "netbench bench: %d measurement(s) failed; see the report\n", failed)
+	for _, f := range rep.Failures {
+		fmt.Fprintf(os.Stderr, "netbench bench: %s\n", f)
+	}
+	if failed > 0 || len(rep.Failures) > 0 {
+		fmt.Fprintf(os.Stderr, "netbench bench: %d measurement(s) and %d section(s) failed; see the report\n", failed, len(rep.Failures))
 		return 1
 	}
 	return 0

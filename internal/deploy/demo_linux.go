@@ -156,7 +156,15 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 				sticky = fmt.Sprintf("flows %v switched instance", m)
 				fail("%s to %v: %s", proto, ip, sticky)
 			}
-			p.line("   %s %-22s flows per instance: %s; %d/%d answered; %s", proto, ip, fmtCounts(r.FlowsByTag()), r.Answered, r.Sent, sticky)
+			flows := r.FlowsByTag()
+			p.line("   %s %-22s flows per instance: %s; %d/%d answered; %s", proto, ip, fmtCounts(flows), r.Answered, r.Sent, sticky)
+			// Round robin per new flow: 20 flows over two instances is 10
+			// each; a quarter each leaves room for flows the warm-up began.
+			for _, in := range insts {
+				if flows[in.Tag()] < 20/4 {
+					fail("%s to %v: %s served %d of 20 flows; round robin should split them evenly", proto, ip, in.Tag(), flows[in.Tag()])
+				}
+			}
 			if r.Answered != r.Sent {
 				fail("%s to %v: %d of %d unanswered (%s)", proto, ip, r.Sent-r.Answered, r.Sent, r.FirstError())
 			}

@@ -585,24 +585,8 @@ func (d *Deployment) newNS(name string) error {
 	if d.closed {
 		return errors.New("deploy: closed")
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
+	if err := testbed.NewNamedNS(name); err != nil {
 		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer orig.Close()
-	ns, nerr := netns.NewNamed(name)
-	if ns.IsOpen() {
-		ns.Close()
-	}
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it.
-		return errors.Join(nerr, fmt.Errorf("restore netns: %w", err))
-	}
-	runtime.UnlockOSThread()
-	if nerr != nil {
-		return fmt.Errorf("netns %s: %w", name, nerr)
 	}
 	d.ctrNS = append(d.ctrNS, name)
 	if _, err := testbed.Run(5*time.Second, name, "ip", "link", "set", "lo", "up"); err != nil {

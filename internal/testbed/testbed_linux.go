@@ -207,7 +207,7 @@ func (b *Bed) newNSLocked(suffix string) (string, error) {
 		return "", errors.New("testbed: closed")
 	}
 	name := b.prefix + "-" + suffix
-	if err := newNamedNS(name); err != nil {
+	if err := NewNamedNS(name); err != nil {
 		return "", fmt.Errorf("netns %s: %w", name, err)
 	}
 	b.nsList = append(b.nsList, name)
@@ -257,10 +257,13 @@ func wrapMount(err error) error {
 	return nil
 }
 
-// newNamedNS creates a named namespace without leaving the calling thread
-// in it. If the thread cannot be restored it stays locked, so the Go runtime
-// discards it instead of reusing it in the wrong namespace.
-func newNamedNS(name string) error {
+// NewNamedNS creates a named namespace (a file in /run/netns, which it
+// makes a shared mount first, see shareNetnsDir) without leaving the
+// calling thread in it. If the thread cannot be restored it stays locked, so
+// the Go runtime discards it instead of reusing it in the wrong namespace.
+// Beds use it for every namespace; callers that make namespaces of their
+// own must use it too and remove them (netns.DeleteNamed).
+func NewNamedNS(name string) error {
 	if err := netnsDirOnce(); err != nil {
 		return err
 	}
