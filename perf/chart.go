@@ -16,17 +16,19 @@ import (
 
 var (
 	colPPS = color.RGBA{R: 0x2b, G: 0x6c, B: 0xb0, A: 0xff}
+	colLF  = color.RGBA{R: 0x8c, G: 0xb4, B: 0xdc, A: 0xff}
 	colP50 = color.RGBA{R: 0x3a, G: 0x9d, B: 0x5d, A: 0xff}
 	colP99 = color.RGBA{R: 0xd0, G: 0x7a, B: 0x1f, A: 0xff}
 	colTCP = color.RGBA{R: 0x7b, G: 0x4f, B: 0xa8, A: 0xff}
 )
 
-// ChartPNG draws three panels side by side: UDP packets/s delivered,
-// request/response latency p50 and p99, and TCP throughput, one bar group
-// per dataplane (medians; the spread is in the tables).
+// ChartPNG draws three panels side by side: UDP packets/s delivered under
+// flood and loss-free, request/response latency p50 and p99, and TCP
+// throughput, one bar group per dataplane (medians; the spread is in the
+// tables).
 func (rep *Report) ChartPNG() ([]byte, error) {
 	var names []string
-	var pps, p50, p99, tcp plotter.Values
+	var pps, lf, p50, p99, tcp plotter.Values
 	for _, s := range rep.Summary {
 		names = append(names, s.Dataplane)
 		v := func(x Summary) float64 {
@@ -36,6 +38,7 @@ func (rep *Report) ChartPNG() ([]byte, error) {
 			return 0
 		}
 		pps = append(pps, v(s.DeliveredPPS)/1e3)
+		lf = append(lf, v(s.LossFreePPS)/1e3)
 		p50 = append(p50, v(s.P50us))
 		p99 = append(p99, v(s.P99us))
 		tcp = append(tcp, v(s.TCPGbps))
@@ -91,9 +94,13 @@ func (rep *Report) ChartPNG() ([]byte, error) {
 		return nil
 	}
 	pp := mk("UDP 64 B delivered", "k packets/s (median)")
-	if err := bars(pp, pps, colPPS, 0, ""); err != nil {
+	if err := bars(pp, pps, colPPS, -w/2, "flood"); err != nil {
 		return nil, err
 	}
+	if err := bars(pp, lf, colLF, w/2, "loss-free"); err != nil {
+		return nil, err
+	}
+	pp.Legend.Top = true
 	pl := mk("Request/response latency", "µs (median)")
 	if err := bars(pl, p50, colP50, -w/2, "p50"); err != nil {
 		return nil, err

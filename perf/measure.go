@@ -167,19 +167,30 @@ func (r *runner) probe(ctx context.Context, target netip.Addr) error {
 }
 
 func (r *runner) flood(ctx context.Context, target netip.Addr) (FloodMeasure, error) {
+	return r.floodAt(ctx, target, 0, r.cfg.FloodDuration, time.Second)
+}
+
+// floodAt runs udpsink and udpflood for d at rate packets/s (0: as fast
+// as the sender goes); the sink exits idle after the last packet.
+func (r *runner) floodAt(ctx context.Context, target netip.Addr, rate float64, d, idle time.Duration) (FloodMeasure, error) {
 	c := r.cfg
 	var m FloodMeasure
 	pause := 300 * time.Millisecond
-	sinkDur := c.FloodDuration + pause + 5*time.Second
+	sinkDur := d + pause + 5*time.Second
 	sink, err := r.startServer(ctx, r.topo.Server.NS, "udpsink", "--listen", ap(netip.IPv4Unspecified(), r.topo.Ports.Flood),
-		"--duration", sinkDur.String(), "--idle", "1s", "--cpu", itoa(c.SinkCPU))
+		"--duration", sinkDur.String(), "--idle", idle.String(), "--cpu", itoa(c.SinkCPU))
 	if err != nil {
 		return m, err
 	}
 	defer sink.stop()
-	ferr := r.runClient(ctx, c.FloodDuration+pause+10*time.Second, r.topo.Client.NS, &m.Sender, "udpflood",
-		"--dst", ap(target, r.topo.Ports.Flood), "--size", "64", "--batch", "64",
-		"--count", strconv.FormatUint(c.FloodCount, 10), "--duration", c.FloodDuration.String(),
+	batch := "64"
+	if rate > 0 {
+		batch = "16" // smaller bursts: pacing is per batch
+	}
+	ferr := r.runClient(ctx, d+pause+10*time.Second, r.topo.Client.NS, &m.Sender, "udpflood",
+		"--dst", ap(target, r.topo.Ports.Flood), "--size", "64", "--batch", batch,
+		"--rate", strconv.FormatFloat(rate, 'f', 0, 64),
+		"--count", strconv.FormatUint(c.FloodCount, 10), "--duration", d.String(),
 		"--pause", pause.String(), "--cpu", itoa(c.FloodCPU))
 	if ferr != nil {
 		return m, ferr
@@ -198,6 +209,54 @@ func (r *runner) flood(ctx context.Context, target netip.Addr) (FloodMeasure, er
 	}
 	if m.Sender.Sent > 0 {
 		m.LossPct = max(0, 100*(1-float64(m.Sink.Received)/float64(m.Sender.Sent)))
+	}
+	return m, nil
+}
+
+// LossFreeMeasure is the highest paced rate found to deliver with at most
+// Config.LossFreeMaxPct loss (RFC 2544's throughput, by binary search
+// between 0 and the flood's offered rate).
+type LossFreeMeasure struct {
+	// PPS is the highest loss-free rate offered (0: none found).
+	PPS float64 `json:"pps"`
+	// FromFlood: the unpaced flood itself lost no more than the bound, so
+	// its delivered rate is the loss-free rate and no search ran.
+	FromFlood bool    `json:"from_flood,omitempty"`
+	Probes    []Probe `json:"probes,omitempty"`
+	MaxPct    float64 `json:"max_loss_pct"`
+}
+
+// Probe is one paced run of the loss-free search.
+type Probe struct {
+	RatePPS  float64 `json:"rate_pps"`
+	Sent     uint64  `json:"sent"`
+	Received uint64  `json:"received"`
+	LossPct  float64 `json:"loss_pct"`
+}
+
+// lossFree searches the highest rate that delivers with at most
+// cfg.LossFreeMaxPct loss, in cfg.LossFreeSteps paced runs of
+// cfg.LossFreeProbe each, between 0 and the flood's offered rate.
+func (r *runner) lossFree(ctx context.Context, target netip.Addr, f FloodMeasure) (LossFreeMeasure, error) {
+	c := r.cfg
+	m := LossFreeMeasure{MaxPct: c.LossFreeMaxPct}
+	if f.LossPct <= c.LossFreeMaxPct {
+		m.PPS, m.FromFlood = f.DeliveredPPS, true
+		return m, nil
+	}
+	lo, hi := 0.0, f.SentPPS
+	for range c.LossFreeSteps {
+		rate := (lo + hi) / 2
+		p, err := r.floodAt(ctx, target, rate, c.LossFreeProbe, 300*time.Millisecond)
+		if err != nil {
+			return m, err
+		}
+		m.Probes = append(m.Probes, Probe{RatePPS: rate, Sent: p.Sender.Sent, Received: p.Sink.Received, LossPct: p.LossPct})
+		if p.LossPct <= c.LossFreeMaxPct {
+			lo, m.PPS = rate, rate
+		} else {
+			hi = rate
+		}
 	}
 	return m, nil
 }

@@ -142,20 +142,24 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("")
 	p("Two emulated nodes in network namespaces joined by one veth underlay (198.18.0.1/.2); client container 10.18.0.2 on node A, server container 10.18.0.66 on node B (/32 addresses, default route via the gateway on-link, static neighbours, MTU 1450). "+
 		"UDP flood: 64-byte payloads, sendmmsg/recvmmsg batches of 64, warm-up packets and a pause before the clock, sender on CPU %d and sink on CPU %d, %v or %d packets per run. "+
-		"Request/response: sequential 64-byte UDP ping-pong, client and server both on CPU %d, %d timed requests. TCP: iperf3, %v. Load tools run with GOMAXPROCS=1.",
-		rep.Config.FloodCPU, rep.Config.SinkCPU, rep.Config.FloodDuration, rep.Config.FloodCount, rep.Config.RRCPU, rep.Config.RRCount, rep.Config.TCPDuration)
+		"Loss-free rate: when the flood loses more than %.1f %%, the highest paced rate losing no more, by binary search between 0 and the flood's offered rate (%d runs of %v, batches of 16); otherwise the flood's delivered rate. "+
+		"Request/response: sequential 64-byte UDP ping-pong, client and server both on CPU %d, %d timed requests. TCP: iperf3, %v. Load tools run with GOMAXPROCS=1 and make their per-packet system calls raw (docs/design.md).",
+		rep.Config.FloodCPU, rep.Config.SinkCPU, rep.Config.FloodDuration, rep.Config.FloodCount,
+		rep.Config.LossFreeMaxPct, rep.Config.LossFreeSteps, rep.Config.LossFreeProbe,
+		rep.Config.RRCPU, rep.Config.RRCount, rep.Config.TCPDuration)
 	p("")
-	p("| dataplane | UDP pps delivered | UDP pps sent | loss %% | RR p50 µs | RR p99 µs | RR p99.9 µs | RR lost | TCP Gbit/s |")
-	p("|---|---|---|---|---|---|---|---|---|")
+	p("| dataplane | UDP pps delivered | UDP pps sent | loss %% | loss-free pps | RR p50 µs | RR p99 µs | RR p99.9 µs | RR lost | TCP Gbit/s |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
 	n0 := func(v float64) string { return num(v, 0) }
 	for _, s := range rep.Summary {
-		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |", s.Dataplane,
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", s.Dataplane,
 			cell(s.DeliveredPPS, kpps), cell(s.SentPPS, kpps), cell(s.LossPct, func(v float64) string { return num(v, 2) }),
+			cell(s.LossFreePPS, kpps),
 			cell(s.P50us, n0), cell(s.P99us, n0), cell(s.P999us, n0), cell(s.RRLost, n0),
 			cell(s.TCPGbps, func(v float64) string { return num(v, 2) }))
 	}
 	for _, n := range rep.Missing {
-		p("| %s | not registered: not measured | | | | | | | |", n)
+		p("| %s | not registered: not measured | | | | | | | | |", n)
 	}
 	p("")
 	p("### Ratios")
@@ -173,11 +177,12 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			}
 		}
 		nan := jsonFloat(math.NaN())
-		return Ratios{Baseline: base, DeliveredPPS: nan, P50us: nan, P99us: nan, TCPGbps: nan}
+		return Ratios{Baseline: base, DeliveredPPS: nan, LossFreePPS: nan, P50us: nan, P99us: nan, TCPGbps: nan}
 	}
 	k, r := get("kernel"), get("routed")
 	reg := rep.OakwireRegistered
 	p("| UDP pps delivered (higher is better) | %s | %s |", ratioCell(k.DeliveredPPS, reg), ratioCell(r.DeliveredPPS, reg))
+	p("| UDP loss-free pps (higher is better) | %s | %s |", ratioCell(k.LossFreePPS, reg), ratioCell(r.LossFreePPS, reg))
 	p("| RR p50 latency (lower is better) | %s | %s |", ratioCell(k.P50us, reg), ratioCell(r.P50us, reg))
 	p("| RR p99 latency (lower is better) | %s | %s |", ratioCell(k.P99us, reg), ratioCell(r.P99us, reg))
 	p("| TCP throughput (higher is better) | %s | %s |", ratioCell(k.TCPGbps, reg), ratioCell(r.TCPGbps, reg))
@@ -198,10 +203,23 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("")
 	p("### Every round")
 	p("")
-	p("| round | # | dataplane | load | target | sent | received | pps delivered | loss %% | rcvbuf drops | p50/p99/p99.9 µs | TCP Gbit/s | errors |")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	p("| round | # | dataplane | load | target | sent | received | pps delivered | loss %% | rcvbuf drops | loss-free pps (probes: rate → loss %%) | p50/p99/p99.9 µs | TCP Gbit/s | errors |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, x := range rep.Rounds {
-		fl, rr, tc := "— | — | — | — | —", "—", "—"
+		fl, lf, rr, tc := "— | — | — | — | —", "—", "—", "—"
+		if l := x.LossFree; l != nil {
+			lf = kpps(l.PPS)
+			if l.FromFlood {
+				lf += " (the flood)"
+			}
+			var ps []string
+			for _, q := range l.Probes {
+				ps = append(ps, fmt.Sprintf("%s → %s", kpps(q.RatePPS), num(q.LossPct, 2)))
+			}
+			if len(ps) > 0 {
+				lf += " (" + strings.Join(ps, ", ") + ")"
+			}
+		}
 		if f := x.Flood; f != nil {
 			fl = fmt.Sprintf("%d | %d | %s | %s | %d", f.Sender.Sent, f.Sink.Received, kpps(f.DeliveredPPS), num(f.LossPct, 2), f.Sink.RcvbufErrors)
 		}
@@ -212,7 +230,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			tc = num(t.Gbps, 2)
 		}
 		errs := strings.ReplaceAll(strings.Join(x.Errors, "; "), "|", "/")
-		p("| %d | %d | %s | %s | %s | %s | %s | %s | %s |", x.Round, x.Position, x.Dataplane, num(x.Load1, 2), x.Target, fl, rr, tc, errs)
+		p("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |", x.Round, x.Position, x.Dataplane, num(x.Load1, 2), x.Target, fl, lf, rr, tc, errs)
 	}
 	p("")
 	for _, x := range rep.Rounds {

@@ -36,8 +36,14 @@ type Config struct {
 
 	FloodDuration time.Duration `json:"flood_duration"`
 	FloodCount    uint64        `json:"flood_count"`
-	RRCount       int           `json:"rr_count"`
-	TCPDuration   time.Duration `json:"tcp_duration"`
+	// The loss-free rate: when a flood loses more than LossFreeMaxPct
+	// percent, LossFreeSteps paced runs of LossFreeProbe each search the
+	// highest rate that does not (0 steps: no search).
+	LossFreeSteps  int           `json:"loss_free_steps"`
+	LossFreeProbe  time.Duration `json:"loss_free_probe"`
+	LossFreeMaxPct float64       `json:"loss_free_max_pct"`
+	RRCount        int           `json:"rr_count"`
+	TCPDuration    time.Duration `json:"tcp_duration"`
 	// CPUs: the flood sender and the sink on different CPUs, the
 	// request/response client and server on one (DESIGN.md).
 	FloodCPU int `json:"flood_cpu"`
@@ -69,6 +75,7 @@ func DefaultConfig() Config {
 		Rounds:        3,
 		Out:           "results",
 		FloodDuration: 5 * time.Second, FloodCount: 5_000_000,
+		LossFreeSteps: 5, LossFreeProbe: 2 * time.Second, LossFreeMaxPct: 0.1,
 		RRCount:     20000,
 		TCPDuration: 5 * time.Second,
 		FloodCPU:    0, SinkCPU: 1, RRCPU: 0,
@@ -84,6 +91,7 @@ func SmokeConfig() Config {
 	c.Smoke = true
 	c.Rounds = 1
 	c.FloodDuration, c.FloodCount = time.Second, 1_000_000
+	c.LossFreeSteps, c.LossFreeProbe = 3, 500*time.Millisecond
 	c.RRCount = 2000
 	c.TCPDuration = time.Second
 	c.MicroTime = 100 * time.Millisecond
@@ -114,6 +122,15 @@ func (c *Config) fill() error {
 	}
 	if c.FloodDuration <= 0 {
 		c.FloodDuration = d.FloodDuration
+	}
+	if c.LossFreeSteps < 0 || c.LossFreeSteps > 20 {
+		return errors.New("config: loss-free steps out of range (0–20)")
+	}
+	if c.LossFreeProbe <= 0 {
+		c.LossFreeProbe = d.LossFreeProbe
+	}
+	if c.LossFreeMaxPct <= 0 {
+		c.LossFreeMaxPct = d.LossFreeMaxPct
 	}
 	if c.FloodCount == 0 {
 		c.FloodCount = d.FloodCount
@@ -159,12 +176,13 @@ type RoundResult struct {
 	Target    string `json:"target,omitempty"`
 	// Load1 is the 1-minute load average when the round started: other
 	// work on the machine shows up here before it skews the numbers.
-	Load1  float64           `json:"load1"`
-	Info   map[string]string `json:"info,omitempty"`
-	Flood  *FloodMeasure     `json:"flood,omitempty"`
-	RR     *RRResult         `json:"rr,omitempty"`
-	TCP    *TCPMeasure       `json:"tcp,omitempty"`
-	Errors []string          `json:"errors,omitempty"`
+	Load1    float64           `json:"load1"`
+	Info     map[string]string `json:"info,omitempty"`
+	Flood    *FloodMeasure     `json:"flood,omitempty"`
+	LossFree *LossFreeMeasure  `json:"loss_free,omitempty"`
+	RR       *RRResult         `json:"rr,omitempty"`
+	TCP      *TCPMeasure       `json:"tcp,omitempty"`
+	Errors   []string          `json:"errors,omitempty"`
 	// Counters are the dataplane's own non-zero counters for the round
 	// (Counterer), read after Teardown.
 	Counters map[string]uint64 `json:"counters,omitempty"`
@@ -176,6 +194,7 @@ type DPSummary struct {
 	Info         map[string]string `json:"info,omitempty"`
 	SentPPS      Summary           `json:"sent_pps"`
 	DeliveredPPS Summary           `json:"delivered_pps"`
+	LossFreePPS  Summary           `json:"loss_free_pps"`
 	LossPct      Summary           `json:"loss_pct"`
 	P50us        Summary           `json:"p50_us"`
 	P99us        Summary           `json:"p99_us"`
@@ -190,6 +209,7 @@ type DPSummary struct {
 type Ratios struct {
 	Baseline     string    `json:"baseline"`
 	DeliveredPPS jsonFloat `json:"delivered_pps"`
+	LossFreePPS  jsonFloat `json:"loss_free_pps"`
 	P50us        jsonFloat `json:"p50_us"`
 	P99us        jsonFloat `json:"p99_us"`
 	TCPGbps      jsonFloat `json:"tcp_gbps"`
@@ -381,6 +401,17 @@ func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res 
 	} else {
 		res.Flood = &m
 		cfg.progress("  %s: %.0f pps delivered of %.0f sent (%.2f %% lost)", name, m.DeliveredPPS, m.SentPPS, m.LossPct)
+		if cfg.LossFreeSteps > 0 {
+			if m.LossPct > cfg.LossFreeMaxPct {
+				cfg.progress("  %s: loss-free rate: %d paced runs of %v", name, cfg.LossFreeSteps, cfg.LossFreeProbe)
+			}
+			if lf, err := r.lossFree(ctx, target, m); err != nil {
+				fail("loss-free", err)
+			} else {
+				res.LossFree = &lf
+				cfg.progress("  %s: loss-free (≤ %.1f %% lost) at %.0f pps", name, cfg.LossFreeMaxPct, lf.PPS)
+			}
+		}
 	}
 	cfg.progress("  %s: request/response x%d (cpu %d)", name, cfg.RRCount, cfg.RRCPU)
 	if m, err := r.rr(ctx, target); err != nil {
@@ -403,7 +434,7 @@ func (rep *Report) summarize() {
 	rep.Summary = nil
 	for _, name := range rep.Measured {
 		s := DPSummary{Dataplane: name}
-		var sent, deliv, loss, p50, p99, p999, lost, tcp []float64
+		var sent, deliv, loss, lossFree, p50, p99, p999, lost, tcp []float64
 		for _, r := range rep.Rounds {
 			if r.Dataplane != name {
 				continue
@@ -415,6 +446,9 @@ func (rep *Report) summarize() {
 			if f := r.Flood; f != nil {
 				sent, deliv, loss = append(sent, f.SentPPS), append(deliv, f.DeliveredPPS), append(loss, f.LossPct)
 			}
+			if lf := r.LossFree; lf != nil {
+				lossFree = append(lossFree, lf.PPS)
+			}
 			if x := r.RR; x != nil && x.Count > 0 {
 				p50, p99, p999 = append(p50, x.P50us), append(p99, x.P99us), append(p999, x.P999us)
 				lost = append(lost, float64(x.Lost))
@@ -424,6 +458,7 @@ func (rep *Report) summarize() {
 			}
 		}
 		s.SentPPS, s.DeliveredPPS, s.LossPct = Summarize(sent), Summarize(deliv), Summarize(loss)
+		s.LossFreePPS = Summarize(lossFree)
 		s.P50us, s.P99us, s.P999us, s.RRLost = Summarize(p50), Summarize(p99), Summarize(p999), Summarize(lost)
 		s.TCPGbps = Summarize(tcp)
 		rep.Summary = append(rep.Summary, s)
@@ -438,6 +473,7 @@ func (rep *Report) summarize() {
 		rep.Ratios = append(rep.Ratios, Ratios{
 			Baseline:     base,
 			DeliveredPPS: jsonFloat(Ratio(ow.DeliveredPPS, b.DeliveredPPS)),
+			LossFreePPS:  jsonFloat(Ratio(ow.LossFreePPS, b.LossFreePPS)),
 			P50us:        jsonFloat(Ratio(ow.P50us, b.P50us)),
 			P99us:        jsonFloat(Ratio(ow.P99us, b.P99us)),
 			TCPGbps:      jsonFloat(Ratio(ow.TCPGbps, b.TCPGbps)),

@@ -194,6 +194,7 @@ func runFlood(args []string, stdout, stderr io.Writer) error {
 	count := fs.Uint64("count", 2_000_000, "packets to send at most (bound)")
 	dur := fs.Duration("duration", 5*time.Second, "seconds to send at most (bound)")
 	batch := fs.Int("batch", 64, "packets per sendmmsg")
+	rate := fs.Float64("rate", 0, "packets per second to pace at (0: as fast as possible)")
 	warm := fs.Int("warmup", 16, "warm-up packets before the clock (not counted by udpsink)")
 	pause := fs.Duration("pause", 300*time.Millisecond, "pause after the warm-up")
 	cpu := fs.Int("cpu", -1, "pin to this CPU (-1: no pinning)")
@@ -204,8 +205,15 @@ func runFlood(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--dst: %w", err)
 	}
-	if *size < 1 || *size > 65000 || *batch < 1 || *batch > 1024 || *dur <= 0 || *dur > 10*time.Minute {
-		return errors.New("--size, --batch or --duration out of range")
+	if *size < 1 || *size > 65000 || *batch < 1 || *batch > 1024 || *dur <= 0 || *dur > 10*time.Minute || *rate < 0 || *rate > 1e8 {
+		return errors.New("--size, --batch, --rate or --duration out of range")
+	}
+	var gap time.Duration // paced: the time one packet is worth
+	if *rate > 0 {
+		gap = time.Duration(float64(time.Second) / *rate)
+		// Sleep precisely: the default 50 µs timer slack would turn
+		// every pause into a burst.
+		_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
 	}
 	if err := PinCPU(*cpu); err != nil {
 		return err
@@ -240,6 +248,14 @@ func runFlood(args []string, stdout, stderr io.Writer) error {
 	deadline := t0.Add(*dur)
 	for res.Sent < *count {
 		n := min(uint64(len(hs)), *count-res.Sent)
+		if gap > 0 {
+			// Paced: packet i leaves no earlier than t0 + i·gap, a
+			// batch at a time.
+			if ahead := t0.Add(time.Duration(res.Sent) * gap).Sub(time.Now()); ahead > 0 {
+				ts := unix.NsecToTimespec(ahead.Nanoseconds())
+				unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
+			}
+		}
 		k, err := mmsg(fd, unix.SYS_SENDMMSG, hs[:n], 0)
 		if k > 0 {
 			res.Sent += uint64(k)
