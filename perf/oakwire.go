@@ -70,6 +70,9 @@ type Oakwire struct {
 	// Yield is how spinning workers yield: "os" (sched_yield, the
 	// engine's default), "go" (runtime.Gosched) or "none" (xsk.YieldMode).
 	Yield string
+	// Spin is how long an idle worker keeps spinning before it sleeps in
+	// poll(2) (0: the engine's default, xsk.DefaultSpin).
+	Spin time.Duration
 
 	t        *Topology
 	procs    []*xdpProc
@@ -102,6 +105,7 @@ type XDPNodeSpec struct {
 	Workers    int
 	CPUs       []int
 	Yield      string // "os" (default), "go" or "none"
+	Spin       time.Duration
 	Ports      []XDPNodePort
 	Services   []fastpath.ServiceSpec
 	Instances  []fastpath.InstanceSpec
@@ -146,8 +150,13 @@ func (o *Oakwire) Describe() map[string]string {
 	if yield == "" {
 		yield = "os"
 	}
+	spin := xsk.DefaultSpin
+	if o.Spin > 0 {
+		spin = o.Spin
+	}
 	return map[string]string{
 		"yield":            yield,
+		"spin":             spin.String(),
 		"xdp_mode":         mode,
 		"workers":          workers,
 		"worker_placement": PlacementString(o.CPUsA, o.CPUsB),
@@ -217,7 +226,7 @@ func (o *Oakwire) spec(n *testbed.Node, ports ...XDPNodePort) XDPNodeSpec {
 	}
 	return XDPNodeSpec{
 		Uplink: n.Uplink, NodeIP: n.IP, TunnelPort: dataplane.DefaultTunnelPort,
-		Mode: o.Mode, Workers: o.Workers, CPUs: cpus, Yield: o.Yield, Ports: ports,
+		Mode: o.Mode, Workers: o.Workers, CPUs: cpus, Yield: o.Yield, Spin: o.Spin, Ports: ports,
 		Services: []fastpath.ServiceSpec{
 			{Job: oakServerJob, IPs: []fastpath.PolicyIP{{Policy: "RR", V4: t.ServiceIP, V6: oakServiceV6}}},
 			{Job: oakClientJob},
@@ -519,7 +528,7 @@ func RunXDPNode(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := dataplane.Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, TunnelPort: sp.TunnelPort,
 		Mode: mode, Workers: sp.Workers, CPUs: sp.CPUs}
-	cfg.Poller.Yield = yield
+	cfg.Poller.Yield, cfg.Poller.Spin = yield, sp.Spin
 	e, err := dataplane.New(cfg)
 	if err != nil {
 		return fail(fmt.Errorf("engine: %w", err))

@@ -6,7 +6,7 @@
 //	netbench demo  [--dataplane xdp|none] [--keep]
 //	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire]
 //	               [--oakwire-mode generic|native] [--oakwire-workers N] [--oakwire-cpus none|LIST|A/B]
-//	               [--oakwire-yield os|go|none]
+//	               [--oakwire-yield os|go|none] [--oakwire-spin 200µs]
 //	netbench xdpnode --spec FILE [--stats FILE]
 //	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--cpu C]
 //	netbench udpsink  --listen IP:PORT [--duration D] [--idle D] [--cpu C]
@@ -81,6 +81,7 @@ func bench(args []string) int {
 	owWorkers := fs.Int("oakwire-workers", 0, "oakwire: workers per engine (0: the engine's default, half the CPUs)")
 	owCPUs := fs.String("oakwire-cpus", defaultOakwirePlacement, "oakwire: worker placement: none (unpinned), a CPU list for both engines (worker i on LIST[i % len]), or A/B per node (node A = client/sender, B = server/sink), e.g. 1/0")
 	owYield := fs.String("oakwire-yield", "os", "oakwire: how spinning workers yield: os (sched_yield), go (runtime.Gosched) or none")
+	owSpin := fs.Duration("oakwire-spin", 0, "oakwire: how long idle workers spin before sleeping in poll (0: the engine's default, 200µs)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -97,7 +98,11 @@ func bench(args []string) int {
 		fmt.Fprintf(os.Stderr, "netbench bench: --oakwire-mode %q: want generic or native\n", *owMode)
 		return 2
 	}
-	registerOakwire(oakwireOpts{mode: *owMode, workers: *owWorkers, cpusA: cpusA, cpusB: cpusB, yield: *owYield})
+	if *owSpin < 0 || *owSpin > time.Second {
+		fmt.Fprintln(os.Stderr, "netbench bench: --oakwire-spin out of range (0–1s)")
+		return 2
+	}
+	registerOakwire(oakwireOpts{mode: *owMode, workers: *owWorkers, cpusA: cpusA, cpusB: cpusB, yield: *owYield, spin: *owSpin})
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "netbench bench: needs root (network namespaces)")
 		return 1

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"github.com/oakwire/oakwire/perf"
 )
 
@@ -12,6 +14,7 @@ type oakwireOpts struct {
 	cpusA   []int // node A's engine (client, flood sender)
 	cpusB   []int // node B's engine (server, sink)
 	yield   string
+	spin    time.Duration
 }
 
 // defaultOakwirePlacement is the worker placement (--oakwire-cpus, see
@@ -47,6 +50,6 @@ func init() {
 // node namespaces.
 func registerOakwire(opts oakwireOpts) {
 	perf.Register(perf.OakwireName, func() perf.Dataplane {
-		return &perf.Oakwire{Mode: opts.mode, Workers: opts.workers, CPUsA: opts.cpusA, CPUsB: opts.cpusB, Yield: opts.yield}
+		return &perf.Oakwire{Mode: opts.mode, Workers: opts.workers, CPUsA: opts.cpusA, CPUsB: opts.cpusB, Yield: opts.yield, Spin: opts.spin}
 	})
 }
