@@ -117,6 +117,7 @@ var DefaultPorts = Ports{Flood: 9000, Echo: 9001, TCP: 5201}
 // for the gateway (the host-side veth's MAC), MTU 1450.
 type Topology struct {
 	Bed            *testbed.Bed
+	unsignal       func() // undoes Bed.CloseOnSignal
 	A, B           *testbed.Node
 	Client, Server *testbed.Container
 
@@ -157,15 +158,19 @@ func nth(p netip.Prefix, n int) netip.Addr {
 }
 
 // NewTopology builds the topology in a new testbed bed. On error
-// everything made so far is removed. The caller closes topo.Bed.
+// everything made so far is removed. The caller calls Close. From before
+// the first namespace until Close, Ctrl-C removes the bed too
+// (testbed.Bed.CloseOnSignal).
 func NewTopology(label string) (*Topology, error) {
 	bed, err := testbed.New(label, testbed.Options{Underlay: testbed.Direct})
 	if err != nil {
 		return nil, err
 	}
+	unsignal := bed.CloseOnSignal()
 	t := &Topology{
-		Bed:     bed,
-		SubnetA: subnetA, SubnetB: subnetB, SubnetA6: subnetA6, SubnetB6: subnetB6,
+		Bed:      bed,
+		unsignal: unsignal,
+		SubnetA:  subnetA, SubnetB: subnetB, SubnetA6: subnetA6, SubnetB6: subnetB6,
 		GwA: nth(subnetA, 1), GwB: nth(subnetB, 1), GwA6: nth(subnetA6, 1), GwB6: nth(subnetB6, 1),
 		ClientIP: nth(subnetA, 2), ServerIP: nth(subnetB, 2),
 		ClientIP6: nth(subnetA6, 2), ServerIP6: nth(subnetB6, 2),
@@ -174,9 +179,16 @@ func NewTopology(label string) (*Topology, error) {
 		MTU:   1450,
 	}
 	if err := t.build(); err != nil {
-		return nil, errors.Join(fmt.Errorf("topology: %w", err), bed.Close())
+		return nil, errors.Join(fmt.Errorf("topology: %w", err), t.Close())
 	}
 	return t, nil
+}
+
+// Close removes the topology (its bed) and its signal handler.
+func (t *Topology) Close() error {
+	err := t.Bed.Close()
+	t.unsignal()
+	return err
 }
 
 func (t *Topology) build() error {

@@ -147,7 +147,7 @@ func TestKernelPeerShape(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = topo.Bed.Close() })
+		t.Cleanup(func() { _ = topo.Close() })
 		if err := dp.Setup(context.Background(), topo); err != nil {
 			t.Fatal(err)
 		}

@@ -364,10 +364,8 @@ func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res 
 		fail("topology", err)
 		return res
 	}
-	stop := topo.Bed.CloseOnSignal()
 	defer func() {
-		stop()
-		if err := topo.Bed.Close(); err != nil {
+		if err := topo.Close(); err != nil {
 			fail("testbed close", err)
 		}
 	}()

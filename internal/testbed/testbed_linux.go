@@ -162,7 +162,10 @@ func NewT(tb testing.TB, opts ...Options) *Bed {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	// Ctrl-C on `go test` runs no Cleanup: the signal handler does.
+	stop := b.CloseOnSignal()
 	tb.Cleanup(func() {
+		stop()
 		if err := b.Close(); err != nil {
 			tb.Errorf("testbed close: %v", err)
 		}
@@ -643,6 +646,11 @@ func (b *Bed) Start(cmd *exec.Cmd) error {
 	if b.closed {
 		return errors.New("testbed: closed")
 	}
+	if cmd.SysProcAttr == nil {
+		// The process dies with the program that started it, even when
+		// that program is killed and Close never runs.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -687,33 +695,66 @@ func (b *Bed) Close() error {
 }
 
 // CloseOnSignal makes SIGINT, SIGTERM and SIGHUP close the bed and exit the
-// program with status 128+signal, for programs (demo, benchmarks) that must
-// not leave namespaces behind on Ctrl-C. The returned stop undoes it.
+// program with status 128+signal, for programs (demo, benchmarks) and tests
+// (NewT) that must not leave namespaces behind on Ctrl-C. The returned stop
+// undoes it. One handler serves every registered bed, so a signal closes
+// them all before the program exits; with none registered the signals have
+// their default effect again.
 func (b *Bed) CloseOnSignal() (stop func()) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	quit := make(chan struct{})
-	go func() {
-		select {
-		case s := <-ch:
-			err := b.Close()
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "testbed %s: close on %v: %v\n", b.prefix, s, err)
-			}
-			code := 1
-			if sig, ok := s.(syscall.Signal); ok {
-				code = 128 + int(sig)
-			}
-			os.Exit(code)
-		case <-quit:
-		}
-	}()
+	onSignal.add(b)
 	var once sync.Once
-	return func() {
-		once.Do(func() {
-			signal.Stop(ch)
-			close(quit)
-		})
+	return func() { once.Do(func() { onSignal.remove(b) }) }
+}
+
+// onSignal is the process-wide set of beds CloseOnSignal registered.
+var onSignal signalSet
+
+type signalSet struct {
+	mu   sync.Mutex // guards beds and ch
+	beds map[*Bed]struct{}
+	ch   chan os.Signal // nil until the first add; notified while beds is not empty
+}
+
+func (s *signalSet) add(b *Bed) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan os.Signal, 1)
+		s.beds = map[*Bed]struct{}{}
+		go s.wait()
+	}
+	if len(s.beds) == 0 {
+		signal.Notify(s.ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	}
+	s.beds[b] = struct{}{}
+}
+
+func (s *signalSet) remove(b *Bed) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.beds, b)
+	if len(s.beds) == 0 {
+		signal.Stop(s.ch)
+	}
+}
+
+func (s *signalSet) wait() {
+	for sig := range s.ch {
+		s.mu.Lock()
+		if len(s.beds) == 0 { // raced with the last remove
+			s.mu.Unlock()
+			continue
+		}
+		for b := range s.beds {
+			if err := b.Close(); err != nil {
+				fmt.Fprintf(os.Stderr, "testbed %s: close on %v: %v\n", b.prefix, sig, err)
+			}
+		}
+		code := 1
+		if n, ok := sig.(syscall.Signal); ok {
+			code = 128 + int(n)
+		}
+		os.Exit(code)
 	}
 }
 
