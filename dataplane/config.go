@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -84,6 +85,9 @@ type Config struct {
 	// SlowBatches bounds the slow-path queue, in batches of up to 64
 	// packets (default 16). A full queue drops and counts.
 	SlowBatches int
+	// Logger gets the engine's few log lines (recovered panics,
+	// rate-limited); nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // PortConfig describes a container port for AddPort.
@@ -142,10 +146,14 @@ const (
 	cSlowQueued    // copied to the slow path
 	cSlowFull      // slow-path queue full, dropped
 	cBatches
+	cBadVerdict   // verdict's Off/Len outside its frame, or port out of range: dropped
+	cPanics       // recovered panics (a batch, a round or a control call)
+	cPanicDropped // frames dropped with a batch that panicked
 	numCounters
 )
 
 var counterNames = [numCounters]string{
 	"rx", "tx", "tx_no_frame", "tx_ring_full", "cross_out", "cross_in", "cross_full",
 	"cross_no_socket", "pass_dropped", "dropped", "slow_queued", "slow_full", "batches",
+	"bad_verdict", "panics", "panic_dropped",
 }

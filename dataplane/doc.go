@@ -44,7 +44,29 @@
 // queued frames, one Enqueue and at most one eventfd wake per peer worker,
 // refill the fill rings to their depth, publish the counters. Control
 // calls (open/close a socket, read socket statistics) run on the worker's
-// own thread between rounds, through a channel plus Poller.Notify.
+// own thread between rounds, through a channel plus Poller.Notify. A call
+// that times out (5 s: only a wedged worker is that slow) has not run and
+// never will: the queued closure claims the call before it runs, a caller
+// giving up cancels it first, and a call already running is waited for.
+// So a timed-out socket open leaves no socket behind; a timed-out close is
+// queued again in the background until the worker runs it, and goes by
+// the socket, not its id, so it never closes a newer socket with that id.
+//
+// # Panics and bad verdicts
+//
+// A packet never kills the daemon. Each socket's batch runs behind a
+// recover (one open-coded defer per batch, not per packet): a panic in the
+// processor or while acting on its verdicts drops the rest of that batch,
+// gives its frames back to the socket's free stack (every action frees or
+// queues its frame as its last step, so the worker knows which frames it
+// still holds) and counts "panics" and "panic_dropped"; the worker goes on
+// with the next socket. A last-resort recover around the whole round
+// catches the rest (cross-worker rings, flush), where frames may leak, and
+// control calls turn a panic into an error. Each panic is logged through
+// Config.Logger at most once a second per worker, with the stack the first
+// time. Before slicing a frame or writing a TX descriptor, the worker
+// checks the verdict's Off/Len against the frame (and Port against
+// MaxPorts): a processor bug there is a "bad_verdict" drop, no panic.
 //
 // Polling is xsk.Poller's hybrid: spin with sched_yield for 200 µs after
 // the last work, then poll(2) on the worker's socket fds and eventfd, with

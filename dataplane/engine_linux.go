@@ -5,6 +5,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sort"
@@ -46,6 +47,15 @@ type Engine struct {
 
 	slow *slowPath
 
+	log *slog.Logger
+	// panicStack is set once a recovered panic was logged with its stack.
+	panicStack atomic.Bool
+	// procHook is a test seam (see procHook); nil in production.
+	procHook atomic.Pointer[procHook]
+	// ctlTimeout bounds how long a control call waits for its worker, in
+	// nanoseconds (defaultCtlTimeout; tests shorten it).
+	ctlTimeout atomic.Int64
+
 	// mu guards the control state below and serialises table rebuilds.
 	mu        sync.Mutex
 	closed    bool
@@ -71,9 +81,18 @@ type port struct {
 	id     fastpath.PortID
 	cfg    PortConfig
 	worker int
+	sock   *xsk.Socket // owned by workers[worker]; nil until opened
 	objs   *bpfprog.Objects
 	link   link.Link
 }
+
+// defaultCtlTimeout bounds a control call's wait for its worker. A round
+// takes microseconds, so only a wedged worker makes a call wait this long.
+const defaultCtlTimeout = 5 * time.Second
+
+// errCtlTimeout says a control call gave up waiting for its worker; the
+// call did not run and never will (onWorker).
+var errCtlTimeout = errors.New("control call timed out")
 
 // New loads the steering programs, starts the workers, opens the uplink
 // socket and attaches xdp_uplink. The table starts with no services,
@@ -133,7 +152,12 @@ func New(cfg Config) (e *Engine, err error) {
 		neigh:     map[netip.Addr][6]byte{},
 		wantNeigh: map[netip.Addr]bool{},
 		stop:      make(chan struct{}),
+		log:       cfg.Logger,
 	}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	e.ctlTimeout.Store(int64(defaultCtlTimeout))
 	copy(e.uplinkMAC[:], ul.Attrs().HardwareAddr)
 	if e.mtu == 0 {
 		e.mtu = ul.Attrs().MTU
@@ -192,11 +216,11 @@ func New(cfg Config) (e *Engine, err error) {
 	if err != nil {
 		return e, err
 	}
-	fd, err := e.openSocket(0, uplinkID, e.uplinkIdx)
+	us, err := e.openSocket(0, uplinkID, e.uplinkIdx)
 	if err != nil {
 		return e, fmt.Errorf("uplink socket: %w", err)
 	}
-	if err := e.upObjs.RegisterXSK(0, fd); err != nil {
+	if err := e.upObjs.RegisterXSK(0, us.Fd()); err != nil {
 		return e, fmt.Errorf("uplink xskmap: %w", err)
 	}
 	e.setOwner(uplinkID, 0)
@@ -210,56 +234,106 @@ func New(cfg Config) (e *Engine, err error) {
 }
 
 // openSocket creates socket id on (ifindex, queue 0) on worker wi, fills its
-// fill ring (before it may enter the XSKMAP) and returns its fd.
-func (e *Engine) openSocket(wi int, id int32, ifindex int) (int, error) {
-	fd := -1
+// fill ring (before it may enter the XSKMAP) and returns it. Creating,
+// registering with the worker and counting happen in one control call, so
+// a call that fails or times out has opened nothing (onWorker).
+func (e *Engine) openSocket(wi int, id int32, ifindex int) (*xsk.Socket, error) {
+	var s *xsk.Socket
 	err := e.onWorker(wi, func(w *worker) error {
-		s, err := xsk.NewSocket(xsk.Config{
+		xs, err := xsk.NewSocket(xsk.Config{
 			Ifindex: ifindex, Queue: 0, NumFrames: e.cfg.Frames, Mode: xsk.BindCopy,
 			FillSize: e.cfg.RingSize, CompletionSize: e.cfg.RingSize, RxSize: e.cfg.RingSize, TxSize: e.cfg.RingSize,
 		})
 		if err != nil {
 			return err
 		}
-		w.addSocket(id, s)
-		fd = s.Fd()
+		w.addSocket(id, xs)
+		s = xs
 		return nil
 	})
-	if err == nil {
-		e.nSockets.Add(1)
+	if err != nil {
+		return nil, err
 	}
-	return fd, err
+	return s, nil
 }
 
-func (e *Engine) closeSocket(wi int, id int32) error {
-	err := e.onWorker(wi, func(w *worker) error { return w.removeSocket(id) })
-	if err == nil {
-		e.nSockets.Add(-1)
+// closeSocket closes s on worker wi. If the worker does not take the call
+// in time, the close is not dropped: it is queued again in the background
+// until the worker runs it (or exits, which closes every socket it has),
+// so a slow worker never keeps a removed port's socket, UMEM and queue
+// binding for good. The timeout is still returned to the caller.
+func (e *Engine) closeSocket(wi int, s *xsk.Socket) error {
+	f := func(w *worker) error { return w.removeSocket(s) }
+	err := e.onWorker(wi, f)
+	if errors.Is(err, errCtlTimeout) {
+		go func() {
+			for errors.Is(e.onWorker(wi, f), errCtlTimeout) {
+				// each try waits up to ctlTimeout: no busy loop
+			}
+		}()
 	}
 	return err
 }
 
-// onWorker runs f on worker wi's thread between two rounds and waits for it.
+// Control call states (onWorker).
+const (
+	ctlQueued int32 = iota
+	ctlRunning
+	ctlCancelled
+)
+
+// onWorker runs f on worker wi's thread between two rounds and waits for
+// it. f runs at most once, and a call that returns errCtlTimeout has not
+// run f and never will: the queued closure claims the call before running
+// f, and a caller that times out first cancels it, so a late worker skips
+// it. (Before, a timed-out openSocket still ran later and left a socket
+// nobody registered, counted or closed.) Once f has started, onWorker
+// waits for it to end, however long: f is a short control operation, and
+// its result must not be lost. A panic in f comes back as an error.
 func (e *Engine) onWorker(wi int, f func(w *worker) error) error {
 	w := e.workers[wi]
+	var state atomic.Int32
 	done := make(chan error, 1)
-	t := time.NewTimer(5 * time.Second)
+	call := func() {
+		if !state.CompareAndSwap(ctlQueued, ctlRunning) {
+			return // the caller gave up
+		}
+		done <- w.runCtl(f)
+	}
+	// exited: the worker ran f before it stopped, or never will.
+	exited := func() error {
+		select {
+		case err := <-done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+	t := time.NewTimer(time.Duration(e.ctlTimeout.Load()))
 	defer t.Stop()
 	select {
-	case w.ctl <- func() { done <- f(w) }:
+	case w.ctl <- call:
 	case <-w.exited:
 		return ErrClosed
 	case <-t.C:
-		return fmt.Errorf("worker %d: control call timed out", wi)
+		return fmt.Errorf("worker %d: %w", wi, errCtlTimeout)
 	}
 	_ = w.poller.Notify()
 	select {
 	case err := <-done:
 		return err
 	case <-w.exited:
-		return ErrClosed
+		return exited()
 	case <-t.C:
-		return fmt.Errorf("worker %d: control call timed out", wi)
+		if state.CompareAndSwap(ctlQueued, ctlCancelled) {
+			return fmt.Errorf("worker %d: %w", wi, errCtlTimeout)
+		}
+	}
+	select { // f is running: wait for it
+	case err := <-done:
+		return err
+	case <-w.exited:
+		return exited()
 	}
 }
 
@@ -321,13 +395,12 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	if p.objs, err = bpfprog.Load(bpfprog.Config{Queues: 1, Share: e.upObjs}); err != nil {
 		return 0, fmt.Errorf("port %d: load steering: %w", pc.Ifindex, err)
 	}
-	fd, err := e.openSocket(wi, int32(id), pc.Ifindex)
-	if err != nil {
+	if p.sock, err = e.openSocket(wi, int32(id), pc.Ifindex); err != nil {
 		return 0, fmt.Errorf("port %d: socket: %w", pc.Ifindex, err)
 	}
 	e.ports[id] = p
 	e.setOwner(int32(id), wi)
-	if err := p.objs.RegisterXSK(0, fd); err != nil {
+	if err := p.objs.RegisterXSK(0, p.sock.Fd()); err != nil {
 		return 0, fmt.Errorf("port %d: xskmap: %w", pc.Ifindex, err)
 	}
 	if err := e.rebuildLocked(); err != nil {
@@ -374,9 +447,10 @@ func (e *Engine) teardownPortLocked(p *port) error {
 		delete(e.ports, p.id)
 		e.setOwner(int32(p.id), -1)
 		errs = append(errs, e.rebuildLocked())
-		if err := e.closeSocket(p.worker, int32(p.id)); err != nil && !errors.Is(err, ErrClosed) {
+		if err := e.closeSocket(p.worker, p.sock); err != nil && !errors.Is(err, ErrClosed) {
 			errs = append(errs, err)
 		}
+		p.sock = nil
 	}
 	if p.objs != nil {
 		errs = append(errs, p.objs.Close())

@@ -381,3 +381,127 @@ func TestResolveAndPortLifecycle(t *testing.T) {
 		t.Errorf("after remove+add: %d ports, %d sockets, want 2 and 3", s.Ports, s.Sockets)
 	}
 }
+
+// ask sends a command line to the engine and returns its one-line answer.
+func (p *engineProc) ask(tb testing.TB, line string) string {
+	tb.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		tb.Fatal(err)
+	}
+	select {
+	case l := <-p.lines:
+		return l
+	case <-time.After(10 * time.Second):
+		tb.Fatalf("%s: no answer", line)
+	}
+	return ""
+}
+
+// settledFrames returns every socket's frame accounting once nothing is
+// out for TX, and fails if any socket's frames do not add up.
+func (p *engineProc) settledFrames(tb testing.TB) map[int32]frameAccount {
+	tb.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var fa []frameAccount
+		if l := p.ask(tb, "frames"); json.Unmarshal([]byte(l), &fa) != nil {
+			tb.Fatalf("frames: %q", l)
+		}
+		m, busy := map[int32]frameAccount{}, false
+		for _, a := range fa {
+			if a.Free+a.InKernel+a.TxOut+a.Pend != a.Num {
+				tb.Fatalf("socket %d: %d free + %d in the kernel + %d out for TX + %d pending = %d frames of %d: leaked",
+					a.ID, a.Free, a.InKernel, a.TxOut, a.Pend, a.Free+a.InKernel+a.TxOut+a.Pend, a.Num)
+			}
+			busy = busy || a.TxOut != 0 || a.Pend != 0
+			m[a.ID] = a
+		}
+		if !busy {
+			return m
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("frames still out for TX after 3 s: %+v", fa)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPanicRecovery: a panic while a worker processes a socket's batch
+// (injected through the procHook seam, as a processor bug would) drops
+// that batch and is counted; the worker goes on forwarding, and every
+// frame of the poisoned batches is back on its socket's free stack.
+// Verdicts pointing outside their frame (or at a port past MaxPorts) are
+// dropped and counted without needing the recover.
+func TestPanicRecovery(t *testing.T) {
+	tp := newTopo(t)
+	ea := tp.startEngine(t, tp.a, tp.spec(tp.a, 1, tp.client))
+	tp.startEngine(t, tp.b, tp.spec(tp.b, 1, tp.server))
+	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7030)
+	frames0 := ea.settledFrames(t)
+	s0 := ea.stats(t)
+
+	cli := listenIn(t, tp.client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
+	defer cli.Close()
+	// poison spoils the next n batches of the client's port, then sends
+	// one datagram at a time (one batch each) until counter reaches want.
+	poison := func(kind string, n int, counter string, want uint64) Stats {
+		t.Helper()
+		ea.command(t, fmt.Sprintf("poison %s %d", kind, n))
+		defer ea.command(t, "poison off")
+		for try := 0; try < 100; try++ {
+			if s := ea.stats(t); s.Counters[counter] >= want {
+				return s
+			}
+			if _, err := cli.WriteToUDPAddrPort([]byte("poisoned"), netip.AddrPortFrom(svcRemote4, 7031)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("%s: %s did not reach %d: %v", kind, counter, want, nonZero(ea.stats(t).Counters))
+		return Stats{}
+	}
+	check := func(phase string, port int) {
+		t.Helper()
+		checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, port) // still forwarding
+		frames := ea.settledFrames(t)
+		for id, a := range frames0 {
+			if b := frames[id]; b.Free != a.Free {
+				t.Errorf("%s: socket %d has %d free frames, had %d before", phase, id, b.Free, a.Free)
+			}
+		}
+	}
+
+	s1 := poison("panic", 3, "panics", s0.Counters["panics"]+3)
+	check("after panics", 7032)
+	if d := s1.Counters["panic_dropped"] - s0.Counters["panic_dropped"]; d < 3 {
+		t.Errorf("panic_dropped moved by %d, want ≥ 3 (a frame per poisoned batch)", d)
+	}
+	s2 := poison("bad", 3, "bad_verdict", s0.Counters["bad_verdict"]+3)
+	check("after bad verdicts", 7033)
+	if s2.Counters["panics"] != s1.Counters["panics"] {
+		t.Errorf("bad verdicts panicked: panics %d → %d", s1.Counters["panics"], s2.Counters["panics"])
+	}
+	var lines, stacks int
+	if _, err := fmt.Sscan(ea.ask(t, "panics-logged"), &lines, &stacks); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("counters %v; %d panic log lines, %d with a stack", nonZero(ea.stats(t).Counters), lines, stacks)
+	if lines < 1 || lines > 3 || stacks != 1 {
+		t.Errorf("%d panic log lines (%d with a stack), want 1 to 3 lines and the stack once", lines, stacks)
+	}
+}
+
+// TestControlTimeout: a control call that times out on a busy worker is
+// safe when the worker gets to it late: a timed-out socket open opens
+// nothing (no socket that nobody registers, counts or closes, and the
+// interface's queue stays free), a timed-out close still closes. The
+// checks run inside the engine process (ctlTimeoutCheck), on the local
+// container's interface, which has no port.
+func TestControlTimeout(t *testing.T) {
+	tp := newTopo(t)
+	ea := tp.startEngine(t, tp.a, tp.spec(tp.a, 1, tp.client))
+	ea.command(t, "ctltimeout "+tp.local.HostIf)
+	if s := ea.stats(t); s.Sockets != 2 {
+		t.Errorf("engine counts %d sockets, want 2 (uplink and client)", s.Sockets)
+	}
+}

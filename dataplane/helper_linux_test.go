@@ -4,9 +4,13 @@ package dataplane
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -15,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -86,6 +91,10 @@ func runEngineHelper(specJSON string) int {
 		return 2
 	}
 	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode}
+	// The engine's log goes to stderr as usual; panicLog also counts the
+	// recovered-panic lines for the "panics-logged" command.
+	var plog panicLog
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(os.Stderr, &plog), nil))
 	if sp.YieldGo {
 		cfg.Poller.Yield = xsk.YieldGo
 	}
@@ -193,6 +202,27 @@ func runEngineHelper(specJSON string) int {
 			}
 			b, _ := json.Marshal(st)
 			fmt.Println(string(b))
+		case "poison": // arg: "panic N", "bad N" or "off" (see setPoison)
+			kind, n, _ := strings.Cut(arg, " ")
+			k, _ := strconv.Atoi(n)
+			setPoison(e, kind, k)
+			fmt.Println("ok")
+		case "frames":
+			b, _ := json.Marshal(frameAccounts(e))
+			fmt.Println(string(b))
+		case "panics-logged":
+			lines, stacks := plog.counts()
+			fmt.Println(lines, stacks)
+		case "ctltimeout": // arg: a free interface to open sockets on
+			err := fmt.Errorf("no interface %q", arg)
+			if l, lerr := netlink.LinkByName(arg); lerr == nil {
+				err = ctlTimeoutCheck(e, l.Attrs().Index)
+			}
+			if err != nil {
+				fmt.Println("error:", err)
+			} else {
+				fmt.Println("ok")
+			}
 		case "remove", "add": // arg: host interface name of a port in the spec
 			err := fmt.Errorf("no port %q in the spec", arg)
 			for _, p := range sp.Ports {
@@ -227,6 +257,170 @@ func runEngineHelper(specJSON string) int {
 		return 1
 	}
 	return 0
+}
+
+// panicLog counts the engine's recovered-panic log lines, and those of them
+// that carry a stack.
+type panicLog struct {
+	mu            sync.Mutex
+	lines, stacks int
+}
+
+func (l *panicLog) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte("recovered a panic")) {
+		l.mu.Lock()
+		l.lines++
+		if bytes.Contains(b, []byte("stack=")) {
+			l.stacks++
+		}
+		l.mu.Unlock()
+	}
+	return len(b), nil
+}
+
+func (l *panicLog) counts() (lines, stacks int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lines, l.stacks
+}
+
+// setPoison installs a procHook that spoils the next n batches received on
+// container ports: "panic" panics in them (as a processor bug would),
+// "bad" gives every verdict of the k-th spoiled batch an out-of-range
+// field, in turn Off < 0, a Len past the frame, a port id past MaxPorts.
+// "off" removes the hook.
+func setPoison(e *Engine, kind string, n int) {
+	if kind == "off" {
+		e.procHook.Store(nil)
+		return
+	}
+	var left, spoiled atomic.Int64
+	left.Store(int64(n))
+	h := procHook(func(uplink bool, _ []fastpath.Frame, verd []fastpath.Verdict) {
+		if uplink || left.Add(-1) < 0 {
+			return
+		}
+		if kind == "panic" {
+			panic("dataplane test: poisoned batch")
+		}
+		k := spoiled.Add(1) - 1
+		for i := range verd {
+			switch k % 3 {
+			case 0:
+				verd[i].Off = -1
+			case 1:
+				verd[i].Len = 1 << 20
+			case 2:
+				verd[i].Action, verd[i].Port = fastpath.ActTxPort, 65535
+			}
+		}
+	})
+	e.procHook.Store(&h)
+}
+
+// frameAccount is one socket's frames as its worker sees them between two
+// rounds: every frame is on the free stack, in the kernel (fill or RX
+// ring), out for TX (not completed yet) or in a pending TX batch, so the
+// four add up to Num unless frames leaked.
+type frameAccount struct {
+	ID                               int32
+	Free, InKernel, TxOut, Pend, Num int
+}
+
+func frameAccounts(e *Engine) []frameAccount {
+	var out []frameAccount
+	for wi := range e.workers {
+		_ = e.onWorker(wi, func(w *worker) error {
+			for _, ws := range w.socks {
+				ws.s.Complete()
+				out = append(out, frameAccount{ID: ws.id, Free: ws.s.FreeFrames(), InKernel: ws.inKernel,
+					TxOut: ws.s.TxOutstanding(), Pend: len(ws.pend), Num: ws.s.NumFrames()})
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// ctlTimeoutCheck runs control calls that time out on a busy worker 0 and
+// checks that they are safe when the worker gets to them late: a timed-out
+// open never opens (no socket nobody registers, counts or closes; the
+// queue stays free), a timed-out close still closes.
+func ctlTimeoutCheck(e *Engine, ifindex int) error {
+	const id = 4000 // not a port: nothing steers to it
+	count := func() (int, error) {
+		var n int
+		err := e.onWorker(0, func(w *worker) error { n = len(w.socks); return nil })
+		return n, err
+	}
+	// busy occupies worker 0 with a control call until release.
+	busy := func() (release func()) {
+		started, rel := make(chan struct{}), make(chan struct{})
+		go func() { _ = e.onWorker(0, func(*worker) error { close(started); <-rel; return nil }) }()
+		<-started
+		return func() { close(rel) }
+	}
+	// open retries EBUSY for a while: the kernel releases a closed
+	// socket's queue binding from a work queue, shortly after close.
+	open := func() (*xsk.Socket, error) {
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			s, err := e.openSocket(0, id, ifindex)
+			if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+				return s, err
+			}
+		}
+	}
+	normal := e.ctlTimeout.Load()
+	defer e.ctlTimeout.Store(normal)
+	short := int64(50 * time.Millisecond)
+	n0, err := count()
+	if err != nil {
+		return err
+	}
+	s0 := e.nSockets.Load()
+
+	release := busy()
+	e.ctlTimeout.Store(short)
+	_, err = e.openSocket(0, id, ifindex)
+	e.ctlTimeout.Store(normal)
+	release()
+	if !errors.Is(err, errCtlTimeout) {
+		return fmt.Errorf("open on a busy worker: %v, want a timeout", err)
+	}
+	// ctl holds one call: this one runs after the cancelled open.
+	if n, err := count(); err != nil || n != n0 || e.nSockets.Load() != s0 {
+		return fmt.Errorf("after a timed-out open: worker has %d sockets (%v), engine counts %d; want %d and %d", n, err, e.nSockets.Load(), n0, s0)
+	}
+	s, err := open()
+	if err != nil {
+		return fmt.Errorf("open after the timed-out one (queue still bound?): %w", err)
+	}
+	if n, _ := count(); n != n0+1 || e.nSockets.Load() != s0+1 {
+		return fmt.Errorf("after an open: %d sockets, engine counts %d", n, e.nSockets.Load())
+	}
+
+	release = busy()
+	e.ctlTimeout.Store(short)
+	err = e.closeSocket(0, s)
+	e.ctlTimeout.Store(normal)
+	release()
+	if !errors.Is(err, errCtlTimeout) {
+		return fmt.Errorf("close on a busy worker: %v, want a timeout", err)
+	}
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		n, err := count()
+		if err == nil && n == n0 && e.nSockets.Load() == s0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed-out close never happened: %d sockets (%v), engine counts %d; want %d and %d", n, err, e.nSockets.Load(), n0, s0)
+		}
+	}
+	// The late close released the queue.
+	if s, err = open(); err != nil {
+		return fmt.Errorf("open after the late close: %w", err)
+	}
+	return e.closeSocket(0, s)
 }
 
 // toolResult is what the flood and sink tools print.

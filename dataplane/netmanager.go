@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -27,6 +28,9 @@ type NetManager struct {
 	CPUs []int
 	// Services tunes the cluster feed (negative TTL, idle expiry).
 	Services netmanager.ServiceOptions
+	// Logger gets the engine's log lines (Config.Logger); nil means
+	// slog.Default().
+	Logger *slog.Logger
 
 	// mu guards e, svcs, stop, byIfindex and local.
 	mu        sync.Mutex
@@ -88,7 +92,7 @@ func (n *NetManager) Start(_ context.Context, node netmanager.NodeInfo) error {
 	}
 	e, err := New(Config{
 		Uplink: node.Uplink, NodeIP: node.NodeIP, TunnelPort: uint16(tp),
-		Workers: node.Workers, CPUs: n.CPUs, Mode: mode, Resolver: res,
+		Workers: node.Workers, CPUs: n.CPUs, Mode: mode, Resolver: res, Logger: n.Logger,
 	})
 	if err != nil {
 		return err

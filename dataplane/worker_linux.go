@@ -5,7 +5,10 @@ package dataplane
 import (
 	"fmt"
 	"runtime"
+	"runtime/debug"
+	"slices"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -74,6 +77,14 @@ type worker struct {
 	frames [batch]fastpath.Frame
 	verd   [batch]fastpath.Verdict
 	sb     *slowBatch
+	// next is the index of the first frame of the batch in process that
+	// is still the worker's (not yet freed or queued for TX): what a
+	// recovered panic gives back to the socket.
+	next int
+
+	// Panic log rate limit (worker goroutine only).
+	panicLogAt int64  // fastpath.Monotonic of the last panic log line
+	panicQuiet uint64 // panics not logged since then
 
 	cnt [numCounters]uint64
 	pub [numCounters]atomic.Uint64
@@ -138,22 +149,25 @@ func (w *worker) addSocket(id int32, s *xsk.Socket) {
 	w.socks = append(w.socks, ws)
 	w.byID[id] = ws
 	w.poller.Add(s.Fd())
+	w.e.nSockets.Add(1)
 }
 
-func (w *worker) removeSocket(id int32) error {
-	ws := w.byID[id]
-	if ws == nil {
+// removeSocket closes socket s if this worker still has it. It goes by the
+// socket, not its id: a close that runs late (see Engine.closeSocket) must
+// not take a newer socket that reuses the id.
+func (w *worker) removeSocket(s *xsk.Socket) error {
+	i := slices.IndexFunc(w.socks, func(ws *wsock) bool { return ws.s == s })
+	if i < 0 {
 		return nil
 	}
-	delete(w.byID, id)
-	for i, s := range w.socks {
-		if s == ws {
-			w.socks = append(w.socks[:i], w.socks[i+1:]...)
-			break
-		}
+	ws := w.socks[i]
+	w.socks = slices.Delete(w.socks, i, i+1)
+	if w.byID[ws.id] == ws {
+		delete(w.byID, ws.id)
 	}
-	w.poller.Remove(ws.s.Fd())
-	return ws.s.Close()
+	w.poller.Remove(s.Fd())
+	w.e.nSockets.Add(-1)
+	return s.Close()
 }
 
 func (w *worker) run() {
@@ -169,6 +183,7 @@ func (w *worker) run() {
 		for _, ws := range w.socks {
 			w.poller.Remove(ws.s.Fd())
 			_ = ws.s.Close()
+			w.e.nSockets.Add(-1)
 		}
 		w.socks, w.byID = nil, nil
 	}()
@@ -180,11 +195,69 @@ func (w *worker) run() {
 			return
 		default:
 		}
-		did := w.round()
+		did := w.safeRound()
 		if _, err := w.poller.Wait(did); err != nil {
 			return
 		}
 	}
+}
+
+// safeRound is round behind a last-resort recover. Panics in a socket's
+// batch are caught closer, by processBatch, which gives the batch's frames
+// back; this one catches the rest (completions, the cross-worker rings,
+// flush), where the worker cannot tell which frames it still held, so a
+// panic here may leak frames or leave a TX batch half sent. Both beat a
+// dead daemon. One defer per round; the round costs microseconds.
+func (w *worker) safeRound() (did bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.cnt[cPanics]++
+			w.publish()
+			w.logPanic(r, "round", -1, 0)
+			// Not true: a panic that recurs every round must not turn
+			// the worker into a busy loop. poll(2) still returns at once
+			// for sockets with work, and Pending covers the rest.
+			did = false
+		}
+	}()
+	return w.round()
+}
+
+// logPanic logs a recovered panic through slog, at most once a second per
+// worker (a poisoned packet can arrive in every batch), with the stack the
+// first time in the engine's life. Runs on the worker's thread; the log
+// write blocks it, which is why it is rate-limited.
+func (w *worker) logPanic(r any, where string, sock int32, frames int) {
+	now := fastpath.Monotonic()
+	if w.panicLogAt != 0 && now-w.panicLogAt < int64(time.Second) {
+		w.panicQuiet++
+		return
+	}
+	w.panicLogAt = now
+	attrs := []any{"worker", w.idx, "where", where, "panic", fmt.Sprint(r),
+		"frames_dropped", frames, "panics_not_logged", w.panicQuiet}
+	if sock >= 0 {
+		attrs = append(attrs, "socket", sock)
+	}
+	w.panicQuiet = 0
+	if w.e.panicStack.CompareAndSwap(false, true) {
+		attrs = append(attrs, "stack", string(debug.Stack()))
+	}
+	w.e.log.Error("dataplane: recovered a panic in a worker; it goes on", attrs...)
+}
+
+// runCtl runs control call f, turning a panic into an error for the
+// caller; the worker goes on.
+func (w *worker) runCtl(f func(*worker) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.cnt[cPanics]++
+			w.publish()
+			w.logPanic(r, "control", -1, 0)
+			err = fmt.Errorf("worker %d: control call: panic: %v", w.idx, r)
+		}
+	}()
+	return f(w)
 }
 
 // round does one pass over everything the worker owns and reports whether
@@ -210,7 +283,7 @@ func (w *worker) round() bool {
 		ws.inKernel -= n
 		w.cnt[cRx] += uint64(n)
 		w.cnt[cBatches]++
-		w.process(ws, n, owners)
+		w.processBatch(ws, n, owners)
 	}
 	w.flush()
 	for _, ws := range w.socks {
@@ -230,10 +303,53 @@ func (w *worker) publish() {
 	}
 }
 
+// processBatch is process behind a recover, one per socket batch: a panic
+// (a processor bug, a poisoned packet) drops what is left of that batch
+// and counts it, and the worker goes on with the next socket. The frames
+// the batch still held go back to the socket's free stack, so nothing
+// leaks. The defer is open-coded (no allocation, a few ns per batch of up
+// to 64 packets); it is not per packet.
+func (w *worker) processBatch(ws *wsock, n int, owners []int16) {
+	defer w.recoverBatch(ws, n)
+	w.process(ws, n, owners)
+}
+
+// recoverBatch is processBatch's deferred call (recover must be called
+// directly by the deferred function).
+func (w *worker) recoverBatch(ws *wsock, n int) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	// Every action frees or queues its frame as its last step, so frames
+	// [next, n) are exactly those still held.
+	lost := max(n-w.next, 0)
+	for i := w.next; i < n; i++ {
+		ws.s.FreeFrame(w.descs[i].Addr)
+	}
+	w.cnt[cPanics]++
+	w.cnt[cPanicDropped] += uint64(lost)
+	w.publish()
+	w.logPanic(r, "batch", ws.id, lost)
+}
+
+// procHook, when set (tests only), sees every batch between the processor
+// and the worker acting on its verdicts: it may rewrite verdicts or panic.
+type procHook func(uplink bool, frames []fastpath.Frame, verd []fastpath.Verdict)
+
+// verdictOK reports whether a transmit or slow-path verdict stays inside
+// its frame of frameLen bytes. The worker slices the frame and writes TX
+// descriptors with the verdict's Off and Len: a processor bug must become
+// a counted drop, not a slice panic or a descriptor into the next frame.
+func verdictOK(v *fastpath.Verdict, frameLen int) bool {
+	return v.Off >= 0 && v.Off <= frameLen && v.Len > 0 && v.Len <= frameLen-v.Off
+}
+
 // process runs one received batch of ws through the processor and acts on
 // the verdicts.
 func (w *worker) process(ws *wsock, n int, owners []int16) {
 	s := ws.s
+	w.next = 0
 	for i := range n {
 		d := w.descs[i]
 		w.frames[i] = fastpath.Frame{Buf: s.Frame(d.Addr), Off: int(d.Addr - s.FrameStart(d.Addr)), Len: int(d.Len)}
@@ -243,16 +359,30 @@ func (w *worker) process(ws *wsock, n int, owners []int16) {
 	} else {
 		w.e.proc.Egress(w.wctx, ws.port, w.frames[:n], w.verd[:n])
 	}
+	if h := w.e.procHook.Load(); h != nil {
+		(*h)(ws.uplink, w.frames[:n], w.verd[:n])
+	}
 	for i := range n {
 		v := &w.verd[i]
 		base := s.FrameStart(w.descs[i].Addr)
+		// The frame again from the socket, not frames[i].Buf, which the
+		// processor could have replaced.
+		buf := s.Frame(base)
+		if a := v.Action; a == fastpath.ActTxPort || a == fastpath.ActTxUplink || a == fastpath.ActSlowPath {
+			if !verdictOK(v, len(buf)) || (a == fastpath.ActTxPort && v.Port >= fastpath.MaxPorts) {
+				w.cnt[cBadVerdict]++
+				s.FreeFrame(base)
+				w.next = i + 1
+				continue
+			}
+		}
 		switch v.Action {
 		case fastpath.ActTxPort:
-			w.send(ws, base, w.frames[i].Buf, v, int32(v.Port), owners)
+			w.send(ws, base, buf, v, int32(v.Port), owners)
 		case fastpath.ActTxUplink:
-			w.send(ws, base, w.frames[i].Buf, v, uplinkID, owners)
+			w.send(ws, base, buf, v, uplinkID, owners)
 		case fastpath.ActSlowPath:
-			w.toSlow(w.frames[i].Buf[v.Off:v.Off+v.Len], v.Reason)
+			w.toSlow(buf[v.Off:v.Off+v.Len], v.Reason)
 			s.FreeFrame(base)
 		case fastpath.ActPass:
 			// Steered by XDP but not ours: the frame is already out of
@@ -263,6 +393,7 @@ func (w *worker) process(ws *wsock, n int, owners []int16) {
 			w.cnt[cDropped]++
 			s.FreeFrame(base)
 		}
+		w.next = i + 1
 	}
 }
 

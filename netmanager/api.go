@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -107,6 +108,7 @@ type Status struct {
 	MTU        int               `json:"mtu"`
 	Uptime     string            `json:"uptime"`
 	Containers []*Container      `json:"containers"`
+	Deploying  []string          `json:"deploying,omitempty"` // job/instance of deploys waiting for the cluster
 	Quarantine int               `json:"quarantined_ns_ips"`
 	Dataplane  DataplaneStats    `json:"dataplane"`
 	Counters   map[string]uint64 `json:"counters"`
@@ -136,6 +138,10 @@ func (d *Daemon) Status() Status {
 			"cluster_report_error": d.metrics.reportErrors.Value(),
 		},
 	}
+	for o := range d.deploying {
+		s.Deploying = append(s.Deploying, o)
+	}
+	slices.Sort(s.Deploying)
 	if s.Workers == 0 {
 		s.Workers = runtime.NumCPU()
 	}

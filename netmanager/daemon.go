@@ -40,7 +40,9 @@ type Daemon struct {
 	// regMu serialises Register calls (held across the cluster call).
 	regMu sync.Mutex
 	// mu serialises every change of the node (register, deploy, undeploy,
-	// adopt) and guards all fields below.
+	// adopt) and guards all fields below. It is never held across a call
+	// to the cluster: Deploy and Undeploy reserve their instance
+	// (deploying, undeploying) and let go of it for the report.
 	mu        sync.Mutex
 	st        *State
 	nodeID    string
@@ -49,6 +51,27 @@ type Daemon struct {
 	lastErr   string // last registration error, for /status and 409s
 	dpStarted bool
 	ctx       context.Context // Run's context (for Dataplane.Start)
+	// deploying holds the deploys set up locally and waiting for the
+	// cluster to take their report, by owner (job/instance). d.mu is not
+	// held during that call; this reservation is what keeps a second
+	// deploy of the instance, or of its host ports, out meanwhile. Their
+	// containers are not in st.Containers (not in the state file) until
+	// the report succeeds.
+	deploying map[string]*pendingDeploy
+	// undeploying holds the undeployed instances whose report to the
+	// cluster is still out (Undeploy).
+	undeploying map[string]bool
+	// saves counts state file writes, so a rolled-back deploy can tell
+	// whether one happened while it was out of the lock.
+	saves uint64
+}
+
+// pendingDeploy is a deploy between its local set-up and its commit.
+type pendingDeploy struct {
+	c    *Container
+	undo []func() // in order of set-up; undone in reverse
+	// saves is d.saves when the deploy let go of d.mu.
+	saves uint64
 }
 
 // New checks the options and returns a daemon ready to Run.
@@ -65,7 +88,8 @@ func New(o Options) (*Daemon, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, started: time.Now()}
+	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, started: time.Now(),
+		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}}
 	d.metrics = newMetrics(d)
 	return d, nil
 }
@@ -152,6 +176,38 @@ func (d *Daemon) clusterAddressLocked() string {
 		return d.cfg.Cluster
 	}
 	return d.st.ClusterAddress
+}
+
+// saveLocked writes the state file. d.mu held.
+func (d *Daemon) saveLocked() error {
+	if err := saveState(d.cfg.StateFile(), d.st); err != nil {
+		return err
+	}
+	d.saves++
+	return nil
+}
+
+// nftContainersLocked is every container whose port mappings must be in
+// the nft table: the attached ones and those of deploys in flight (whose
+// rules are live while they wait for the cluster). d.mu held.
+func (d *Daemon) nftContainersLocked() []*Container {
+	if len(d.deploying) == 0 {
+		return d.st.Containers
+	}
+	out := append([]*Container(nil), d.st.Containers...)
+	owners := make([]string, 0, len(d.deploying))
+	for o := range d.deploying {
+		owners = append(owners, o)
+	}
+	slices.Sort(owners) // a stable ruleset for the same set of containers
+	for _, o := range owners {
+		out = append(out, d.deploying[o].c)
+	}
+	return out
+}
+
+func (d *Daemon) applyNftLocked() error {
+	return applyNft(nftRuleset(&d.cfg, d.st.Subnets.Subnet(), d.nftContainersLocked()))
 }
 
 // listenUnix listens on path with mode 0660, replacing a stale socket but
@@ -242,10 +298,21 @@ func (d *Daemon) load() error {
 		kept = append(kept, c)
 	}
 	st.Containers = kept
-	if err := applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers)); err != nil {
+	// nsIPs held by an owner with no container: a deploy that was waiting
+	// for the cluster when the daemon died, after another change had
+	// saved the state (Deploy). The deploy never happened; free them.
+	for owner := range st.Subnets.Owners() {
+		if strings.HasPrefix(owner, quarantinePrefix) ||
+			slices.ContainsFunc(kept, func(c *Container) bool { return ownerOf(c.Job, c.Instance) == owner }) {
+			continue
+		}
+		d.log.Warn("nsIPs held by no container (deploy cut short); freeing them", "owner", owner)
+		_ = st.Subnets.Release(owner)
+	}
+	if err := d.applyNftLocked(); err != nil {
 		return err
 	}
-	return saveState(d.cfg.StateFile(), st)
+	return d.saveLocked()
 }
 
 // reportGone tells the cluster about a container that vanished while the
@@ -273,7 +340,7 @@ func (d *Daemon) setupNodeLocked() error {
 		return fmt.Errorf("node setup: %w", err)
 	}
 	d.st.GatewayDev = gatewayDev
-	if err := applyNft(nftRuleset(&d.cfg, sub, d.st.Containers)); err != nil {
+	if err := d.applyNftLocked(); err != nil {
 		return fmt.Errorf("node setup: %w", err)
 	}
 	if !d.dpStarted {
@@ -387,7 +454,7 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 		}
 		return err
 	}
-	if err := saveState(d.cfg.StateFile(), st); err != nil {
+	if err := d.saveLocked(); err != nil {
 		return err
 	}
 	d.confirmed = true
@@ -415,6 +482,13 @@ type DeployResponse struct {
 }
 
 // Deploy attaches a container. On any error nothing is left behind.
+//
+// The local set-up (nsIPs, veth, port mappings, data plane port) runs
+// under d.mu; the report to the cluster, which may take its full timeout
+// when the cluster is down, does not, so /status, metrics and other
+// deploys go on meanwhile. The instance and its host ports are reserved
+// (d.deploying) across the call; once the cluster answered, the deploy is
+// committed to the state file, or rolled back completely, under d.mu.
 func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployResponse, err error) {
 	job, err := normJob(r.ServiceName)
 	if err != nil {
@@ -438,48 +512,108 @@ func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployRespon
 	owner := ownerOf(job, r.InstanceNumber)
 
 	d.mu.Lock()
+	p, err := d.setUpDeployLocked(job, owner, r, maps)
+	cl := d.cluster
+	d.mu.Unlock()
+	if err != nil {
+		return resp, err
+	}
+	c := p.c
+	var rerr error
+	if cl != nil {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		rerr = cl.ReportDeployed(rctx, job, r.InstanceNumber, c.NSIP4, c.NSIP6)
+		cancel()
+	}
+
+	d.mu.Lock()
 	defer d.mu.Unlock()
+	delete(d.deploying, owner)
+	if rerr != nil {
+		err = fmt.Errorf("report deploy of %s to cluster: %w: %w", owner, ErrCluster, rerr)
+	} else {
+		st := d.st
+		st.Containers = append(st.Containers, c)
+		p.undo = append(p.undo, func() {
+			st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
+		})
+		err = d.saveLocked()
+	}
+	if err != nil {
+		d.rollBackLocked(p)
+		if d.saves != p.saves {
+			// Another change saved the state while this deploy was out of
+			// the lock, so the file holds its nsIPs: write it again, as if
+			// this deploy had never been.
+			if serr := d.saveLocked(); serr != nil {
+				err = errors.Join(err, fmt.Errorf("rollback: %w", serr))
+			}
+		}
+		return resp, err
+	}
+	d.metrics.deploys.Inc()
+	d.log.Info("deployed", "service", job, "instance", r.InstanceNumber, "veth", c.HostIf,
+		"ns_ip", c.NSIP4, "ns_ip6", c.NSIP6, "ports", r.PortMappings)
+	return DeployResponse{ServiceName: job, NsAddress: c.NSIP4.String(), NsAddressV6: c.NSIP6.String()}, nil
+}
+
+// rollBackLocked undoes a deploy's set-up in reverse order. d.mu held.
+func (d *Daemon) rollBackLocked(p *pendingDeploy) {
+	for i := len(p.undo) - 1; i >= 0; i-- {
+		p.undo[i]()
+	}
+	d.metrics.deployErrors.Inc()
+}
+
+// setUpDeployLocked checks that the instance and its host ports are free,
+// sets the container up on the node (nsIPs, veth, port mappings, data
+// plane port) and reserves it in d.deploying. On error it has undone
+// everything. d.mu held.
+func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []PortMapping) (_ *pendingDeploy, err error) {
 	st := d.st
 	if st.Subnets == nil {
 		msg := "node not registered with a cluster: POST /register first"
 		if d.lastErr != "" {
 			msg += " (last attempt: " + d.lastErr + ")"
 		}
-		return resp, &apiError{kind: ErrNotRegistered, code: "not_registered", msg: msg}
+		return nil, &apiError{kind: ErrNotRegistered, code: "not_registered", msg: msg}
 	}
 	if c := d.findLocked(job, r.InstanceNumber); c != nil {
-		return resp, conflict("already_deployed", "serviceName %s instance %d: already deployed (%s)", job, r.InstanceNumber, c.NSIP4)
+		return nil, conflict("already_deployed", "serviceName %s instance %d: already deployed (%s)", job, r.InstanceNumber, c.NSIP4)
+	}
+	if _, ok := d.deploying[owner]; ok {
+		return nil, conflict("deploy_in_progress", "serviceName %s instance %d: a deploy of it is in progress", job, r.InstanceNumber)
+	}
+	if d.undeploying[owner] {
+		return nil, conflict("undeploy_in_progress", "serviceName %s instance %d: its undeploy is still reporting to the cluster", job, r.InstanceNumber)
 	}
 	for _, m := range maps {
-		for _, c := range st.Containers {
+		for _, c := range d.nftContainersLocked() {
 			if slices.ContainsFunc(c.PortMappings, func(o PortMapping) bool { return o.HostPort == m.HostPort && o.Proto == m.Proto }) {
-				return resp, conflict("port_in_use", "portMappings: host port %d/%s is used by %s", m.HostPort, m.Proto, ownerOf(c.Job, c.Instance))
+				return nil, conflict("port_in_use", "portMappings: host port %d/%s is used by %s", m.HostPort, m.Proto, ownerOf(c.Job, c.Instance))
 			}
 		}
 	}
 	nsh, err := openNetns(r.PID, r.Netns)
 	if err != nil {
-		return resp, err
+		return nil, err
 	}
 	defer nsh.Close()
 
-	var undo []func()
+	p := &pendingDeploy{}
 	defer func() {
 		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-			d.metrics.deployErrors.Inc()
+			d.rollBackLocked(p)
 		}
 	}()
 	pair, err := st.Subnets.Alloc(owner)
 	if err != nil {
 		if errors.Is(err, ipam.ErrExhausted) {
-			return resp, conflict("exhausted", "node subnet %s: no free namespace IP", st.Subnets.Subnet().V4)
+			return nil, conflict("exhausted", "node subnet %s: no free namespace IP", st.Subnets.Subnet().V4)
 		}
-		return resp, err
+		return nil, err
 	}
-	undo = append(undo, func() { _ = st.Subnets.Release(owner) })
+	p.undo = append(p.undo, func() { _ = st.Subnets.Release(owner) })
 	c := &Container{
 		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: r.Netns,
 		HostIf: hostIfName(job, r.InstanceNumber), HostMAC: macJSON(hostMAC(pair.V4)),
@@ -487,40 +621,30 @@ func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployRespon
 		NSIP4: pair.V4, NSIP6: pair.V6, MTU: d.cfg.MTU, PortMappings: maps,
 		Deployed: time.Now().UTC(),
 	}
+	p.c = c
 	if err := attach(c, nsh, st.Subnets.Gateway()); err != nil {
-		return resp, fmt.Errorf("attach %s: %w", owner, err)
+		return nil, fmt.Errorf("attach %s: %w", owner, err)
 	}
-	undo = append(undo, func() { _ = detach(c) })
+	p.undo = append(p.undo, func() { _ = detach(c) })
 
-	st.Containers = append(st.Containers, c)
-	undo = append(undo, func() {
-		st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
-		_ = applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers))
+	d.deploying[owner] = p
+	p.undo = append(p.undo, func() {
+		delete(d.deploying, owner)
+		if len(maps) > 0 {
+			_ = d.applyNftLocked()
+		}
 	})
 	if len(maps) > 0 {
-		if err := applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers)); err != nil {
-			return resp, fmt.Errorf("port mappings %s: %w", owner, err)
+		if err := d.applyNftLocked(); err != nil {
+			return nil, fmt.Errorf("port mappings %s: %w", owner, err)
 		}
 	}
 	if err := d.dp.AddPort(c.port()); err != nil {
-		return resp, fmt.Errorf("data plane add port %s: %w", c.HostIf, err)
+		return nil, fmt.Errorf("data plane add port %s: %w", c.HostIf, err)
 	}
-	undo = append(undo, func() { _ = d.dp.RemovePort(c.port()) })
-	if d.cluster != nil {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := d.cluster.ReportDeployed(rctx, job, r.InstanceNumber, pair.V4, pair.V6)
-		cancel()
-		if err != nil {
-			return resp, fmt.Errorf("report deploy of %s to cluster: %w: %w", owner, ErrCluster, err)
-		}
-	}
-	if err := saveState(d.cfg.StateFile(), st); err != nil {
-		return resp, err
-	}
-	d.metrics.deploys.Inc()
-	d.log.Info("deployed", "service", job, "instance", r.InstanceNumber, "veth", c.HostIf,
-		"ns_ip", pair.V4, "ns_ip6", pair.V6, "ports", r.PortMappings)
-	return DeployResponse{ServiceName: job, NsAddress: pair.V4.String(), NsAddressV6: pair.V6.String()}, nil
+	p.undo = append(p.undo, func() { _ = d.dp.RemovePort(c.port()) })
+	p.saves = d.saves
+	return p, nil
 }
 
 func (d *Daemon) findLocked(job string, instance int) *Container {
@@ -539,50 +663,76 @@ type UndeployRequest struct {
 }
 
 // Undeploy detaches a container: data plane, veth, port mappings, nsIPs
-// (into quarantine), state, then tells the cluster.
+// (into quarantine), state, then tells the cluster. Like Deploy's, the
+// report goes out without d.mu; the instance stays reserved
+// (d.undeploying) until it is done, so a new deploy of it cannot report
+// "deployed" to the cluster ahead of this "undeployed".
 func (d *Daemon) Undeploy(ctx context.Context, r UndeployRequest) error {
 	job, err := normJob(r.ServiceName)
 	if err != nil {
 		return badRequest("bad_name", "%v", err)
 	}
+	owner := ownerOf(job, r.InstanceNumber)
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := d.st
-	c := d.findLocked(job, r.InstanceNumber)
-	if c == nil {
-		return &apiError{kind: ErrNotFound, code: "not_deployed", msg: fmt.Sprintf("serviceName %s instance %d: not deployed on this node", job, r.InstanceNumber)}
+	errs, err := d.undeployLocked(job, owner, r.InstanceNumber)
+	cl := d.cluster
+	if err == nil && cl != nil {
+		d.undeploying[owner] = true
 	}
-	var errs []error
-	if err := d.dp.RemovePort(c.port()); err != nil {
-		errs = append(errs, fmt.Errorf("data plane remove port %s: %w", c.HostIf, err))
+	d.mu.Unlock()
+	if err != nil {
+		return err
 	}
-	if err := detach(c); err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
-	if len(c.PortMappings) > 0 {
-		if err := applyNft(nftRuleset(&d.cfg, st.Subnets.Subnet(), st.Containers)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	d.releaseLocked(ownerOf(job, r.InstanceNumber), c.NSIP4)
-	if err := saveState(d.cfg.StateFile(), st); err != nil {
-		errs = append(errs, err)
-	}
-	d.metrics.undeploys.Inc()
-	d.log.Info("undeployed", "service", job, "instance", r.InstanceNumber, "veth", c.HostIf, "ns_ip", c.NSIP4)
-	if d.cluster != nil {
+	if cl != nil {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		if err := d.cluster.ReportUndeployed(rctx, job, r.InstanceNumber); err != nil {
+		if err := cl.ReportUndeployed(rctx, job, r.InstanceNumber); err != nil {
 			d.metrics.reportErrors.Inc()
 			d.log.Warn("report undeploy to cluster", "service", job, "instance", r.InstanceNumber, "err", err)
 		}
 		cancel()
+		d.mu.Lock()
+		delete(d.undeploying, owner)
+		d.mu.Unlock()
 	}
 	return errors.Join(errs...)
 }
 
-func quarantineOwner(a netip.Addr) string { return "quarantine/" + a.String() }
+// undeployLocked is Undeploy's local part. err: nothing was undeployed;
+// errs: it was, with these problems. d.mu held.
+func (d *Daemon) undeployLocked(job, owner string, instance int) (errs []error, err error) {
+	st := d.st
+	c := d.findLocked(job, instance)
+	if c == nil && d.deploying[owner] != nil {
+		return nil, conflict("deploy_in_progress", "serviceName %s instance %d: its deploy is in progress", job, instance)
+	}
+	if c == nil {
+		return nil, &apiError{kind: ErrNotFound, code: "not_deployed", msg: fmt.Sprintf("serviceName %s instance %d: not deployed on this node", job, instance)}
+	}
+	if err := d.dp.RemovePort(c.port()); err != nil {
+		errs = append(errs, fmt.Errorf("data plane remove port %s: %w", c.HostIf, err))
+	}
+	if err := detach(c); err != nil {
+		return nil, errors.Join(append(errs, err)...)
+	}
+	st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
+	if len(c.PortMappings) > 0 {
+		if err := d.applyNftLocked(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.releaseLocked(owner, c.NSIP4)
+	if err := d.saveLocked(); err != nil {
+		errs = append(errs, err)
+	}
+	d.metrics.undeploys.Inc()
+	d.log.Info("undeployed", "service", job, "instance", instance, "veth", c.HostIf, "ns_ip", c.NSIP4)
+	return errs, nil
+}
+
+// quarantinePrefix starts the placeholder owners of quarantined nsIPs.
+const quarantinePrefix = "quarantine/"
+
+func quarantineOwner(a netip.Addr) string { return quarantinePrefix + a.String() }
 
 // releaseLocked frees owner's nsIPs; with a quarantine they stay held by a
 // placeholder owner until it expires. d.mu held.
@@ -614,7 +764,7 @@ func (d *Daemon) expireQuarantine() {
 		changed = true
 	}
 	if changed {
-		if err := saveState(d.cfg.StateFile(), d.st); err != nil {
+		if err := d.saveLocked(); err != nil {
 			d.log.Error("save state", "err", err)
 		}
 	}

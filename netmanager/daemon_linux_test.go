@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/internal/testenv"
 )
@@ -51,7 +53,14 @@ func daemonBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		out, err := exec.Command(gobin, "build", "-o", binPath, "../cmd/netmanager").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if raceflag.Enabled {
+			// The daemon under test is checked for races too (Deploy
+			// drops d.mu across the cluster call); a race makes it exit
+			// non-zero, which stop reports.
+			args = append(args, "-race")
+		}
+		out, err := exec.Command(gobin, append(args, "../cmd/netmanager")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}
@@ -66,6 +75,10 @@ func daemonBinary(t *testing.T) string {
 // served from inside the node namespace on 127.0.0.1.
 type fakeCluster struct {
 	addr string
+	// beforeReport, when set before listen, runs first in every report
+	// handler (it may block: a slow cluster).
+	beforeReport func(r *http.Request, rep nodeclient.InstanceReport)
+
 	mu   sync.Mutex
 	regs []nodeclient.RegisterRequest
 	deps []nodeclient.InstanceReport
@@ -74,7 +87,14 @@ type fakeCluster struct {
 
 func startFakeCluster(t *testing.T, ns string) *fakeCluster {
 	t.Helper()
-	fc := &fakeCluster{}
+	return startFakeClusterWith(t, ns, nil)
+}
+
+// startFakeClusterWith serves a fake cluster whose report handlers call
+// before first (nil: none).
+func startFakeClusterWith(t *testing.T, ns string, before func(*http.Request, nodeclient.InstanceReport)) *fakeCluster {
+	t.Helper()
+	fc := &fakeCluster{beforeReport: before}
 	if err := testbed.Do(ns, func() error { return fc.listen(t, "127.0.0.1:0") }); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +123,10 @@ func (fc *fakeCluster) listen(t *testing.T, addr string) error {
 		return func(w http.ResponseWriter, r *http.Request) {
 			var rep nodeclient.InstanceReport
 			_ = json.NewDecoder(r.Body).Decode(&rep)
-			if rep.JobName == "app.ns.fail.sns" {
+			if fc.beforeReport != nil {
+				fc.beforeReport(r, rep)
+			}
+			if rep.JobName == "app.ns.fail.sns" || rep.JobName == "app.ns.hang.sns" {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				_, _ = w.Write([]byte(`{"error":"redis down","code":"unavailable"}`))
 				return
@@ -792,4 +815,372 @@ func TestDaemonClusterFlag(t *testing.T) {
 			t.Errorf("link %s left after teardown", l)
 		}
 	}
+}
+
+// gate holds the fake cluster's answer to a report back until the test
+// opens it.
+type gate struct{ arrived, opened chan struct{} }
+
+func newGate() *gate { return &gate{arrived: make(chan struct{}, 1), opened: make(chan struct{})} }
+
+func (g *gate) hold(r *http.Request) {
+	select {
+	case g.arrived <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.opened:
+	case <-r.Context().Done():
+	}
+}
+
+func (g *gate) open() {
+	select {
+	case <-g.opened:
+	default:
+		close(g.opened)
+	}
+}
+
+type callResult struct {
+	code int
+	body string
+	err  error
+}
+
+// callAsync runs a POST in the background (no t.Fatal off the test
+// goroutine).
+func (d *daemon) callAsync(path, body string) <-chan callResult {
+	ch := make(chan callResult, 1)
+	go func() {
+		resp, err := d.client.Post("http://netmanager"+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			ch <- callResult{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		ch <- callResult{code: resp.StatusCode, body: string(b)}
+	}()
+	return ch
+}
+
+// TestDaemonSlowCluster: while a deploy waits for a cluster that does not
+// answer, the daemon is not stalled: /status answers (and lists the deploy
+// as in flight), another deploy goes through, and the waiting deploy's
+// instance and host port stay reserved. When the cluster finally refuses
+// the report, the deploy is rolled back completely although another
+// deploy saved the state meanwhile. An undeploy waiting for the cluster
+// does not stall the daemon either, and keeps its instance from being
+// deployed again until its report is out.
+func TestDaemonSlowCluster(t *testing.T) {
+	bed := testbed.NewT(t)
+	testenv.RequireBinary(t, "nft")
+	node, err := bed.AddNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1 := emptyContainer(t, node, "c1")
+	c2 := emptyContainer(t, node, "c2")
+	// The deploy report of app.ns.hang.sns hangs, then fails (503); so
+	// does the undeploy report of app.ns.ok.sns, then succeeds.
+	slowDeploy, slowUndeploy := newGate(), newGate()
+	defer slowDeploy.open()
+	defer slowUndeploy.open()
+	fc := startFakeClusterWith(t, node.NS, func(r *http.Request, rep nodeclient.InstanceReport) {
+		switch {
+		case rep.JobName == "app.ns.hang.sns":
+			slowDeploy.hold(r)
+		case rep.JobName == "app.ns.ok.sns" && strings.HasSuffix(r.URL.Path, "/undeployed"):
+			slowUndeploy.hold(r)
+		}
+	})
+	d := newDaemon(t, bed, node)
+	d.start()
+	if code, body := d.call("POST", "/register", fmt.Sprintf(`{"client_id":"n1","cluster_address":%q}`, fc.addr)); code != 200 {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	links := strings.Join(linkNames(t, node.NS), ",")
+
+	hung := d.callAsync("/container/deploy",
+		fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.hang.sns","instanceNumber":0,"portMappings":"7070:70/tcp"}`, c1.NS))
+	select {
+	case <-slowDeploy.arrived:
+	case r := <-hung:
+		t.Fatalf("deploy ended before the cluster got its report: %+v", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cluster never got the report")
+	}
+
+	// Generous bounds: what is asserted is that the daemon answers at all
+	// while its deploy waits (the report's timeout is 10 s).
+	quick := &http.Client{Timeout: 5 * time.Second, Transport: d.client.Transport}
+	get := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://netmanager"+path, strings.NewReader(body))
+		resp, err := quick.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s while a deploy waits for the cluster: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("GET", "/status", "")
+	var s Status
+	if code != 200 || json.Unmarshal([]byte(body), &s) != nil {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	if !slices.Equal(s.Deploying, []string{"app.ns.hang.sns/0"}) || len(s.Containers) != 0 {
+		t.Errorf("status while the deploy waits: deploying %v, containers %v", s.Deploying, s.Containers)
+	}
+	if code, body := get("GET", "/metrics", ""); code != 200 || !strings.Contains(body, "oakwire_netmanager_containers 0") {
+		t.Errorf("metrics: %d %s", code, body)
+	}
+	if tbl := nftTableText(t, node.NS); !strings.Contains(tbl, "tcp dport 7070 dnat") {
+		t.Errorf("the waiting deploy's port mapping is not live:\n%s", tbl)
+	}
+	for _, tc := range []struct{ name, path, body, want string }{
+		{"same instance", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.hang.sns","instanceNumber":0}`, c2.NS), "in progress"},
+		{"same host port", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.ok.sns","portMappings":"7070:71/tcp"}`, c2.NS), "app.ns.hang.sns/0"},
+		{"undeploy it", "/container/undeploy", `{"serviceName":"app.ns.hang.sns","instanceNumber":0}`, "in progress"},
+	} {
+		if code, body := get("POST", tc.path, tc.body); code != http.StatusConflict || !strings.Contains(body, tc.want) {
+			t.Errorf("%s while its deploy waits: %d %s, want 409 naming %q", tc.name, code, body, tc.want)
+		}
+	}
+	code, body = get("POST", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.ok.sns","portMappings":"8080:80/tcp"}`, c2.NS))
+	if code != 200 || !strings.Contains(body, `"10.18.0.3"`) {
+		t.Fatalf("another deploy while one waits: %d %s", code, body)
+	}
+
+	slowDeploy.open()
+	var r callResult
+	select {
+	case r = <-hung:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the waiting deploy did not end after the cluster answered")
+	}
+	if r.err != nil || r.code != http.StatusBadGateway || !strings.Contains(r.body, "redis down") {
+		t.Fatalf("waiting deploy: %+v, want 502 naming the cluster's error", r)
+	}
+	st, err := loadState(d.stateFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Containers) != 1 || st.Containers[0].Job != "app.ns.ok.sns" {
+		t.Errorf("state lists %+v, want app.ns.ok.sns only", st.Containers)
+	}
+	if _, err := st.Subnets.Lookup("app.ns.hang.sns/0"); err == nil {
+		t.Error("state file still holds the rolled-back deploy's nsIPs")
+	}
+	hostOK := hostIfName("app.ns.ok.sns", 0)
+	var want []string
+	for _, l := range linkNames(t, node.NS) {
+		if !strings.HasPrefix(l, hostOK+"/") {
+			want = append(want, l)
+		}
+	}
+	if got := strings.Join(want, ","); got != links {
+		t.Errorf("node links after the rollback (the new deploy's aside):\n%s\nwant\n%s", got, links)
+	}
+	if ls := linkNames(t, c1.NS); len(ls) != 1 {
+		t.Errorf("container c1 still has %v", ls)
+	}
+	if tbl := nftTableText(t, node.NS); strings.Contains(tbl, "7070") || !strings.Contains(tbl, "tcp dport 8080 dnat") {
+		t.Errorf("nft after the rollback:\n%s", tbl)
+	}
+	if s := d.status(); len(s.Deploying) != 0 || len(s.Containers) != 1 {
+		t.Errorf("status after the rollback: deploying %v, %d containers", s.Deploying, len(s.Containers))
+	}
+
+	undeploy := d.callAsync("/container/undeploy", `{"serviceName":"app.ns.ok.sns","instanceNumber":0}`)
+	select {
+	case <-slowUndeploy.arrived:
+	case r := <-undeploy:
+		t.Fatalf("undeploy ended before the cluster got its report: %+v", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cluster never got the undeploy report")
+	}
+	if code, body := get("GET", "/status", ""); code != 200 || !strings.Contains(body, `"containers":[]`) {
+		t.Errorf("status while an undeploy waits: %d %s", code, body)
+	}
+	redeploy := fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.ok.sns"}`, c2.NS)
+	if code, body := get("POST", "/container/deploy", redeploy); code != http.StatusConflict || !strings.Contains(body, "undeploy") {
+		t.Errorf("deploy while its undeploy waits: %d %s, want 409", code, body)
+	}
+	slowUndeploy.open()
+	select {
+	case r = <-undeploy:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the undeploy did not end after the cluster answered")
+	}
+	if r.err != nil || r.code != 200 {
+		t.Fatalf("undeploy: %+v", r)
+	}
+	if code, body := d.call("POST", "/container/deploy", redeploy); code != 200 {
+		t.Errorf("deploy after its undeploy: %d %s", code, body)
+	}
+	d.stop() // a clean exit (under -race: no race in the daemon)
+
+	// A daemon that died while a deploy waited, after another change had
+	// saved the state, left nsIPs held by no container: a restart frees
+	// them.
+	st, err = loadState(d.stateFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Subnets.Alloc("app.ns.cut.sns/0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := saveState(d.stateFile(), st); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	if st, err = loadState(d.stateFile()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Subnets.Lookup("app.ns.cut.sns/0"); err == nil {
+		t.Error("restart kept nsIPs held by no container")
+	}
+	if _, err := st.Subnets.Lookup("app.ns.ok.sns/0"); err != nil || len(st.Containers) != 1 {
+		t.Errorf("restart dropped the attached container's nsIPs: %v, containers %+v", err, st.Containers)
+	}
+	d.stop()
+}
+
+// xdpView is what a refused deploy must leave as it was on a node running
+// the AF_XDP data plane: the node's links with their XDP state, its AF_XDP
+// sockets, the daemon's bpf_link and program fds and the engine's own
+// counts.
+func xdpView(t *testing.T, ns string, pid int, s DataplaneStats) string {
+	t.Helper()
+	v, err := xdpViewErr(ns, pid, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func xdpViewErr(ns string, pid int, s DataplaneStats) (string, error) {
+	var links []string
+	err := testbed.Handle(ns, func(h *netlink.Handle) error {
+		ls, err := h.LinkList()
+		for _, l := range ls {
+			x := l.Attrs().Xdp
+			links = append(links, fmt.Sprintf("%s/%s/xdp=%v", l.Attrs().Name, l.Type(), x != nil && x.Attached))
+		}
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	slices.Sort(links)
+	// AF_XDP sockets are the daemon's sockets with rings mapped (ss
+	// --xdp needs CONFIG_XDP_SOCKETS_DIAG, which kernels may lack).
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return "", err
+	}
+	xsks := map[string]bool{}
+	for _, l := range strings.Split(string(maps), "\n") {
+		if f := strings.Fields(l); len(f) == 6 && strings.HasPrefix(f[5], "socket:[") {
+			xsks[f[5]] = true
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return "", err
+	}
+	bpf := map[string]int{}
+	for _, f := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, f.Name())); err == nil && strings.HasPrefix(l, "anon_inode:bpf") {
+			bpf[l]++
+		}
+	}
+	return fmt.Sprintf("links %s\nAF_XDP sockets %d\nbpf links %d, programs %d\nengine sockets %d ports %d",
+		strings.Join(links, ","), len(xsks), bpf["anon_inode:bpf_link"], bpf["anon_inode:bpf-prog"], s.Sockets, s.Tables["ports"]), nil
+}
+
+// TestDaemonXDPRollback: with the AF_XDP data plane, a deploy that the
+// cluster refuses after the data plane attached the port is rolled back
+// completely: no veth, no XDP link, no AF_XDP socket left, and the
+// engine's sockets and ports are as before.
+func TestDaemonXDPRollback(t *testing.T) {
+	bed := testbed.NewT(t)
+	testenv.RequireBinary(t, "nft")
+	node, err := bed.AddNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1 := emptyContainer(t, node, "c1")
+	c3 := emptyContainer(t, node, "c3")
+	var daemonPID atomic.Int64
+	during := make(chan string, 1)
+	fc := startFakeClusterWith(t, node.NS, func(_ *http.Request, rep nodeclient.InstanceReport) {
+		if rep.JobName == "app.ns.fail.sns" {
+			// The port is attached when the report goes out: the view
+			// here shows what the rollback has to undo. (No call to
+			// the daemon: the test goroutine is waiting on it.)
+			v, err := xdpViewErr(node.NS, int(daemonPID.Load()), DataplaneStats{})
+			if err != nil {
+				v = "error: " + err.Error()
+			}
+			during <- v
+		}
+	})
+	d := newDaemon(t, bed, node)
+	d.extra = []string{"--dataplane", "xdp"}
+	d.start()
+	daemonPID.Store(int64(d.cmd.Process.Pid))
+	if code, body := d.call("POST", "/register", fmt.Sprintf(`{"client_id":"n1","cluster_address":%q}`, fc.addr)); code != 200 {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	code, body := d.call("POST", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc1.sns"}`, c1.NS))
+	if code != 200 {
+		t.Fatalf("deploy c1: %d %s", code, body)
+	}
+	s := d.status()
+	if s.Dataplane.Mode != "xdp-generic" || s.Dataplane.Sockets != 2 || s.Dataplane.Tables["ports"] != 1 {
+		t.Fatalf("data plane after one deploy: %+v", s.Dataplane)
+	}
+	pid := d.cmd.Process.Pid
+	before := xdpView(t, node.NS, pid, s.Dataplane)
+
+	code, body = d.call("POST", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.fail.sns","portMappings":"9999:99"}`, c3.NS))
+	if code != http.StatusBadGateway || !strings.Contains(body, "redis down") {
+		t.Fatalf("refused deploy: %d %s, want 502", code, body)
+	}
+	var mid string
+	select {
+	case mid = <-during:
+	default:
+		t.Fatal("the cluster never saw the refused report")
+	}
+	s = d.status()
+	after := xdpView(t, node.NS, pid, s.Dataplane)
+	t.Logf("before:\n%s\nwhile the report was out:\n%s", before, mid)
+	if after != before {
+		t.Errorf("a refused deploy changed the node:\nbefore %s\nafter  %s", before, after)
+	}
+	// The rollback had something to undo: the failed port was attached.
+	hostIf := hostIfName("app.ns.fail.sns", 0)
+	if !strings.Contains(mid, hostIf+"/veth/xdp=true") || !strings.Contains(mid, "AF_XDP sockets 3") {
+		t.Errorf("%s not attached (XDP, a third AF_XDP socket) while its report was out:\n%s", hostIf, mid)
+	}
+	if ls := linkNames(t, c3.NS); len(ls) != 1 {
+		t.Errorf("container c3 still has %v", ls)
+	}
+	if s.Counters["deploy_errors"] != 1 || len(s.Containers) != 1 {
+		t.Errorf("status: deploy_errors %d, %d containers", s.Counters["deploy_errors"], len(s.Containers))
+	}
+	// And the data plane still works for the next deploy into c3.
+	code, body = d.call("POST", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3.sns"}`, c3.NS))
+	if code != 200 {
+		t.Fatalf("deploy c3 after the refused one: %d %s", code, body)
+	}
+	if s := d.status(); s.Dataplane.Sockets != 3 || s.Dataplane.Tables["ports"] != 2 {
+		t.Errorf("data plane after the second deploy: %+v", s.Dataplane)
+	}
+	d.stop()
 }

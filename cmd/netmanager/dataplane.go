@@ -18,7 +18,7 @@ func newDataplane(cfg netmanager.Config, log *slog.Logger) (netmanager.Dataplane
 	case "xdp":
 		// Fed from the cluster once the node is registered: watch,
 		// resolution of unknown service IPs, interest expiry.
-		return &dataplane.NetManager{}, nil
+		return &dataplane.NetManager{Logger: log}, nil
 	}
 	return nil, errors.New("dataplane: want xdp or none")
 }
