@@ -56,6 +56,13 @@ func ingressBatch(n int) *batch {
 func TestZeroAllocs(t *testing.T) {
 	p, ctx := newTestProc(t, nodeA)
 	eg, loc, in := egressRemoteBatch(64), egressLocalBatch(64), ingressBatch(64)
+	// Port unreachable from the client about replies of eg's flows.
+	var errs [][]byte
+	for i := range 4 {
+		q := udpPkt(svcR4, cli4, 53, uint16(20000+i), ipo{})
+		errs = append(errs, fromCli(mkIP(cli4, svcR4, ProtoICMP, mkICMP(cli4, svcR4, 3, 3, 0, q), ipo{})))
+	}
+	ie := newBatch(errs)
 	// Create the flows once, so the runs below measure the steady state;
 	// new-flow creation is measured by the insert case.
 	eg.reset()
@@ -69,6 +76,7 @@ func TestZeroAllocs(t *testing.T) {
 		{"egress remote", func() { eg.reset(); p.Egress(ctx, 1, eg.frames, eg.out) }, ActTxUplink, eg.out},
 		{"egress local", func() { loc.reset(); p.Egress(ctx, 1, loc.frames, loc.out) }, ActTxPort, loc.out},
 		{"ingress", func() { in.reset(); p.Ingress(ctx, in.frames, in.out) }, ActTxPort, in.out},
+		{"egress icmp error to service", func() { ie.reset(); p.Egress(ctx, 1, ie.frames, ie.out) }, ActTxUplink, ie.out},
 	}
 	for _, c := range cases {
 		if n := testing.AllocsPerRun(100, c.run); n != 0 {
@@ -101,15 +109,15 @@ func TestZeroAllocs(t *testing.T) {
 	insert := func() {
 		f, r := fkey(i)
 		i++
-		ft.Insert(&f, f.Hash(), &r, 1, 0)
+		ft.Insert(&f, &r, 1, 0)
 	}
 	if n := testing.AllocsPerRun(1000, insert); n != 0 {
 		t.Errorf("flow insert: %v allocs", n)
 	}
 	f, r := fkey(10)
 	lookup := func() {
-		ft.Lookup(&f, f.Hash(), 0)
-		ft.LookupReverse(&r, r.Hash(), 0)
+		ft.Lookup(&f, 0)
+		ft.LookupReverse(&r, 0)
 	}
 	if n := testing.AllocsPerRun(1000, lookup); n != 0 {
 		t.Errorf("flow lookup: %v allocs", n)
@@ -226,13 +234,13 @@ func BenchmarkFlowLookup(b *testing.B) {
 			for i := range n {
 				f, r := fkey(i)
 				keys[i] = f
-				ft.Insert(&f, f.Hash(), &r, 1, 0)
+				ft.Insert(&f, &r, 1, 0)
 			}
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
 				k := &keys[(i*7919)&(n-1)]
-				if _, _, ok := ft.Lookup(k, k.Hash(), 0); !ok {
+				if _, _, ok := ft.Lookup(k, 0); !ok {
 					b.Fatal("miss")
 				}
 				i++
@@ -254,7 +262,7 @@ func BenchmarkFlowInsert(b *testing.B) {
 			b.StartTimer()
 		}
 		f, r := fkey(i)
-		if _, ok := ft.Insert(&f, f.Hash(), &r, 1, 0); !ok {
+		if _, ok := ft.Insert(&f, &r, 1, 0); !ok {
 			b.Fatal("full")
 		}
 		i++
@@ -290,7 +298,7 @@ func BenchmarkLadder(b *testing.B) {
 		}
 		benchBatch(b, bt, func() {
 			for i := range keys {
-				p.flows.Lookup(&keys[i], keys[i].Hash(), 0)
+				p.flows.Lookup(&keys[i], 0)
 			}
 		})
 	})

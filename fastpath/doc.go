@@ -67,14 +67,21 @@
 // ICMP errors quoting a translated packet are translated too: on egress the
 // quote is rewritten as the mirror image of the outer addresses; on
 // ingress the quote's destination and the error's source become the
-// service IP. The ICMP checksum is recomputed in full (errors are small and
-// rare). First fragments create or find the flow and record the choice in
-// a per-worker fragment cache; later fragments use it (egress: unknown →
+// service IP. A client's error to a service IP quotes a reply it got from
+// that service IP: the quote reversed is the flow's forward key, and the
+// error goes to the flow's instance (its nsIP, from the client's instance
+// IP) like the flow's packets; without a live flow it is ReasonICMPNoFlow.
+// The ICMP checksum is recomputed in full (errors are small and rare).
+// First fragments create or find the flow and record the choice in a
+// per-worker fragment cache; later fragments use it (egress: unknown →
 // ReasonFragUnknown; ingress: unknown → delivered unchanged).
 //
 // A packet that would not fit the underlay MTU once encapsulated turns into
 // ICMP fragmentation-needed / packet-too-big sent back to the container
-// (IPv4 without DF: dropped as ReasonTooBig; we never fragment).
+// (IPv4 without DF: dropped as ReasonTooBig; we never fragment). IPv6
+// packet-too-big never advertises less than 1280 (RFC 8200 §5); on an
+// underlay too small for that, IPv6 packets of at most 1280 bytes that do
+// not fit are dropped as ReasonTooBig.
 //
 // # Checksums
 //
@@ -108,8 +115,10 @@
 // ReasonUnknownService (slow path: the daemon resolves it through the
 // cluster and caches misses negatively — the packet path never waits),
 // ReasonNoInstance, ReasonNoFamily (no address of the packet's family),
-// ReasonUnsupportedProto (no ports to balance on, or an ICMP error
-// addressed to a service IP), ReasonFragUnknown, ReasonFlowTableFull,
+// ReasonUnsupportedProto (no ports to balance on, or a fragmented ICMP
+// error to a service IP), ReasonICMPNoFlow (an ICMP error to a service IP
+// about no live flow of the sender), ReasonBadEmbedded (its quote does not
+// parse), ReasonFragUnknown, ReasonFlowTableFull,
 // ReasonNoHeadroom, ReasonTooBig, ReasonNoNeighbor (slow path: the daemon
 // sends the encapsulated datagram through a kernel UDP socket),
 // ReasonNodeFamily (peer node of the other IP family than ours).

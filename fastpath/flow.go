@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
 	"sync"
@@ -72,8 +73,12 @@ func keyAddr(w0, hi, lo uint64) netip.Addr {
 	return netip.AddrFrom16(a)
 }
 
-// Hash is the flow hash (deterministic: it also picks the tunnel UDP
-// source port and the IPv6 flow label, which peers' RSS spreads on).
+// Hash is the flow hash. It is deterministic (the same on every node and
+// across restarts) because it picks the tunnel UDP source port and the
+// IPv6 flow label, which peers' RSS spreads on, and a flow must keep its
+// outer 5-tuple (the fragment cache stores it for later fragments). Being
+// unseeded, anyone who picks ports can compute it, so it does not choose
+// FlowTable buckets: those use the table's seeded bucket function.
 func (k *FlowKey) Hash() uint32 {
 	// Five independent multiplies (they pipeline), then a finalizer.
 	h := k[0]*0x9E3779B97F4A7C15 + k[1]*0xbf58476d1ce4e5b9 + k[2]*0x94d049bb133111eb +
@@ -124,14 +129,15 @@ type flowRec struct {
 // It is shared by all workers.
 //
 // Lookups are lock-free and never block: chained hash buckets over a fixed
-// slab of records, each record under a seqlock, plus a table-wide write
-// generation. A lookup never returns a wrong flow; one that misses while a
-// writer was active walks again (up to lookupTries), so a false miss needs
-// a writer to interfere three times in a row. Even then, egress takes the
-// insert path, which re-checks under the writer lock (no duplicate flow);
-// on ingress the reply would pass untranslated. Writers (insert, rebind,
-// sweep) serialize on one mutex; they run once per new flow, not per
-// packet.
+// slab of records (the bucket function is seeded per table, so senders
+// cannot choose keys that share a chain), each record under a seqlock,
+// plus a table-wide write generation. A lookup never returns a wrong flow;
+// one that misses while a writer was active walks again (up to
+// lookupTries), so a false miss needs a writer to interfere three times in
+// a row. Even then, egress takes the insert path, which re-checks under
+// the writer lock (no duplicate flow); on ingress the reply would pass
+// untranslated. Writers (insert, rebind, sweep) serialize on one mutex;
+// they run once per new flow, not per packet.
 //
 // Capacity is fixed at creation: when every record is in use Insert fails
 // and the packet is dropped as ReasonFlowTableFull (no eviction of live
@@ -151,9 +157,13 @@ type flowRec struct {
 // connection came back with the service IP as its source and the client's
 // kernel dropped it (UDP NoPorts, TCP RST): lost with no counter here.
 type FlowTable struct {
-	cfg   FlowConfig
-	idle  [256]int64 // idle ns per protocol
-	mask  uint32
+	cfg  FlowConfig
+	idle [256]int64 // idle ns per protocol
+	// seed holds the odd multipliers of the bucket function, drawn from
+	// crypto/rand by NewFlowTable; shift keeps the top log2(buckets) bits.
+	// Immutable after NewFlowTable.
+	seed  [5]uint64
+	shift uint8
 	bktF  []atomic.Uint32 // forward chain heads (index+1)
 	bktR  []atomic.Uint32
 	recs  []flowRec
@@ -172,7 +182,9 @@ type FlowTable struct {
 const lookupTries = 3
 
 // maxChain bounds a lock-free chain walk (a walk racing with record reuse
-// could otherwise wander); exceeding it is a miss.
+// could otherwise wander); exceeding it is a miss. Chains that long only
+// come from keys chosen to collide, which the seeded bucket function
+// prevents (bucket).
 const maxChain = 64
 
 // touchGranularity limits how often lookups store the last-use time (keeps
@@ -203,12 +215,20 @@ func NewFlowTable(cfg FlowConfig) *FlowTable {
 		nb <<= 1
 	}
 	ft := &FlowTable{
-		cfg:  cfg,
-		mask: uint32(nb - 1),
-		bktF: make([]atomic.Uint32, nb),
-		bktR: make([]atomic.Uint32, nb),
-		recs: make([]flowRec, cfg.Capacity),
-		free: make([]uint32, cfg.Capacity),
+		cfg:   cfg,
+		shift: 64,
+		bktF:  make([]atomic.Uint32, nb),
+		bktR:  make([]atomic.Uint32, nb),
+		recs:  make([]flowRec, cfg.Capacity),
+		free:  make([]uint32, cfg.Capacity),
+	}
+	for b := nb; b > 1; b >>= 1 {
+		ft.shift--
+	}
+	var seed [8 * len(ft.seed)]byte
+	rand.Read(seed[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	for i := range ft.seed {
+		ft.seed[i] = binary.LittleEndian.Uint64(seed[8*i:]) | 1
 	}
 	for i := range ft.idle {
 		ft.idle[i] = int64(cfg.OtherIdle)
@@ -221,6 +241,19 @@ func NewFlowTable(cfg FlowConfig) *FlowTable {
 		ft.free[i] = uint32(cfg.Capacity - 1 - i)
 	}
 	return ft
+}
+
+// bucket returns the chain index of key k: multiply-shift hashing with the
+// table's random odd multipliers (Dietzfelbinger et al., "A reliable
+// randomized algorithm for the closest-pair problem", 1997: for any two
+// distinct keys, chosen without knowing the seed, the top bits collide
+// with probability about 2/buckets). With the unseeded Hash, a container
+// choosing its ports could put many flows into one chain: lookups give up
+// after maxChain records, so those packets would all take the locked
+// Insert path and their replies pass untranslated.
+func (ft *FlowTable) bucket(k *FlowKey) uint32 {
+	h := k[0]*ft.seed[0] + k[1]*ft.seed[1] + k[2]*ft.seed[2] + k[3]*ft.seed[3] + k[4]*ft.seed[4]
+	return uint32(h >> ft.shift) // shift 64 (one bucket) yields 0
 }
 
 // Len returns the number of live flows.
@@ -240,12 +273,13 @@ type FlowRef struct {
 	seq uint32
 }
 
-// Lookup finds the flow with forward key k (hash = k.Hash()) and returns its
-// instance number. now refreshes the flow's idle timer.
-func (ft *FlowTable) Lookup(k *FlowKey, hash uint32, now int64) (inst uint32, ref FlowRef, ok bool) {
+// Lookup finds the flow with forward key k and returns its instance
+// number. now refreshes the flow's idle timer.
+func (ft *FlowTable) Lookup(k *FlowKey, now int64) (inst uint32, ref FlowRef, ok bool) {
+	b := ft.bucket(k)
 	for try := 0; try < lookupTries; try++ {
 		g := ft.gen.Load()
-		i := ft.bktF[hash&ft.mask].Load()
+		i := ft.bktF[b].Load()
 		for n := 0; i != 0 && n < maxChain; n++ {
 			r := &ft.recs[i-1]
 			s := r.seq.Load()
@@ -265,13 +299,13 @@ func (ft *FlowTable) Lookup(k *FlowKey, hash uint32, now int64) (inst uint32, re
 	return 0, FlowRef{}, false
 }
 
-// LookupReverse finds the flow with reverse key k (hash = k.Hash()) and
-// returns the destination of its forward key: the service IP the client
-// addressed.
-func (ft *FlowTable) LookupReverse(k *FlowKey, hash uint32, now int64) (svcIP netip.Addr, ok bool) {
+// LookupReverse finds the flow with reverse key k and returns the
+// destination of its forward key: the service IP the client addressed.
+func (ft *FlowTable) LookupReverse(k *FlowKey, now int64) (svcIP netip.Addr, ok bool) {
+	b := ft.bucket(k)
 	for try := 0; try < lookupTries; try++ {
 		g := ft.gen.Load()
-		i := ft.bktR[hash&ft.mask].Load()
+		i := ft.bktR[b].Load()
 		for n := 0; i != 0 && n < maxChain; n++ {
 			r := &ft.recs[i-1]
 			s := r.seq.Load()
@@ -297,9 +331,10 @@ func (ft *FlowTable) touch(r *flowRec, now int64) {
 	}
 }
 
-// lookupLocked is the authoritative forward lookup (writers only).
-func (ft *FlowTable) lookupLocked(k *FlowKey, hash uint32) (uint32, bool) {
-	for i := ft.bktF[hash&ft.mask].Load(); i != 0; i = ft.recs[i-1].nextF.Load() {
+// lookupLocked is the authoritative forward lookup in chain b =
+// bucket(k) (writers only).
+func (ft *FlowTable) lookupLocked(k *FlowKey, b uint32) (uint32, bool) {
+	for i := ft.bktF[b].Load(); i != 0; i = ft.recs[i-1].nextF.Load() {
 		if keyEq(&ft.recs[i-1].fwd, k) {
 			return i - 1, true
 		}
@@ -310,11 +345,11 @@ func (ft *FlowTable) lookupLocked(k *FlowKey, hash uint32) (uint32, bool) {
 // Insert adds a flow, unless one with the same forward key exists already
 // (another worker won the race): then it returns that flow's instance
 // number. ok is false when the table is full.
-func (ft *FlowTable) Insert(fwd *FlowKey, fwdHash uint32, rev *FlowKey, inst uint32, now int64) (got uint32, ok bool) {
-	revHash := rev.Hash()
+func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, now int64) (got uint32, ok bool) {
+	bf, br := ft.bucket(fwd), ft.bucket(rev)
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
-	if idx, found := ft.lookupLocked(fwd, fwdHash); found {
+	if idx, found := ft.lookupLocked(fwd, bf); found {
 		return ft.recs[idx].inst.Load(), true
 	}
 	if len(ft.free) == 0 {
@@ -334,9 +369,9 @@ func (ft *FlowTable) Insert(fwd *FlowKey, fwdHash uint32, rev *FlowKey, inst uin
 	r.inst.Store(inst)
 	r.last.Store(now)
 	r.used = true
-	ft.disownLocked(rev, revHash, idx)
+	ft.disownLocked(rev, br, idx)
 	r.revOff.Store(false)
-	r.bf, r.br = fwdHash&ft.mask, revHash&ft.mask
+	r.bf, r.br = bf, br
 	r.nextF.Store(ft.bktF[r.bf].Load())
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(s + 2)
@@ -350,7 +385,7 @@ func (ft *FlowTable) Insert(fwd *FlowKey, fwdHash uint32, rev *FlowKey, inst uin
 // vanished and the policy chose again) and its reverse key. It is a no-op
 // if the record changed since the lookup.
 func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
-	revHash := rev.Hash()
+	br := ft.bucket(rev)
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	r := &ft.recs[ref.idx]
@@ -365,9 +400,9 @@ func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
 		r.rev[j].Store(rev[j])
 	}
 	r.inst.Store(inst)
-	ft.disownLocked(rev, revHash, ref.idx)
+	ft.disownLocked(rev, br, ref.idx)
 	r.revOff.Store(false)
-	r.br = revHash & ft.mask
+	r.br = br
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(ref.seq + 2)
 	ft.bktR[r.br].Store(ref.idx + 1)
@@ -394,7 +429,7 @@ func (ft *FlowTable) Claim(ref FlowRef) {
 	}
 	ft.gen.Add(1) // a reverse lookup that misses meanwhile walks again
 	defer ft.gen.Add(1)
-	ft.disownLocked(&rev, rev.Hash(), ref.idx)
+	ft.disownLocked(&rev, r.br, ref.idx)
 	r.revOff.Store(false)
 }
 
@@ -407,22 +442,22 @@ func (ft *FlowTable) ReleaseReverse(k *FlowKey) {
 	if ft.count.Load() == 0 {
 		return
 	}
-	hash := k.Hash()
-	if !ft.ownedReverse(k, hash) {
+	b := ft.bucket(k)
+	if !ft.ownedReverse(k, b) {
 		return
 	}
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	ft.gen.Add(1)
 	defer ft.gen.Add(1)
-	ft.disownLocked(k, hash, ^uint32(0))
+	ft.disownLocked(k, b, ^uint32(0))
 }
 
-// ownedReverse reports whether some flow owns reverse key k. Like
-// LookupReverse it may miss while a writer is active; then the next packet
-// releases the key.
-func (ft *FlowTable) ownedReverse(k *FlowKey, hash uint32) bool {
-	i := ft.bktR[hash&ft.mask].Load()
+// ownedReverse reports whether some flow owns reverse key k (in chain b).
+// Like LookupReverse it may miss while a writer is active; then the next
+// packet releases the key.
+func (ft *FlowTable) ownedReverse(k *FlowKey, b uint32) bool {
+	i := ft.bktR[b].Load()
 	for n := 0; i != 0 && n < maxChain; n++ {
 		r := &ft.recs[i-1]
 		if keyEq(&r.rev, k) && !r.revOff.Load() {
@@ -433,10 +468,10 @@ func (ft *FlowTable) ownedReverse(k *FlowKey, hash uint32) bool {
 	return false
 }
 
-// disownLocked marks every record but keep whose reverse key is k as not
-// owning it. ft.mu must be held.
-func (ft *FlowTable) disownLocked(k *FlowKey, hash uint32, keep uint32) {
-	for i := ft.bktR[hash&ft.mask].Load(); i != 0; i = ft.recs[i-1].nextR.Load() {
+// disownLocked marks every record but keep whose reverse key is k (in
+// chain b) as not owning it. ft.mu must be held.
+func (ft *FlowTable) disownLocked(k *FlowKey, b uint32, keep uint32) {
+	for i := ft.bktR[b].Load(); i != 0; i = ft.recs[i-1].nextR.Load() {
 		if r := &ft.recs[i-1]; i-1 != keep && keyEq(&r.rev, k) {
 			r.revOff.Store(true)
 		}

@@ -31,56 +31,56 @@ func TestFlowTableBasics(t *testing.T) {
 	ft := NewFlowTable(FlowConfig{Capacity: 100, UDPIdle: time.Second, TCPIdle: time.Hour})
 	for i := range 100 {
 		f, r := fkey(i)
-		if got, ok := ft.Insert(&f, f.Hash(), &r, uint32(i), 0); !ok || got != uint32(i) {
+		if got, ok := ft.Insert(&f, &r, uint32(i), 0); !ok || got != uint32(i) {
 			t.Fatalf("insert %d: %d %v", i, got, ok)
 		}
 	}
 	f, r := fkey(100)
-	if _, ok := ft.Insert(&f, f.Hash(), &r, 1, 0); ok {
+	if _, ok := ft.Insert(&f, &r, 1, 0); ok {
 		t.Fatal("insert beyond capacity succeeded")
 	}
 	f, r = fkey(5)
-	if got, _ := ft.Insert(&f, f.Hash(), &r, 77, 0); got != 5 {
+	if got, _ := ft.Insert(&f, &r, 77, 0); got != 5 {
 		t.Fatalf("duplicate insert returned %d, want the existing 5", got)
 	}
 	for i := range 100 {
 		f, r := fkey(i)
-		if inst, _, ok := ft.Lookup(&f, f.Hash(), 0); !ok || inst != uint32(i) {
+		if inst, _, ok := ft.Lookup(&f, 0); !ok || inst != uint32(i) {
 			t.Fatalf("lookup %d: %d %v", i, inst, ok)
 		}
-		if svc, ok := ft.LookupReverse(&r, r.Hash(), 0); !ok || svc != a4("10.30.0.1") {
+		if svc, ok := ft.LookupReverse(&r, 0); !ok || svc != a4("10.30.0.1") {
 			t.Fatalf("reverse %d: %v %v", i, svc, ok)
 		}
 	}
 	// Keep flow 7 alive, let the rest expire.
 	f7, _ := fkey(7)
-	ft.Lookup(&f7, f7.Hash(), int64(900*time.Millisecond))
+	ft.Lookup(&f7, int64(900*time.Millisecond))
 	if n := ft.Sweep(int64(1500*time.Millisecond), 0); n != 99 || ft.Len() != 1 {
 		t.Fatalf("sweep removed %d, left %d", n, ft.Len())
 	}
-	if _, _, ok := ft.Lookup(&f7, f7.Hash(), 0); !ok {
+	if _, _, ok := ft.Lookup(&f7, 0); !ok {
 		t.Fatal("live flow swept")
 	}
 	f, r = fkey(3)
-	if _, _, ok := ft.Lookup(&f, f.Hash(), 0); ok {
+	if _, _, ok := ft.Lookup(&f, 0); ok {
 		t.Fatal("expired flow found")
 	}
-	if _, ok := ft.LookupReverse(&r, r.Hash(), 0); ok {
+	if _, ok := ft.LookupReverse(&r, 0); ok {
 		t.Fatal("expired reverse found")
 	}
 	// Rebind moves the reverse key.
 	f, r = fkey(200)
-	ft.Insert(&f, f.Hash(), &r, 1, 0)
-	_, ref, _ := ft.Lookup(&f, f.Hash(), 0)
+	ft.Insert(&f, &r, 1, 0)
+	_, ref, _ := ft.Lookup(&f, 0)
 	r2 := MakeFlowKey(ProtoUDP, a4("10.30.0.8"), 53, a4("10.18.0.2"), 1)
 	ft.Rebind(ref, &r2, 2)
-	if inst, _, _ := ft.Lookup(&f, f.Hash(), 0); inst != 2 {
+	if inst, _, _ := ft.Lookup(&f, 0); inst != 2 {
 		t.Fatalf("rebind: inst %d", inst)
 	}
-	if _, ok := ft.LookupReverse(&r, r.Hash(), 0); ok {
+	if _, ok := ft.LookupReverse(&r, 0); ok {
 		t.Fatal("old reverse key still found")
 	}
-	if _, ok := ft.LookupReverse(&r2, r2.Hash(), 0); !ok {
+	if _, ok := ft.LookupReverse(&r2, 0); !ok {
 		t.Fatal("new reverse key not found")
 	}
 }
@@ -107,24 +107,24 @@ func TestFlowReverseOwner(t *testing.T) {
 	f2 := MakeFlowKey(ProtoTCP, cli, 46820, a4("10.30.0.1"), 7001) // Closest service IP
 	r := MakeFlowKey(ProtoTCP, inst, 7001, cli, 46820)             // both picked inst
 	rev := func() string {
-		if svc, ok := ft.LookupReverse(&r, r.Hash(), 0); ok {
+		if svc, ok := ft.LookupReverse(&r, 0); ok {
 			return svc.String()
 		}
 		return "untranslated"
 	}
 	use := func(f FlowKey) {
 		t.Helper()
-		_, ref, ok := ft.Lookup(&f, f.Hash(), 0)
+		_, ref, ok := ft.Lookup(&f, 0)
 		if !ok {
 			t.Fatal("flow not found")
 		}
 		ft.Claim(ref)
 	}
-	ft.Insert(&f1, f1.Hash(), &r, 1, 0)
+	ft.Insert(&f1, &r, 1, 0)
 	if got := rev(); got != "10.30.0.2" {
 		t.Fatalf("after insert 1: %s", got)
 	}
-	ft.Insert(&f2, f2.Hash(), &r, 1, 0)
+	ft.Insert(&f2, &r, 1, 0)
 	if got := rev(); got != "10.30.0.1" {
 		t.Fatalf("after insert 2: %s, want the newest flow's", got)
 	}
@@ -150,16 +150,16 @@ func TestFlowReverseOwner(t *testing.T) {
 	if n := ft.Sweep(int64(time.Hour), 0); n != 2 {
 		t.Fatalf("swept %d, want 2", n)
 	}
-	ft.Insert(&f1, f1.Hash(), &r, 1, 0)
+	ft.Insert(&f1, &r, 1, 0)
 	if got := rev(); got != "10.30.0.2" {
 		t.Fatalf("after reuse: %s", got)
 	}
 	// Rebind takes the new reverse key.
 	r2 := MakeFlowKey(ProtoTCP, a4("10.30.0.3"), 7001, cli, 46820)
-	ft.Insert(&f2, f2.Hash(), &r2, 0, 0)
-	_, ref, _ := ft.Lookup(&f1, f1.Hash(), 0)
+	ft.Insert(&f2, &r2, 0, 0)
+	_, ref, _ := ft.Lookup(&f1, 0)
 	ft.Rebind(ref, &r2, 0)
-	if svc, ok := ft.LookupReverse(&r2, r2.Hash(), 0); !ok || svc != a4("10.30.0.2") {
+	if svc, ok := ft.LookupReverse(&r2, 0); !ok || svc != a4("10.30.0.2") {
 		t.Fatalf("after rebind: %v %v, want the rebound flow's", svc, ok)
 	}
 }
@@ -282,7 +282,7 @@ func TestFlowLookupUnderChurn(t *testing.T) {
 	const stable = 64
 	for i := range stable {
 		f, r := fkey(i)
-		ft.Insert(&f, f.Hash(), &r, uint32(i), 1<<62) // far future: never idle
+		ft.Insert(&f, &r, uint32(i), 1<<62) // far future: never idle
 	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -296,7 +296,7 @@ func TestFlowLookupUnderChurn(t *testing.T) {
 			}
 			for j := range 150 {
 				f, r := fkey(1000 + (n*150+j)%5000)
-				ft.Insert(&f, f.Hash(), &r, 9, 0)
+				ft.Insert(&f, &r, 9, 0)
 			}
 			ft.Sweep(1<<40, 0) // removes only churn flows (last use 0)
 		}
@@ -309,10 +309,10 @@ func TestFlowLookupUnderChurn(t *testing.T) {
 			defer wg.Done()
 			for n := range 100000 {
 				f, r := fkey(n % stable)
-				if inst, _, ok := ft.Lookup(&f, f.Hash(), 1<<62); !ok || inst != uint32(n%stable) {
+				if inst, _, ok := ft.Lookup(&f, 1<<62); !ok || inst != uint32(n%stable) {
 					misses.Add(1)
 				}
-				if _, ok := ft.LookupReverse(&r, r.Hash(), 1<<62); !ok {
+				if _, ok := ft.LookupReverse(&r, 1<<62); !ok {
 					misses.Add(1)
 				}
 			}
@@ -323,5 +323,106 @@ func TestFlowLookupUnderChurn(t *testing.T) {
 	<-done
 	if m := misses.Load(); m != 0 {
 		t.Fatalf("%d false misses", m)
+	}
+}
+
+// collidingKeys returns n forward keys of one client and service that all
+// land in one chain under bucketOf: what a container that picks its own
+// source and destination ports can do against a known bucket function.
+func collidingKeys(t *testing.T, n int, bucketOf func(*FlowKey) uint32) []FlowKey {
+	t.Helper()
+	cli, svc := a4("10.18.0.2"), a4("10.30.0.1")
+	var keys []FlowKey
+	target, first := uint32(0), true
+	for dp := 1; dp < 65536 && len(keys) < n; dp++ {
+		for sp := 1024; sp < 65536 && len(keys) < n; sp++ {
+			k := MakeFlowKey(ProtoUDP, cli, uint16(sp), svc, uint16(dp))
+			b := bucketOf(&k)
+			if first {
+				target, first = b, false
+			}
+			if b == target {
+				keys = append(keys, k)
+			}
+		}
+	}
+	if len(keys) < n {
+		t.Fatalf("found only %d colliding keys", len(keys))
+	}
+	return keys
+}
+
+// chainLoad inserts keys into ft (distinct reverse keys) and returns the
+// longest forward chain they form.
+func chainLoad(t *testing.T, ft *FlowTable, keys []FlowKey) int {
+	t.Helper()
+	per := map[uint32]int{}
+	longest := 0
+	for i := range keys {
+		r := keys[i].reverse()
+		if _, ok := ft.Insert(&keys[i], &r, uint32(i), 0); !ok {
+			t.Fatalf("insert %d failed", i)
+		}
+		b := ft.bucket(&keys[i])
+		per[b]++
+		longest = max(longest, per[b])
+	}
+	return longest
+}
+
+// TestFlowBucketSeeded: keys that all collide under the unseeded flow hash
+// (the bucket function before tables were seeded, Hash() & (buckets-1))
+// spread over a table's chains, so every one is found by the lock-free
+// lookup; before, chains beyond maxChain made lookups of the oldest flows
+// miss (every packet then took the locked Insert path and replies passed
+// untranslated). Two tables draw different seeds, and a collision set
+// computed against one table's bucket function spreads in another table.
+func TestFlowBucketSeeded(t *testing.T) {
+	const capacity, n = 1024, 3 * maxChain
+	old := collidingKeys(t, n, func(k *FlowKey) uint32 { return k.Hash() & (capacity - 1) })
+	ft := NewFlowTable(FlowConfig{Capacity: capacity})
+	// n keys into 1024 chains: the longest chain of a random function
+	// exceeds 8 with probability far below 1e-6.
+	if l := chainLoad(t, ft, old); l > 8 {
+		t.Errorf("old collision set: longest chain %d of %d keys", l, n)
+	}
+	for i := range old {
+		if inst, _, ok := ft.Lookup(&old[i], 0); !ok || inst != uint32(i) {
+			t.Fatalf("flow %d of the old collision set: lookup %d %v", i, inst, ok)
+		}
+		r := old[i].reverse()
+		if _, ok := ft.LookupReverse(&r, 0); !ok {
+			t.Fatalf("flow %d of the old collision set: reverse lookup missed", i)
+		}
+	}
+
+	a, b := NewFlowTable(FlowConfig{Capacity: capacity}), NewFlowTable(FlowConfig{Capacity: capacity})
+	if a.seed == b.seed {
+		t.Fatal("two tables drew the same seed")
+	}
+	for i := range a.seed {
+		if a.seed[i]&1 == 0 {
+			t.Fatalf("multiplier %d is even: %#x", i, a.seed[i])
+		}
+	}
+	if l := chainLoad(t, b, collidingKeys(t, n, a.bucket)); l > 8 {
+		t.Errorf("collision set of another table: longest chain %d of %d keys", l, n)
+	}
+}
+
+// TestFlowBucketRange: the bucket index stays inside the chain arrays for
+// every table size, including a single bucket (shift 64).
+func TestFlowBucketRange(t *testing.T) {
+	for _, c := range []int{1, 2, 3, 100, 1024, 1025} {
+		ft := NewFlowTable(FlowConfig{Capacity: c})
+		for i := range 4096 {
+			f, r := fkey(i)
+			if b := ft.bucket(&f); int(b) >= len(ft.bktF) {
+				t.Fatalf("capacity %d: bucket %d of %d", c, b, len(ft.bktF))
+			}
+			if b := ft.bucket(&r); int(b) >= len(ft.bktR) {
+				t.Fatalf("capacity %d: reverse bucket %d of %d", c, b, len(ft.bktR))
+			}
+		}
 	}
 }

@@ -118,6 +118,12 @@ func echoPkt(src, dst netip.Addr, reply bool, id uint16) []byte {
 	return mkIP(src, dst, proto, mkICMP(src, dst, typ, 0, uint32(id)<<16|1, pay), ipo{})
 }
 
+// udpTrail is a UDP datagram to port 53 whose IP payload carries 4 bytes
+// beyond the UDP length (the checksum covers the UDP length only).
+func udpTrail(src, dst netip.Addr, sp uint16) []byte {
+	return mkIP(src, dst, ProtoUDP, append(mkUDP(src, dst, sp, 53, pay), 0xde, 0xad, 0xbe, 0xef), ipo{})
+}
+
 // toB is what A sends to B for inner packet ip with flow hash h.
 func toB(ip []byte, h uint32) []byte {
 	return mkOuter(macB, macA, nodeA.Addr(), nodeB.Addr(), TunnelSourcePort(h), nodeB.Port(), ip, 0)
@@ -202,6 +208,15 @@ func TestGoldenEgress(t *testing.T) {
 			b[26], b[27] = 0, 0
 			return b
 		}(), h(ProtoUDP, cli4, 40010, svcR4, 53))},
+		// The UDP length says 24 of the 28 payload bytes: the recomputed
+		// checksum covers those 24 (pseudo-header length 24), the 4
+		// trailing bytes pass unchanged.
+		{name: "udp4 length shorter than payload", in: fromCli(udpTrail(cli4, svcR4, 40011)), act: ActTxUplink,
+			want: toB(udpTrail(cliI4, srvR4, 40011), h(ProtoUDP, cli4, 40011, svcR4, 53))},
+		{name: "udp6 length shorter than payload", in: fromCli(udpTrail(cli6, svcR6, 40011)), act: ActTxUplink,
+			want: toB(udpTrail(cliI6, srvR6, 40011), h(ProtoUDP, cli6, 40011, svcR6, 53))},
+		{name: "udp4 local length shorter than payload", in: fromCli(udpTrail(cli4, svcL4, 40011)), act: ActTxPort, out: 2,
+			want: toSrvL(udpTrail(cliI4, srvL4, 40011))},
 		{name: "icmp4 echo", in: fromCli(echoPkt(cli4, svcR4, false, 77)), act: ActTxUplink,
 			want: toB(echoPkt(cliI4, srvR4, false, 77), h(ProtoICMP, cli4, 77, svcR4, 77))},
 		{name: "icmp6 echo", in: fromCli(echoPkt(cli6, svcR6, false, 77)), act: ActTxUplink,
@@ -386,10 +401,157 @@ func TestGoldenICMPErrorEgress(t *testing.T) {
 			in:  mkEth(macH2, macC2, mkIP(srvL6, cliI6, ProtoICMPv6, mkICMP(srvL6, cliI6, 1, 4, 0, quote6), ipo{})),
 			act: ActTxPort, out: 1,
 			want: toCli(mkIP(srvLI6, cli6, ProtoICMPv6, mkICMP(srvLI6, cli6, 1, 4, 0, udpPkt(cli6, srvLI6, 40000, 53, ipo{})), ipo{}))},
-		{name: "icmp error to a service IP", port: 2,
+		// An error to a service IP is translated only when it quotes a
+		// reply of one of the sender's flows (TestGoldenICMPErrorToService);
+		// this one quotes a packet the service never sent.
+		{name: "icmp error to a service IP without a flow", port: 2,
 			in:  mkEth(macH2, macC2, mkIP(srvL4, svcR4, ProtoICMP, mkICMP(srvL4, svcR4, 3, 3, 0, quote), ipo{})),
+			act: ActDrop, reason: ReasonICMPNoFlow},
+	})
+}
+
+// TestGoldenICMPErrorToService: a client's flow to a service IP picked an
+// instance; the replies reached the client from the service IP. An ICMP
+// error the client sends back about such a reply (to the service IP,
+// quoting service IP → client nsIP) goes to the instance's nsIP, from and
+// about the client's instance IP, like the flow's own packets: the quote
+// becomes instance nsIP → client instance IP, the checksums follow (outer
+// IPv4 header, quoted IPv4 header and UDP checksum incrementally; ICMP in
+// full, ICMPv6 with its pseudo-header).
+func TestGoldenICMPErrorToService(t *testing.T) {
+	p, ctx := newTestProc(t, nodeA)
+	h := hash5
+	fromSrvL := func(ip []byte) []byte { return mkEth(macH2, macC2, ip) }
+	icmpErr := func(src, dst netip.Addr, typ, code uint8, rest uint32, quote []byte) []byte {
+		proto := uint8(ProtoICMP)
+		if !src.Is4() {
+			proto = ProtoICMPv6
+		}
+		return mkIP(src, dst, proto, mkICMP(src, dst, typ, code, rest, quote), ipo{})
+	}
+	runSteps(t, p, ctx, []step{
+		// Remote instance, IPv4: UDP port unreachable quoting the whole reply.
+		{name: "udp4 request", port: 1, in: fromCli(udpPkt(cli4, svcR4, 40000, 53, ipo{})), act: ActTxUplink,
+			want: toB(udpPkt(cliI4, srvR4, 40000, 53, ipo{}), h(ProtoUDP, cli4, 40000, svcR4, 53))},
+		{name: "udp4 reply", ingress: true, in: fromB(udpPkt(srvRI4, cli4, 53, 40000, ipo{})), act: ActTxPort, out: 1,
+			want: toCli(udpPkt(svcR4, cli4, 53, 40000, ipo{}))},
+		{name: "icmp4 port unreachable to service, remote", port: 1,
+			in:   fromCli(icmpErr(cli4, svcR4, 3, 3, 0, udpPkt(svcR4, cli4, 53, 40000, ipo{}))),
+			act:  ActTxUplink,
+			want: toB(icmpErr(cliI4, srvR4, 3, 3, 0, udpPkt(srvR4, cliI4, 53, 40000, ipo{})), h(ProtoUDP, cli4, 40000, svcR4, 53))},
+		// Remote, IPv4, TCP: fragmentation needed quoting header + 8 bytes.
+		{name: "tcp4 request", port: 1, in: fromCli(tcpPkt(cli4, svcR4, 40001, 80)), act: ActTxUplink,
+			want: toB(tcpPkt(cliI4, srvR4, 40001, 80), h(ProtoTCP, cli4, 40001, svcR4, 80))},
+		{name: "icmp4 frag needed to service, remote", port: 1,
+			in:   fromCli(icmpErr(cli4, svcR4, 3, 4, 1400, tcpPkt(svcR4, cli4, 80, 40001)[:28])),
+			act:  ActTxUplink,
+			want: toB(icmpErr(cliI4, srvR4, 3, 4, 1400, tcpPkt(srvR4, cliI4, 80, 40001)[:28]), h(ProtoTCP, cli4, 40001, svcR4, 80))},
+		// Remote, IPv6.
+		{name: "udp6 request", port: 1, in: fromCli(udpPkt(cli6, svcR6, 40000, 53, ipo{})), act: ActTxUplink,
+			want: toB(udpPkt(cliI6, srvR6, 40000, 53, ipo{}), h(ProtoUDP, cli6, 40000, svcR6, 53))},
+		{name: "icmp6 port unreachable to service, remote", port: 1,
+			in:   fromCli(icmpErr(cli6, svcR6, 1, 4, 0, udpPkt(svcR6, cli6, 53, 40000, ipo{}))),
+			act:  ActTxUplink,
+			want: toB(icmpErr(cliI6, srvR6, 1, 4, 0, udpPkt(srvR6, cliI6, 53, 40000, ipo{})), h(ProtoUDP, cli6, 40000, svcR6, 53))},
+		{name: "tcp6 request", port: 1, in: fromCli(tcpPkt(cli6, svcR6, 40001, 80)), act: ActTxUplink,
+			want: toB(tcpPkt(cliI6, srvR6, 40001, 80), h(ProtoTCP, cli6, 40001, svcR6, 80))},
+		{name: "icmp6 packet too big to service, remote", port: 1,
+			in:   fromCli(icmpErr(cli6, svcR6, 2, 0, 1280, tcpPkt(svcR6, cli6, 80, 40001))),
+			act:  ActTxUplink,
+			want: toB(icmpErr(cliI6, srvR6, 2, 0, 1280, tcpPkt(srvR6, cliI6, 80, 40001)), h(ProtoTCP, cli6, 40001, svcR6, 80))},
+		// Local instance (port 2), IPv4 and IPv6: the reply came through
+		// the local reply path, the error goes straight to the server.
+		{name: "udp4 local request", port: 1, in: fromCli(udpPkt(cli4, svcL4, 40002, 53, ipo{})), act: ActTxPort, out: 2,
+			want: toSrvL(udpPkt(cliI4, srvL4, 40002, 53, ipo{}))},
+		{name: "udp4 local reply", port: 2, in: fromSrvL(udpPkt(srvL4, cliI4, 53, 40002, ipo{})), act: ActTxPort, out: 1,
+			want: toCli(udpPkt(svcL4, cli4, 53, 40002, ipo{}))},
+		{name: "icmp4 port unreachable to service, local", port: 1,
+			in:  fromCli(icmpErr(cli4, svcL4, 3, 3, 0, udpPkt(svcL4, cli4, 53, 40002, ipo{}))),
+			act: ActTxPort, out: 2,
+			want: toSrvL(icmpErr(cliI4, srvL4, 3, 3, 0, udpPkt(srvL4, cliI4, 53, 40002, ipo{})))},
+		{name: "udp6 local request", port: 1, in: fromCli(udpPkt(cli6, svcL6, 40002, 53, ipo{})), act: ActTxPort, out: 2,
+			want: toSrvL(udpPkt(cliI6, srvL6, 40002, 53, ipo{}))},
+		{name: "icmp6 port unreachable to service, local", port: 1,
+			in:  fromCli(icmpErr(cli6, svcL6, 1, 4, 0, udpPkt(svcL6, cli6, 53, 40002, ipo{}))),
+			act: ActTxPort, out: 2,
+			want: toSrvL(icmpErr(cliI6, srvL6, 1, 4, 0, udpPkt(srvL6, cliI6, 53, 40002, ipo{})))},
+		// Not about a live flow of this client: dropped and counted.
+		{name: "icmp4 error to service, no flow", port: 1,
+			in:  fromCli(icmpErr(cli4, svcR4, 3, 3, 0, udpPkt(svcR4, cli4, 53, 41234, ipo{}))),
+			act: ActDrop, reason: ReasonICMPNoFlow},
+		{name: "icmp6 error to service, no flow", port: 1,
+			in:  fromCli(icmpErr(cli6, svcR6, 1, 4, 0, udpPkt(svcR6, cli6, 53, 41234, ipo{}))),
+			act: ActDrop, reason: ReasonICMPNoFlow},
+		{name: "icmp4 error to service quoting another service's reply", port: 1,
+			in:  fromCli(icmpErr(cli4, svcR4, 3, 3, 0, udpPkt(svcL4, cli4, 53, 40002, ipo{}))),
+			act: ActDrop, reason: ReasonICMPNoFlow},
+		{name: "icmp4 error to service quoting the request direction", port: 1,
+			in:  fromCli(icmpErr(cli4, svcR4, 3, 3, 0, udpPkt(cli4, svcR4, 40000, 53, ipo{}))),
+			act: ActDrop, reason: ReasonICMPNoFlow},
+		{name: "icmp4 error to service, unparsable quote", port: 1,
+			in:  fromCli(icmpErr(cli4, svcR4, 3, 3, 0, udpPkt(svcR4, cli4, 53, 40000, ipo{})[:12])),
+			act: ActDrop, reason: ReasonBadEmbedded},
+		{name: "icmp4 error to service, fragmented", port: 1,
+			in:  fromCli(mkIP(cli4, svcR4, ProtoICMP, mkICMP(cli4, svcR4, 3, 3, 0, udpPkt(svcR4, cli4, 53, 40000, ipo{})), ipo{MF: true})),
 			act: ActDrop, reason: ReasonUnsupportedProto},
 	})
+	// The flow's instance is gone (no instance of R left): nothing to
+	// send the error to; the flow is not chosen again for an error.
+	b := testBuilder(nodeA)
+	b.Instances = b.Instances[1:]
+	tb, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.tables.Swap(tb)
+	runSteps(t, p, ctx, []step{{name: "icmp4 error to service, instance gone", port: 1,
+		in:  fromCli(icmpErr(cli4, svcR4, 3, 3, 0, udpPkt(svcR4, cli4, 53, 40000, ipo{}))),
+		act: ActDrop, reason: ReasonICMPNoFlow}})
+	var st Stats
+	ctx.Stats(&st)
+	if st.Drops[ReasonICMPNoFlow] != 5 || st.Events[EvICMPErrorTranslated] != 6 {
+		t.Errorf("icmp-no-flow drops %d (want 5), icmp errors translated %d (want 6)",
+			st.Drops[ReasonICMPNoFlow], st.Events[EvICMPErrorTranslated])
+	}
+}
+
+// TestICMPErrorQuoteKey: the key egress looks up for an ICMP error to a
+// service IP (its quote, reversed) is the forward key under which the
+// flow's own packets were stored (flowKeyOf of the untranslated request).
+func TestICMPErrorQuoteKey(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		req, replied []byte
+	}{
+		{"udp4", udpPkt(cli4, svcR4, 40000, 53, ipo{}), udpPkt(svcR4, cli4, 53, 40000, ipo{})},
+		{"tcp6", tcpPkt(cli6, svcR6, 40001, 80), tcpPkt(svcR6, cli6, 80, 40001)},
+		{"echo4", echoPkt(cli4, svcR4, false, 9), echoPkt(svcR4, cli4, true, 9)},
+		{"echo6", echoPkt(cli6, svcR6, false, 9), echoPkt(svcR6, cli6, true, 9)},
+	} {
+		var rp, ep, qp Parsed
+		if r := rp.DecodeIP(c.req, 0); r != ReasonNone {
+			t.Fatalf("%s: request: %v", c.name, r)
+		}
+		src, dst := rp.Src, rp.Dst
+		proto := uint8(ProtoICMP)
+		if !src.Is4() {
+			proto = ProtoICMPv6
+		}
+		e := mkIP(src, dst, proto, mkICMP(src, dst, 3, 3, 0, c.replied), ipo{})
+		if !src.Is4() {
+			e = mkIP(src, dst, proto, mkICMP(src, dst, 1, 4, 0, c.replied), ipo{})
+		}
+		if r := ep.DecodeIP(e, 0); r != ReasonNone || !ep.isICMPError() {
+			t.Fatalf("%s: error: %v", c.name, r)
+		}
+		if r := quoted(e, &ep, &qp); r != ReasonNone {
+			t.Fatalf("%s: quote: %v", c.name, r)
+		}
+		qk := flowKeyOf(e, &qp)
+		if got, want := qk.reverse(), flowKeyOf(c.req, &rp); got != want {
+			t.Errorf("%s: quote reversed %x, flow key %x", c.name, got, want)
+		}
+	}
 }
 
 // fragment splits a whole upper-layer payload l4 into IP fragments of at
@@ -594,4 +756,43 @@ func TestGoldenIPv4Options(t *testing.T) {
 		{name: "udp4 with options", port: 1, in: fromCli(withOpts(cli4, svcR4)), act: ActTxUplink,
 			want: toB(withOpts(cliI4, srvR4), hash5(ProtoUDP, cli4, 40000, svcR4, 53))},
 	})
+}
+
+// TestGoldenTooBigIPv6Floor: on an underlay whose tunnel carries less than
+// 1280 inner bytes (Build accepts down to 576), IPv6 packet-too-big still
+// advertises 1280 (RFC 8200 §5, RFC 8201 §4), IPv6 packets of at most 1280
+// bytes that do not fit are dropped (no error could help), and IPv4 gets
+// the real limit.
+func TestGoldenTooBigIPv6Floor(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		node  netip.AddrPort
+		mtu   int
+		limit int // inner limit advertised to IPv4
+	}{
+		{"v4 underlay", nodeA, 1200, 1200 - 28},
+		{"v6 underlay", nodeA6, 1300, 1300 - 48},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := testBuilder(c.node)
+			b.Node.UnderlayMTU = c.mtu
+			tb, err := b.Build()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var h TableHolder
+			h.Swap(tb)
+			p, ctx := NewProcessor(&h, NewFlowTable(FlowConfig{Capacity: 64})), NewWorkerCtx()
+			big6 := mkIP(cli6, svcR6, ProtoUDP, mkUDP(cli6, svcR6, 1, 2, make([]byte, 1300-48)), ipo{})
+			mid6 := mkIP(cli6, svcR6, ProtoUDP, mkUDP(cli6, svcR6, 1, 2, make([]byte, 1280-48)), ipo{})
+			big4 := mkIP(cli4, svcR4, ProtoUDP, mkUDP(cli4, svcR4, 1, 2, make([]byte, 1280-28)), ipo{DF: true})
+			runSteps(t, p, ctx, []step{
+				{name: "v6 above 1280", port: 1, in: fromCli(big6), act: ActTxPort, out: 1,
+					want: toCli(mkIP(svcR6, cli6, ProtoICMPv6, mkICMP(svcR6, cli6, 2, 0, 1280, big6[:1280-48]), ipo{}))},
+				{name: "v6 of 1280", port: 1, in: fromCli(mid6), act: ActDrop, reason: ReasonTooBig},
+				{name: "v4 gets the real limit", port: 1, in: fromCli(big4), act: ActTxPort, out: 1,
+					want: toCli(mkIP(svcR4, cli4, ProtoICMP, mkICMP(svcR4, cli4, 3, 4, uint32(c.limit), big4[:576-28]), ipo{}))},
+			})
+		})
+	}
 }

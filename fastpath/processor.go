@@ -181,7 +181,13 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 			}
 			hash = fe.hash
 			ctx.ev(EvFragTranslated)
-		case !pp.HasPorts || pp.isICMPError():
+		case pp.isICMPError():
+			var r DropReason
+			if ii, hash, r = p.resolveICMPError(ctx, t, svc, pkt, pp); r != ReasonNone {
+				ctx.drop(v, r)
+				return
+			}
+		case !pp.HasPorts:
 			ctx.drop(v, ReasonUnsupportedProto)
 			return
 		default:
@@ -256,8 +262,8 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 // resolve finds or creates the flow of a packet to a service IP.
 func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, port *LocalPort, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
 	key := flowKeyOf(pkt, pp)
-	h := key.Hash()
-	num, ref, found := p.flows.Lookup(&key, h, ctx.Now)
+	h := key.Hash() // tunnel source port, not the flow table's bucket
+	num, ref, found := p.flows.Lookup(&key, ctx.Now)
 	if found {
 		if ii := t.instanceByNumber(svc, num); ii >= 0 {
 			p.flows.Claim(ref) // the replies are this flow's again
@@ -282,7 +288,7 @@ func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, p
 		ctx.ev(EvFlowRechosen)
 		return ii, h, ReasonNone
 	}
-	got, ok := p.flows.Insert(&key, h, &rev, inst.Number, ctx.Now)
+	got, ok := p.flows.Insert(&key, &rev, inst.Number, ctx.Now)
 	if !ok {
 		return 0, 0, ReasonFlowTableFull
 	}
@@ -295,6 +301,44 @@ func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, p
 		ctx.ev(EvFlowNew)
 	}
 	return ii, h, ReasonNone
+}
+
+// resolveICMPError finds the flow that an ICMP error from a local client
+// to a service IP is about. The client received packets from the service
+// IP only as translated replies (ingress, or a local server's reply), so
+// the error quotes such a reply: from the service IP to the client's
+// nsIP, ports swapped. The quote reversed is the forward key the flow was
+// stored under (flowKeyOf of the client's own packets). The error goes to
+// the server that sent the reply, the flow's instance, with the flow's hash
+// (the tunnel source port of the flow's own packets); translateEgress then
+// rewrites the quote as the mirror image of the outer addresses. Nothing
+// is created, claimed or chosen again: an error about no live flow (or
+// about a flow whose instance is gone) is ReasonICMPNoFlow.
+func (p *Processor) resolveICMPError(ctx *WorkerCtx, t *Table, svc *Service, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
+	if pp.Frag != FragNone {
+		// The ICMP checksum covers fragments that are not here, and
+		// translating the quote changes it. Kernels quote at most 576 /
+		// 1280 bytes, so real errors are never fragmented.
+		return 0, 0, ReasonUnsupportedProto
+	}
+	q := &ctx.q
+	if quoted(pkt, pp, q) != ReasonNone {
+		return 0, 0, ReasonBadEmbedded
+	}
+	if !q.HasPorts || q.Src != pp.Dst || q.Dst != pp.Src {
+		return 0, 0, ReasonICMPNoFlow // not a reply the service IP sent this client
+	}
+	qk := flowKeyOf(pkt, q)
+	key := qk.reverse()
+	num, _, ok := p.flows.Lookup(&key, ctx.Now)
+	if !ok {
+		return 0, 0, ReasonICMPNoFlow
+	}
+	ii := t.instanceByNumber(svc, num)
+	if ii < 0 {
+		return 0, 0, ReasonICMPNoFlow
+	}
+	return ii, key.Hash(), ReasonNone
 }
 
 // translateEgress rewrites the addresses; for an ICMP error it also
@@ -392,13 +436,26 @@ func encap(b []byte, t *Table, inst *Instance, hash uint32) {
 // sending container, quoting the original (untranslated) packet, and sends
 // it back out of the port it came from. The error's source is the
 // packet's original destination. The advertised MTU is the underlay MTU
-// minus the tunnel overhead. No error is sent for IPv4 without DF (the
-// frame is dropped: we do not fragment), or about an ICMP error.
+// minus the tunnel overhead, but never below 1280 for IPv6: every IPv6
+// link carries 1280 bytes (RFC 8200 §5) and a sender does not lower its
+// path MTU below that (RFC 8201 §4), so a smaller value is ignored or
+// invalid. No error is sent for IPv4 without DF (the frame is dropped: we
+// do not fragment), about an ICMP error, or for an IPv6 packet of at most
+// 1280 bytes that an underlay below 1280 + overhead cannot carry (only
+// fragmenting below IPv6 could; no error can make the sender go smaller).
 func (p *Processor) tooBig(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, pkt []byte, v *Verdict) {
 	pp := &ctx.pp
 	if (pp.Version == 4 && !pp.DF) || pp.isICMPError() {
 		ctx.drop(v, ReasonTooBig)
 		return
+	}
+	mtu := t.maxIP
+	if pp.Version == 6 && mtu < minIPv6MTU {
+		if pp.End-pp.L3Off <= minIPv6MTU {
+			ctx.drop(v, ReasonTooBig)
+			return
+		}
+		mtu = minIPv6MTU
 	}
 	hdr, limit := IPv4MinLen+ICMPMinLen, minIPv4ErrorQuoteTo
 	if pp.Version == 6 {
@@ -426,7 +483,7 @@ func (p *Processor) tooBig(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		IPv4(h).SetChecksum(IPv4HeaderChecksum(h))
 		m := ip[IPv4MinLen:]
 		m[0], m[1], m[2], m[3], m[4], m[5] = ICMPv4DestUnreach, ICMPv4FragNeeded, 0, 0, 0, 0
-		binary.BigEndian.PutUint16(m[6:], uint16(t.maxIP))
+		binary.BigEndian.PutUint16(m[6:], uint16(mtu))
 		binary.BigEndian.PutUint16(m[2:], Checksum(m, 0))
 	} else {
 		h := ip[:IPv6Len]
@@ -437,7 +494,7 @@ func (p *Processor) tooBig(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		putAddr(h[24:], dst)
 		m := ip[IPv6Len:]
 		m[0], m[1], m[2], m[3] = ICMPv6PacketTooBig, 0, 0, 0
-		binary.BigEndian.PutUint32(m[4:], uint32(t.maxIP))
+		binary.BigEndian.PutUint32(m[4:], uint32(mtu))
 		binary.BigEndian.PutUint16(m[2:], Checksum(m, PseudoHeaderSum(ProtoICMPv6, h[8:24], h[24:40], len(m))))
 	}
 	v.Action, v.Port = ActTxPort, port.ID
@@ -511,7 +568,7 @@ func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
 		}
 	case q.HasPorts:
 		k := MakeFlowKey(q.Proto, q.Src, q.SrcPort, q.Dst, q.DstPort)
-		if svcIP, ok := p.flows.LookupReverse(&k, k.Hash(), ctx.Now); ok {
+		if svcIP, ok := p.flows.LookupReverse(&k, ctx.Now); ok {
 			rewriteAddrs(pkt, q, svcIP, q.Dst, false)
 			if q.Frag == FragFirst {
 				ctx.fragIn.put(q, 0, svcIP, 0, ctx.Now)
@@ -531,7 +588,7 @@ func (p *Processor) untranslateICMPError(ctx *WorkerCtx, pkt []byte, q *Parsed) 
 		return
 	}
 	k := MakeFlowKey(e.Proto, e.Dst, e.DstPort, e.Src, e.SrcPort)
-	svcIP, ok := p.flows.LookupReverse(&k, k.Hash(), ctx.Now)
+	svcIP, ok := p.flows.LookupReverse(&k, ctx.Now)
 	if !ok {
 		return
 	}

@@ -92,13 +92,14 @@ const (
 	ReasonUnknownService   // destination in the service range but unknown (slow path)
 	ReasonNoInstance       // service has no instance the policy can choose
 	ReasonNoFamily         // chosen instance or port lacks an address of the packet's family
-	ReasonUnsupportedProto // protocol that cannot be balanced (no ports) to a service IP
+	ReasonUnsupportedProto // protocol that cannot be balanced (no ports), or a fragmented ICMP error, to a service IP
 	ReasonFragUnknown      // non-first fragment to a service IP whose first fragment was not seen
 	ReasonFlowTableFull    // a new flow could not be inserted
 	ReasonNoHeadroom       // not enough headroom in front of the frame for the outer headers
-	ReasonTooBig           // too big for the tunnel and may not get an ICMP error (no DF, or an ICMP error itself)
+	ReasonTooBig           // too big for the tunnel and may not get an ICMP error (no DF, an ICMP error itself, or IPv6 of ≤ 1280 bytes)
 	ReasonNoNeighbor       // next-hop MAC unknown (slow path sends through a kernel socket)
 	ReasonNodeFamily       // peer node address family differs from ours
+	ReasonICMPNoFlow       // ICMP error to a service IP that quotes no live flow of the sender
 	// Ingress.
 	ReasonOuterFragment // tunnel datagram is an IP fragment (outer DF is always set by peers)
 	ReasonNonPeer       // tunnel datagram from an address outside the peer set
@@ -113,7 +114,7 @@ var reasonNames = [...]string{
 	"bad-udp-length", "truncated-icmp", "tiny-fragment", "bad-embedded",
 	"spoofed", "unknown-port", "unknown-service", "no-instance", "no-family",
 	"unsupported-proto", "frag-unknown", "flow-table-full", "no-headroom", "too-big",
-	"no-neighbor", "node-family",
+	"no-neighbor", "node-family", "icmp-no-flow",
 	"outer-fragment", "non-peer", "bad-inner", "not-local",
 }
 

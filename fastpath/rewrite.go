@@ -22,7 +22,8 @@ func putAddr(b []byte, a netip.Addr) {
 // per RFC 1624; with full set, a TCP/UDP checksum of a non-fragmented
 // packet is recomputed instead (CHECKSUM_PARTIAL from containers). An IPv4
 // UDP checksum of 0 (none) stays 0; a computed 0 is sent as 0xffff
-// (RFC 768). Later fragments carry no upper-layer header: only the IPv4
+// (RFC 768); a recomputed UDP checksum covers the UDP length, not the IP
+// payload. Later fragments carry no upper-layer header: only the IPv4
 // header checksum changes. Checksum fields beyond a quoted packet's end are
 // left alone.
 func rewriteAddrs(pkt []byte, p *Parsed, src, dst netip.Addr, full bool) {
@@ -60,8 +61,18 @@ func rewriteAddrs(pkt []byte, p *Parsed, src, dst netip.Addr, full bool) {
 		return
 	}
 	if full && p.Frag == FragNone && (udp || p.Proto == ProtoTCP) {
+		end := p.End
+		if udp {
+			// The UDP checksum and its pseudo-header cover the datagram
+			// per the UDP length field (RFC 768), which Decode lets be
+			// shorter than the IP payload, as Linux does (it trims the
+			// excess): the bytes beyond are not part of the datagram.
+			if ul := p.L4Off + int(binary.BigEndian.Uint16(pkt[p.L4Off+4:])); ul >= p.L4Off+UDPLen && ul < end {
+				end = ul
+			}
+		}
 		cp[0], cp[1] = 0, 0
-		l4 := pkt[p.L4Off:p.End]
+		l4 := pkt[p.L4Off:end]
 		cs = Checksum(l4, PseudoHeaderSum(p.Proto, pkt[so:so+alen], pkt[do:do+alen], len(l4)))
 	} else {
 		cs = applyDelta(cs, delta)
