@@ -126,3 +126,37 @@ func TestBadRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestRejectedRequestsCounted: requests fasthttp refuses before any handler
+// runs (a body over MaxBody, an unreadable header) are answered from the
+// one status table and counted in the request metrics like any other.
+func TestRejectedRequestsCounted(t *testing.T) {
+	_, rdb := startRedis(t)
+	_, R := startRoot(t, rdb, rootOpts{sweep: -1})
+	_, C := startCluster(t, rdb, R, clusterOpts{id: "c1"})
+	big := `{"cluster_id":"c1","cluster_address":"` + strings.Repeat("a", MaxBody) + `","cluster_port":1}`
+	for _, base := range []string{R, C} {
+		url := base + "/api/net/cluster"
+		if base == C {
+			url = base + "/api/node/register"
+		}
+		st, b := rawPost(t, url, big, "")
+		var eb errorBody
+		if err := json.Unmarshal(b, &eb); err != nil || st != 413 || eb.Code != "body_too_large" || !strings.Contains(eb.Error, "body") {
+			t.Errorf("%s: %d %s, want 413 body_too_large", url, st, b)
+		}
+		route := strings.TrimPrefix(url, base)
+		if v := metricValue(t, base, `oakwire_http_requests_total{code="413",route="POST `+route+`"}`); v != 1 {
+			t.Errorf("%s: 413 counted %v times, want 1", url, v)
+		}
+
+		st, b = rawRequest(t, base, "POST "+route+" HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+		if err := json.Unmarshal(b, &eb); err != nil || st != 400 || eb.Code != "bad_request" {
+			t.Errorf("%s with a bad Content-Length: %d %s, want 400 bad_request", url, st, b)
+		}
+		// The header did not parse: there is no route to name.
+		if v := metricValue(t, base, `oakwire_http_requests_total{code="400",route="other"}`); v != 1 {
+			t.Errorf("%s: 400 counted %v times under route other, want 1", url, v)
+		}
+	}
+}

@@ -41,8 +41,9 @@ type ClusterConfig struct {
 	// Refresh is the period of re-fetching every cached service from root,
 	// repairing missed notifications (default 30 s; negative: never).
 	Refresh time.Duration
-	// Timeout bounds Redis work per request; RootTimeout one call to root
-	// (defaults 2 s and 3 s).
+	// Timeout bounds Redis work per request (default DefaultTimeout: a
+	// Redis that hangs gives 503 within a second); RootTimeout one call to
+	// root (default 3 s).
 	Timeout, RootTimeout time.Duration
 	Log                  *slog.Logger
 }
@@ -64,7 +65,7 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 		c.Refresh = 30 * time.Second
 	}
 	if c.Timeout <= 0 {
-		c.Timeout = 2 * time.Second
+		c.Timeout = DefaultTimeout
 	}
 	if c.RootTimeout <= 0 {
 		c.RootTimeout = 3 * time.Second

@@ -8,7 +8,10 @@
 // nothing. Multi-key changes are single Lua scripts; the root's keys share
 // the hash tag {r} and a cluster's keys the tag {c:<cluster id>}, so every
 // script touches one slot and works unchanged on Redis Cluster. Addresses
-// and subnets come from an ipam.Allocator.
+// and subnets come from an ipam.Allocator, whose keys sit in another slot:
+// a change of both (deploying or deleting a service or an instance) is
+// two-phase with its intent recorded first, so a failure between the
+// phases is finished by the retry, the next call or a sweep (pending.go).
 //
 // Errors are sentinel errors mapped to HTTP status codes in one table
 // (errors.go); answers are {"error": ..., "code": ...}. docs/api.md lists

@@ -27,6 +27,13 @@ const testBudget = 10 * time.Second
 
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// The client library logs every failed dial; the outage tests make many.
+func init() { redis.SetLogger(quietRedisLog{}) }
+
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
 // newRDB is a client with the short timeouts the service uses, so a dead
 // Redis turns into 503 quickly. Tests that stop Redis use it.
 func newRDB(t testing.TB, addr string) *redis.Client {
@@ -78,6 +85,15 @@ type rootOpts struct {
 	token    string
 	policies []string
 	plan     ipam.Config
+	// timeout is the request budget (default testBudget; negative: the
+	// production default).
+	timeout time.Duration
+	// notify replaces the tests' fast notification settings.
+	notify *NotifyConfig
+	// alloc wraps the allocator (fault injection).
+	alloc func(ipam.Allocator) ipam.Allocator
+	// sweep and stale set RootConfig.Sweep and staleAfter (0: defaults).
+	sweep, stale time.Duration
 }
 
 func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, string) {
@@ -85,12 +101,26 @@ func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, stri
 	if o.prefix == "" {
 		o.prefix = DefaultPrefix
 	}
-	alloc, err := ipam.NewRedis(rdb, o.plan, o.prefix)
+	ra, err := ipam.NewRedis(rdb, o.plan, o.prefix)
 	if err != nil {
 		t.Fatalf("ipam: %v", err)
 	}
+	var alloc ipam.Allocator = ra
+	if o.alloc != nil {
+		alloc = o.alloc(ra)
+	}
+	switch {
+	case o.timeout == 0:
+		o.timeout = testBudget
+	case o.timeout < 0:
+		o.timeout = 0
+	}
+	nc := NotifyConfig{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Timeout: time.Second}
+	if o.notify != nil {
+		nc = *o.notify
+	}
 	r, err := NewRoot(RootConfig{Prefix: o.prefix, Token: o.token, Policies: o.policies, IPAM: o.plan, Log: quietLog,
-		Timeout: testBudget, Notify: NotifyConfig{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Timeout: time.Second}}, rdb, alloc)
+		Timeout: o.timeout, Notify: nc, Sweep: o.sweep, staleAfter: o.stale}, rdb, alloc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +133,9 @@ type clusterOpts struct {
 	token     string
 	id        string
 	retention int
+	// timeout is the Redis budget per request (default testBudget;
+	// negative: the production default).
+	timeout time.Duration
 }
 
 func startCluster(t testing.TB, rdb redis.UniversalClient, rootURL string, o clusterOpts) (*Cluster, string) {
@@ -110,9 +143,15 @@ func startCluster(t testing.TB, rdb redis.UniversalClient, rootURL string, o clu
 	if o.id == "" {
 		o.id = "c1"
 	}
+	switch {
+	case o.timeout == 0:
+		o.timeout = testBudget
+	case o.timeout < 0:
+		o.timeout = 0
+	}
 	ln := listen(t)
 	c, err := NewCluster(ClusterConfig{Prefix: o.prefix, Token: o.token, ClusterID: o.id, RootURL: rootURL,
-		Advertise: ln.Addr().String(), WatchRetention: o.retention, Log: quietLog, Timeout: testBudget, RootTimeout: testBudget}, rdb)
+		Advertise: ln.Addr().String(), WatchRetention: o.retention, Log: quietLog, Timeout: o.timeout, RootTimeout: testBudget}, rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,6 +273,28 @@ func rawPost(t testing.TB, url, body, token string) (int, []byte) {
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// rawRequest writes req (a whole HTTP/1.1 request, as bytes on the wire)
+// to the server at base and reads one answer.
+func rawRequest(t testing.TB, base, req string) (int, []byte) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%s: %v", base, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)

@@ -118,46 +118,85 @@ func (a *api) match(method, path string) (*route, []string, error) {
 	return nil, nil, notFoundf("%s %s: no such endpoint", method, path)
 }
 
-// serve is the fasthttp entry point.
+// serve is the fasthttp entry point. Every answer, including a request
+// fasthttp refused to read (NewServer passes those here), is counted in the
+// request metrics.
 func (a *api) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	path := string(ctx.Path()) // a copy: nothing below keeps request bytes
 	method := string(ctx.Method())
-	name := "other"
+	var name string
+	if rej, ok := ctx.UserValue(rejectionKey{}).(*rejection); ok {
+		rej.handled = true
+		name = "other"
+		if r, _, _ := a.match(method, path); r != nil {
+			name = r.name
+		}
+		a.writeErr(ctx, rej.err)
+	} else {
+		name = a.dispatch(ctx, method, path)
+	}
+	if name == "" {
+		return
+	}
+	code := strconv.Itoa(ctx.Response.StatusCode())
+	a.reqs.WithLabelValues(name, code).Inc()
+	a.latency.WithLabelValues(name, code).Observe(time.Since(start).Seconds())
+}
+
+// dispatch answers one request and returns its metrics label ("" for
+// /metrics itself, which is not counted).
+func (a *api) dispatch(ctx *fasthttp.RequestCtx, method, path string) string {
 	switch path {
 	case "/healthz":
-		name = "healthz"
 		ctx.SetContentType("text/plain")
 		ctx.SetBodyString("ok\n")
+		return "healthz"
 	case "/readyz":
-		name = "readyz"
 		if err := a.ready(ctx); err != nil {
 			a.writeErr(ctx, err)
 		} else {
 			ctx.SetContentType("text/plain")
 			ctx.SetBodyString("ready\n")
 		}
+		return "readyz"
 	case "/metrics":
 		a.metrics(ctx)
-		return
-	default:
-		if strings.HasPrefix(path, "/api/") && !a.authorized(ctx) {
-			name = "unauthorized"
-			a.writeErr(ctx, newErr(ErrUnauthorized, "unauthorized", "Authorization: missing or wrong bearer token"))
-			break
-		}
-		r, params, err := a.match(method, path)
-		if r != nil {
-			name = r.name
-			err = r.h(ctx, params)
-		}
-		if err != nil {
-			a.writeErr(ctx, err)
-		}
+		return ""
 	}
-	code := strconv.Itoa(ctx.Response.StatusCode())
-	a.reqs.WithLabelValues(name, code).Inc()
-	a.latency.WithLabelValues(name, code).Observe(time.Since(start).Seconds())
+	if strings.HasPrefix(path, "/api/") && !a.authorized(ctx) {
+		a.writeErr(ctx, newErr(ErrUnauthorized, "unauthorized", "Authorization: missing or wrong bearer token"))
+		return "unauthorized"
+	}
+	name := "other"
+	r, params, err := a.match(method, path)
+	if r != nil {
+		name = r.name
+		err = r.h(ctx, params)
+	}
+	if err != nil {
+		a.writeErr(ctx, err)
+	}
+	return name
+}
+
+// rejection is a request fasthttp refused to read (body over MaxBody,
+// malformed header), handed to serve by NewServer's ErrorHandler under
+// rejectionKey so it is answered and counted like any other.
+type rejection struct {
+	err     error
+	handled bool // set by serve
+}
+
+type rejectionKey struct{}
+
+// requestErr is fasthttp's reason for refusing a request as one of our
+// sentinel errors: its status comes from statusTable like every other.
+func requestErr(err error) error {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		return newErr(ErrTooLarge, "body_too_large", "body: larger than %d bytes", MaxBody)
+	}
+	return badf("bad_request", "request: %v", err)
 }
 
 func (a *api) authorized(ctx *fasthttp.RequestCtx) bool {
@@ -235,8 +274,11 @@ func decodeBody(ctx *fasthttp.RequestCtx, v any) error {
 	return nil
 }
 
-// NewServer wraps a role's handler in a fasthttp server with the body limit
-// and JSON answers for requests fasthttp rejects itself (413, 400).
+// NewServer wraps a role's handler (a Root's or Cluster's Handler) in a
+// fasthttp server with the body limit. A request fasthttp refuses itself
+// (body over MaxBody: 413; unreadable: 400) goes to h marked as rejected,
+// so its answer comes from the one status table and is counted in h's
+// request metrics.
 func NewServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 	if log == nil {
 		log = slog.Default()
@@ -250,12 +292,15 @@ func NewServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 		Concurrency:        256 * 1024,
 		CloseOnShutdown:    true,
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
-			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-				writeJSON(ctx, http.StatusRequestEntityTooLarge,
-					errorBody{Error: fmt.Sprintf("body: larger than %d bytes", MaxBody), Code: "body_too_large"})
-				return
+			rej := &rejection{err: requestErr(err)}
+			ctx.SetUserValue(rejectionKey{}, rej)
+			h(ctx)
+			if !rej.handled {
+				// h is not one of ours: answer without it.
+				ctx.Response.Reset()
+				status, code, msg := errStatus(rej.err)
+				writeJSON(ctx, status, errorBody{Error: msg, Code: code})
 			}
-			writeJSON(ctx, http.StatusBadRequest, errorBody{Error: "request: " + err.Error(), Code: "bad_request"})
 		},
 		Logger: slogPrintf{log},
 	}

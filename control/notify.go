@@ -70,7 +70,7 @@ type notifier struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex // guards queues
+	mu     sync.Mutex // guards queues and the unreachable gauge's series
 	queues map[string]*clusterQueue
 
 	sent        *prometheus.CounterVec
@@ -82,7 +82,8 @@ type notifier struct {
 type clusterQueue struct {
 	id     string
 	cancel context.CancelFunc
-	wake   chan struct{} // capacity 1
+	wake   chan struct{} // capacity 1: items were queued
+	moved  chan struct{} // capacity 1: the cluster re-registered at another URL
 
 	mu    sync.Mutex // guards url and items
 	url   string
@@ -129,7 +130,7 @@ func (n *notifier) enqueue(ci clusterInfo, u jobUpdate) {
 	q := n.queues[ci.ClusterID]
 	if q == nil {
 		ctx, cancel := context.WithCancel(n.ctx)
-		q = &clusterQueue{id: ci.ClusterID, cancel: cancel, wake: make(chan struct{}, 1)}
+		q = &clusterQueue{id: ci.ClusterID, cancel: cancel, wake: make(chan struct{}, 1), moved: make(chan struct{}, 1)}
 		n.queues[ci.ClusterID] = q
 		n.wg.Add(1)
 		go n.run(ctx, q)
@@ -150,16 +151,50 @@ func (n *notifier) enqueue(ci clusterInfo, u jobUpdate) {
 	}
 }
 
+// retarget points the queue of a cluster that re-registered at the address
+// it registered with now. Updates queued while it was unreachable at the old
+// one are retried there at once, not after the backoff (nor only when the
+// next update is queued).
+func (n *notifier) retarget(ci clusterInfo) {
+	n.mu.Lock()
+	q := n.queues[ci.ClusterID]
+	n.mu.Unlock()
+	if q == nil {
+		return
+	}
+	url := clusterURL(ci)
+	q.mu.Lock()
+	changed := q.url != url
+	q.url = url
+	q.mu.Unlock()
+	if changed {
+		select {
+		case q.moved <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // forget stops notifying a deregistered cluster.
 func (n *notifier) forget(cid string) {
 	n.mu.Lock()
 	q := n.queues[cid]
 	delete(n.queues, cid)
+	n.unreachable.DeleteLabelValues(cid)
 	n.mu.Unlock()
 	if q != nil {
 		q.cancel()
 	}
-	n.unreachable.DeleteLabelValues(cid)
+}
+
+// setUnreachable sets q's gauge unless q was forgotten meanwhile (a stale
+// series would report a deregistered cluster as down forever).
+func (n *notifier) setUnreachable(q *clusterQueue, v float64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.queues[q.id] == q {
+		n.unreachable.WithLabelValues(q.id).Set(v)
+	}
 }
 
 func (n *notifier) close() {
@@ -185,8 +220,9 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 			case <-ctx.Done():
 				return
 			case <-q.wake:
-				continue
+			case <-q.moved:
 			}
+			continue
 		}
 		status, err := n.post(url, item)
 		switch {
@@ -206,7 +242,7 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 				n.log.Info("cluster reachable again", "cluster", q.id)
 			}
 			fails, backoff = 0, n.cfg.MinBackoff
-			n.unreachable.WithLabelValues(q.id).Set(0)
+			n.setUnreachable(q, 0)
 		default:
 			if err == nil {
 				err = fmt.Errorf("status %d", status)
@@ -214,7 +250,7 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 			fails++
 			n.failed.WithLabelValues(q.id).Inc()
 			if fails == n.cfg.UnreachableAfter {
-				n.unreachable.WithLabelValues(q.id).Set(1)
+				n.setUnreachable(q, 1)
 				n.log.Warn("cluster unreachable; retrying with backoff", "cluster", q.id, "url", url, "err", err)
 			}
 			t := time.NewTimer(backoff)
@@ -222,6 +258,11 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 			case <-ctx.Done():
 				t.Stop()
 				return
+			case <-q.moved:
+				// Another address: try it now, from the shortest backoff.
+				t.Stop()
+				backoff = n.cfg.MinBackoff
+				continue
 			case <-t.C:
 			}
 			backoff = min(backoff*2, n.cfg.MaxBackoff)

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
@@ -54,9 +55,20 @@ type RootConfig struct {
 	IPAM ipam.Config
 	// Notify tunes change notifications to clusters.
 	Notify NotifyConfig
-	// Timeout bounds the work of one request against Redis (default 2 s).
+	// Timeout bounds the work of one request against Redis (default
+	// 600 ms). A Redis that hangs then costs a request at most Timeout plus
+	// one command's read timeout of the client (300 ms in
+	// cmd/servicemanager's default): a 503 within a second.
 	Timeout time.Duration
-	Log     *slog.Logger
+	// Sweep is the period of finishing changes that failed half-way
+	// (pending.go): releasing addresses of deleted records, reclaiming those
+	// of deploys abandoned mid-way (default 10 s; negative: never).
+	Sweep time.Duration
+	Log   *slog.Logger
+
+	// staleAfter overrides how old an allocation intent must be to count as
+	// abandoned (tests; default max(10 × Timeout, 30 s)).
+	staleAfter time.Duration
 }
 
 // Validate checks the configuration after defaults.
@@ -93,7 +105,13 @@ func (c RootConfig) withDefaults() RootConfig {
 	c.Policies = slices.Clone(c.Policies)
 	c.IPAM = c.IPAM.WithDefaults()
 	if c.Timeout <= 0 {
-		c.Timeout = 2 * time.Second
+		c.Timeout = DefaultTimeout
+	}
+	if c.Sweep == 0 {
+		c.Sweep = 10 * time.Second
+	}
+	if c.staleAfter <= 0 {
+		c.staleAfter = max(10*c.Timeout, 30*time.Second)
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -101,13 +119,21 @@ func (c RootConfig) withDefaults() RootConfig {
 	return c
 }
 
+// DefaultTimeout is the default budget of one request's work against
+// Redis, root and cluster alike. It keeps a request against a Redis that
+// hangs under a second (see RootConfig.Timeout).
+const DefaultTimeout = 600 * time.Millisecond
+
 // Root is the root service manager (SPEC §5).
 type Root struct {
 	*api
-	cfg    RootConfig
-	alloc  ipam.Allocator
-	notify *notifier
-	keyTag string // prefix + "{r}:"
+	cfg        RootConfig
+	alloc      ipam.Allocator
+	notify     *notifier
+	keyTag     string // prefix + "{r}:"
+	staleAfter time.Duration
+	stop       context.CancelFunc // ends the sweeper
+	wg         sync.WaitGroup     // the sweeper
 	// worker ranges, for validating namespace IPs
 	workerV4Lo, workerV4Hi netip.Addr
 	workerV6Lo, workerV6Hi netip.Addr
@@ -131,6 +157,13 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 	r.workerV4Lo, r.workerV6Lo = first.V4.Addr(), first.V6.Addr()
 	r.workerV4Hi, r.workerV6Hi = lastAddr(last.V4), lastAddr(last.V6)
 	r.notify = newNotifier(cfg.Notify, cfg.Token, cfg.Log, r.reg)
+	r.staleAfter = cfg.staleAfter
+	sctx, stop := context.WithCancel(context.Background())
+	r.stop = stop
+	if cfg.Sweep > 0 {
+		r.wg.Add(1)
+		go r.sweeper(sctx, cfg.Sweep)
+	}
 
 	r.handle("POST /api/net/cluster", r.registerCluster)
 	r.handle("DELETE /api/net/cluster/:cid", r.deleteCluster)
@@ -152,9 +185,12 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 // Handler is the fasthttp handler of every root endpoint.
 func (r *Root) Handler() fasthttp.RequestHandler { return r.serve }
 
-// Close stops the notifier; pending notifications are dropped (clusters
-// refresh their caches periodically).
+// Close stops the notifier and the sweeper; pending notifications are
+// dropped (clusters refresh their caches periodically), pending frees stay
+// in Redis for the next root.
 func (r *Root) Close() error {
+	r.stop()
+	r.wg.Wait()
 	r.notify.close()
 	return nil
 }
@@ -224,6 +260,7 @@ func (r *Root) registerCluster(ctx *fasthttp.RequestCtx, _ []string) error {
 	if err := r.rdb.HSet(c, r.kClusters(), ci.ClusterID, b).Err(); err != nil {
 		return redisErr("register cluster", err)
 	}
+	r.notify.retarget(ci)
 	writeJSON(ctx, 200, ci)
 	return nil
 }
@@ -253,6 +290,15 @@ type serviceMeta struct {
 	ID            string                 `json:"_id"`
 	JobName       string                 `json:"job_name"`
 	ServiceIPList []nodeclient.ServiceIP `json:"service_ip_list"`
+	// Owners are the pool owners of the service IPs by policy (see
+	// pending.go); absent in records from before generations.
+	Owners map[string]string `json:"owners,omitempty"`
+}
+
+// storedInstance is an instance record: the instance and its pool owner.
+type storedInstance struct {
+	nodeclient.Instance
+	Owner string `json:"owner,omitempty"`
 }
 
 type deployAnswer struct {
@@ -260,8 +306,9 @@ type deployAnswer struct {
 	ServiceIPList []nodeclient.ServiceIP `json:"service_ip_list"`
 }
 
-func (r *Root) svcOwner(id, policy string) string { return "svc/" + id + "/" + policy }
-func instOwner(id string, n int) string           { return "inst/" + id + "/" + strconv.Itoa(n) }
+// Pool owner bases; newOwner adds the generation.
+func svcOwnerBase(id, policy string) string { return "svc/" + id + "/" + policy }
+func instOwnerBase(id string, n int) string { return "inst/" + id + "/" + strconv.Itoa(n) }
 
 func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 	var in struct {
@@ -317,8 +364,8 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 	custom := map[string][2]string{"RR": {dd.RRIP, dd.RRIPv6}, "Closest": {dd.ClosestIP, dd.ClosestIPv6}}
 	reqs := make([]ipam.Request, len(r.cfg.Policies))
 	for i, pol := range r.cfg.Policies {
-		kind, _ := policyKind(pol) // Validate checked every name
-		reqs[i] = ipam.Request{Owner: r.svcOwner(id, pol), Kind: kind}
+		kind, _ := policyKind(pol)         // Validate checked every name
+		reqs[i] = ipam.Request{Kind: kind} // Owner: after prepare
 		cu := custom[pol]
 		field := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[pol]
 		if cu[0] != "" {
@@ -346,23 +393,42 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	// Pre-checks: a job name held by another id, or this id holding another
-	// job, is a conflict before anything is allocated.
-	pipe := r.rdb.Pipeline()
-	ownerCmd := pipe.HGet(c, r.kJobs(), job)
-	metaCmd := pipe.HGet(c, r.kSvc(id), "meta")
-	if _, err := pipe.Exec(c); err != nil && !errors.Is(err, redis.Nil) {
-		return redisErr("deploy service: read", err)
+	// Prepare: conflicts are found before anything is allocated, and an
+	// intent names the owners the allocation is for.
+	args := []any{id, job, r.staleArg()}
+	for _, pol := range r.cfg.Policies {
+		args = append(args, pol, newOwner(svcOwnerBase(id, pol)))
 	}
-	if o := ownerCmd.Val(); o != "" && o != id {
-		return conflictf("job_name: %s already belongs to service _id %q", job, o)
+	keys := []string{r.kSvc(id), r.kJobs(), r.kPend(id), r.kPending()}
+	res, err := prepareServiceScript.Run(c, r.rdb, keys, args...).Slice()
+	if err != nil {
+		return redisErr("deploy service: prepare", err)
 	}
-	existed := metaCmd.Val() != ""
-	if existed {
-		var m serviceMeta
-		if err := json.Unmarshal([]byte(metaCmd.Val()), &m); err == nil && m.JobName != job {
-			return conflictf("_id: %q already names service %s", id, m.JobName)
-		}
+	code, payload, frees, _, err := scriptReply(res)
+	if err != nil {
+		return fmt.Errorf("deploy service: prepare: %w", err)
+	}
+	if err := r.finish(c, id, frees); err != nil {
+		return fmt.Errorf("deploy service: %w", err)
+	}
+	switch code {
+	case -2:
+		return conflictf("job_name: %s already belongs to service _id %q", job, payload)
+	case -3:
+		return conflictf("_id: %q already names service %s", id, payload)
+	case 0:
+		return r.answerExistingService(ctx, payload, reqs)
+	}
+	ownerList, _ := payload.([]any)
+	if len(ownerList) != len(reqs) {
+		return fmt.Errorf("deploy service: prepare: %d owners for %d policies", len(ownerList), len(reqs))
+	}
+	slots := make([]string, len(reqs))
+	owners := make([]string, len(reqs))
+	for i := range reqs {
+		owners[i], _ = ownerList[i].(string)
+		slots[i] = "p:" + r.cfg.Policies[i]
+		reqs[i].Owner = owners[i]
 	}
 
 	pairs, err := r.alloc.Alloc(c, reqs)
@@ -372,58 +438,75 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 			for i, q := range reqs {
 				if (q.Custom4.IsValid() || q.Custom6.IsValid()) && strings.Contains(err.Error(), q.Owner+" ") {
 					f := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[r.cfg.Policies[i]]
-					return newErr(ipam.ErrConflict, "address_in_use", "deployment_descriptor.%s: requested address not free (%v)", f, err)
+					err = newErr(ipam.ErrConflict, "address_in_use", "deployment_descriptor.%s: requested address not free (%v)", f, err)
+					break
 				}
 			}
 		}
-		return fmt.Errorf("deploy service: allocate service IPs: %w", err)
+		return r.afterAllocErr(c, id, slots, owners, fmt.Errorf("deploy service: allocate service IPs: %w", err))
 	}
-	meta := serviceMeta{ID: id, JobName: job}
+	meta := serviceMeta{ID: id, JobName: job, Owners: map[string]string{}}
 	for i, pol := range r.cfg.Policies {
 		meta.ServiceIPList = append(meta.ServiceIPList, nodeclient.ServiceIP{IpType: pol, Address: pairs[i].V4.String(), AddressV6: pairs[i].V6.String()})
+		meta.Owners[pol] = owners[i]
 	}
 	mb, _ := json.Marshal(meta)
-	res, err := createServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kJobs()}, id, job, mb).Slice()
+	args = []any{id, job, mb}
+	for i, pol := range r.cfg.Policies {
+		args = append(args, pol, owners[i])
+	}
+	// A failure here leaves the intent: a retry gets the same addresses, the
+	// sweep frees them if none comes.
+	res, err = commitServiceScript.Run(c, r.rdb, keys, args...).Slice()
 	if err != nil {
-		if !existed {
-			r.release(ctx, reqOwners(reqs))
-		}
 		return redisErr("deploy service: store", err)
 	}
-	switch res[0].(int64) {
+	code, payload, frees, _, err = scriptReply(res)
+	if err != nil {
+		return fmt.Errorf("deploy service: store: %w", err)
+	}
+	if err := r.finish(c, id, frees); err != nil {
+		return fmt.Errorf("deploy service: %w", err)
+	}
+	switch code {
 	case -2:
-		if !existed {
-			r.release(ctx, reqOwners(reqs))
-		}
-		return conflictf("job_name: %s already belongs to service _id %q", job, res[1])
+		return conflictf("job_name: %s already belongs to service _id %q", job, payload)
 	case -3:
-		return conflictf("_id: %q already names service %s", id, res[1])
+		return conflictf("_id: %q already names service %s", id, payload)
+	case -4:
+		return fmt.Errorf("deploy service: addresses reclaimed while the request stalled, retry: %w", ErrUnavailable)
 	case 0:
-		if err := json.Unmarshal([]byte(res[1].(string)), &meta); err != nil {
-			return fmt.Errorf("deploy service: stored meta: %w", err)
-		}
+		return r.answerExistingService(ctx, payload, reqs)
 	}
 	writeJSON(ctx, 200, deployAnswer{JobName: meta.JobName, ServiceIPList: meta.ServiceIPList})
 	return nil
 }
 
-func reqOwners(reqs []ipam.Request) []string {
-	out := make([]string, len(reqs))
-	for i, q := range reqs {
-		out[i] = q.Owner
+// answerExistingService answers a deploy of a service that exists (stored
+// meta JSON in payload): its addresses, unless the request asks for custom
+// ones it does not hold (409, as for any taken address).
+func (r *Root) answerExistingService(ctx *fasthttp.RequestCtx, payload any, reqs []ipam.Request) error {
+	s, _ := payload.(string)
+	var meta serviceMeta
+	if err := json.Unmarshal([]byte(s), &meta); err != nil {
+		return fmt.Errorf("deploy service: stored meta: %w", err)
 	}
-	return out
-}
-
-// release frees owners after a failed write, on a fresh context (the
-// request's may be what failed). Failure is logged: the owners are
-// deterministic, so a retried request re-uses (or a delete frees) them.
-func (r *Root) release(_ context.Context, owners []string) {
-	c, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
-	defer cancel()
-	if err := r.alloc.Release(c, owners); err != nil {
-		r.log.Warn("release after failed write", "owners", owners, "err", err)
+	for i, pol := range r.cfg.Policies {
+		field := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[pol]
+		for _, ip := range meta.ServiceIPList {
+			if ip.IpType != pol {
+				continue
+			}
+			if q := reqs[i].Custom4; q.IsValid() && q.String() != ip.Address {
+				return newErr(ipam.ErrConflict, "address_in_use", "deployment_descriptor.%s: service %s already holds %s", field, meta.JobName, ip.Address)
+			}
+			if q := reqs[i].Custom6; q.IsValid() && q.String() != ip.AddressV6 {
+				return newErr(ipam.ErrConflict, "address_in_use", "deployment_descriptor.%s_v6: service %s already holds %s", field, meta.JobName, ip.AddressV6)
+			}
+		}
 	}
+	writeJSON(ctx, 200, deployAnswer{JobName: meta.JobName, ServiceIPList: meta.ServiceIPList})
+	return nil
 }
 
 func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
@@ -433,30 +516,29 @@ func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := deleteServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kJobs(), r.kInt(id)}, id, r.keyTag+"cint:").Slice()
+	res, err := deleteServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kJobs(), r.kInt(id), r.kPend(id), r.kPending()},
+		id, r.keyTag+"cint:", r.staleArg()).Slice()
 	if err != nil {
 		return redisErr("delete service", err)
 	}
-	owners := make([]string, len(r.cfg.Policies))
-	for i, pol := range r.cfg.Policies {
-		owners[i] = r.svcOwner(id, pol)
+	code, payload, frees, _, err := scriptReply(res)
+	if err != nil {
+		return fmt.Errorf("delete service: %w", err)
 	}
-	switch res[0].(int64) {
+	// Also what an earlier, half-finished attempt left (its retry lands
+	// here as -1).
+	if err := r.finish(c, id, frees); err != nil {
+		return fmt.Errorf("delete service: %w", err)
+	}
+	switch code {
 	case -1:
-		// Unknown: still free what a half-finished earlier attempt may have
-		// left (owners that hold nothing are ignored).
-		if err := r.alloc.Release(c, owners); err != nil {
-			return fmt.Errorf("delete service: release: %w", err)
-		}
 		return notFoundf("_id: no service %q", id)
 	case -2:
 		return conflictf("_id: service %q still has instances", id)
 	}
-	if err := r.alloc.Release(c, owners); err != nil {
-		return fmt.Errorf("delete service: release service IPs: %w", err)
-	}
 	var m serviceMeta
-	_ = json.Unmarshal([]byte(res[1].(string)), &m)
+	s, _ := payload.(string)
+	_ = json.Unmarshal([]byte(s), &m)
 	writeJSON(ctx, 200, map[string]string{"_id": id, "job_name": m.JobName})
 	return nil
 }
@@ -498,49 +580,78 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	c, cancel := r.ctx(ctx)
 	defer cancel()
 
-	pipe := r.rdb.Pipeline()
-	metaCmd := pipe.HGet(c, r.kSvc(id), "meta")
-	instCmd := pipe.HGet(c, r.kSvc(id), "i:"+strconv.Itoa(n))
-	clCmd := pipe.HExists(c, r.kClusters(), cid)
-	if _, err := pipe.Exec(c); err != nil && !errors.Is(err, redis.Nil) {
-		return redisErr("deploy instance: read", err)
+	field := "i:" + strconv.Itoa(n)
+	keys := []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending()}
+	res, err := prepareInstanceScript.Run(c, r.rdb, keys, id, field, cid, newOwner(instOwnerBase(id, n)), r.staleArg()).Slice()
+	if err != nil {
+		return redisErr("deploy instance: prepare", err)
 	}
-	if metaCmd.Val() == "" {
+	code, payload, frees, clusters, err := scriptReply(res)
+	if err != nil {
+		return fmt.Errorf("deploy instance: prepare: %w", err)
+	}
+	if err := r.finish(c, id, frees); err != nil {
+		return fmt.Errorf("deploy instance: %w", err)
+	}
+	switch code {
+	case -1:
 		return notFoundf("_id: no service %q", id)
-	}
-	if !clCmd.Val() {
+	case -2:
 		return notFoundf("cluster_id: %q is not registered", cid)
+	case 0, 1:
+		return r.answerInstance(ctx, n, code == 1, payload, clusters)
 	}
-	existed := instCmd.Val() != ""
-	var meta serviceMeta
-	_ = json.Unmarshal([]byte(metaCmd.Val()), &meta)
-	owner := instOwner(id, n)
+	owner, _ := payload.(string)
 	pairs, err := r.alloc.Alloc(c, []ipam.Request{{Owner: owner, Kind: ipam.KindInstance}})
 	if err != nil {
-		return fmt.Errorf("deploy instance: allocate instance IPs: %w", err)
+		return r.afterAllocErr(c, id, []string{field}, []string{owner},
+			fmt.Errorf("deploy instance: allocate instance IPs: %w", err))
 	}
-	inst := nodeclient.Instance{InstanceNumber: n, InstanceIP: pairs[0].V4.String(), InstanceIPv6: pairs[0].V6.String(), ClusterID: cid}
+	inst := storedInstance{Owner: owner, Instance: nodeclient.Instance{InstanceNumber: n,
+		InstanceIP: pairs[0].V4.String(), InstanceIPv6: pairs[0].V6.String(), ClusterID: cid}}
 	ib, _ := json.Marshal(inst)
-	res, err := deployInstanceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters()}, "i:"+strconv.Itoa(n), ib, cid).Slice()
+	// A failure here leaves the intent: a retry gets the same addresses, the
+	// sweep frees them if none comes.
+	res, err = commitInstanceScript.Run(c, r.rdb, keys, id, field, owner, ib, cid).Slice()
 	if err != nil {
-		if !existed {
-			r.release(ctx, []string{owner})
-		}
 		return redisErr("deploy instance: store", err)
 	}
-	if res[0].(int64) == -1 {
-		if !existed {
-			r.release(ctx, []string{owner})
-		}
-		return notFoundf("_id: no service %q", id)
+	code, payload, frees, clusters, err = scriptReply(res)
+	if err != nil {
+		return fmt.Errorf("deploy instance: store: %w", err)
 	}
-	if err := json.Unmarshal([]byte(res[1].(string)), &inst); err != nil {
+	if err := r.finish(c, id, frees); err != nil {
+		return fmt.Errorf("deploy instance: %w", err)
+	}
+	switch code {
+	case -1:
+		return notFoundf("_id: no service %q", id)
+	case -3:
+		return fmt.Errorf("deploy instance: addresses reclaimed while the request stalled, retry: %w", ErrUnavailable)
+	}
+	return r.answerInstance(ctx, n, code == 1, payload, clusters)
+}
+
+// answerInstance answers a deploy with the stored instance (payload:
+// instance and service meta JSON), notifying the interested clusters when
+// it changed.
+func (r *Root) answerInstance(ctx *fasthttp.RequestCtx, n int, changed bool, payload any, clusters []any) error {
+	pl, _ := payload.([]any)
+	if len(pl) != 2 {
+		return fmt.Errorf("deploy instance: script payload of %d values", len(pl))
+	}
+	is, _ := pl[0].(string)
+	ms, _ := pl[1].(string)
+	var inst nodeclient.Instance
+	if err := json.Unmarshal([]byte(is), &inst); err != nil {
 		return fmt.Errorf("deploy instance: stored instance: %w", err)
 	}
-	if res[0].(int64) == 1 {
-		r.notifyClusters(res[2:], meta.JobName, n, "DEPLOYMENT")
+	var m serviceMeta
+	_ = json.Unmarshal([]byte(ms), &m)
+	if changed {
+		r.notifyClusters(clusters, m.JobName, n, "DEPLOYMENT")
 	}
-	writeJSON(ctx, 200, instanceAnswer{JobName: meta.JobName, Instance: inst})
+	writeJSON(ctx, 200, instanceAnswer{JobName: m.JobName, Instance: inst})
 	return nil
 }
 
@@ -555,43 +666,47 @@ func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	meta, err := r.rdb.HGet(c, r.kSvc(id), "meta").Result()
-	if errors.Is(err, redis.Nil) {
-		return notFoundf("_id: no service %q", id)
-	} else if err != nil {
-		return redisErr("delete instance: read", err)
-	}
-	var m serviceMeta
-	_ = json.Unmarshal([]byte(meta), &m)
-	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters()}, strconv.Itoa(n)).Slice()
+	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending()},
+		id, strconv.Itoa(n), r.staleArg()).Slice()
 	if err != nil {
 		return redisErr("delete instance", err)
 	}
-	switch res[0].(int64) {
+	code, payload, frees, clusters, err := scriptReply(res)
+	if err != nil {
+		return fmt.Errorf("delete instance: %w", err)
+	}
+	var m serviceMeta
+	var removed []int
+	if code == 1 {
+		pl, _ := payload.([]any)
+		if len(pl) != 2 {
+			return fmt.Errorf("delete instance: script payload of %d values", len(pl))
+		}
+		s, _ := pl[0].(string)
+		_ = json.Unmarshal([]byte(s), &m)
+		nums, _ := pl[1].([]any)
+		for _, v := range nums {
+			s, _ := v.(string)
+			k, _ := strconv.Atoi(s)
+			removed = append(removed, k)
+		}
+		slices.Sort(removed)
+		// The records are gone whatever happens to the release below:
+		// clusters hear of it now.
+		for _, k := range removed {
+			r.notifyClusters(clusters, m.JobName, k, "UNDEPLOYMENT")
+		}
+	}
+	// The removed instances' addresses, and whatever an earlier attempt
+	// failed to free (its retry finds nothing left to remove).
+	if err := r.finish(c, id, frees); err != nil {
+		return fmt.Errorf("delete instance: %w", err)
+	}
+	switch code {
 	case -1:
 		return notFoundf("_id: no service %q", id)
 	case -2:
-		// Free a leftover of an earlier attempt that failed to release.
-		if err := r.alloc.Release(c, []string{instOwner(id, n)}); err != nil {
-			return fmt.Errorf("delete instance: release: %w", err)
-		}
 		return notFoundf("instance_number: service %q has no instance %d", id, n)
-	}
-	var removed []int
-	var owners []string
-	for _, v := range res[1].([]any) {
-		k, _ := strconv.Atoi(v.(string))
-		removed = append(removed, k)
-		owners = append(owners, instOwner(id, k))
-	}
-	slices.Sort(removed)
-	if len(owners) > 0 {
-		if err := r.alloc.Release(c, owners); err != nil {
-			return fmt.Errorf("delete instance: release instance IPs: %w", err)
-		}
-	}
-	for _, k := range removed {
-		r.notifyClusters(res[2:], m.JobName, k, "UNDEPLOYMENT")
 	}
 	if removed == nil {
 		removed = []int{}
@@ -798,9 +913,9 @@ func (r *Root) serviceByIP(ctx *fasthttp.RequestCtx, p []string) error {
 		}
 		return fmt.Errorf("get service by ip: %w", err)
 	}
-	// owners are svc/<id>/<policy> or inst/<id>/<n>
+	// owners are svc/<id>/<policy>[/<gen>] or inst/<id>/<n>[/<gen>]
 	parts := strings.Split(owner, "/")
-	if len(parts) != 3 {
+	if len(parts) < 3 {
 		return notFoundf("ip: %s belongs to no service or instance", a)
 	}
 	return r.answerService(ctx, c, parts[1], cid, fmt.Sprintf("ip: %s belongs to no service or instance", a))

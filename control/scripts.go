@@ -20,58 +20,6 @@ local function interested(out)
 end
 `
 
-// createService: KEYS svc, jobs. ARGV id, job, meta JSON.
-// → {1, meta} created, {0, meta} exists already (same job),
-// {-2, other id} job taken, {-3, job} id exists with another job.
-var createServiceScript = redis.NewScript(`
-local owner = redis.call('HGET', KEYS[2], ARGV[2])
-if owner and owner ~= ARGV[1] then return {-2, owner} end
-local meta = redis.call('HGET', KEYS[1], 'meta')
-if meta then
-  local m = cjson.decode(meta)
-  if m.job_name ~= ARGV[2] then return {-3, m.job_name} end
-  return {0, meta}
-end
-redis.call('HSET', KEYS[1], 'meta', ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-return {1, ARGV[3]}
-`)
-
-// deleteService: KEYS svc, jobs, int. ARGV id, cint key prefix.
-// → {1, meta} deleted, {-1} unknown, {-2} has instances.
-var deleteServiceScript = redis.NewScript(`
-local meta = redis.call('HGET', KEYS[1], 'meta')
-if not meta then return {-1} end
-if redis.call('HLEN', KEYS[1]) > 1 then return {-2} end
-local m = cjson.decode(meta)
-for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  redis.call('SREM', ARGV[2] .. c, ARGV[1])
-end
-redis.call('DEL', KEYS[1], KEYS[3])
-if redis.call('HGET', KEYS[2], m.job_name) == ARGV[1] then
-  redis.call('HDEL', KEYS[2], m.job_name)
-end
-return {1, meta}
-`)
-
-// deployInstance: KEYS svc, int, clusters. ARGV field, instance JSON,
-// cluster id. → {-1} unknown service; {changed, instance JSON, clusters...}.
-// An existing instance keeps its addresses; only its cluster may change.
-var deployInstanceScript = redis.NewScript(luaInterested + `
-if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local inst = cjson.decode(cur)
-  if inst.cluster_id == ARGV[3] then return {0, cur} end
-  inst.cluster_id = ARGV[3]
-  cur = cjson.encode(inst)
-  redis.call('HSET', KEYS[1], ARGV[1], cur)
-  return interested({1, cur})
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return interested({1, ARGV[2]})
-`)
-
 // deployStatus: KEYS svc, int, clusters. ARGV groups of 5: field, nsIP,
 // nsIPv6, host IP, host port. All instances must exist; all are updated.
 // → {-1} unknown service, {-2, field} unknown instance, {1, clusters...}.
@@ -119,26 +67,6 @@ for i = 1, #ARGV, 3 do
 end
 if n == 0 then return {0} end
 return interested({n})
-`)
-
-// deleteInstances: KEYS svc, int, clusters. ARGV instance number or "-1".
-// → {-1} unknown service, {-2} unknown instance, {1, {numbers}, clusters...}.
-var deleteInstancesScript = redis.NewScript(luaInterested + `
-if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
-local removed = {}
-if ARGV[1] == '-1' then
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if string.sub(f, 1, 2) == 'i:' then
-      redis.call('HDEL', KEYS[1], f)
-      table.insert(removed, string.sub(f, 3))
-    end
-  end
-else
-  if redis.call('HDEL', KEYS[1], 'i:' .. ARGV[1]) == 0 then return {-2} end
-  removed = {ARGV[1]}
-end
-if #removed == 0 then return {1, removed} end
-return interested({1, removed})
 `)
 
 // getService: KEYS svc, int, cint, clusters. ARGV id, cluster id.

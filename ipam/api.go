@@ -58,10 +58,11 @@ type SubnetPair struct {
 
 // Request asks for one dual-stack service-pool allocation.
 //
-// Owner is an opaque non-empty string naming the holder (for example
-// "svc/<id>/RR" or "inst/<id>/3"). Allocation is idempotent per owner: a
-// request whose owner already holds a pair returns that pair (unless a
-// custom address that differs is asked for: ErrConflict).
+// Owner is an opaque non-empty string naming the holder (the control plane
+// uses "svc/<id>/<policy>/<generation>" and "inst/<id>/<n>/<generation>").
+// Allocation is idempotent per owner: a request whose owner already holds
+// a pair returns that pair (unless a custom address that differs is asked
+// for: ErrConflict).
 //
 // Custom4/Custom6, when valid, ask for that exact address: it must lie in
 // the pool (ErrOutOfPool) and be free, not quarantined (ErrConflict).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +32,9 @@ func quickClient(t testing.TB, addr string) *redis.Client {
 		WriteTimeout: 200 * time.Millisecond,
 		MaxRetries:   -1,
 		PoolSize:     32,
+		// One dial, no retry: a killed server fails a call at once.
+		DialerRetries:      1,
+		DialerRetryTimeout: 10 * time.Millisecond,
 	})
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -352,9 +356,12 @@ func concurrentAllocs(t *testing.T, clients []redis.UniversalClient) {
 	checkInvariants(t, clients[0], allocs[0])
 }
 
-// checkInvariants reads every pool of r and checks that the two directions
-// of each mapping agree and that released indexes are neither held nor
-// missing their release record: what a half-written operation would break.
+// checkInvariants reads every pool of r and checks what a half-written
+// operation would break: the two directions of each mapping agree, a
+// released index is neither held nor missing its release record, every
+// owner with a kind holds exactly one IPv4 address and one IPv6 address of
+// its kind, and every holder in the service pool has a kind. It returns the
+// number of service-pool pairs held.
 func checkInvariants(t *testing.T, c redis.UniversalClient, r *RedisAllocator) (held int) {
 	t.Helper()
 	ctx := context.Background()
@@ -366,11 +373,13 @@ func checkInvariants(t *testing.T, c redis.UniversalClient, r *RedisAllocator) (
 	if err != nil {
 		t.Fatal(err)
 	}
+	hashes := map[string]map[string]string{}
 	for _, p := range pools {
 		h, err := c.HGetAll(ctx, p[0]).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
+		hashes[p[0]] = h
 		z, err := c.ZRange(ctx, p[1], 0, -1).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -386,13 +395,15 @@ func checkInvariants(t *testing.T, c redis.UniversalClient, r *RedisAllocator) (
 				}
 				if p[0] == r.v4H {
 					held++
-					if _, ok := owners[v]; !ok {
-						t.Errorf("%s holds %s but has no kind", v, f[2:])
-					}
 				}
 			case strings.HasPrefix(f, "o:"):
 				if h["i:"+v] != f[2:] {
 					t.Errorf("%s: %s=%s but i:%s=%q", p[0], f, v, v, h["i:"+v])
+				}
+				if p[0] != r.subnetH {
+					if _, ok := owners[f[2:]]; !ok {
+						t.Errorf("%s: %s holds %s but has no kind", p[0], f[2:], v)
+					}
 				}
 			}
 		}
@@ -402,15 +413,34 @@ func checkInvariants(t *testing.T, c redis.UniversalClient, r *RedisAllocator) (
 			}
 		}
 	}
+	for o, kind := range owners {
+		k, err := strconv.Atoi(kind)
+		if err != nil || k < 0 || k >= MaxKinds {
+			t.Errorf("owner %s: kind %q", o, kind)
+			continue
+		}
+		if _, ok := hashes[r.v4H]["o:"+o]; !ok {
+			t.Errorf("owner %s of kind %d holds no IPv4 address", o, k)
+		}
+		for j := range r.v6H {
+			_, ok := hashes[r.v6H[j]]["o:"+o]
+			if ok != (j == k) {
+				t.Errorf("owner %s of kind %d: holds an IPv6 address of kind %d: %v", o, k, j, ok)
+			}
+		}
+	}
 	if held != len(owners) {
 		t.Errorf("%d v4 addresses held, %d owners with a kind", held, len(owners))
 	}
 	return held
 }
 
-// TestRedisDown stops the server between operations: every operation fails
-// with ErrUnavailable, and after a restart (from a snapshot taken before)
-// the state is whole and allocation continues.
+// TestRedisDown takes Redis away while 16 workers allocate and release
+// addresses and subnets at once: first hung (SIGSTOP, so commands already
+// sent run when it resumes), then killed and restarted from a snapshot
+// taken under the same load. Failures are ErrUnavailable; afterwards every
+// pool is whole (checkInvariants), every pair a worker was told it got and
+// did not release is still its own, and allocation goes on.
 func TestRedisDown(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -428,11 +458,121 @@ func TestRedisDown(t *testing.T) {
 	if _, err := a.AllocSubnet(ctx, "n0"); err != nil {
 		t.Fatal(err)
 	}
+
+	// load runs the workers until stop is closed. Each returns the pairs it
+	// was answered and has not released since, and how many calls failed.
+	type held struct {
+		owner string
+		p     Pair
+	}
+	load := func(round int, stop <-chan struct{}) func() ([]held, int) {
+		const workers = 16
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var kept []held
+		var failed int
+		var other []error
+		for w := range workers {
+			wg.Go(func() {
+				var mine []held
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						mu.Lock()
+						kept = append(kept, mine...)
+						mu.Unlock()
+						return
+					default:
+					}
+					time.Sleep(2 * time.Millisecond) // paced: the pool outlives both rounds
+					owner := fmt.Sprintf("r%d/w%d/%d", round, w, i)
+					var err error
+					switch {
+					case i%7 == 3 && len(mine) > 0:
+						// Release a batch of two: all or nothing too. A
+						// failed release may still run (sent before the
+						// hang): those pairs are no longer checked.
+						n := min(2, len(mine))
+						rel := []string{mine[0].owner, mine[n-1].owner}
+						err = a.Release(ctx, rel)
+						mine = mine[n:]
+					case i%11 == 5:
+						_, err = a.AllocSubnet(ctx, owner)
+						if err == nil && i%2 == 0 {
+							err = a.ReleaseSubnet(ctx, owner)
+						}
+					default:
+						// A batch of two of different kinds: all or nothing.
+						var ps []Pair
+						ps, err = a.Alloc(ctx, []Request{{Owner: owner + "a", Kind: Kind(i % 3)}, {Owner: owner + "b", Kind: KindRR}})
+						if err == nil {
+							mine = append(mine, held{owner + "a", ps[0]}, held{owner + "b", ps[1]})
+						}
+					}
+					if err != nil {
+						mu.Lock()
+						if errors.Is(err, ErrUnavailable) {
+							failed++
+						} else {
+							other = append(other, err)
+						}
+						mu.Unlock()
+						time.Sleep(5 * time.Millisecond)
+					}
+				}
+			})
+		}
+		return func() ([]held, int) {
+			wg.Wait()
+			for _, err := range other {
+				t.Errorf("round %d: not an outage error: %v", round, err)
+			}
+			return kept, failed
+		}
+	}
+	verify := func(what string, kept []held) {
+		t.Helper()
+		checkInvariants(t, c, a)
+		for _, h := range kept {
+			for _, addr := range []netip.Addr{h.p.V4, h.p.V6} {
+				if o, err := a.Owner(ctx, addr); err != nil || o != h.owner {
+					t.Errorf("%s: %s was answered to %s, now owned by %q (%v)", what, addr, h.owner, o, err)
+				}
+			}
+		}
+	}
+
+	// Hung.
+	stop := make(chan struct{})
+	wait := load(1, stop)
+	time.Sleep(150 * time.Millisecond)
+	resume := pauseRedis(t, c)
+	time.Sleep(600 * time.Millisecond)
+	resume()
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	kept, failed := wait()
+	t.Logf("hung: %d pairs kept, %d calls failed", len(kept), failed)
+	if failed == 0 {
+		t.Error("hung: no call failed")
+	}
+	verify("hung", kept)
+
+	// Killed, restarted from a snapshot taken under load: whatever the
+	// snapshot holds is whole.
+	stop = make(chan struct{})
+	wait = load(2, stop)
+	time.Sleep(150 * time.Millisecond)
 	if err := c.Save(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(50 * time.Millisecond)
 	srv.Stop()
-	ip := netip.MustParseAddr("10.30.0.1")
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	if _, failed := wait(); failed == 0 {
+		t.Error("killed: no call failed")
+	}
 	for name, f := range map[string]func() error{
 		"Alloc":   func() error { _, err := a.Alloc(ctx, []Request{{Owner: "new"}}); return err },
 		"Release": func() error { return a.Release(ctx, []string{"o1"}) },
@@ -445,7 +585,7 @@ func TestRedisDown(t *testing.T) {
 			_, err := a.LookupSubnet(ctx, "n0")
 			return err
 		},
-		"Owner": func() error { _, err := a.Owner(ctx, ip); return err },
+		"Owner": func() error { _, err := a.Owner(ctx, netip.MustParseAddr("10.30.0.1")); return err },
 		"Peek":  func() error { _, err := a.Peek(ctx, 0, 4); return err },
 	} {
 		if err := f(); !errors.Is(err, ErrUnavailable) || errors.Unwrap(err) == nil {
@@ -453,19 +593,24 @@ func TestRedisDown(t *testing.T) {
 		}
 	}
 	srv.Restart()
-	if held := checkInvariants(t, c, a); held != 10 {
-		t.Errorf("%d held after restart, want 10", held)
+	// After a run of failed dials the client's pool re-dials in the
+	// background, about once a second.
+	for deadline := time.Now().Add(5 * time.Second); c.Ping(ctx).Err() != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("client not back 5 s after the restart")
+		}
 	}
-	if o, err := a.Owner(ctx, ip); err != nil || o != "o0" {
+	verify("killed", kept) // round 1's pairs predate the snapshot
+	if o, err := a.Owner(ctx, netip.MustParseAddr("10.30.0.1")); err != nil || o != "o0" {
 		t.Errorf("Owner after restart = %q, %v", o, err)
 	}
-	p, err := a.Alloc(ctx, []Request{{Owner: "new"}})
-	if err != nil || p[0].V4.String() != "10.30.0.11" {
-		t.Errorf("Alloc after restart = %v, %v", p, err)
+	if _, err := a.Alloc(ctx, []Request{{Owner: "new"}}); err != nil {
+		t.Errorf("Alloc after restart: %v", err)
 	}
 	if s, err := a.AllocSubnet(ctx, "n0"); err != nil || s.V4.String() != "10.18.0.0/26" {
 		t.Errorf("subnet after restart = %v, %v", s, err)
 	}
+	checkInvariants(t, c, a)
 }
 
 func TestStoreErrorIsNotUnavailable(t *testing.T) {

@@ -1,0 +1,486 @@
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/oakwire/oakwire/ipam"
+	"github.com/redis/go-redis/v9"
+)
+
+// Changes that span the root's records and the address pool.
+//
+// The root's keys carry the hash tag {r}, the pool's (package ipam) the tag
+// {svcpool}: two slots, so on Redis Cluster no one script can change both.
+// Deploying or deleting a service or an instance is therefore two-phase,
+// with the intent recorded in the root's slot, in the same script as the
+// record change, before the pool is touched:
+//
+//   - deploy: prepare (one script) checks the request and records an
+//     allocation intent "a:<slot>" for each pool owner it is about to use;
+//     then ipam.Alloc; then commit (one script) stores the record and drops
+//     the intent. A retry of a failed deploy finds the intent and re-uses its
+//     owner, so it gets the same addresses (Alloc is idempotent per owner).
+//   - delete: one script removes the records and records a pending free
+//     "f:<owner>" for each owner they held; then ipam.Release; then finish
+//     (one script) drops the pending frees that were released.
+//
+// If Redis goes away between the phases the request fails (503) and the
+// intent stays. Every later deploy or delete of the same service, and its
+// retry, first finishes the service's pending frees (and turns allocation
+// intents older than staleAfter into pending frees); a background sweep
+// (RootConfig.Sweep) does the same for services nobody touches again. So no
+// address stays held by a record that is gone, and none is freed while a
+// record holds it. (What can still leak: an allocation that reaches Redis
+// only after its intent was cancelled by a delete or reclaimed as stale,
+// sent by a replica that then dies before its commit, which would have
+// freed it.)
+//
+// Pool owners carry a random generation, "inst/<id>/<n>/<gen>" and
+// "svc/<id>/<policy>/<gen>", stored in the record ("owner" in an instance,
+// "owners" in a service's meta). A release that lands late (a replica that
+// stalled between the phases) therefore frees only the generation it was
+// meant for, never the addresses of an instance deployed again under the
+// same number. Records written before generations existed have none; their
+// owners are "inst/<id>/<n>" and "svc/<id>/<policy>".
+//
+// Keys, all in the root's slot:
+//
+//	pend:<id>  hash   a:i:<n>      "<stamp> <owner>" instance n being deployed
+//	                  a:p:<policy> "<stamp> <owner>" service IP being deployed
+//	                  f:<owner>    "<stamp>" owner whose pair is to be freed
+//	pending    set    ids whose pend hash is not empty (for the sweep)
+//
+// A stamp is the server's TIME as "<seconds>.<microseconds>": it dates an
+// intent for staleness, and identifies a pending free so finish drops only
+// the one it released.
+
+// luaPend is prepended to the scripts that keep pending state.
+const luaPend = `
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_stamp()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+-- intent returns the stamp and owner of slot's allocation intent, or nil.
+local function intent(pend, slot)
+  local v = redis.call('HGET', pend, 'a:' .. slot)
+  if not v then return nil end
+  local sp = string.find(v, ' ', 1, true)
+  return string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
+end
+local function pend_free(pend, pending, id, owner, now, out)
+  redis.call('HSET', pend, 'f:' .. owner, now)
+  redis.call('SADD', pending, id)
+  table.insert(out, owner)
+  table.insert(out, now)
+end
+local function pend_tidy(pend, pending, id)
+  if redis.call('EXISTS', pend) == 0 then redis.call('SREM', pending, id) end
+end
+-- collect returns the pending frees {owner, stamp, ...} of service id after
+-- turning into pending frees the allocation intents older than stale
+-- seconds (negative: none) and, when cancel is set, those whose slot starts
+-- with cancel ('' : all).
+local function collect(pend, pending, id, now, stale, cancel)
+  local out = {}
+  local all = redis.call('HGETALL', pend)
+  for i = 1, #all, 2 do
+    local f, v = all[i], all[i + 1]
+    local kind = string.sub(f, 1, 2)
+    if kind == 'f:' then
+      table.insert(out, string.sub(f, 3))
+      table.insert(out, v)
+    elseif kind == 'a:' then
+      local sp = string.find(v, ' ', 1, true)
+      local st, o = string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
+      local slot = string.sub(f, 3)
+      if (cancel and string.sub(slot, 1, #cancel) == cancel) or
+         (stale >= 0 and tonumber(now) - tonumber(st) > stale) then
+        redis.call('HDEL', pend, f)
+        pend_free(pend, pending, id, o, now, out)
+      end
+    end
+  end
+  return out
+end
+`
+
+// Script replies below are {code, payload, frees, clusters...}: frees is
+// {owner, stamp, ...}, the pending frees the caller must finish.
+
+// prepareInstance: KEYS svc, int, clusters, pend, pending. ARGV id, field
+// "i:<n>", cluster id, new owner, stale seconds.
+// → {-1} unknown service, {-2} unknown cluster, {0, {instance, meta}}
+// exists, {1, {instance, meta}, frees, clusters...} exists and moved to the
+// cluster, {2, owner} allocate for owner (an earlier attempt's, or the new
+// one).
+var prepareInstanceScript = redis.NewScript(luaInterested + luaPend + `
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if not meta then return {-1, '', {}} end
+if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 0 then return {-2, '', {}} end
+local now = now_stamp()
+local frees = collect(KEYS[4], KEYS[5], ARGV[1], now, tonumber(ARGV[5]), nil)
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if cur then
+  local inst = cjson.decode(cur)
+  if inst.cluster_id == ARGV[3] then return {0, {cur, meta}, frees} end
+  inst.cluster_id = ARGV[3]
+  cur = cjson.encode(inst)
+  redis.call('HSET', KEYS[1], ARGV[2], cur)
+  return interested({1, {cur, meta}, frees})
+end
+local _, o = intent(KEYS[4], ARGV[2])
+if not o then o = ARGV[4] end
+redis.call('HSET', KEYS[4], 'a:' .. ARGV[2], now .. ' ' .. o)
+redis.call('SADD', KEYS[5], ARGV[1])
+return {2, o, frees}
+`)
+
+// commitInstance: KEYS svc, int, clusters, pend, pending. ARGV id, field,
+// owner, instance JSON (with owner), cluster id.
+// → {-1, "", frees} service gone, {-3, "", frees} intent reclaimed (stale),
+// {0, {instance, meta}, frees} exists already, {1, {instance, meta}, frees,
+// clusters...} stored. Whenever the owner's pair is not the instance's, it
+// becomes a pending free.
+var commitInstanceScript = redis.NewScript(luaInterested + luaPend + `
+local now = now_stamp()
+local frees = {}
+local _, o = intent(KEYS[4], ARGV[2])
+if o == ARGV[3] then redis.call('HDEL', KEYS[4], 'a:' .. ARGV[2]) end
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if not meta then
+  pend_free(KEYS[4], KEYS[5], ARGV[1], ARGV[3], now, frees)
+  return {-1, '', frees}
+end
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if cur then
+  local inst = cjson.decode(cur)
+  if inst.owner ~= ARGV[3] then
+    pend_free(KEYS[4], KEYS[5], ARGV[1], ARGV[3], now, frees)
+    return {0, {cur, meta}, frees}
+  end
+  pend_tidy(KEYS[4], KEYS[5], ARGV[1])
+  if inst.cluster_id == ARGV[5] then return {0, {cur, meta}, frees} end
+  inst.cluster_id = ARGV[5]
+  cur = cjson.encode(inst)
+  redis.call('HSET', KEYS[1], ARGV[2], cur)
+  return interested({1, {cur, meta}, frees})
+end
+if o ~= ARGV[3] then
+  pend_free(KEYS[4], KEYS[5], ARGV[1], ARGV[3], now, frees)
+  return {-3, '', frees}
+end
+pend_tidy(KEYS[4], KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+return interested({1, {ARGV[4], meta}, frees})
+`)
+
+// deleteInstances: KEYS svc, int, clusters, pend, pending. ARGV id,
+// instance number or "-1", stale seconds.
+// → {-1, "", frees} unknown service, {-2, "", frees} unknown instance,
+// {1, {meta, {numbers}}, frees, clusters...}.
+var deleteInstancesScript = redis.NewScript(luaInterested + luaPend + `
+local now = now_stamp()
+local frees = collect(KEYS[4], KEYS[5], ARGV[1], now, tonumber(ARGV[3]), nil)
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if not meta then return {-1, '', frees} end
+local removed = {}
+local function remove(f)
+  local n = string.sub(f, 3)
+  local ok, inst = pcall(cjson.decode, redis.call('HGET', KEYS[1], f))
+  local o = ok and type(inst) == 'table' and inst.owner or nil
+  if type(o) ~= 'string' then o = 'inst/' .. ARGV[1] .. '/' .. n end
+  redis.call('HDEL', KEYS[1], f)
+  pend_free(KEYS[4], KEYS[5], ARGV[1], o, now, frees)
+  table.insert(removed, n)
+end
+if ARGV[2] == '-1' then
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 2) == 'i:' then remove(f) end
+  end
+else
+  if redis.call('HEXISTS', KEYS[1], 'i:' .. ARGV[2]) == 0 then return {-2, '', frees} end
+  remove('i:' .. ARGV[2])
+end
+if #removed == 0 then return {1, {meta, removed}, frees} end
+return interested({1, {meta, removed}, frees})
+`)
+
+// prepareService: KEYS svc, jobs, pend, pending. ARGV id, job, stale
+// seconds, then policy, new owner for each policy.
+// → {-2, other id} job taken, {-3, job} id names another job, {0, meta}
+// exists, {2, {owners}} allocate for these owners (an earlier attempt's
+// where it left one).
+var prepareServiceScript = redis.NewScript(luaPend + `
+local now = now_stamp()
+local frees = collect(KEYS[3], KEYS[4], ARGV[1], now, tonumber(ARGV[3]), nil)
+local holder = redis.call('HGET', KEYS[2], ARGV[2])
+if holder and holder ~= ARGV[1] then return {-2, holder, frees} end
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if meta then
+  local m = cjson.decode(meta)
+  if m.job_name ~= ARGV[2] then return {-3, m.job_name, frees} end
+  return {0, meta, frees}
+end
+local owners = {}
+for i = 4, #ARGV, 2 do
+  local slot = 'p:' .. ARGV[i]
+  local _, o = intent(KEYS[3], slot)
+  if not o then o = ARGV[i + 1] end
+  redis.call('HSET', KEYS[3], 'a:' .. slot, now .. ' ' .. o)
+  table.insert(owners, o)
+end
+redis.call('SADD', KEYS[4], ARGV[1])
+return {2, owners, frees}
+`)
+
+// commitService: KEYS svc, jobs, pend, pending. ARGV id, job, meta JSON
+// (with owners), then policy, owner for each policy.
+// → {-2, other id, frees} job taken, {-3, job, frees} id names another job,
+// {-4, "", frees} intents reclaimed, {0, meta, frees} exists, {1, meta, {}}
+// stored. Whenever our owners are not the service's, they become pending
+// frees.
+var commitServiceScript = redis.NewScript(luaPend + `
+local now = now_stamp()
+local lost = false
+for i = 4, #ARGV, 2 do
+  local slot = 'p:' .. ARGV[i]
+  local _, o = intent(KEYS[3], slot)
+  if o == ARGV[i + 1] then redis.call('HDEL', KEYS[3], 'a:' .. slot) else lost = true end
+end
+local function free_ours()
+  local frees = {}
+  for i = 4, #ARGV, 2 do pend_free(KEYS[3], KEYS[4], ARGV[1], ARGV[i + 1], now, frees) end
+  return frees
+end
+local holder = redis.call('HGET', KEYS[2], ARGV[2])
+if holder and holder ~= ARGV[1] then return {-2, holder, free_ours()} end
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if meta then
+  local m = cjson.decode(meta)
+  if m.job_name ~= ARGV[2] then return {-3, m.job_name, free_ours()} end
+  -- A concurrent deploy of the same service committed first; it shared
+  -- our intents, so normally its owners are ours.
+  local same = type(m.owners) == 'table'
+  for i = 4, #ARGV, 2 do
+    if not same or m.owners[ARGV[i]] ~= ARGV[i + 1] then same = false end
+  end
+  if same then
+    pend_tidy(KEYS[3], KEYS[4], ARGV[1])
+    return {0, meta, {}}
+  end
+  return {0, meta, free_ours()}
+end
+if lost then return {-4, '', free_ours()} end
+pend_tidy(KEYS[3], KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[1], 'meta', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return {1, ARGV[3], {}}
+`)
+
+// deleteService: KEYS svc, jobs, int, pend, pending. ARGV id, cint key
+// prefix, stale seconds. Deleting (or finding no service) cancels every
+// allocation intent of the id: a deploy still in flight fails instead of
+// resurrecting it.
+// → {-1, "", frees} unknown, {-2, "", frees} has instances, {1, meta, frees}.
+var deleteServiceScript = redis.NewScript(luaPend + `
+local now = now_stamp()
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if meta then
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, 1, 2) == 'i:' then
+      return {-2, '', collect(KEYS[4], KEYS[5], ARGV[1], now, tonumber(ARGV[3]), nil)}
+    end
+  end
+end
+local frees = collect(KEYS[4], KEYS[5], ARGV[1], now, tonumber(ARGV[3]), '')
+if not meta then return {-1, '', frees} end
+local m = cjson.decode(meta)
+for _, ip in ipairs(m.service_ip_list or {}) do
+  local o = type(m.owners) == 'table' and m.owners[ip.IpType] or nil
+  if type(o) ~= 'string' then o = 'svc/' .. ARGV[1] .. '/' .. ip.IpType end
+  pend_free(KEYS[4], KEYS[5], ARGV[1], o, now, frees)
+end
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('SREM', ARGV[2] .. c, ARGV[1])
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+if redis.call('HGET', KEYS[2], m.job_name) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], m.job_name)
+end
+return {1, meta, frees}
+`)
+
+// abandonIntents: KEYS pend, pending. ARGV id, then slot, owner pairs.
+// After an allocation that definitely failed: each intent that still names
+// the owner becomes a pending free (an earlier attempt may have allocated
+// for it). → frees.
+var abandonIntentsScript = redis.NewScript(luaPend + `
+local now = now_stamp()
+local frees = {}
+for i = 2, #ARGV, 2 do
+  local _, o = intent(KEYS[1], ARGV[i])
+  if o == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], 'a:' .. ARGV[i])
+    pend_free(KEYS[1], KEYS[2], ARGV[1], o, now, frees)
+  end
+end
+return frees
+`)
+
+// finishFrees: KEYS pend, pending. ARGV id, then owner, stamp pairs that
+// were released. Drops each pending free still carrying that stamp.
+var finishFreesScript = redis.NewScript(`
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], 'f:' .. ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], 'f:' .. ARGV[i])
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+`)
+
+// sweepService: KEYS pend, pending. ARGV id, stale seconds. → frees.
+var sweepServiceScript = redis.NewScript(luaPend + `
+local frees = collect(KEYS[1], KEYS[2], ARGV[1], now_stamp(), tonumber(ARGV[2]), nil)
+pend_tidy(KEYS[1], KEYS[2], ARGV[1])
+return frees
+`)
+
+func (r *Root) kPend(id string) string { return r.keyTag + "pend:" + id }
+func (r *Root) kPending() string       { return r.keyTag + "pending" }
+
+// newOwner returns a pool owner of a new generation under base
+// ("inst/<id>/<n>" or "svc/<id>/<policy>").
+func newOwner(base string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return base + "/" + hex.EncodeToString(b[:])
+}
+
+// staleArg is staleAfter in seconds, as a script argument.
+func (r *Root) staleArg() string {
+	return strconv.FormatFloat(r.staleAfter.Seconds(), 'f', 3, 64)
+}
+
+// scriptReply splits a pending-state script's reply into code, payload and
+// frees; rest is what follows (interested clusters).
+func scriptReply(res []any) (code int64, payload any, frees []any, rest []any, err error) {
+	if len(res) < 3 {
+		return 0, nil, nil, nil, fmt.Errorf("script reply of %d values", len(res))
+	}
+	code, ok := res[0].(int64)
+	if !ok {
+		return 0, nil, nil, nil, fmt.Errorf("script reply code %T", res[0])
+	}
+	frees, _ = res[2].([]any)
+	return code, res[1], frees, res[3:], nil
+}
+
+// finish releases the pool pairs of service id's pending frees (owner,
+// stamp pairs, as the scripts return them) and then drops them. On failure
+// they stay pending for the next call or the sweep.
+func (r *Root) finish(c context.Context, id string, frees []any) error {
+	if len(frees) == 0 {
+		return nil
+	}
+	owners := make([]string, 0, len(frees)/2)
+	args := make([]any, 0, 1+len(frees))
+	args = append(args, id)
+	for i := 0; i+1 < len(frees); i += 2 {
+		o, _ := frees[i].(string)
+		owners = append(owners, o)
+		args = append(args, frees[i], frees[i+1])
+	}
+	if err := r.alloc.Release(c, owners); err != nil {
+		return fmt.Errorf("release %d pending: %w", len(owners), err)
+	}
+	if err := finishFreesScript.Run(c, r.rdb, []string{r.kPend(id), r.kPending()}, args...).Err(); err != nil {
+		return redisErr("drop released pending", err)
+	}
+	return nil
+}
+
+// definite reports whether an allocation error says nothing was allocated
+// (a refusal), as opposed to not knowing (Redis unreachable, a timeout: the
+// script may have run).
+func definite(err error) bool {
+	if errors.Is(err, ipam.ErrUnavailable) {
+		return false
+	}
+	for _, s := range []error{ipam.ErrConflict, ipam.ErrExhausted, ipam.ErrOutOfPool, ipam.ErrBadRequest, ipam.ErrNotFound} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// afterAllocErr handles an allocation for owners (of slots, the pend hash
+// fields without "a:") that failed with err. A definite refusal abandons the
+// intents (freeing what an earlier attempt may have allocated for them), so
+// the request leaves nothing behind; otherwise they stay, for a retry to
+// re-use or the sweep to reclaim. It returns what the caller returns.
+func (r *Root) afterAllocErr(c context.Context, id string, slots, owners []string, err error) error {
+	if !definite(err) {
+		return err
+	}
+	args := make([]any, 0, 1+2*len(slots))
+	args = append(args, id)
+	for i := range slots {
+		args = append(args, slots[i], owners[i])
+	}
+	frees, aerr := abandonIntentsScript.Run(c, r.rdb, []string{r.kPend(id), r.kPending()}, args...).Slice()
+	if aerr != nil {
+		return errors.Join(err, redisErr("abandon allocation intents", aerr))
+	}
+	if ferr := r.finish(c, id, frees); ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	return err
+}
+
+// sweep finishes the pending state of every service that has some: pending
+// frees are released, allocation intents older than staleAfter reclaimed.
+func (r *Root) sweep(ctx context.Context) error {
+	c, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	ids, err := r.rdb.SMembers(c, r.kPending()).Result()
+	if err != nil {
+		return redisErr("sweep: list", err)
+	}
+	var errs []error
+	for _, id := range ids {
+		frees, err := sweepServiceScript.Run(c, r.rdb, []string{r.kPend(id), r.kPending()}, id, r.staleArg()).Slice()
+		if err == nil {
+			err = r.finish(c, id, frees)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sweep %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sweeper runs sweep every period until ctx ends.
+func (r *Root) sweeper(ctx context.Context, period time.Duration) {
+	defer r.wg.Done()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("sweep pending changes", "err", err)
+		}
+	}
+}
