@@ -199,7 +199,7 @@ func TestDeleteInstancesRedisHangsBetweenSteps(t *testing.T) {
 	_, insts := deployFixture(t, R, 2)
 
 	var resume func()
-	fa.set(&fa.beforeRelease, func() error { resume = pauseRedis(t, rdb); return nil })
+	fa.set(&fa.beforeRelease, func() error { resume = srv.Pause(); return nil })
 	start := time.Now()
 	st, b := call(t, "DELETE", R+"/api/net/s1/-1", "", "")
 	d := time.Since(start)
@@ -327,7 +327,7 @@ func TestDeployInstanceRedisHangsBeforeStore(t *testing.T) {
 	deployFixture(t, R, 0)
 
 	var resume func()
-	fa.set(&fa.afterAlloc, func() error { resume = pauseRedis(t, rdb); return nil })
+	fa.set(&fa.afterAlloc, func() error { resume = srv.Pause(); return nil })
 	start := time.Now()
 	st, b := call(t, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c1"}`, "")
 	d := time.Since(start)

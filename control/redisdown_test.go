@@ -102,7 +102,7 @@ func TestRedisDownAndBack(t *testing.T) {
 		}
 	}
 
-	resume := pauseRedis(t, rdb)
+	resume := srv.Pause()
 	outage("hung")
 	resume()
 	recovered("hung")

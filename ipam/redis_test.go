@@ -546,7 +546,7 @@ func TestRedisDown(t *testing.T) {
 	stop := make(chan struct{})
 	wait := load(1, stop)
 	time.Sleep(150 * time.Millisecond)
-	resume := pauseRedis(t, c)
+	resume := srv.Pause()
 	time.Sleep(600 * time.Millisecond)
 	resume()
 	time.Sleep(150 * time.Millisecond)

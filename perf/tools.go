@@ -251,7 +251,7 @@ func runFlood(args []string, stdout, stderr io.Writer) error {
 		if gap > 0 {
 			// Paced: packet i leaves no earlier than t0 + i·gap, a
 			// batch at a time.
-			if ahead := t0.Add(time.Duration(res.Sent) * gap).Sub(time.Now()); ahead > 0 {
+			if ahead := time.Until(t0.Add(time.Duration(res.Sent) * gap)); ahead > 0 {
 				ts := unix.NsecToTimespec(ahead.Nanoseconds())
 				unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
 			}
