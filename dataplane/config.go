@@ -115,7 +115,8 @@ type PortConfig struct {
 type Stats struct {
 	Mode      string // XDP attach mode in use
 	Workers   int
-	CPUs      []int // pinning in use (empty: not pinned)
+	CPUs      []int  // pinning in use (empty: not pinned)
+	Yield     string // how spinning workers yield (xsk.YieldMode)
 	Topology  string
 	Sockets   int
 	Ports     int

@@ -708,7 +708,7 @@ func (e *Engine) sweepLoop() {
 // programs' kernel counters.
 func (e *Engine) Stats() Stats {
 	s := Stats{
-		Mode: e.cfg.Mode.String(), Workers: len(e.workers), CPUs: append([]int(nil), e.cfg.CPUs...),
+		Mode: e.cfg.Mode.String(), Workers: len(e.workers), CPUs: append([]int(nil), e.cfg.CPUs...), Yield: e.cfg.Poller.Yield.String(),
 		Topology: e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
 		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
 		Flows: e.flows.Len(), Counters: map[string]uint64{},

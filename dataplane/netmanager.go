@@ -12,6 +12,7 @@ import (
 
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
+	"github.com/oakwire/oakwire/fastpath/xsk"
 	"github.com/oakwire/oakwire/netmanager"
 )
 
@@ -24,7 +25,7 @@ type NetManager struct {
 	// Resolver, when set, answers unknown service IPs instead of the
 	// cluster (tests). Nil: the cluster's Services resolve them.
 	Resolver Resolver
-	// CPUs pins the workers (optional).
+	// CPUs pins the workers (optional; nil takes NodeInfo.WorkerCPUs).
 	CPUs []int
 	// Services tunes the cluster feed (negative TTL, idle expiry).
 	Services netmanager.ServiceOptions
@@ -90,9 +91,18 @@ func (n *NetManager) Start(_ context.Context, node netmanager.NodeInfo) error {
 	if res == nil && fromCluster {
 		res = ResolverFunc(n.miss)
 	}
+	yield, err := xsk.ParseYield(node.WorkerYield)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	cpus := n.CPUs
+	if cpus == nil {
+		cpus = node.WorkerCPUs
+	}
 	e, err := New(Config{
 		Uplink: node.Uplink, NodeIP: node.NodeIP, TunnelPort: uint16(tp),
-		Workers: node.Workers, CPUs: n.CPUs, Mode: mode, Resolver: res, Logger: n.Logger,
+		Workers: node.Workers, CPUs: cpus, Mode: mode, Resolver: res, Logger: n.Logger,
+		Poller: xsk.PollerConfig{Yield: yield, Spin: node.WorkerSpin},
 	})
 	if err != nil {
 		return err
@@ -193,6 +203,8 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 	return netmanager.DataplaneStats{
 		Mode:    "xdp-" + s.Mode,
 		Workers: s.Workers,
+		CPUs:    s.CPUs,
+		Yield:   s.Yield,
 		Sockets: s.Sockets,
 		Tables: map[string]int{
 			"ports": s.Ports, "services": s.Services, "instances": s.Instances,

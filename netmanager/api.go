@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"slices"
 	"time"
 
@@ -142,8 +141,8 @@ func (d *Daemon) Status() Status {
 		s.Deploying = append(s.Deploying, o)
 	}
 	slices.Sort(s.Deploying)
-	if s.Workers == 0 {
-		s.Workers = runtime.NumCPU()
+	if dps.Workers > 0 { // what the data plane really runs
+		s.Workers = dps.Workers
 	}
 	if d.st.Subnets != nil {
 		sub, gw := d.st.Subnets.Subnet(), d.st.Subnets.Gateway()

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,8 +38,19 @@ type Config struct {
 	Socket string `yaml:"socket"`
 	// StateDir holds the state file (state.json).
 	StateDir string `yaml:"state-dir"`
-	// Workers is the number of data-plane workers; 0 means one per CPU.
+	// Workers is the number of data-plane workers; 0 means the engine's
+	// default (half the CPUs, at least one).
 	Workers int `yaml:"workers"`
+	// WorkerCPUs pins worker i to CPU WorkerCPUs[i % len], a comma-separated
+	// list ("0,1"); empty leaves placement to the kernel's scheduler, which
+	// measured best for latency (docs/design.md).
+	WorkerCPUs string `yaml:"worker-cpus"`
+	// WorkerYield is how a spinning worker yields: os (sched_yield), go
+	// (runtime.Gosched) or none (busy spin; starves co-located apps).
+	WorkerYield string `yaml:"worker-yield"`
+	// WorkerSpin is how long an idle worker keeps polling before it sleeps
+	// in poll(2).
+	WorkerSpin time.Duration `yaml:"worker-spin"`
 	// MTU of containers' interfaces (1450 fits the tunnel in a 1500 underlay).
 	MTU int `yaml:"mtu"`
 	// XDPMode is how XDP programs attach: generic or native.
@@ -72,6 +84,8 @@ func Defaults() Config {
 		Socket:      "/etc/netmanager/netmanager.sock",
 		StateDir:    "/var/lib/netmanager",
 		MTU:         1450,
+		WorkerYield: "os",
+		WorkerSpin:  200 * time.Microsecond,
 		XDPMode:     "generic",
 		Quarantine:  60 * time.Second,
 		LogLevel:    "info",
@@ -94,7 +108,10 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "cluster service manager (host:port or URL); empty: wait for POST /register")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "unix socket of the local API")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state file")
-	fs.IntVar(&c.Workers, "workers", c.Workers, "data-plane workers (0: one per CPU)")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "data-plane workers (0: half the CPUs, at least one)")
+	fs.StringVar(&c.WorkerCPUs, "worker-cpus", c.WorkerCPUs, "pin worker i to CPU LIST[i % len], e.g. 0,1 (empty: unpinned)")
+	fs.StringVar(&c.WorkerYield, "worker-yield", c.WorkerYield, "how spinning workers yield: os (sched_yield), go (runtime.Gosched) or none")
+	fs.DurationVar(&c.WorkerSpin, "worker-spin", c.WorkerSpin, "how long an idle worker polls before it sleeps in poll(2)")
 	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of container interfaces")
 	fs.StringVar(&c.XDPMode, "xdp-mode", c.XDPMode, "XDP attach mode: generic or native")
 	fs.DurationVar(&c.Quarantine, "quarantine", c.Quarantine, "how long a freed namespace IP stays unused (0: none)")
@@ -192,6 +209,15 @@ func (c *Config) Validate() error {
 	if c.Workers < 0 || c.Workers > 256 {
 		bad("workers", "%d not in 0-256", c.Workers)
 	}
+	if _, err := ParseCPUList(c.WorkerCPUs); err != nil {
+		bad("worker-cpus", "%v", err)
+	}
+	if c.WorkerYield != "os" && c.WorkerYield != "go" && c.WorkerYield != "none" {
+		bad("worker-yield", "%q: want os, go or none", c.WorkerYield)
+	}
+	if c.WorkerSpin <= 0 || c.WorkerSpin > time.Second {
+		bad("worker-spin", "%v not in (0, 1s]", c.WorkerSpin)
+	}
 	if c.MTU < 1280 || c.MTU > 65535 {
 		bad("mtu", "%d not in 1280-65535 (IPv6 needs 1280)", c.MTU)
 	}
@@ -223,6 +249,23 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// ParseCPUList parses a comma-separated list of CPU numbers ("0,2");
+// empty is nil (no pinning).
+func ParseCPUList(s string) ([]int, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var cpus []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 || n > 4095 {
+			return nil, fmt.Errorf("%q: want CPU numbers like 0,1", s)
+		}
+		cpus = append(cpus, n)
+	}
+	return cpus, nil
 }
 
 // ParseLogLevel maps debug|info|warn|error to a slog level.

@@ -347,8 +347,10 @@ func (d *Daemon) setupNodeLocked() error {
 		ni := NodeInfo{
 			NodeID: d.nodeID, Uplink: d.cfg.Uplink, NodeIP: d.cfg.nodeAddr(), TunnelPort: d.cfg.TunnelPort,
 			Subnets: sub, Gateway4: gw.V4, Gateway6: gw.V6, Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode,
+			WorkerYield: d.cfg.WorkerYield, WorkerSpin: d.cfg.WorkerSpin,
 			MTU: d.cfg.MTU, Cluster: d.cluster,
 		}
+		ni.WorkerCPUs, _ = ParseCPUList(d.cfg.WorkerCPUs) // validated
 		if err := d.dp.Start(d.ctx, ni); err != nil {
 			return fmt.Errorf("data plane start: %w", err)
 		}

@@ -1130,7 +1130,8 @@ func TestDaemonXDPRollback(t *testing.T) {
 		}
 	})
 	d := newDaemon(t, bed, node)
-	d.extra = []string{"--dataplane", "xdp"}
+	// The worker keys reach the engine (and /status says what runs).
+	d.extra = []string{"--dataplane", "xdp", "--worker-cpus", "0", "--worker-yield", "go", "--worker-spin", "150us"}
 	d.start()
 	daemonPID.Store(int64(d.cmd.Process.Pid))
 	if code, body := d.call("POST", "/register", fmt.Sprintf(`{"client_id":"n1","cluster_address":%q}`, fc.addr)); code != 200 {
@@ -1143,6 +1144,9 @@ func TestDaemonXDPRollback(t *testing.T) {
 	s := d.status()
 	if s.Dataplane.Mode != "xdp-generic" || s.Dataplane.Sockets != 2 || s.Dataplane.Tables["ports"] != 1 {
 		t.Fatalf("data plane after one deploy: %+v", s.Dataplane)
+	}
+	if !slices.Equal(s.Dataplane.CPUs, []int{0}) || s.Dataplane.Yield != "go" || s.Workers != s.Dataplane.Workers {
+		t.Errorf("worker settings in /status: cpus %v yield %q workers %d (data plane %d)", s.Dataplane.CPUs, s.Dataplane.Yield, s.Workers, s.Dataplane.Workers)
 	}
 	pid := d.cmd.Process.Pid
 	before := xdpView(t, node.NS, pid, s.Dataplane)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/ipam"
@@ -22,7 +23,10 @@ type NodeInfo struct {
 	// host-side veth's own (Port.HostMAC).
 	Gateway4, Gateway6 netip.Addr
 	Workers            int
-	XDPMode            string // generic or native
+	WorkerCPUs         []int         // pinning (nil: none)
+	WorkerYield        string        // os, go or none
+	WorkerSpin         time.Duration // poll spin before sleeping
+	XDPMode            string        // generic or native
 	MTU                int
 	Cluster            Cluster
 }
@@ -49,6 +53,8 @@ type Port struct {
 type DataplaneStats struct {
 	Mode     string            `json:"mode"`
 	Workers  int               `json:"workers"`
+	CPUs     []int             `json:"cpus,omitempty"` // worker pinning (empty: none)
+	Yield    string            `json:"yield,omitempty"`
 	Sockets  int               `json:"sockets"`
 	Tables   map[string]int    `json:"tables"`   // table name → entries
 	Counters map[string]uint64 `json:"counters"` // counter name (drop reasons, rx, tx) → value

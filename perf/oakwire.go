@@ -574,17 +574,7 @@ func RunXDPNode(args []string, stdout, stderr io.Writer) int {
 
 // ParseYield maps "os" (or ""), "go" and "none" to the poller's
 // xsk.YieldMode.
-func ParseYield(s string) (xsk.YieldMode, error) {
-	switch s {
-	case "", "os":
-		return xsk.YieldOS, nil
-	case "go":
-		return xsk.YieldGo, nil
-	case "none":
-		return xsk.YieldNone, nil
-	}
-	return 0, fmt.Errorf("yield %q: want go, os or none", s)
-}
+func ParseYield(s string) (xsk.YieldMode, error) { return xsk.ParseYield(s) }
 
 func portConfig(p XDPNodePort) (dataplane.PortConfig, error) {
 	l, err := netlink.LinkByName(p.HostIf)

@@ -1,6 +1,9 @@
 package xsk
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Defaults for PollerConfig.
 const (
@@ -63,6 +66,32 @@ const (
 	// on small machines: DESIGN.md measured p99 ≈ 5 ms).
 	YieldNone
 )
+
+// ParseYield maps "os" (or ""), "go" and "none" to a YieldMode.
+func ParseYield(s string) (YieldMode, error) {
+	switch s {
+	case "", "os":
+		return YieldOS, nil
+	case "go":
+		return YieldGo, nil
+	case "none":
+		return YieldNone, nil
+	}
+	return 0, fmt.Errorf("yield %q: want os, go or none", s)
+}
+
+// String is the mode's name as ParseYield reads it.
+func (y YieldMode) String() string {
+	switch y {
+	case YieldOS:
+		return "os"
+	case YieldGo:
+		return "go"
+	case YieldNone:
+		return "none"
+	}
+	return fmt.Sprintf("YieldMode(%d)", uint8(y))
+}
 
 // PollerStats counts what a Poller did; owned by the worker.
 type PollerStats struct {
