@@ -68,9 +68,13 @@ func (m *addrTable[V]) put(a netip.Addr, v V) {
 }
 
 func (m *addrTable[V]) get(a netip.Addr) (V, bool) {
-	if len(m.slots) != 0 {
-		for i := addrHash(a) & m.mask; ; i = (i + 1) & m.mask {
-			s := &m.slots[i]
+	slots := m.slots
+	if len(slots) != 0 {
+		// The mask is derived from len(slots) (a power of two, = m.mask+1)
+		// so the compiler sees every index in range.
+		mask := uint(len(slots) - 1)
+		for i := uint(addrHash(a)); ; i++ {
+			s := &slots[i&mask]
 			if !s.used {
 				break
 			}

@@ -36,18 +36,25 @@ func MakeFlowKey(proto uint8, src netip.Addr, sport uint16, dst netip.Addr, dpor
 // bytes (the same key MakeFlowKey builds from p's fields).
 func flowKeyOf(pkt []byte, p *Parsed) FlowKey {
 	var k FlowKey
-	l3 := pkt[p.L3Off:]
-	fam := uint64(6)
-	if p.Version == 4 {
-		fam = 4
-		k[1] = uint64(binary.BigEndian.Uint32(l3[12:])) << 32
-		k[3] = uint64(binary.BigEndian.Uint32(l3[16:])) << 32
-	} else {
-		k[1], k[2] = binary.BigEndian.Uint64(l3[8:]), binary.BigEndian.Uint64(l3[16:])
-		k[3], k[4] = binary.BigEndian.Uint64(l3[24:]), binary.BigEndian.Uint64(l3[32:])
-	}
-	k[0] = uint64(p.Proto) | fam<<8 | uint64(p.SrcPort)<<16 | uint64(p.DstPort)<<32
+	k.setOf(pkt, p)
 	return k
+}
+
+// setOf sets k to flowKeyOf(pkt, p) in place: the packet path keeps its
+// keys in locals, and a returned key would be copied into them with
+// 16-byte moves that must wait for the 8-byte stores that built it (no
+// store forwarding across two stores).
+func (k *FlowKey) setOf(pkt []byte, p *Parsed) {
+	w0 := uint64(p.Proto) | uint64(p.SrcPort)<<16 | uint64(p.DstPort)<<32
+	// Decode checked the fixed header, so one length check (the array
+	// conversion) covers the address loads.
+	if p.Version == 4 {
+		h := (*[IPv4MinLen]byte)(pkt[p.L3Off:])
+		*k = FlowKey{w0 | 4<<8, uint64(binary.BigEndian.Uint32(h[12:])) << 32, 0, uint64(binary.BigEndian.Uint32(h[16:])) << 32, 0}
+		return
+	}
+	h := (*[IPv6Len]byte)(pkt[p.L3Off:])
+	*k = FlowKey{w0 | 6<<8, binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint64(h[16:]), binary.BigEndian.Uint64(h[24:]), binary.BigEndian.Uint64(h[32:])}
 }
 
 // reverse returns the key of the same 5-tuple in the other direction.
@@ -414,9 +421,12 @@ func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
 // another flow's Insert or Rebind); it is a no-op if the record changed
 // since the lookup.
 func (ft *FlowTable) Claim(ref FlowRef) {
-	if !ft.recs[ref.idx].revOff.Load() {
-		return
+	if ft.recs[ref.idx].revOff.Load() {
+		ft.claim(ref) // apart, so that this check inlines into the packet path
 	}
+}
+
+func (ft *FlowTable) claim(ref FlowRef) {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	r := &ft.recs[ref.idx]

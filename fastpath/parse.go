@@ -58,7 +58,15 @@ func (p *Parsed) Decode(b []byte) DropReason {
 	off += 2
 	switch et {
 	case EtherTypeIPv4:
-		return p.decodeIP(b, off, false, 4)
+		// decodeIP(b, off, false, 4) without its family dispatch.
+		*p = Parsed{L3Off: off}
+		if off >= len(b) {
+			return ReasonTruncatedIPv4
+		}
+		if b[off]>>4 != 4 {
+			return ReasonBadIPv4
+		}
+		return p.decode4(b, off, false)
 	case EtherTypeIPv6:
 		return p.decodeIP(b, off, false, 6)
 	}
@@ -104,13 +112,13 @@ func (p *Parsed) decode4(b []byte, off int, quoted bool) DropReason {
 	if len(b)-off < IPv4MinLen {
 		return ReasonTruncatedIPv4
 	}
-	h := IPv4(b[off:])
-	hl := h.HeaderLen()
-	tl := h.TotalLen()
+	h := (*[IPv4MinLen]byte)(b[off:]) // one length check for the fixed header
+	hl := int(h[0]&0xf) * 4
+	tl := int(binary.BigEndian.Uint16(h[2:]))
 	if hl < IPv4MinLen || tl < hl {
 		return ReasonBadIPv4
 	}
-	if len(h) < hl {
+	if len(b)-off < hl {
 		return ReasonTruncatedIPv4
 	}
 	end := off + tl
@@ -121,22 +129,22 @@ func (p *Parsed) decode4(b []byte, off int, quoted bool) DropReason {
 		end = len(b)
 	}
 	p.Version = 4
-	p.Proto = h.Protocol()
-	p.Src = h.Src()
-	p.Dst = h.Dst()
+	p.Proto = h[9]
+	p.Src = netip.AddrFrom4([4]byte(h[12:16]))
+	p.Dst = netip.AddrFrom4([4]byte(h[16:20]))
 	p.L4Off = off + hl
 	p.End = end
-	ff := h.FlagsFrag()
+	ff := binary.BigEndian.Uint16(h[6:])
 	p.DF = ff&ipv4FlagDF != 0
 	if ff&(ipv4FlagMF|ipv4FragOffMask) != 0 {
-		p.FragID = uint32(h.ID())
+		p.FragID = uint32(binary.BigEndian.Uint16(h[4:]))
 		if ff&ipv4FragOffMask != 0 {
 			p.Frag = FragLater
 			return ReasonNone
 		}
 		p.Frag = FragFirst
 	}
-	return p.decodeL4(b, quoted)
+	return p.decodeL4(b[p.L4Off:end], quoted)
 }
 
 func (p *Parsed) decode6(b []byte, off int, quoted bool) DropReason {
@@ -204,13 +212,25 @@ func (p *Parsed) decode6(b []byte, off int, quoted bool) DropReason {
 	if p.Frag == FragLater {
 		return ReasonNone
 	}
-	return p.decodeL4(b, quoted)
+	return p.decodeL4(b[p.L4Off:p.End], quoted)
 }
 
-// decodeL4 reads ports (or the ICMP echo identifier) of a packet whose
-// upper-layer header starts at p.L4Off and the packet ends at p.End.
-func (p *Parsed) decodeL4(b []byte, quoted bool) DropReason {
-	l4 := b[p.L4Off:p.End]
+// readAddrs sets Src and Dst from the IP header in b (as Decode does), for
+// a packet whose addresses were rewritten after decoding.
+func (p *Parsed) readAddrs(b []byte) {
+	if p.Version == 4 {
+		h := (*[IPv4MinLen]byte)(b[p.L3Off:])
+		p.Src = netip.AddrFrom4([4]byte(h[12:16]))
+		p.Dst = netip.AddrFrom4([4]byte(h[16:20]))
+		return
+	}
+	h := IPv6(b[p.L3Off:])
+	p.Src, p.Dst = h.Src(), h.Dst()
+}
+
+// decodeL4 reads ports (or the ICMP echo identifier) from l4, the bytes
+// from p.L4Off to p.End.
+func (p *Parsed) decodeL4(l4 []byte, quoted bool) DropReason {
 	switch p.Proto {
 	case ProtoTCP:
 		if quoted {

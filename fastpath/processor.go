@@ -104,10 +104,12 @@ func (p *Processor) Ingress(ctx *WorkerCtx, frames []Frame, out []Verdict) {
 }
 
 func frameBytes(f *Frame) ([]byte, bool) {
-	if f.Off < 0 || f.Len < 0 || f.Off > len(f.Buf) || f.Len > len(f.Buf)-f.Off {
+	// As unsigned values a negative Off or Len is beyond any length, so
+	// two comparisons check 0 ≤ Off ≤ len(Buf) and 0 ≤ Len ≤ len(Buf)-Off.
+	if uint(f.Off) > uint(len(f.Buf)) || uint(f.Len) > uint(len(f.Buf)-f.Off) {
 		return nil, false
 	}
-	return f.Buf[f.Off : f.Off+f.Len], true
+	return f.Buf[f.Off:][:f.Len], true
 }
 
 func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, v *Verdict) {
@@ -152,7 +154,8 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	var hash uint32
 	if e.kind == addrInstance {
 		ii = e.idx
-		fk := flowKeyOf(pkt, pp)
+		var fk FlowKey
+		fk.setOf(pkt, pp)
 		k := fk
 		if pp.Frag != FragNone {
 			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
@@ -220,11 +223,17 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		translateEgress(ctx, pkt, pp, self, ns, full)
 		start, end, ver := pp.L3Off-EthernetLen, pp.End, pp.Version
 		// Both ends are here: the reply direction of a local flow is also
-		// un-translated here (what ingress does for remote servers).
-		if q := &ctx.q; q.decodeIP(pkt[:end], pp.L3Off, false, 0) == ReasonNone {
-			p.untranslate(ctx, pkt[:end], q)
-		}
-		writeEth(pkt[start:], dp.ContainerMAC, dp.HostMAC, ver)
+		// un-translated here (what ingress does for remote servers). The
+		// translated packet parses as pp did but for its addresses (the
+		// rewrite changed only addresses, checksums and an ICMP error's
+		// quote, none of which parsing looks at beyond reading the
+		// addresses), so pp, which this packet needs no more, becomes its
+		// decode with the addresses read again: no second Decode, and no
+		// copy of the struct just written (its wide loads would wait on
+		// the narrow stores).
+		pp.readAddrs(pkt)
+		p.untranslate(ctx, pkt[:end], pp)
+		writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
 		v.Action, v.Port = ActTxPort, inst.Port
 		v.Off, v.Len = f.Off+start, end-start
 		ctx.ev(EvEgressLocal)
@@ -261,7 +270,8 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 
 // resolve finds or creates the flow of a packet to a service IP.
 func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, port *LocalPort, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
-	key := flowKeyOf(pkt, pp)
+	var key FlowKey
+	key.setOf(pkt, pp)
 	h := key.Hash() // tunnel source port, not the flow table's bucket
 	num, ref, found := p.flows.Lookup(&key, ctx.Now)
 	if found {
@@ -328,7 +338,8 @@ func (p *Processor) resolveICMPError(ctx *WorkerCtx, t *Table, svc *Service, pkt
 	if !q.HasPorts || q.Src != pp.Dst || q.Dst != pp.Src {
 		return 0, 0, ReasonICMPNoFlow // not a reply the service IP sent this client
 	}
-	qk := flowKeyOf(pkt, q)
+	var qk FlowKey
+	qk.setOf(pkt, q)
 	key := qk.reverse()
 	num, _, ok := p.flows.Lookup(&key, ctx.Now)
 	if !ok {
@@ -346,12 +357,12 @@ func (p *Processor) resolveICMPError(ctx *WorkerCtx, t *Table, svc *Service, pkt
 // packet travelled the other way: its source was our destination and its
 // destination our source) and recomputes the ICMP checksum.
 func translateEgress(ctx *WorkerCtx, pkt []byte, pp *Parsed, src, dst netip.Addr, full bool) {
-	isErr := pp.isICMPError() && pp.Frag == FragNone
-	oldSrc, oldDst := pp.Src, pp.Dst
-	rewriteAddrs(pkt, pp, src, dst, full)
-	if !isErr {
+	if !pp.isICMPError() || pp.Frag != FragNone {
+		rewriteAddrs(pkt, pp, src, dst, full)
 		return
 	}
+	oldSrc, oldDst := pp.Src, pp.Dst
+	rewriteAddrs(pkt, pp, src, dst, full)
 	q := &ctx.q
 	if quoted(pkt, pp, q) != ReasonNone {
 		return // opaque quote: leave it
@@ -368,14 +379,15 @@ func translateEgress(ctx *WorkerCtx, pkt []byte, pp *Parsed, src, dst netip.Addr
 	ctx.ev(EvICMPErrorTranslated)
 }
 
-func writeEth(b []byte, dst, src [6]byte, version uint8) {
-	e := Ethernet(b[:EthernetLen])
-	e.SetDst(dst)
-	e.SetSrc(src)
+func writeEth(b []byte, dst, src *[6]byte, version uint8) {
+	// Array stores, not copy(): no temporaries and no overlap checks.
+	e := (*[EthernetLen]byte)(b)
+	*(*[6]byte)(e[0:6]) = *dst
+	*(*[6]byte)(e[6:12]) = *src
 	if version == 4 {
-		e.SetType(EtherTypeIPv4)
+		binary.BigEndian.PutUint16(e[12:], EtherTypeIPv4)
 	} else {
-		e.SetType(EtherTypeIPv6)
+		binary.BigEndian.PutUint16(e[12:], EtherTypeIPv6)
 	}
 }
 
@@ -390,45 +402,53 @@ func TunnelSourcePort(hash uint32) uint16 { return 49152 | uint16(hash&0x3fff) }
 // checksum computed (RFC 8200 §8.1; RFC 6935's zero-checksum exception is
 // not used).
 func encap(b []byte, t *Table, inst *Instance, hash uint32) {
-	node := t.Node.Addr.Addr()
-	peer := inst.Node.Addr()
-	var v4 bool = node.Is4()
 	ipo := EthernetLen
-	var udp []byte
-	if v4 {
-		writeEth(b, inst.nodeMAC, t.Node.UplinkMAC, 4)
-		h := b[ipo : ipo+IPv4MinLen]
-		h[0], h[1] = 0x45, 0
-		binary.BigEndian.PutUint16(h[2:], uint16(len(b)-ipo))
-		binary.BigEndian.PutUint32(h[4:], ipv4FlagDF) // ID 0, DF
-		h[8], h[9] = 64, ProtoUDP
-		h[10], h[11] = 0, 0
-		putAddr(h[12:], node)
-		putAddr(h[16:], peer)
-		IPv4(h).SetChecksum(^fold64(uint64(inst.outerSum) + uint64(len(b)-ipo)))
-		udp = b[ipo+IPv4MinLen:]
-	} else {
-		writeEth(b, inst.nodeMAC, t.Node.UplinkMAC, 6)
-		h := b[ipo : ipo+IPv6Len]
-		binary.BigEndian.PutUint32(h[0:], 6<<28|hash&0xfffff)
-		binary.BigEndian.PutUint16(h[4:], uint16(len(b)-ipo-IPv6Len))
-		h[6], h[7] = ProtoUDP, 64
-		putAddr(h[8:], node)
-		putAddr(h[24:], peer)
-		udp = b[ipo+IPv6Len:]
+	if t.node4 {
+		// The constant bytes come from the instance's template; only the
+		// lengths, the header checksum and the source port vary.
+		h := (*[EthernetLen + outerOverhead4]byte)(b)
+		*h = inst.outer4
+		ipLen := len(b) - ipo
+		binary.BigEndian.PutUint16(h[ipo+2:], uint16(ipLen))
+		binary.BigEndian.PutUint16(h[ipo+10:], ^fold32(inst.outerSum+uint32(ipLen)))
+		binary.BigEndian.PutUint16(h[ipo+IPv4MinLen:], TunnelSourcePort(hash))
+		binary.BigEndian.PutUint16(h[ipo+IPv4MinLen+4:], uint16(ipLen-IPv4MinLen))
+		return
 	}
+	writeEth(b, &inst.nodeMAC, &t.Node.UplinkMAC, 6)
+	h := b[ipo : ipo+IPv6Len]
+	binary.BigEndian.PutUint32(h[0:], 6<<28|hash&0xfffff)
+	binary.BigEndian.PutUint16(h[4:], uint16(len(b)-ipo-IPv6Len))
+	h[6], h[7] = ProtoUDP, 64
+	putAddr(h[8:], t.Node.Addr.Addr())
+	putAddr(h[24:], inst.Node.Addr())
+	udp := b[ipo+IPv6Len:]
 	binary.BigEndian.PutUint16(udp[0:], TunnelSourcePort(hash))
 	binary.BigEndian.PutUint16(udp[2:], inst.Node.Port())
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
 	udp[6], udp[7] = 0, 0
-	if !v4 {
-		h := b[ipo:]
-		cs := Checksum(udp, PseudoHeaderSum(ProtoUDP, h[8:24], h[24:40], len(udp)))
-		if cs == 0 {
-			cs = 0xffff
-		}
-		binary.BigEndian.PutUint16(udp[6:], cs)
+	cs := Checksum(udp, PseudoHeaderSum(ProtoUDP, h[8:24], h[24:40], len(udp)))
+	if cs == 0 {
+		cs = 0xffff
 	}
+	binary.BigEndian.PutUint16(udp[6:], cs)
+}
+
+// outerHeader4 returns the Ethernet, outer IPv4 and UDP headers encap
+// sends from node to peer over an IPv4 underlay, with the fields that vary
+// per packet (lengths, header checksum, UDP source port) zero: Build
+// keeps one per remote instance (Instance.outer4). Outer IPv4: DF set, TTL
+// 64, ID 0; UDP checksum 0.
+func outerHeader4(dstMAC, srcMAC [6]byte, node, peer netip.AddrPort) (h [EthernetLen + outerOverhead4]byte) {
+	writeEth(h[:], &dstMAC, &srcMAC, 4)
+	ip := h[EthernetLen:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint32(ip[4:], ipv4FlagDF) // ID 0, DF
+	ip[8], ip[9] = 64, ProtoUDP
+	putAddr(ip[12:], node.Addr())
+	putAddr(ip[16:], peer.Addr())
+	binary.BigEndian.PutUint16(ip[IPv4MinLen+2:], peer.Port())
+	return h
 }
 
 // tooBig turns the frame into an ICMP "fragmentation needed" (IPv4, type 3
@@ -470,7 +490,7 @@ func (p *Processor) tooBig(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	ipLen := hdr + qlen
 	b := f.Buf[start : start+EthernetLen+ipLen]
 	src, dst := pp.Dst, pp.Src
-	writeEth(b, port.ContainerMAC, port.HostMAC, pp.Version)
+	writeEth(b, &port.ContainerMAC, &port.HostMAC, pp.Version)
 	ip := b[EthernetLen:]
 	if pp.Version == 4 {
 		h := ip[:IPv4MinLen]
@@ -546,7 +566,7 @@ func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
 	lp := t.Port(id)
 	p.untranslate(ctx, inner, q)
 	start := innerOff - EthernetLen
-	writeEth(pkt[start:], lp.ContainerMAC, lp.HostMAC, q.Version)
+	writeEth(pkt[start:], &lp.ContainerMAC, &lp.HostMAC, q.Version)
 	v.Action, v.Port = ActTxPort, id
 	v.Off, v.Len = f.Off+start, q.End-start
 	ctx.ev(EvIngressDelivered)
@@ -567,7 +587,8 @@ func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
 			ctx.ev(EvIngressTranslated)
 		}
 	case q.HasPorts:
-		k := MakeFlowKey(q.Proto, q.Src, q.SrcPort, q.Dst, q.DstPort)
+		var k FlowKey
+		k.setOf(pkt, q) // MakeFlowKey of q's fields, from the bytes
 		if svcIP, ok := p.flows.LookupReverse(&k, ctx.Now); ok {
 			rewriteAddrs(pkt, q, svcIP, q.Dst, false)
 			if q.Frag == FragFirst {

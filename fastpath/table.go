@@ -129,6 +129,10 @@ type Instance struct {
 	// constant words (everything but total length and checksum), so encap
 	// finishes the header checksum with one addition.
 	outerSum uint32
+	// outer4 is the constant part of the Ethernet, outer IPv4 and UDP
+	// headers toward the instance's node (IPv4 underlay only): encap copies
+	// it and fills in lengths, checksum and source port.
+	outer4 [EthernetLen + outerOverhead4]byte
 }
 
 // LocalPort is a local container port in a Table.
@@ -173,6 +177,12 @@ type Table struct {
 	peers    addrTable[struct{}]
 	node4    bool
 	maxIP    int // largest inner IP packet that fits the tunnel
+	// svc4 is Ranges.Service4 as a network and mask on the address's
+	// 32-bit value (inService's IPv4 case without netip.Prefix.Contains);
+	// svc4OK is false when Service4 is not a valid IPv4 prefix (contains
+	// nothing).
+	svc4Net, svc4Mask uint32
+	svc4OK            bool
 }
 
 // Build validates b and returns the snapshot.
@@ -187,6 +197,11 @@ func (b *Builder) Build() (*Table, error) {
 	}
 	if t.Ranges == (Ranges{}) {
 		t.Ranges = DefaultRanges()
+	}
+	if s4 := t.Ranges.Service4; s4.IsValid() && s4.Addr().Is4() {
+		t.svc4OK = true
+		t.svc4Mask = ^uint32(0) << (32 - s4.Bits()) // 0 for /0
+		t.svc4Net = addr4(s4.Addr()) & t.svc4Mask
 	}
 	if t.Node.UnderlayMTU == 0 {
 		t.Node.UnderlayMTU = 1500
@@ -283,6 +298,7 @@ func (b *Builder) Build() (*Table, error) {
 				n, p := t.Node.Addr.Addr().As4(), in.Node.Addr().As4()
 				inst.outerSum = 0x4500 + ipv4FlagDF + 64<<8 | ProtoUDP
 				inst.outerSum += uint32(Sum(n[:], 0)) + uint32(Sum(p[:], 0))
+				inst.outer4 = outerHeader4(inst.nodeMAC, t.Node.UplinkMAC, t.Node.Addr, in.Node)
 			}
 		} else {
 			return nil, fmt.Errorf("%w: remote instance %s/%d without node", ErrInvalid, in.Job, in.Number)
@@ -336,7 +352,7 @@ func (t *Table) policyState(job, policy string) *PolicyState {
 // inService reports whether a is in the service ranges (translated).
 func (t *Table) inService(a netip.Addr) bool {
 	if a.Is4() {
-		return t.Ranges.Service4.Contains(a)
+		return t.svc4OK && addr4(a)&t.svc4Mask == t.svc4Net
 	}
 	return t.Ranges.Service6.Contains(a)
 }
