@@ -72,15 +72,8 @@ func rewriteAddrs(pkt []byte, p *Parsed, src, dst netip.Addr, full bool) {
 		return // no checksum (RFC 768)
 	}
 	if full && p.Frag == FragNone {
-		end := p.End
-		if udp {
-			// As in rewriteAddrs6: the datagram per the UDP length field.
-			if ul := p.L4Off + int(binary.BigEndian.Uint16(pkt[p.L4Off+4:])); ul >= p.L4Off+UDPLen && ul < end {
-				end = ul
-			}
-		}
 		cp[0], cp[1] = 0, 0
-		l4 := pkt[p.L4Off:end]
+		l4 := pkt[p.L4Off:l4End(pkt, p, udp)]
 		cs = Checksum(l4, pseudoSum4(binary.BigEndian.Uint32(h[12:]), binary.BigEndian.Uint32(h[16:]), p.Proto, len(l4)))
 	} else {
 		cs = applyDelta4(cs, delta)
@@ -89,6 +82,20 @@ func rewriteAddrs(pkt []byte, p *Parsed, src, dst netip.Addr, full bool) {
 		cs = 0xffff
 	}
 	binary.BigEndian.PutUint16(cp, cs)
+}
+
+// l4End is where a recomputed TCP/UDP checksum's coverage ends: the IP
+// payload's end, or for UDP the datagram per its length field (RFC 768),
+// which Decode lets be shorter than the payload, as Linux does (it trims
+// the excess): the bytes beyond are not part of the datagram.
+func l4End(pkt []byte, p *Parsed, udp bool) int {
+	end := p.End
+	if udp {
+		if ul := p.L4Off + int(binary.BigEndian.Uint16(pkt[p.L4Off+4:])); ul >= p.L4Off+UDPLen && ul < end {
+			end = ul
+		}
+	}
+	return end
 }
 
 // rewriteAddrs6 is rewriteAddrs for IPv6 (no header checksum).
@@ -117,18 +124,8 @@ func rewriteAddrs6(pkt []byte, p *Parsed, src, dst netip.Addr, full bool) {
 	cs := binary.BigEndian.Uint16(cp)
 	udp := p.Proto == ProtoUDP
 	if full && p.Frag == FragNone && (udp || p.Proto == ProtoTCP) {
-		end := p.End
-		if udp {
-			// The UDP checksum and its pseudo-header cover the datagram
-			// per the UDP length field (RFC 768), which Decode lets be
-			// shorter than the IP payload, as Linux does (it trims the
-			// excess): the bytes beyond are not part of the datagram.
-			if ul := p.L4Off + int(binary.BigEndian.Uint16(pkt[p.L4Off+4:])); ul >= p.L4Off+UDPLen && ul < end {
-				end = ul
-			}
-		}
 		cp[0], cp[1] = 0, 0
-		l4 := pkt[p.L4Off:end]
+		l4 := pkt[p.L4Off:l4End(pkt, p, udp)]
 		cs = Checksum(l4, PseudoHeaderSum(p.Proto, pkt[so:so+alen], pkt[do:do+alen], len(l4)))
 	} else {
 		cs = applyDelta(cs, delta)
