@@ -113,17 +113,20 @@ type PortConfig struct {
 
 // Stats is a snapshot of the engine's counters, summed over workers.
 type Stats struct {
-	Mode      string // XDP attach mode in use
-	Workers   int
-	CPUs      []int  // pinning in use (empty: not pinned)
-	Yield     string // how spinning workers yield (xsk.YieldMode)
-	Topology  string
-	Sockets   int
-	Ports     int
-	Services  int
-	Instances int
-	Peers     int
-	Flows     int
+	Mode    string // XDP attach mode in use
+	Workers int
+	CPUs    []int  // pinning in use (empty: not pinned)
+	Yield   string // how spinning workers yield (xsk.YieldMode)
+	// UplinkRxQueues is the uplink's RX queue count; only queue 0 has a
+	// socket, so more than 1 loses tunnel traffic (the engine logs it).
+	UplinkRxQueues int
+	Topology       string
+	Sockets        int
+	Ports          int
+	Services       int
+	Instances      int
+	Peers          int
+	Flows          int
 	// Fast is the per-packet logic's drop reasons and events.
 	Fast fastpath.Stats
 	// Counters are the engine's own counters (see counterNames) plus the

@@ -61,15 +61,18 @@ type Engine struct {
 	closed    bool
 	uplinkIdx int
 	uplinkMAC [6]byte
-	mtu       int
-	upObjs    *bpfprog.Objects
-	upLink    link.Link
-	ports     map[fastpath.PortID]*port
-	services  []fastpath.ServiceSpec
-	instances []fastpath.InstanceSpec
-	peers     []netip.AddrPort
-	neigh     map[netip.Addr][6]byte
-	wantNeigh map[netip.Addr]bool
+	// uplinkQueues is the uplink's RX queue count (netlink); only queue 0
+	// has a socket.
+	uplinkQueues int
+	mtu          int
+	upObjs       *bpfprog.Objects
+	upLink       link.Link
+	ports        map[fastpath.PortID]*port
+	services     []fastpath.ServiceSpec
+	instances    []fastpath.InstanceSpec
+	peers        []netip.AddrPort
+	neigh        map[netip.Addr][6]byte
+	wantNeigh    map[netip.Addr]bool
 
 	nPorts, nServices, nInstances, nPeers, nSockets atomic.Int64
 
@@ -161,6 +164,14 @@ func New(cfg Config) (e *Engine, err error) {
 	copy(e.uplinkMAC[:], ul.Attrs().HardwareAddr)
 	if e.mtu == 0 {
 		e.mtu = ul.Attrs().MTU
+	}
+	e.uplinkQueues = max(1, ul.Attrs().NumRxQueues)
+	if e.uplinkQueues > 1 {
+		// Only queue 0 has a socket (doc.go, Limits): tunnel datagrams
+		// that RSS puts on another queue pass to the kernel, where no
+		// socket listens on the tunnel port.
+		e.log.Warn("dataplane: the uplink has several RX queues and only queue 0 has an AF_XDP socket; tunnel traffic on the others is lost: reduce it to one queue",
+			"uplink", cfg.Uplink, "rx_queues", e.uplinkQueues, "fix", "ethtool -L "+cfg.Uplink+" combined 1")
 	}
 	e.proc = fastpath.NewProcessor(&e.tables, e.flows)
 	own := make([]int16, fastpath.MaxPorts+1)
@@ -709,7 +720,8 @@ func (e *Engine) sweepLoop() {
 func (e *Engine) Stats() Stats {
 	s := Stats{
 		Mode: e.cfg.Mode.String(), Workers: len(e.workers), CPUs: append([]int(nil), e.cfg.CPUs...), Yield: e.cfg.Poller.Yield.String(),
-		Topology: e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
+		UplinkRxQueues: e.uplinkQueues,
+		Topology:       e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
 		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
 		Flows: e.flows.Len(), Counters: map[string]uint64{},
 	}

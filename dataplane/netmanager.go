@@ -201,11 +201,12 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 		}
 	}
 	return netmanager.DataplaneStats{
-		Mode:    "xdp-" + s.Mode,
-		Workers: s.Workers,
-		CPUs:    s.CPUs,
-		Yield:   s.Yield,
-		Sockets: s.Sockets,
+		Mode:           "xdp-" + s.Mode,
+		Workers:        s.Workers,
+		CPUs:           s.CPUs,
+		Yield:          s.Yield,
+		UplinkRxQueues: s.UplinkRxQueues,
+		Sockets:        s.Sockets,
 		Tables: map[string]int{
 			"ports": s.Ports, "services": s.Services, "instances": s.Instances,
 			"peers": s.Peers, "flows": s.Flows,

@@ -51,13 +51,16 @@ type Port struct {
 
 // DataplaneStats is what /status and /metrics show of the data plane.
 type DataplaneStats struct {
-	Mode     string            `json:"mode"`
-	Workers  int               `json:"workers"`
-	CPUs     []int             `json:"cpus,omitempty"` // worker pinning (empty: none)
-	Yield    string            `json:"yield,omitempty"`
-	Sockets  int               `json:"sockets"`
-	Tables   map[string]int    `json:"tables"`   // table name → entries
-	Counters map[string]uint64 `json:"counters"` // counter name (drop reasons, rx, tx) → value
+	Mode    string `json:"mode"`
+	Workers int    `json:"workers"`
+	CPUs    []int  `json:"cpus,omitempty"` // worker pinning (empty: none)
+	Yield   string `json:"yield,omitempty"`
+	// UplinkRxQueues above 1 means tunnel traffic on queues other than 0
+	// is lost (one queue per uplink today: ethtool -L UPLINK combined 1).
+	UplinkRxQueues int               `json:"uplink_rx_queues,omitempty"`
+	Sockets        int               `json:"sockets"`
+	Tables         map[string]int    `json:"tables"`   // table name → entries
+	Counters       map[string]uint64 `json:"counters"` // counter name (drop reasons, rx, tx) → value
 }
 
 // Dataplane is the packet path the daemon drives (the AF_XDP fast path in
