@@ -59,13 +59,19 @@ type topo struct {
 
 func newTopo(tb testing.TB) *topo {
 	tb.Helper()
+	return newTopoOpts(tb, testbed.Options{Underlay: testbed.Direct})
+}
+
+// newTopoOpts is newTopo on a bed with opts (the underlay must be Direct).
+func newTopoOpts(tb testing.TB, opts testbed.Options) *topo {
+	tb.Helper()
 	testenv.RequireRoot(tb)
 	testenv.RequireBinary(tb, "ethtool")
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	bed := testbed.NewT(tb, testbed.Options{Underlay: testbed.Direct})
+	bed := testbed.NewT(tb, opts)
 	t := &topo{bed: bed, exe: exe}
 	if t.a, err = bed.AddNode("a"); err != nil {
 		tb.Fatal(err)

@@ -22,9 +22,17 @@ import (
 	"github.com/oakwire/oakwire/fastpath/xsk"
 )
 
-// uplinkID is the socket id of the uplink in owner tables and cross-worker
-// descriptors; container ports use their PortID.
+// uplinkID is the socket id of the uplink (its queue 0, which also
+// transmits) in owner tables and cross-worker descriptors; container ports
+// use their PortID. Queue q of the uplink is socket uplinkID+q; only queue
+// 0 is ever a destination.
 const uplinkID = int32(fastpath.MaxPorts)
+
+// MaxUplinkQueues bounds the uplink's RX queues that get a socket (each has
+// its own UMEM of Config.Frames frames); tunnel datagrams that RSS puts on
+// queues beyond it pass to the kernel and are lost (counted as the uplink
+// program's redirect_failed; New logs it).
+const MaxUplinkQueues = 16
 
 // Engine is one node's AF_XDP data plane: the steering programs (uplink and
 // one per container port, sharing maps), the per-packet processor with its
@@ -63,7 +71,7 @@ type Engine struct {
 	uplinkMAC [6]byte
 	// uplinkQueues is the uplink's RX queue count (netlink); only queue 0
 	// has a socket.
-	uplinkQueues int
+	uplinkQueues int // sockets: min(queues, MaxUplinkQueues)
 	mtu          int
 	upObjs       *bpfprog.Objects
 	upLink       link.Link
@@ -165,13 +173,15 @@ func New(cfg Config) (e *Engine, err error) {
 	if e.mtu == 0 {
 		e.mtu = ul.Attrs().MTU
 	}
+	// A socket per RX queue: RSS spreads tunnel datagrams over them by
+	// flow, and the steering program redirects to the socket of the
+	// queue the packet came in on (XSKMAP index rx_queue_index).
 	e.uplinkQueues = max(1, ul.Attrs().NumRxQueues)
-	if e.uplinkQueues > 1 {
-		// Only queue 0 has a socket (doc.go, Limits): tunnel datagrams
-		// that RSS puts on another queue pass to the kernel, where no
-		// socket listens on the tunnel port.
-		e.log.Warn("dataplane: the uplink has several RX queues and only queue 0 has an AF_XDP socket; tunnel traffic on the others is lost: reduce it to one queue",
-			"uplink", cfg.Uplink, "rx_queues", e.uplinkQueues, "fix", "ethtool -L "+cfg.Uplink+" combined 1")
+	if e.uplinkQueues > MaxUplinkQueues {
+		e.log.Warn("dataplane: the uplink has more RX queues than get an AF_XDP socket; tunnel traffic on the others is lost: reduce them",
+			"uplink", cfg.Uplink, "rx_queues", e.uplinkQueues, "sockets", MaxUplinkQueues,
+			"fix", fmt.Sprintf("ethtool -L %s combined %d", cfg.Uplink, MaxUplinkQueues))
+		e.uplinkQueues = MaxUplinkQueues
 	}
 	e.proc = fastpath.NewProcessor(&e.tables, e.flows)
 	own := make([]int16, fastpath.MaxPorts+1)
@@ -207,7 +217,7 @@ func New(cfg Config) (e *Engine, err error) {
 		e.bg.Add(1)
 		go func() { defer e.bg.Done(); w.run() }()
 	}
-	e.upObjs, err = bpfprog.Load(bpfprog.Config{ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
+	e.upObjs, err = bpfprog.Load(bpfprog.Config{Queues: e.uplinkQueues, ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
 	if err != nil {
 		return e, fmt.Errorf("load steering: %w", err)
 	}
@@ -227,12 +237,16 @@ func New(cfg Config) (e *Engine, err error) {
 	if err != nil {
 		return e, err
 	}
-	us, err := e.openSocket(0, uplinkID, e.uplinkIdx)
-	if err != nil {
-		return e, fmt.Errorf("uplink socket: %w", err)
-	}
-	if err := e.upObjs.RegisterXSK(0, us.Fd()); err != nil {
-		return e, fmt.Errorf("uplink xskmap: %w", err)
+	// Queue q's socket goes to worker q % workers, so ingress spreads
+	// over the workers; queue 0 (worker 0) also transmits for all.
+	for q := range e.uplinkQueues {
+		us, err := e.openSocket(q%len(e.workers), uplinkID+int32(q), e.uplinkIdx, q)
+		if err != nil {
+			return e, fmt.Errorf("uplink socket, queue %d: %w", q, err)
+		}
+		if err := e.upObjs.RegisterXSK(q, us.Fd()); err != nil {
+			return e, fmt.Errorf("uplink xskmap, queue %d: %w", q, err)
+		}
 	}
 	e.setOwner(uplinkID, 0)
 	if e.upLink, err = e.upObjs.AttachUplink(e.uplinkIdx, cfg.Mode); err != nil {
@@ -244,15 +258,15 @@ func New(cfg Config) (e *Engine, err error) {
 	return e, nil
 }
 
-// openSocket creates socket id on (ifindex, queue 0) on worker wi, fills its
+// openSocket creates socket id on (ifindex, queue) on worker wi, fills its
 // fill ring (before it may enter the XSKMAP) and returns it. Creating,
 // registering with the worker and counting happen in one control call, so
 // a call that fails or times out has opened nothing (onWorker).
-func (e *Engine) openSocket(wi int, id int32, ifindex int) (*xsk.Socket, error) {
+func (e *Engine) openSocket(wi int, id int32, ifindex, queue int) (*xsk.Socket, error) {
 	var s *xsk.Socket
 	err := e.onWorker(wi, func(w *worker) error {
 		xs, err := xsk.NewSocket(xsk.Config{
-			Ifindex: ifindex, Queue: 0, NumFrames: e.cfg.Frames, Mode: xsk.BindCopy,
+			Ifindex: ifindex, Queue: queue, NumFrames: e.cfg.Frames, Mode: xsk.BindCopy,
 			FillSize: e.cfg.RingSize, CompletionSize: e.cfg.RingSize, RxSize: e.cfg.RingSize, TxSize: e.cfg.RingSize,
 		})
 		if err != nil {
@@ -406,7 +420,7 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	if p.objs, err = bpfprog.Load(bpfprog.Config{Queues: 1, Share: e.upObjs}); err != nil {
 		return 0, fmt.Errorf("port %d: load steering: %w", pc.Ifindex, err)
 	}
-	if p.sock, err = e.openSocket(wi, int32(id), pc.Ifindex); err != nil {
+	if p.sock, err = e.openSocket(wi, int32(id), pc.Ifindex, 0); err != nil {
 		return 0, fmt.Errorf("port %d: socket: %w", pc.Ifindex, err)
 	}
 	e.ports[id] = p

@@ -364,7 +364,7 @@ func ctlTimeoutCheck(e *Engine, ifindex int) error {
 	// socket's queue binding from a work queue, shortly after close.
 	open := func() (*xsk.Socket, error) {
 		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			s, err := e.openSocket(0, id, ifindex)
+			s, err := e.openSocket(0, id, ifindex, 0)
 			if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 				return s, err
 			}
@@ -381,7 +381,7 @@ func ctlTimeoutCheck(e *Engine, ifindex int) error {
 
 	release := busy()
 	e.ctlTimeout.Store(short)
-	_, err = e.openSocket(0, id, ifindex)
+	_, err = e.openSocket(0, id, ifindex, 0)
 	e.ctlTimeout.Store(normal)
 	release()
 	if !errors.Is(err, errCtlTimeout) {

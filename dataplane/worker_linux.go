@@ -140,7 +140,7 @@ func (w *worker) pending() bool {
 }
 
 func (w *worker) addSocket(id int32, s *xsk.Socket) {
-	ws := &wsock{id: id, s: s, uplink: id == uplinkID, fillTarget: w.e.cfg.RingSize}
+	ws := &wsock{id: id, s: s, uplink: id >= uplinkID, fillTarget: w.e.cfg.RingSize}
 	if !ws.uplink {
 		ws.port = fastpath.PortID(id)
 	}

@@ -59,6 +59,10 @@ type Options struct {
 	Underlay Underlay
 	// UplinkMTU is the MTU of node uplinks; 0 means 1500.
 	UplinkMTU int
+	// UplinkQueues is the number of RX and TX queues of node uplinks (a
+	// multi-queue NIC); 0 means 1. veth picks the peer's RX queue by the
+	// sender's TX queue, which a kernel sender chooses by flow hash.
+	UplinkQueues int
 }
 
 // Bed is one emulated cluster of nodes and containers. All methods are safe
@@ -138,6 +142,7 @@ func New(name string, opts ...Options) (*Bed, error) {
 	if b.opts.UplinkMTU == 0 {
 		b.opts.UplinkMTU = 1500
 	}
+	b.opts.UplinkQueues = max(b.opts.UplinkQueues, 1)
 	for range 16 {
 		var r [2]byte
 		if _, err := rand.Read(r[:]); err != nil {
@@ -377,7 +382,7 @@ func (b *Bed) plugBridgeLocked(n *Node) error {
 	}
 	port := fmt.Sprintf("p%d", n.Index)
 	err := withHandle(b.bridge, func(h *netlink.Handle) error {
-		if err := addVeth(h, port, n.NS, n.Uplink, b.opts.UplinkMTU); err != nil {
+		if err := addVeth(h, port, n.NS, n.Uplink, b.opts.UplinkMTU, b.opts.UplinkQueues); err != nil {
 			return err
 		}
 		br, err := h.LinkByName("br0")
@@ -402,7 +407,7 @@ func (b *Bed) plugBridgeLocked(n *Node) error {
 // plugDirectLocked joins nodes a and z with one veth pair. b.mu must be held.
 func (b *Bed) plugDirectLocked(a, z *Node) error {
 	err := withHandle(a.NS, func(h *netlink.Handle) error {
-		return addVeth(h, a.Uplink, z.NS, z.Uplink, b.opts.UplinkMTU)
+		return addVeth(h, a.Uplink, z.NS, z.Uplink, b.opts.UplinkMTU, b.opts.UplinkQueues)
 	})
 	if err != nil {
 		return fmt.Errorf("underlay veth: %w", err)
@@ -411,19 +416,21 @@ func (b *Bed) plugDirectLocked(a, z *Node) error {
 }
 
 // addVeth creates veth name in h's namespace with its peer called peer in
-// namespace peerNS. Both ends are created inside namespaces of the bed; the
-// root namespace never sees them.
-func addVeth(h *netlink.Handle, name, peerNS, peer string, mtu int) error {
+// namespace peerNS, queues RX and TX queues on each end. Both ends are
+// created inside namespaces of the bed; the root namespace never sees them.
+func addVeth(h *netlink.Handle, name, peerNS, peer string, mtu, queues int) error {
 	pns, err := netns.GetFromName(peerNS)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", peerNS, err)
 	}
 	defer pns.Close()
 	v := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: name, MTU: mtu},
-		PeerName:      peer,
-		PeerNamespace: netlink.NsFd(int(pns)),
-		PeerMTU:       uint32(mtu),
+		LinkAttrs:       netlink.LinkAttrs{Name: name, MTU: mtu, NumTxQueues: queues, NumRxQueues: queues},
+		PeerName:        peer,
+		PeerNamespace:   netlink.NsFd(int(pns)),
+		PeerMTU:         uint32(mtu),
+		PeerNumTxQueues: uint32(queues),
+		PeerNumRxQueues: uint32(queues),
 	}
 	if err := h.LinkAdd(v); err != nil {
 		return fmt.Errorf("veth %s/%s@%s: %w", name, peer, peerNS, err)
@@ -500,7 +507,7 @@ func (n *Node) AddContainer(name string, cfg ContainerConfig) (*Container, error
 	c := &Container{Node: n, Name: name, NS: ns, IfName: "eth0", HostIf: cfg.HostIf, V4: cfg.V4, V6: cfg.V6}
 	n.containers[name] = c
 	err = withHandle(n.NS, func(h *netlink.Handle) error {
-		if err := addVeth(h, c.HostIf, ns, c.IfName, cfg.MTU); err != nil {
+		if err := addVeth(h, c.HostIf, ns, c.IfName, cfg.MTU, 1); err != nil {
 			return err
 		}
 		l, err := h.LinkByName(c.HostIf)
