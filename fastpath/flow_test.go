@@ -426,3 +426,26 @@ func TestFlowBucketRange(t *testing.T) {
 		}
 	}
 }
+
+// TestFragSlotSeeded: two workers' fragment caches hash the same datagram
+// differently (almost always: the seeds are random), so fragment IDs
+// chosen to collide in one cache do not collide in another.
+func TestFragSlotSeeded(t *testing.T) {
+	src, dst := netip.MustParseAddr("10.18.0.2"), netip.MustParseAddr("10.30.0.1")
+	differ := 0
+	for range 8 {
+		a, b := NewWorkerCtx(), NewWorkerCtx()
+		same := 0
+		for id := range uint32(64) {
+			if fragSlot(a.fragOut.seed, src, dst, id, ProtoUDP) == fragSlot(b.fragOut.seed, src, dst, id, ProtoUDP) {
+				same++
+			}
+		}
+		if same < 64 {
+			differ++
+		}
+	}
+	if differ == 0 {
+		t.Fatal("fragment slots do not depend on the worker's seed")
+	}
+}

@@ -16,8 +16,13 @@ import (
 //
 // The first fragment must arrive before the later ones (Linux sends them in
 // order); a later fragment that arrives first is handled as unknown.
+//
+// The slot hash is seeded per cache (NewWorkerCtx): a container picks its
+// fragment IDs, and with a fixed hash it could aim them at the slots other
+// containers' datagrams use and have their later fragments dropped.
 type fragCache struct {
-	e [fragSlots]fragEntry
+	e    [fragSlots]fragEntry
+	seed uint32
 }
 
 const (
@@ -35,10 +40,10 @@ type fragEntry struct {
 	addr     netip.Addr // ingress: service IP to restore as source
 }
 
-func fragSlot(src, dst netip.Addr, id uint32, proto uint8) int {
+func fragSlot(seed uint32, src, dst netip.Addr, id uint32, proto uint8) int {
 	s := src.As16()
 	d := dst.As16()
-	h := uint32(proto)*0x9E3779B1 ^ id*0x85EBCA77
+	h := seed ^ uint32(proto)*0x9E3779B1 ^ id*0x85EBCA77
 	for i := 12; i < 16; i++ {
 		h = (h ^ uint32(s[i])) * 0x01000193
 		h = (h ^ uint32(d[i])) * 0x01000193
@@ -47,12 +52,12 @@ func fragSlot(src, dst netip.Addr, id uint32, proto uint8) int {
 }
 
 func (c *fragCache) put(p *Parsed, inst uint32, addr netip.Addr, hash uint32, now int64) {
-	e := &c.e[fragSlot(p.Src, p.Dst, p.FragID, p.Proto)]
+	e := &c.e[fragSlot(c.seed, p.Src, p.Dst, p.FragID, p.Proto)]
 	*e = fragEntry{src: p.Src, dst: p.Dst, id: p.FragID, proto: p.Proto, expires: now + fragTimeout, inst: inst, addr: addr, hash: hash}
 }
 
 func (c *fragCache) get(p *Parsed, now int64) *fragEntry {
-	e := &c.e[fragSlot(p.Src, p.Dst, p.FragID, p.Proto)]
+	e := &c.e[fragSlot(c.seed, p.Src, p.Dst, p.FragID, p.Proto)]
 	if e.expires < now || e.id != p.FragID || e.proto != p.Proto || e.src != p.Src || e.dst != p.Dst {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
 	"time"
@@ -36,7 +37,14 @@ type WorkerCtx struct {
 }
 
 // NewWorkerCtx returns a fresh worker context.
-func NewWorkerCtx() *WorkerCtx { return new(WorkerCtx) }
+func NewWorkerCtx() *WorkerCtx {
+	c := new(WorkerCtx)
+	var b [8]byte
+	rand.Read(b[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	c.fragOut.seed = binary.LittleEndian.Uint32(b[:4])
+	c.fragIn.seed = binary.LittleEndian.Uint32(b[4:])
+	return c
+}
 
 // Stats adds this worker's counters as of its last finished batch into s.
 // Any goroutine may call it.
