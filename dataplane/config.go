@@ -117,8 +117,8 @@ type Stats struct {
 	Workers int
 	CPUs    []int  // pinning in use (empty: not pinned)
 	Yield   string // how spinning workers yield (xsk.YieldMode)
-	// UplinkRxQueues is the uplink's RX queue count; only queue 0 has a
-	// socket, so more than 1 loses tunnel traffic (the engine logs it).
+	// UplinkRxQueues is how many uplink RX queues have a socket: all of
+	// them, up to MaxUplinkQueues (New logs when the uplink has more).
 	UplinkRxQueues int
 	Topology       string
 	Sockets        int

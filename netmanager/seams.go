@@ -55,8 +55,8 @@ type DataplaneStats struct {
 	Workers int    `json:"workers"`
 	CPUs    []int  `json:"cpus,omitempty"` // worker pinning (empty: none)
 	Yield   string `json:"yield,omitempty"`
-	// UplinkRxQueues above 1 means tunnel traffic on queues other than 0
-	// is lost (one queue per uplink today: ethtool -L UPLINK combined 1).
+	// UplinkRxQueues is how many uplink RX queues have an AF_XDP socket
+	// (one per queue, up to dataplane.MaxUplinkQueues).
 	UplinkRxQueues int               `json:"uplink_rx_queues,omitempty"`
 	Sockets        int               `json:"sockets"`
 	Tables         map[string]int    `json:"tables"`   // table name → entries
