@@ -69,9 +69,9 @@ type Engine struct {
 	closed    bool
 	uplinkIdx int
 	uplinkMAC [6]byte
-	// uplinkQueues is the uplink's RX queue count (netlink); only queue 0
-	// has a socket.
-	uplinkQueues int // sockets: min(queues, MaxUplinkQueues)
+	// uplinkQueues is the number of uplink sockets, one per RX queue:
+	// min(the queue count from netlink, MaxUplinkQueues).
+	uplinkQueues int
 	mtu          int
 	upObjs       *bpfprog.Objects
 	upLink       link.Link
