@@ -592,3 +592,38 @@ func innerUDP4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte 
 	binary.BigEndian.PutUint16(u[6:], cs)
 	return p
 }
+
+// TestNeighbourFallback: with no neighbour entry for the peer node (a
+// fresh node, or one whose entry expired), the first encapsulated packet
+// goes out through the kernel's UDP socket, which makes the kernel resolve
+// the next hop (DESIGN.md "Neighbours and the uplink"); the request is
+// answered and later packets take the fast path once the MAC is learnt.
+func TestNeighbourFallback(t *testing.T) {
+	tp := newTopo(t)
+	for _, n := range []*testbed.Node{tp.a, tp.b} {
+		if out, err := testbed.Run(5*time.Second, n.NS, "ip", "neigh", "flush", "dev", n.Uplink); err != nil {
+			t.Fatalf("neigh flush: %v: %s", err, out)
+		}
+	}
+	ea := tp.startEngine(t, tp.a, tp.spec(tp.a, 1, tp.client))
+	tp.startEngine(t, tp.b, tp.spec(tp.b, 1, tp.server))
+	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7101)
+	s := ea.stats(t)
+	if s.Counters["slow_kernel_sent"] == 0 {
+		t.Errorf("no packet went through the kernel fallback: %v", nonZero(s.Counters))
+	}
+	// Once the neighbour is learnt, packets take the fast path.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		before := ea.stats(t).Counters
+		checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7102)
+		after := ea.stats(t).Counters
+		if after["slow_kernel_sent"] == before["slow_kernel_sent"] && after["tx"] > before["tx"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("packets still take the kernel fallback 5 s later: %v", nonZero(after))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
