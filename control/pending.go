@@ -383,6 +383,25 @@ func scriptReply(res []any) (code int64, payload any, frees []any, rest []any, e
 	return code, res[1], frees, res[3:], nil
 }
 
+// step runs one pending-state script of service id, then finishes the
+// frees it hands back (what this call, or an earlier half-finished one,
+// left to release). what names the step in errors; rest is the reply after
+// the frees (interested clusters).
+func (r *Root) step(c context.Context, s *redis.Script, id, what string, keys []string, args ...any) (code int64, payload any, rest []any, err error) {
+	res, err := s.Run(c, r.rdb, keys, args...).Slice()
+	if err != nil {
+		return 0, nil, nil, redisErr(what, err)
+	}
+	code, payload, frees, rest, err := scriptReply(res)
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := r.finish(c, id, frees); err != nil {
+		return 0, nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return code, payload, rest, nil
+}
+
 // finish releases the pool pairs of service id's pending frees (owner,
 // stamp pairs, as the scripts return them) and then drops them. On failure
 // they stay pending for the next call or the sweep.

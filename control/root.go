@@ -400,16 +400,9 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 		args = append(args, pol, newOwner(svcOwnerBase(id, pol)))
 	}
 	keys := []string{r.kSvc(id), r.kJobs(), r.kPend(id), r.kPending()}
-	res, err := prepareServiceScript.Run(c, r.rdb, keys, args...).Slice()
+	code, payload, _, err := r.step(c, prepareServiceScript, id, "deploy service: prepare", keys, args...)
 	if err != nil {
-		return redisErr("deploy service: prepare", err)
-	}
-	code, payload, frees, _, err := scriptReply(res)
-	if err != nil {
-		return fmt.Errorf("deploy service: prepare: %w", err)
-	}
-	if err := r.finish(c, id, frees); err != nil {
-		return fmt.Errorf("deploy service: %w", err)
+		return err
 	}
 	switch code {
 	case -2:
@@ -457,16 +450,9 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 	}
 	// A failure here leaves the intent: a retry gets the same addresses, the
 	// sweep frees them if none comes.
-	res, err = commitServiceScript.Run(c, r.rdb, keys, args...).Slice()
+	code, payload, _, err = r.step(c, commitServiceScript, id, "deploy service: store", keys, args...)
 	if err != nil {
-		return redisErr("deploy service: store", err)
-	}
-	code, payload, frees, _, err = scriptReply(res)
-	if err != nil {
-		return fmt.Errorf("deploy service: store: %w", err)
-	}
-	if err := r.finish(c, id, frees); err != nil {
-		return fmt.Errorf("deploy service: %w", err)
+		return err
 	}
 	switch code {
 	case -2:
@@ -516,19 +502,12 @@ func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := deleteServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kJobs(), r.kInt(id), r.kPend(id), r.kPending()},
-		id, r.keyTag+"cint:", r.staleArg()).Slice()
+	// step also finishes what an earlier, half-finished attempt left (its
+	// retry lands here as -1).
+	code, payload, _, err := r.step(c, deleteServiceScript, id, "delete service",
+		[]string{r.kSvc(id), r.kJobs(), r.kInt(id), r.kPend(id), r.kPending()}, id, r.keyTag+"cint:", r.staleArg())
 	if err != nil {
-		return redisErr("delete service", err)
-	}
-	code, payload, frees, _, err := scriptReply(res)
-	if err != nil {
-		return fmt.Errorf("delete service: %w", err)
-	}
-	// Also what an earlier, half-finished attempt left (its retry lands
-	// here as -1).
-	if err := r.finish(c, id, frees); err != nil {
-		return fmt.Errorf("delete service: %w", err)
+		return err
 	}
 	switch code {
 	case -1:
@@ -582,16 +561,10 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 
 	field := "i:" + strconv.Itoa(n)
 	keys := []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending()}
-	res, err := prepareInstanceScript.Run(c, r.rdb, keys, id, field, cid, newOwner(instOwnerBase(id, n)), r.staleArg()).Slice()
+	code, payload, clusters, err := r.step(c, prepareInstanceScript, id, "deploy instance: prepare", keys,
+		id, field, cid, newOwner(instOwnerBase(id, n)), r.staleArg())
 	if err != nil {
-		return redisErr("deploy instance: prepare", err)
-	}
-	code, payload, frees, clusters, err := scriptReply(res)
-	if err != nil {
-		return fmt.Errorf("deploy instance: prepare: %w", err)
-	}
-	if err := r.finish(c, id, frees); err != nil {
-		return fmt.Errorf("deploy instance: %w", err)
+		return err
 	}
 	switch code {
 	case -1:
@@ -612,16 +585,9 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	ib, _ := json.Marshal(inst)
 	// A failure here leaves the intent: a retry gets the same addresses, the
 	// sweep frees them if none comes.
-	res, err = commitInstanceScript.Run(c, r.rdb, keys, id, field, owner, ib, cid).Slice()
+	code, payload, clusters, err = r.step(c, commitInstanceScript, id, "deploy instance: store", keys, id, field, owner, ib, cid)
 	if err != nil {
-		return redisErr("deploy instance: store", err)
-	}
-	code, payload, frees, clusters, err = scriptReply(res)
-	if err != nil {
-		return fmt.Errorf("deploy instance: store: %w", err)
-	}
-	if err := r.finish(c, id, frees); err != nil {
-		return fmt.Errorf("deploy instance: %w", err)
+		return err
 	}
 	switch code {
 	case -1:
