@@ -440,6 +440,38 @@ func attach(p *ebpf.Program, name string, ifindex int, mode Mode) (link.Link, er
 	return l, nil
 }
 
+// RefreshUplink loads a fresh copy of xdp_uplink on o's maps and swaps it
+// into l, the link of o's uplink program. veth hands an XDP program to its
+// RX queues when the program is set (veth_enable_xdp), so a queue that
+// becomes active later (ethtool -L on a native-mode veth) runs no program
+// until one is set again; updating a link to the program it already has is
+// a no-op in the kernel (bpf_xdp_link_update), hence the copy. The swap is
+// atomic: no frame misses the program.
+func (o *Objects) RefreshUplink(l link.Link) error {
+	spec, err := loadBpf()
+	if err != nil {
+		return fmt.Errorf("load spec: %w", err)
+	}
+	spec.Maps[bpfMapXsks].MaxEntries = o.objs.Xsks.MaxEntries()
+	spec.Maps[bpfMapPeers].MaxEntries = o.objs.Peers.MaxEntries()
+	var p struct {
+		XdpUplink *ebpf.Program `ebpf:"xdp_uplink"`
+	}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		bpfMapXsks: o.objs.Xsks, bpfMapServices: o.objs.Services, bpfMapNodeCfg: o.objs.NodeCfg,
+		bpfMapPeers: o.objs.Peers, bpfMapStats: o.objs.Stats,
+	}}
+	if err := spec.LoadAndAssign(&p, opts); err != nil {
+		return fmt.Errorf("load xdp_uplink: %w", err)
+	}
+	if err := l.Update(p.XdpUplink); err != nil {
+		return errors.Join(fmt.Errorf("update uplink link: %w", err), p.XdpUplink.Close())
+	}
+	old := o.objs.XdpUplink
+	o.objs.XdpUplink = p.XdpUplink
+	return old.Close()
+}
+
 // Close releases programs and maps (idempotent). Attached links keep their
 // program in the kernel until they are closed.
 func (o *Objects) Close() error {

@@ -20,6 +20,7 @@ import (
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/fastpath/xsk"
+	"github.com/oakwire/oakwire/internal/ethtool"
 )
 
 // uplinkID is the socket id of the uplink (its queue 0, which also
@@ -69,18 +70,18 @@ type Engine struct {
 	closed    bool
 	uplinkIdx int
 	uplinkMAC [6]byte
-	// uplinkQueues is the number of uplink sockets, one per RX queue:
-	// min(the queue count from netlink, MaxUplinkQueues).
-	uplinkQueues int
-	mtu          int
-	upObjs       *bpfprog.Objects
-	upLink       link.Link
-	ports        map[fastpath.PortID]*port
-	services     []fastpath.ServiceSpec
-	instances    []fastpath.InstanceSpec
-	peers        []netip.AddrPort
-	neigh        map[netip.Addr][6]byte
-	wantNeigh    map[netip.Addr]bool
+	// uplinkSocks holds the uplink's sockets by RX queue: one per active
+	// queue, up to MaxUplinkQueues. queueLoop follows channel changes.
+	uplinkSocks []*xsk.Socket
+	mtu         int
+	upObjs      *bpfprog.Objects
+	upLink      link.Link
+	ports       map[fastpath.PortID]*port
+	services    []fastpath.ServiceSpec
+	instances   []fastpath.InstanceSpec
+	peers       []netip.AddrPort
+	neigh       map[netip.Addr][6]byte
+	wantNeigh   map[netip.Addr]bool
 
 	nPorts, nServices, nInstances, nPeers, nSockets atomic.Int64
 
@@ -173,15 +174,12 @@ func New(cfg Config) (e *Engine, err error) {
 	if e.mtu == 0 {
 		e.mtu = ul.Attrs().MTU
 	}
-	// A socket per RX queue: RSS spreads tunnel datagrams over them by
-	// flow, and the steering program redirects to the socket of the
-	// queue the packet came in on (XSKMAP index rx_queue_index).
-	e.uplinkQueues = max(1, ul.Attrs().NumRxQueues)
-	if e.uplinkQueues > MaxUplinkQueues {
-		e.log.Warn("dataplane: the uplink has more RX queues than get an AF_XDP socket; tunnel traffic on the others is lost: reduce them",
-			"uplink", cfg.Uplink, "rx_queues", e.uplinkQueues, "sockets", MaxUplinkQueues,
-			"fix", fmt.Sprintf("ethtool -L %s combined %d", cfg.Uplink, MaxUplinkQueues))
-		e.uplinkQueues = MaxUplinkQueues
+	// A socket per active RX queue: RSS spreads tunnel datagrams over
+	// them by flow, and the steering program redirects to the socket of
+	// the queue the packet came in on (XSKMAP index rx_queue_index).
+	queues, err := activeRxQueues(ul)
+	if err != nil {
+		return nil, fmt.Errorf("uplink %s: %w", cfg.Uplink, err)
 	}
 	e.proc = fastpath.NewProcessor(&e.tables, e.flows)
 	own := make([]int16, fastpath.MaxPorts+1)
@@ -217,7 +215,7 @@ func New(cfg Config) (e *Engine, err error) {
 		e.bg.Add(1)
 		go func() { defer e.bg.Done(); w.run() }()
 	}
-	e.upObjs, err = bpfprog.Load(bpfprog.Config{Queues: e.uplinkQueues, ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
+	e.upObjs, err = bpfprog.Load(bpfprog.Config{Queues: MaxUplinkQueues, ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
 	if err != nil {
 		return e, fmt.Errorf("load steering: %w", err)
 	}
@@ -237,25 +235,112 @@ func New(cfg Config) (e *Engine, err error) {
 	if err != nil {
 		return e, err
 	}
-	// Queue q's socket goes to worker q % workers, so ingress spreads
-	// over the workers; queue 0 (worker 0) also transmits for all.
-	for q := range e.uplinkQueues {
-		us, err := e.openSocket(q%len(e.workers), uplinkID+int32(q), e.uplinkIdx, q)
-		if err != nil {
-			return e, fmt.Errorf("uplink socket, queue %d: %w", q, err)
-		}
-		if err := e.upObjs.RegisterXSK(q, us.Fd()); err != nil {
-			return e, fmt.Errorf("uplink xskmap, queue %d: %w", q, err)
-		}
+	if err := e.setUplinkQueues(queues); err != nil {
+		return e, err
 	}
 	e.setOwner(uplinkID, 0)
 	if e.upLink, err = e.upObjs.AttachUplink(e.uplinkIdx, cfg.Mode); err != nil {
 		return e, err
 	}
-	e.bg.Add(2)
+	e.bg.Add(3)
 	go func() { defer e.bg.Done(); e.sweepLoop() }()
 	go func() { defer e.bg.Done(); e.neighLoop() }()
+	go func() { defer e.bg.Done(); e.queueLoop() }()
 	return e, nil
+}
+
+// activeRxQueues is how many RX queues of the uplink an AF_XDP socket can
+// bind to: the active ones (ethtool channels), not the allocated ones
+// netlink reports (a plain veth on a 2-CPU machine allocates 2 and
+// activates 1; binding to queue 1 fails). Drivers that report no channels
+// have every allocated queue active.
+func activeRxQueues(ul netlink.Link) (int, error) {
+	n, ok, err := ethtool.ActiveRxQueues(ul.Attrs().Name)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		n = ul.Attrs().NumRxQueues
+	}
+	return max(1, n), nil
+}
+
+// setUplinkQueues makes the uplink have a socket on each of its first n
+// RX queues (at most MaxUplinkQueues; the rest pass to the kernel, counted
+// as the uplink program's redirect_failed, and are logged). Queue q's
+// socket goes to worker q % workers, so ingress spreads over the workers;
+// queue 0 (worker 0) also transmits for all and is never removed. A queue
+// leaves the XSKMAP before its socket closes. e.mu held, or New.
+func (e *Engine) setUplinkQueues(n int) error {
+	if n > MaxUplinkQueues {
+		e.log.Warn("dataplane: the uplink has more active RX queues than get an AF_XDP socket; tunnel traffic on the others is lost: reduce them",
+			"uplink", e.cfg.Uplink, "rx_queues", n, "sockets", MaxUplinkQueues,
+			"fix", fmt.Sprintf("ethtool -L %s combined %d", e.cfg.Uplink, MaxUplinkQueues))
+		n = MaxUplinkQueues
+	}
+	n = max(1, n)
+	for q := len(e.uplinkSocks) - 1; q >= n; q-- {
+		err := errors.Join(e.upObjs.UnregisterXSK(q), e.closeSocket(q%len(e.workers), e.uplinkSocks[q]))
+		e.uplinkSocks = e.uplinkSocks[:q]
+		if err != nil {
+			return fmt.Errorf("uplink socket, queue %d: close: %w", q, err)
+		}
+	}
+	for q := len(e.uplinkSocks); q < n; q++ {
+		us, err := e.openSocket(q%len(e.workers), uplinkID+int32(q), e.uplinkIdx, q)
+		if err != nil {
+			return fmt.Errorf("uplink socket, queue %d: %w", q, err)
+		}
+		e.uplinkSocks = append(e.uplinkSocks, us)
+		if err := e.upObjs.RegisterXSK(q, us.Fd()); err != nil {
+			return fmt.Errorf("uplink xskmap, queue %d: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// queueLoop follows the uplink's active RX queue count (ethtool -L on a
+// NIC, or on a veth): once a second, which is as fast as an operator
+// changes channels. A change the sockets cannot follow is logged and
+// retried on the next tick; queues that have no socket meanwhile pass to
+// the kernel.
+func (e *Engine) queueLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		ul, err := netlink.LinkByIndex(e.uplinkIdx)
+		var n int
+		if err == nil {
+			n, err = activeRxQueues(ul)
+		}
+		e.mu.Lock()
+		if err == nil && !e.closed && min(n, MaxUplinkQueues) != len(e.uplinkSocks) {
+			old := len(e.uplinkSocks)
+			err = e.setUplinkQueues(n)
+			if err == nil && e.upLink != nil {
+				// A native-mode veth runs no program on queues activated
+				// after the program was set (bpfprog.RefreshUplink).
+				err = e.upObjs.RefreshUplink(e.upLink)
+			}
+			if err == nil {
+				e.log.Info("dataplane: uplink RX queues changed", "uplink", e.cfg.Uplink, "from", old, "to", len(e.uplinkSocks))
+			}
+		}
+		e.mu.Unlock()
+		if err != nil && err.Error() != lastErr {
+			e.log.Warn("dataplane: uplink RX queues", "uplink", e.cfg.Uplink, "err", err)
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
+		}
+	}
 }
 
 // openSocket creates socket id on (ifindex, queue) on worker wi, fills its
@@ -729,12 +814,18 @@ func (e *Engine) sweepLoop() {
 	}
 }
 
+func (e *Engine) uplinkQueuesNow() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.uplinkSocks)
+}
+
 // Stats sums the workers' counters and reads the sockets' and the steering
 // programs' kernel counters.
 func (e *Engine) Stats() Stats {
 	s := Stats{
 		Mode: e.cfg.Mode.String(), Workers: len(e.workers), CPUs: append([]int(nil), e.cfg.CPUs...), Yield: e.cfg.Poller.Yield.String(),
-		UplinkRxQueues: e.uplinkQueues,
+		UplinkRxQueues: e.uplinkQueuesNow(),
 		Topology:       e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
 		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
 		Flows: e.flows.Len(), Counters: map[string]uint64{},

@@ -447,6 +447,11 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 		st.ClusterAddress = addr
 	}
 	if err := d.setupNodeLocked(); err != nil {
+		// Registered, but the node cannot carry traffic: say so in the
+		// log and in /status (last_error) and the 409s of deploys, not
+		// only as a retry.
+		d.lastErr = err.Error()
+		d.log.Error("node setup failed after registering", "cluster", addr, "err", err)
 		if fresh { // undo the half-made node setup
 			st.Subnets = nil
 			if terr := teardownNode(st.Sysctls); terr != nil {

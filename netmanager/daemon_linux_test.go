@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/internal/testenv"
@@ -456,7 +457,7 @@ func TestDaemon(t *testing.T) {
 		}
 		err := testbed.Do(c1.NS, func() error {
 			for _, cmd := range []uint32{unix.ETHTOOL_GTXCSUM, unix.ETHTOOL_GTSO, unix.ETHTOOL_GGSO} {
-				v, err := ethtoolGet("eth0", cmd)
+				v, err := ethtool.Get("eth0", cmd)
 				if err != nil {
 					return err
 				}
