@@ -66,6 +66,9 @@ func DefaultServiceRanges() []netip.Prefix {
 type Peer struct {
 	Addr netip.Addr
 	Port uint16
+	// TunnelPort is the UDP port the peer receives tunnel traffic on:
+	// xdp_port drops container packets to Addr:TunnelPort. 0: unknown.
+	TunnelPort uint16
 }
 
 // Config parameterises Load. The zero value is usable.

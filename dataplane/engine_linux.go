@@ -3,6 +3,7 @@
 package dataplane
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -513,6 +514,9 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	if err := p.objs.RegisterXSK(0, p.sock.Fd()); err != nil {
 		return 0, fmt.Errorf("port %d: xskmap: %w", pc.Ifindex, err)
 	}
+	if err := p.objs.SetPort(pc.Ifindex, pc.NS4, pc.NS6); err != nil {
+		return 0, fmt.Errorf("port %d: %w", pc.Ifindex, err)
+	}
 	if err := e.rebuildLocked(); err != nil {
 		return 0, err
 	}
@@ -563,7 +567,7 @@ func (e *Engine) teardownPortLocked(p *port) error {
 		p.sock = nil
 	}
 	if p.objs != nil {
-		errs = append(errs, p.objs.Close())
+		errs = append(errs, p.objs.DeletePort(p.cfg.Ifindex), p.objs.Close())
 		p.objs = nil
 	}
 	e.nPorts.Store(int64(len(e.ports)))
@@ -598,7 +602,7 @@ func (e *Engine) SetServices(services []fastpath.ServiceSpec, instances []fastpa
 	}
 	bp := make([]bpfprog.Peer, 0, len(peers))
 	for _, p := range peers {
-		bp = append(bp, bpfprog.Peer{Addr: p.Addr().Unmap()})
+		bp = append(bp, bpfprog.Peer{Addr: p.Addr().Unmap(), TunnelPort: cmp.Or(p.Port(), DefaultTunnelPort)})
 	}
 	if err := e.upObjs.ReplacePeers(bp); err != nil {
 		return fmt.Errorf("peer map: %w", err)

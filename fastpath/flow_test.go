@@ -250,7 +250,11 @@ func TestConcurrentRace(t *testing.T) {
 				}
 				p.Ingress(ctx, frames, out)
 				for i := range out {
-					if out[i].Action != ActTxPort {
+					// The instance may be on C in this snapshot (a wrong
+					// source from B), or not in it at all (unknown).
+					wrong := out[i].Action == ActDrop && out[i].Reason == ReasonWrongSource
+					unknown := out[i].Action == ActSlowPath && out[i].Reason == ReasonUnknownSource
+					if out[i].Action != ActTxPort && !wrong && !unknown {
 						t.Errorf("ingress verdict %v/%v", out[i].Action, out[i].Reason)
 						return
 					}

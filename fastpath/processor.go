@@ -571,6 +571,14 @@ func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
 		ctx.drop(v, ReasonNotLocal)
 		return
 	}
+	if r := p.checkSource(ctx, t, inner, q, pp.Src); r != ReasonNone {
+		if r == ReasonUnknownSource {
+			ctx.slow(v, r)
+			return
+		}
+		ctx.drop(v, r)
+		return
+	}
 	lp := t.Port(id)
 	p.untranslate(ctx, inner, q)
 	start := innerOff - EthernetLen
@@ -578,6 +586,52 @@ func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
 	v.Action, v.Port = ActTxPort, id
 	v.Off, v.Len = f.Off+start, q.End-start
 	ctx.ev(EvIngressDelivered)
+}
+
+// checkSource says whether a tunnel packet's inner source is plausible
+// from peer (SPEC §7.2 isolation): an instance IP or nsIP that the table
+// places on that node, or a reply on a flow this node opened (a server
+// that has just migrated still answers from its old node). A service IP is
+// never a source on the wire (replies are translated here), nor is an
+// address outside the platform. A source in the service ranges that the
+// table does not know yet is ReasonUnknownSource: the slow path resolves
+// it through the cluster (a client's service is usually unknown to the
+// server's node until its first packet), and its retransmission passes.
+func (p *Processor) checkSource(ctx *WorkerCtx, t *Table, pkt []byte, q *Parsed, peer netip.Addr) DropReason {
+	node, known := t.sourceNode(q.Src)
+	if known && node == peer {
+		return ReasonNone
+	}
+	if p.replyToLocalFlow(ctx, pkt, q) {
+		return ReasonNone
+	}
+	if !known && t.inService(q.Src) {
+		if _, ok := t.addrs.get(q.Src); !ok {
+			return ReasonUnknownSource
+		}
+	}
+	return ReasonWrongSource
+}
+
+// replyToLocalFlow reports whether q is a reply on a flow this node opened
+// (its reverse key), or an ICMP error about one (the quote's reverse key).
+// Later fragments carry no ports and are judged by their source alone.
+func (p *Processor) replyToLocalFlow(ctx *WorkerCtx, pkt []byte, q *Parsed) bool {
+	var k FlowKey
+	switch {
+	case q.isICMPError() && q.Frag == FragNone:
+		e := &ctx.e
+		if quoted(pkt, q, e) != ReasonNone || !e.HasPorts {
+			return false
+		}
+		k = MakeFlowKey(e.Proto, e.Dst, e.DstPort, e.Src, e.SrcPort)
+	case q.HasPorts && q.Frag != FragLater:
+		k.setOf(pkt, q)
+	default:
+		return false
+	}
+	_, ok := p.flows.LookupReverse(&k, ctx.Now)
+	return ok
 }
 
 // untranslate restores the service IP as the source of a packet about to

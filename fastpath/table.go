@@ -175,7 +175,11 @@ type Table struct {
 	localNS  addrTable[PortID]    // local container nsIPs
 	ports    []*LocalPort         // indexed by PortID
 	peers    addrTable[struct{}]
-	node4    bool
+	// nsNode maps every instance's nsIPs to the address of its node (this
+	// node's for local ones): the inner sources a peer may send from,
+	// beside instance IPs (Table.sourceNode).
+	nsNode addrTable[netip.Addr]
+	node4  bool
 	maxIP    int // largest inner IP packet that fits the tunnel
 	// svc4 is Ranges.Service4 as a network and mask on the address's
 	// 32-bit value (inService's IPv4 case without netip.Prefix.Contains);
@@ -194,6 +198,7 @@ func (b *Builder) Build() (*Table, error) {
 		addrs:    newAddrTable[addrEntry](2 * (len(b.Services) + len(b.Instances))),
 		localNS:  newAddrTable[PortID](2 * len(b.Ports)),
 		peers:    newAddrTable[struct{}](len(b.Peers)),
+		nsNode:   newAddrTable[netip.Addr](2 * len(b.Instances)),
 	}
 	if t.Ranges == (Ranges{}) {
 		t.Ranges = DefaultRanges()
@@ -304,6 +309,11 @@ func (b *Builder) Build() (*Table, error) {
 			return nil, fmt.Errorf("%w: remote instance %s/%d without node", ErrInvalid, in.Job, in.Number)
 		}
 		t.Instances[i] = inst
+		for _, a := range []netip.Addr{in.NS4, in.NS6} {
+			if a.IsValid() {
+				t.nsNode.put(a, inst.nodeAddr(t))
+			}
+		}
 		e := addrEntry{kind: addrInstance, idx: int32(i)}
 		if err := addAddr(in.IP4, e, "instance IP"); err != nil {
 			return nil, err
@@ -355,6 +365,27 @@ func (t *Table) inService(a netip.Addr) bool {
 		return t.svc4OK && addr4(a)&t.svc4Mask == t.svc4Net
 	}
 	return t.Ranges.Service6.Contains(a)
+}
+
+// nodeAddr is the address of the node the instance runs on, unmapped.
+func (in *Instance) nodeAddr(t *Table) netip.Addr {
+	if in.Local {
+		return t.Node.Addr.Addr().Unmap()
+	}
+	return in.Node.Addr().Unmap()
+}
+
+// sourceNode returns the node that the table places address a on when a
+// is an instance IP or an instance's nsIP; service IPs and unknown
+// addresses have none.
+func (t *Table) sourceNode(a netip.Addr) (netip.Addr, bool) {
+	if e, ok := t.addrs.get(a); ok {
+		if e.kind != addrInstance {
+			return netip.Addr{}, false
+		}
+		return t.Instances[e.idx].nodeAddr(t), true
+	}
+	return t.nsNode.get(a)
 }
 
 // Port returns the local port with id, or nil.

@@ -629,23 +629,20 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 		Deployed: time.Now().UTC(),
 	}
 	p.c = c
+	// Reserved, and in the nft table (its port mappings, and its veth in
+	// the ports set that isolation lets through) before the veth exists.
+	d.deploying[owner] = p
+	p.undo = append(p.undo, func() {
+		delete(d.deploying, owner)
+		_ = d.applyNftLocked()
+	})
+	if err := d.applyNftLocked(); err != nil {
+		return nil, fmt.Errorf("nft %s: %w", owner, err)
+	}
 	if err := attach(c, nsh, st.Subnets.Gateway()); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", owner, err)
 	}
 	p.undo = append(p.undo, func() { _ = detach(c) })
-
-	d.deploying[owner] = p
-	p.undo = append(p.undo, func() {
-		delete(d.deploying, owner)
-		if len(maps) > 0 {
-			_ = d.applyNftLocked()
-		}
-	})
-	if len(maps) > 0 {
-		if err := d.applyNftLocked(); err != nil {
-			return nil, fmt.Errorf("port mappings %s: %w", owner, err)
-		}
-	}
 	if err := d.dp.AddPort(c.port()); err != nil {
 		return nil, fmt.Errorf("data plane add port %s: %w", c.HostIf, err)
 	}
@@ -722,10 +719,8 @@ func (d *Daemon) undeployLocked(job, owner string, instance int) (errs []error, 
 		return nil, errors.Join(append(errs, err)...)
 	}
 	st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
-	if len(c.PortMappings) > 0 {
-		if err := d.applyNftLocked(); err != nil {
-			errs = append(errs, err)
-		}
+	if err := d.applyNftLocked(); err != nil {
+		errs = append(errs, err)
 	}
 	d.releaseLocked(owner, c.NSIP4)
 	if err := d.saveLocked(); err != nil {

@@ -128,6 +128,50 @@ static __always_inline int in_service6(const __u32 *daddr)
 	return 0;
 }
 
+static __always_inline int drop(enum steer_reason reason)
+{
+	count(reason);
+	return XDP_DROP;
+}
+
+/* Is (family, addr, port) a tunnel endpoint (this node's or a peer's)? */
+static __always_inline int is_endpoint(enum steer_family family,
+				       const __u32 *addr, __be16 port)
+{
+	struct steer_endpoint key = {};
+
+	key.family = family;
+	key.addr[0] = addr[0];
+	if (family == STEER_FAMILY_IPV6) {
+		key.addr[1] = addr[1];
+		key.addr[2] = addr[2];
+		key.addr[3] = addr[3];
+	}
+	key.port = bpf_ntohs(port);
+	return bpf_map_lookup_elem(&endpoints, &key) != 0;
+}
+
+/* IPv6 link-local (fe80::/10) or unspecified (::) source. */
+static __always_inline int local_scope_src6(const __u32 *a)
+{
+	if ((a[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
+		return 1;
+	return (a[0] | a[1] | a[2] | a[3]) == 0;
+}
+
+/* IPv6 link-local or multicast destination. */
+static __always_inline int local_scope_dst6(const __u32 *a)
+{
+	return (a[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
+	       (a[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
+}
+
+/*
+ * xdp_port checks every frame a container sends (SPEC §7.2 isolation): its
+ * source must be the container's own nsIP, and it never reaches a tunnel
+ * port. Then service-range destinations go to the AF_XDP socket and the
+ * rest passes to the kernel.
+ */
 SEC("xdp")
 int xdp_port(struct xdp_md *ctx)
 {
@@ -135,31 +179,73 @@ int xdp_port(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	void *l3 = 0;
 	__be16 proto = parse_l2(data, data_end, &l3);
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct steer_port *port;
 
 	if (!proto)
 		return pass(STEER_MALFORMED);
+	port = bpf_map_lookup_elem(&ports, &ifindex);
+	if (!port)
+		return drop(STEER_SPOOFED); /* not a container we attached */
 
 	if (proto == bpf_htons(STEER_ETH_P_IP)) {
 		struct steer_ip4 *ip = l3;
+		struct steer_udp *udp;
+		__u32 ihl;
 
 		if ((void *)(ip + 1) > data_end || (ip->vihl >> 4) != 4 ||
 		    (ip->vihl & 0xF) < 5)
 			return pass(STEER_MALFORMED);
+		if (!port->has_ip4 || ip->saddr != port->ip4)
+			return drop(STEER_SPOOFED);
 		/* Every fragment carries the destination: fragments of a
 		 * service flow are steered too (SPEC §7.3). */
 		if (in_service4(ip->daddr))
 			return redirect(ctx);
+		ihl = (ip->vihl & 0xF) * 4;
+		udp = l3 + ihl;
+		if (ip->protocol == STEER_IPPROTO_UDP &&
+		    !(ip->frag_off & bpf_htons(STEER_IP_OFFSET)) &&
+		    (void *)(udp + 1) <= data_end &&
+		    is_endpoint(STEER_FAMILY_IPV4, &ip->daddr, udp->dest))
+			return drop(STEER_TO_TUNNEL);
 		return pass(STEER_PASSED_NOT_SERVICE);
 	}
 	if (proto == bpf_htons(STEER_ETH_P_IPV6)) {
 		struct steer_ip6 *ip6 = l3;
+		struct steer_udp *udp = (void *)(ip6 + 1);
 
 		if ((void *)(ip6 + 1) > data_end ||
 		    (bpf_ntohl(ip6->vtcfl) >> 28) != 6)
 			return pass(STEER_MALFORMED);
+		if (local_scope_src6(ip6->saddr)) {
+			if (!local_scope_dst6(ip6->daddr))
+				return drop(STEER_SPOOFED);
+		} else if (!port->has_ip6 || ip6->saddr[0] != port->ip6[0] ||
+			   ip6->saddr[1] != port->ip6[1] ||
+			   ip6->saddr[2] != port->ip6[2] ||
+			   ip6->saddr[3] != port->ip6[3]) {
+			return drop(STEER_SPOOFED);
+		}
 		if (in_service6(ip6->daddr))
 			return redirect(ctx);
+		if (ip6->nexthdr == STEER_IPPROTO_UDP &&
+		    (void *)(udp + 1) <= data_end &&
+		    is_endpoint(STEER_FAMILY_IPV6, ip6->daddr, udp->dest))
+			return drop(STEER_TO_TUNNEL);
 		return pass(STEER_PASSED_NOT_SERVICE);
+	}
+	if (proto == bpf_htons(STEER_ETH_P_ARP)) {
+		struct steer_arp *arp = l3;
+		__u32 spa;
+
+		if ((void *)(arp + 1) > data_end)
+			return pass(STEER_MALFORMED);
+		__builtin_memcpy(&spa, arp->spa, 4);
+		/* A probe (sender 0.0.0.0) claims nothing. */
+		if (arp->plen == 4 && spa != 0 &&
+		    (!port->has_ip4 || spa != port->ip4))
+			return drop(STEER_SPOOFED);
 	}
 	/* ARP, LLDP, anything else: the kernel's business. */
 	return pass(STEER_PASSED_OTHER);

@@ -56,7 +56,16 @@ enum steer_reason {
 	STEER_PASSED_OTHER = 5,
 	/* xdp_uplink: IP but not UDP to node IP:tunnel port. */
 	STEER_PASSED_NOT_TUNNEL = 6,
-	STEER_REASON_MAX = 7,
+	/* xdp_port: the source is not the container's own nsIP (IPv4, IPv6,
+	 * or an ARP sender address), or the port is unknown: XDP_DROP. IPv6
+	 * link-local and unspecified sources pass only to link-local or
+	 * multicast destinations (neighbour discovery, MLD). */
+	STEER_SPOOFED = 7,
+	/* xdp_port: UDP to a tunnel endpoint (a peer's or this node's
+	 * address and tunnel port): containers never reach a tunnel port,
+	 * so they cannot inject packets into the overlay: XDP_DROP. */
+	STEER_TO_TUNNEL = 8,
+	STEER_REASON_MAX = 9,
 };
 
 /* ---- shared structs ---- */
@@ -102,6 +111,25 @@ struct steer_peer {
 	__u16 pad;
 };
 
+/* Value of map steer_ports, keyed by the host-side veth's ifindex: the
+ * container's own addresses, the only sources it may send from. */
+struct steer_port {
+	__u32 ip4;    /* network order; valid if has_ip4 */
+	__u32 ip6[4]; /* network order; valid if has_ip6 */
+	__u8 has_ip4;
+	__u8 has_ip6;
+	__u16 pad;
+};
+
+/* Key of map steer_endpoints: a tunnel endpoint (node address and the UDP
+ * port it receives tunnel traffic on). Unused bytes must be zero. */
+struct steer_endpoint {
+	enum steer_family family; /* 4 bytes */
+	__u32 addr[4];            /* network order; IPv4 in addr[0] */
+	__u16 port;               /* host order */
+	__u16 pad;
+};
+
 /* ---- maps ---- */
 
 /* rx queue index -> AF_XDP socket. Slots without a socket make
@@ -134,6 +162,23 @@ struct {
 	__type(value, struct steer_peer);
 } peers SEC(".maps");
 
+/* Default capacity of the ports map (containers per node). */
+#define STEER_DEFAULT_PORTS 4096
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STEER_DEFAULT_PORTS);
+	__type(key, __u32);
+	__type(value, struct steer_port);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STEER_DEFAULT_PEERS);
+	__type(key, struct steer_endpoint);
+	__type(value, __u8);
+} endpoints SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STEER_REASON_MAX);
@@ -147,6 +192,7 @@ struct {
 #define STEER_ETH_P_IPV6 0x86DD
 #define STEER_ETH_P_8021Q 0x8100
 #define STEER_ETH_P_8021AD 0x88A8
+#define STEER_ETH_P_ARP 0x0806
 #define STEER_IPPROTO_UDP 17
 #define STEER_IP_MF 0x2000
 #define STEER_IP_OFFSET 0x1FFF
@@ -183,6 +229,19 @@ struct steer_ip6 {
 	__u32 saddr[4];
 	__u32 daddr[4];
 };
+
+/* ARP for IPv4 over Ethernet (RFC 826). */
+struct steer_arp {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 oper;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+} __attribute__((packed));
 
 struct steer_udp {
 	__be16 source;
