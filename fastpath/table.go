@@ -180,7 +180,7 @@ type Table struct {
 	// beside instance IPs (Table.sourceNode).
 	nsNode addrTable[netip.Addr]
 	node4  bool
-	maxIP    int // largest inner IP packet that fits the tunnel
+	maxIP  int // largest inner IP packet that fits the tunnel
 	// svc4 is Ranges.Service4 as a network and mask on the address's
 	// 32-bit value (inService's IPv4 case without netip.Prefix.Contains);
 	// svc4OK is false when Service4 is not a valid IPv4 prefix (contains
