@@ -104,6 +104,8 @@ type Instance struct {
 	Node *Node
 	NS   string
 	NSIP IPPair
+	// PortMappings are its netmanager port mappings ("" for none).
+	PortMappings string
 
 	servers []serverSpec
 }
@@ -769,7 +771,8 @@ type NodeStatus struct {
 		NSIP6    string `json:"ns_ip6"`
 	} `json:"containers"`
 	Dataplane struct {
-		Mode string `json:"mode"`
+		Mode     string            `json:"mode"`
+		Counters map[string]uint64 `json:"counters"`
 	} `json:"dataplane"`
 }
 
