@@ -50,12 +50,12 @@ type bpfSteerPeerKey struct {
 }
 
 type bpfSteerPort struct {
-	_      structs.HostLayout
-	Ip4    uint32
-	Ip6    [4]uint32
-	HasIp4 uint8
-	HasIp6 uint8
-	Pad    uint16
+	_       structs.HostLayout
+	Ip4     uint32
+	Ip6     [4]uint32
+	HasIp4  uint8
+	HasIp6  uint8
+	HostMac [6]uint8
 }
 
 type bpfSteerPrefix4 struct {

@@ -64,113 +64,17 @@ static __always_inline int redirect(struct xdp_md *ctx)
 	return (int)ret;
 }
 
-/*
- * Skips Ethernet and at most one 802.1Q/802.1ad tag. Returns the EtherType
- * (network order) and sets *l3, or returns 0 on a truncated frame.
- */
-static __always_inline __be16 parse_l2(void *data, void *data_end, void **l3)
-{
-	struct steer_eth *eth = data;
-	__be16 proto;
-
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	proto = eth->proto;
-	data = eth + 1;
-	if (proto == bpf_htons(STEER_ETH_P_8021Q) ||
-	    proto == bpf_htons(STEER_ETH_P_8021AD)) {
-		struct steer_vlan *vlan = data;
-
-		if ((void *)(vlan + 1) > data_end)
-			return 0;
-		proto = vlan->proto;
-		data = vlan + 1;
-	}
-	*l3 = data;
-	return proto;
-}
-
-static __always_inline int in_service4(__u32 daddr)
-{
-	__u32 zero = 0;
-	struct steer_services *s = bpf_map_lookup_elem(&services, &zero);
-
-	if (!s)
-		return 0;
-	for (__u32 i = 0; i < STEER_MAX_SERVICE_PREFIXES; i++) {
-		if (i >= s->n4)
-			break;
-		if ((daddr & s->v4[i].mask) == s->v4[i].addr)
-			return 1;
-	}
-	return 0;
-}
-
-static __always_inline int in_service6(const __u32 *daddr)
-{
-	__u32 zero = 0;
-	struct steer_services *s = bpf_map_lookup_elem(&services, &zero);
-
-	if (!s)
-		return 0;
-	for (__u32 i = 0; i < STEER_MAX_SERVICE_PREFIXES; i++) {
-		struct steer_prefix6 *p;
-
-		if (i >= s->n6)
-			break;
-		p = &s->v6[i];
-		if ((daddr[0] & p->mask[0]) == p->addr[0] &&
-		    (daddr[1] & p->mask[1]) == p->addr[1] &&
-		    (daddr[2] & p->mask[2]) == p->addr[2] &&
-		    (daddr[3] & p->mask[3]) == p->addr[3])
-			return 1;
-	}
-	return 0;
-}
-
 static __always_inline int drop(enum steer_reason reason)
 {
 	count(reason);
 	return XDP_DROP;
 }
 
-/* Is (family, addr, port) a tunnel endpoint (this node's or a peer's)? */
-static __always_inline int is_endpoint(enum steer_family family,
-				       const __u32 *addr, __be16 port)
-{
-	struct steer_endpoint key = {};
-
-	key.family = family;
-	key.addr[0] = addr[0];
-	if (family == STEER_FAMILY_IPV6) {
-		key.addr[1] = addr[1];
-		key.addr[2] = addr[2];
-		key.addr[3] = addr[3];
-	}
-	key.port = bpf_ntohs(port);
-	return bpf_map_lookup_elem(&endpoints, &key) != 0;
-}
-
-/* IPv6 link-local (fe80::/10) or unspecified (::) source. */
-static __always_inline int local_scope_src6(const __u32 *a)
-{
-	if ((a[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
-		return 1;
-	return (a[0] | a[1] | a[2] | a[3]) == 0;
-}
-
-/* IPv6 link-local or multicast destination. */
-static __always_inline int local_scope_dst6(const __u32 *a)
-{
-	return (a[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
-	       (a[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
-}
-
 /*
- * xdp_port checks every frame a container sends (SPEC §7.2 isolation): its
- * source must be the container's own nsIP, and it never reaches a tunnel
- * port. Then service-range destinations go to the AF_XDP socket and the
- * rest passes to the kernel.
+ * xdp_port checks every frame a container sends (SPEC §7.2 isolation,
+ * port_check): its source must be the container's own nsIP, and it never
+ * reaches a tunnel port. Then service-range destinations go to the AF_XDP
+ * socket and the rest passes to the kernel.
  */
 SEC("xdp")
 int xdp_port(struct xdp_md *ctx)
@@ -187,68 +91,21 @@ int xdp_port(struct xdp_md *ctx)
 	port = bpf_map_lookup_elem(&ports, &ifindex);
 	if (!port)
 		return drop(STEER_SPOOFED); /* not a container we attached */
-
-	if (proto == bpf_htons(STEER_ETH_P_IP)) {
-		struct steer_ip4 *ip = l3;
-		struct steer_udp *udp;
-		__u32 ihl;
-
-		if ((void *)(ip + 1) > data_end || (ip->vihl >> 4) != 4 ||
-		    (ip->vihl & 0xF) < 5)
-			return pass(STEER_MALFORMED);
-		if (!port->has_ip4 || ip->saddr != port->ip4)
-			return drop(STEER_SPOOFED);
-		/* Every fragment carries the destination: fragments of a
-		 * service flow are steered too (SPEC §7.3). */
-		if (in_service4(ip->daddr))
-			return redirect(ctx);
-		ihl = (ip->vihl & 0xF) * 4;
-		udp = l3 + ihl;
-		if (ip->protocol == STEER_IPPROTO_UDP &&
-		    !(ip->frag_off & bpf_htons(STEER_IP_OFFSET)) &&
-		    (void *)(udp + 1) <= data_end &&
-		    is_endpoint(STEER_FAMILY_IPV4, &ip->daddr, udp->dest))
-			return drop(STEER_TO_TUNNEL);
+	switch (port_check(port, proto, l3, data_end)) {
+	case PORT_SERVICE:
+		return redirect(ctx);
+	case PORT_LOCAL:
 		return pass(STEER_PASSED_NOT_SERVICE);
+	case PORT_MALFORMED:
+		return pass(STEER_MALFORMED);
+	case PORT_SPOOFED:
+		return drop(STEER_SPOOFED);
+	case PORT_TO_TUNNEL:
+		return drop(STEER_TO_TUNNEL);
+	default:
+		/* ARP, LLDP, anything else: the kernel's business. */
+		return pass(STEER_PASSED_OTHER);
 	}
-	if (proto == bpf_htons(STEER_ETH_P_IPV6)) {
-		struct steer_ip6 *ip6 = l3;
-		struct steer_udp *udp = (void *)(ip6 + 1);
-
-		if ((void *)(ip6 + 1) > data_end ||
-		    (bpf_ntohl(ip6->vtcfl) >> 28) != 6)
-			return pass(STEER_MALFORMED);
-		if (local_scope_src6(ip6->saddr)) {
-			if (!local_scope_dst6(ip6->daddr))
-				return drop(STEER_SPOOFED);
-		} else if (!port->has_ip6 || ip6->saddr[0] != port->ip6[0] ||
-			   ip6->saddr[1] != port->ip6[1] ||
-			   ip6->saddr[2] != port->ip6[2] ||
-			   ip6->saddr[3] != port->ip6[3]) {
-			return drop(STEER_SPOOFED);
-		}
-		if (in_service6(ip6->daddr))
-			return redirect(ctx);
-		if (ip6->nexthdr == STEER_IPPROTO_UDP &&
-		    (void *)(udp + 1) <= data_end &&
-		    is_endpoint(STEER_FAMILY_IPV6, ip6->daddr, udp->dest))
-			return drop(STEER_TO_TUNNEL);
-		return pass(STEER_PASSED_NOT_SERVICE);
-	}
-	if (proto == bpf_htons(STEER_ETH_P_ARP)) {
-		struct steer_arp *arp = l3;
-		__u32 spa;
-
-		if ((void *)(arp + 1) > data_end)
-			return pass(STEER_MALFORMED);
-		__builtin_memcpy(&spa, arp->spa, 4);
-		/* A probe (sender 0.0.0.0) claims nothing. */
-		if (arp->plen == 4 && spa != 0 &&
-		    (!port->has_ip4 || spa != port->ip4))
-			return drop(STEER_SPOOFED);
-	}
-	/* ARP, LLDP, anything else: the kernel's business. */
-	return pass(STEER_PASSED_OTHER);
 }
 
 /* Tunnel datagram from addr:sport (family f): redirect if from a peer. */
