@@ -287,7 +287,7 @@ func TestRunRedirectWithSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Fill(s.GetDescs(s.NumFreeFillSlots()))
-	if err := o.SetPort(loIfindex, mustAddr("10.18.0.2"), netip.Addr{}); err != nil {
+	if err := o.SetPort(loIfindex, Port{IP4: mustAddr("10.18.0.2")}); err != nil {
 		t.Fatal(err)
 	}
 	f := frame{src: mustAddr("10.18.0.2"), dst: mustAddr("10.30.0.5")}.bytes()
@@ -328,7 +328,7 @@ func TestSteerToXSK(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if err := o.SetPort(idx, mustAddr("10.18.0.2"), netip.Addr{}); err != nil {
+				if err := o.SetPort(idx, Port{IP4: mustAddr("10.18.0.2")}); err != nil {
 					return err
 				}
 				l, err = o.AttachPort(idx, mode)

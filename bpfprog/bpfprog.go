@@ -71,6 +71,14 @@ type Peer struct {
 	TunnelPort uint16
 }
 
+// Port is a container port as the programs know it (Objects.SetPort): the
+// container's own addresses (an invalid one: none of that family) and the
+// host-side veth's MAC.
+type Port struct {
+	IP4, IP6 netip.Addr
+	HostMAC  [6]byte
+}
+
 // Config parameterises Load. The zero value is usable.
 type Config struct {
 	// Queues is the number of XSKMAP slots (rx queue indexes 0..Queues-1).

@@ -112,26 +112,45 @@ func Load(cfg Config) (*Objects, error) {
 // reasonNames reads enum steer_reason from the object's BTF: "STEER_NOT_PEER"
 // becomes "not_peer"; STEER_REASON_MAX ends the list.
 func reasonNames(spec *ebpf.CollectionSpec) ([]string, error) {
+	return enumNames(spec, "steer_reason", "STEER_")
+}
+
+// enumNames reads a counter enum from the object's BTF: its values, named
+// in lower case without prefix, up to (not including) prefix+"REASON_MAX".
+func enumNames(spec *ebpf.CollectionSpec, enum, prefix string) ([]string, error) {
 	var e *btf.Enum
-	if err := spec.Types.TypeByName("steer_reason", &e); err != nil {
-		return nil, fmt.Errorf("btf steer_reason: %w", err)
+	if err := spec.Types.TypeByName(enum, &e); err != nil {
+		return nil, fmt.Errorf("btf %s: %w", enum, err)
 	}
 	var max uint64
 	for _, v := range e.Values {
-		if v.Name == "STEER_REASON_MAX" {
+		if v.Name == prefix+"REASON_MAX" {
 			max = v.Value
 		}
 	}
 	if max == 0 || max > 256 {
-		return nil, fmt.Errorf("btf steer_reason: bad STEER_REASON_MAX %d", max)
+		return nil, fmt.Errorf("btf %s: bad %sREASON_MAX %d", enum, prefix, max)
 	}
 	names := make([]string, max)
 	for _, v := range e.Values {
 		if v.Value < max {
-			names[v.Value] = strings.ToLower(strings.TrimPrefix(v.Name, "STEER_"))
+			names[v.Value] = strings.ToLower(strings.TrimPrefix(v.Name, prefix))
 		}
 	}
 	return names, nil
+}
+
+// sumPerCPU sums slot i of a per-CPU array of uint64.
+func sumPerCPU(m *ebpf.Map, i uint32) (uint64, error) {
+	var per []uint64
+	if err := m.Lookup(i, &per); err != nil {
+		return 0, fmt.Errorf("stats map lookup %d: %w", i, err)
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	return sum, nil
 }
 
 // PortProgram is xdp_port, for a container's host-side veth.
@@ -265,19 +284,20 @@ func endpointKey(a netip.AddrPort) bpfSteerEndpoint {
 	return k
 }
 
-// SetPort records the addresses of the container behind the host-side
-// veth ifindex: xdp_port drops every frame from it with another source
-// (and every frame from a veth with no entry). An invalid address means
-// the container has none of that family.
-func (o *Objects) SetPort(ifindex int, ip4, ip6 netip.Addr) error {
+// SetPort records the container behind the host-side veth ifindex:
+// xdp_port and tc_port drop every frame from it with another source (and
+// every frame from a veth with no entry), and the kernel tier delivers
+// to it with its host MAC.
+func (o *Objects) SetPort(ifindex int, port Port) error {
 	var p bpfSteerPort
-	if ip4.IsValid() {
-		a := ip4.Unmap().As4()
+	if port.IP4.IsValid() {
+		a := port.IP4.Unmap().As4()
 		p.Ip4, p.HasIp4 = word(a[:]), 1
 	}
-	if ip6.IsValid() {
-		p.Ip6, p.HasIp6 = words(ip6.As16()), 1
+	if port.IP6.IsValid() {
+		p.Ip6, p.HasIp6 = words(port.IP6.As16()), 1
 	}
+	p.HostMac = port.HostMAC
 	if err := o.objs.Ports.Put(uint32(ifindex), &p); err != nil {
 		return fmt.Errorf("ports map update %d: %w", ifindex, err)
 	}
@@ -436,17 +456,7 @@ func (o *Objects) Counter(name string) (uint64, error) {
 	return 0, fmt.Errorf("counter %q: unknown (have %s)", name, strings.Join(o.reasons, ", "))
 }
 
-func (o *Objects) counter(i uint32) (uint64, error) {
-	var per []uint64
-	if err := o.objs.Stats.Lookup(i, &per); err != nil {
-		return 0, fmt.Errorf("stats map lookup %d: %w", i, err)
-	}
-	var sum uint64
-	for _, v := range per {
-		sum += v
-	}
-	return sum, nil
-}
+func (o *Objects) counter(i uint32) (uint64, error) { return sumPerCPU(o.objs.Stats, i) }
 
 // AttachPort attaches xdp_port to ifindex (a container's host-side veth) as
 // a bpf_link; it detaches when the link is closed or the process exits.

@@ -98,7 +98,7 @@ func TestCounterNamesFromBTF(t *testing.T) {
 func TestPortProgram(t *testing.T) {
 	o := load(t, Config{})
 	c4, c6 := mustAddr("10.18.0.2"), mustAddr("fc00::2")
-	if err := o.SetPort(loIfindex, c4, c6); err != nil {
+	if err := o.SetPort(loIfindex, Port{IP4: c4, IP6: c6}); err != nil {
 		t.Fatal(err)
 	}
 	if err := o.SetNode(node4, netip.Addr{}, tunnelPort); err != nil {
@@ -228,7 +228,7 @@ func TestServiceRangesShared(t *testing.T) {
 	}
 	c4 := mustAddr("10.18.0.2")
 	// The ports map is shared too: set through the owner, seen by both.
-	if err := owner.SetPort(loIfindex, c4, netip.Addr{}); err != nil {
+	if err := owner.SetPort(loIfindex, Port{IP4: c4, IP6: netip.Addr{}}); err != nil {
 		t.Fatal(err)
 	}
 	in := frame{src: c4, dst: mustAddr("10.30.7.9")}.bytes()

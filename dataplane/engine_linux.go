@@ -514,7 +514,7 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	if err := p.objs.RegisterXSK(0, p.sock.Fd()); err != nil {
 		return 0, fmt.Errorf("port %d: xskmap: %w", pc.Ifindex, err)
 	}
-	if err := p.objs.SetPort(pc.Ifindex, pc.NS4, pc.NS6); err != nil {
+	if err := p.objs.SetPort(pc.Ifindex, bpfprog.Port{IP4: pc.NS4, IP6: pc.NS6, HostMAC: pc.HostMAC}); err != nil {
 		return 0, fmt.Errorf("port %d: %w", pc.Ifindex, err)
 	}
 	if err := e.rebuildLocked(); err != nil {
