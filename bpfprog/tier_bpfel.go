@@ -149,7 +149,7 @@ type ktTierSlot struct {
 	PeerFamily uint32
 	Kind       uint32
 	Inst       uint32
-	Pad        uint32
+	Gen        uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -181,7 +181,7 @@ func TestTierPort(t *testing.T) {
 		// untouched, to the workers.
 		{name: "gso the kernel refuses", in: macs(pkttest.TCP(tCli4, tSvc4, 40000, 80, payload)), gso: 1372, act: actRedirect, counter: "punt_other",
 			puntMeta: []byte{0x02, 0, 0, 0, 0, 1}},
-		{name: "gso segments too big", in: macs(pkttest.TCP(tCli4, tSvc4, 40000, 80, payload)), gso: 1400, act: actRedirect, counter: "punt_size",
+		{name: "gso segments too big", in: macs(pkttest.TCP(tCli4, tSvc4, 40000, 80, payload)), gso: 1440, act: actRedirect, counter: "punt_size",
 			puntMeta: []byte{0x02, 0, 0, 0, 0, 1}},
 		{name: "too big", in: macs(pkttest.UDP(tCli4, tSvc4, 40001, 53, make([]byte, 1460))), act: actRedirect, counter: "punt_size",
 			puntMeta: []byte{0x02, 0, 0, 0, 0, 1}},

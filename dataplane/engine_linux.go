@@ -30,6 +30,10 @@ import (
 // 0 is ever a destination.
 const uplinkID = int32(fastpath.MaxPorts)
 
+// puntID is the socket id of worker 0's punt queue (kernel tier); worker
+// i's is puntID+i.
+const puntID = uplinkID + MaxUplinkQueues
+
 // MaxUplinkQueues bounds the uplink's RX queues that get a socket (each has
 // its own UMEM of Config.Frames frames); tunnel datagrams that RSS puts on
 // queues beyond it pass to the kernel and are lost (counted as the uplink
@@ -81,8 +85,20 @@ type Engine struct {
 	services    []fastpath.ServiceSpec
 	instances   []fastpath.InstanceSpec
 	peers       []netip.AddrPort
-	neigh       map[netip.Addr][6]byte
-	wantNeigh   map[netip.Addr]bool
+	neigh        map[netip.Addr][6]byte
+	wantNeigh    map[netip.Addr]bool
+
+	// Kernel tier (Config.Offload): the loaded tier, its manager, the
+	// links of the uplink and the punt device.
+	tier    *bpfprog.Tier
+	tm      *tierMgr
+	tierUp  link.Link
+	puntTC  link.Link
+	puntXDP link.Link
+	// portIfx maps a PortID to its host veth's ifindex, ifxPort back
+	// (copy-on-write; workers and the sweeper read them without e.mu).
+	portIfx atomic.Pointer[[]int32]
+	ifxPort atomic.Pointer[map[int32]fastpath.PortID]
 
 	nPorts, nServices, nInstances, nPeers, nSockets atomic.Int64
 
@@ -94,9 +110,9 @@ type port struct {
 	id     fastpath.PortID
 	cfg    PortConfig
 	worker int
-	sock   *xsk.Socket // owned by workers[worker]; nil until opened
+	sock   *xsk.Socket // owned by workers[worker]; nil until opened (none with the kernel tier)
 	objs   *bpfprog.Objects
-	link   link.Link
+	link   link.Link // xdp_port, or the kernel tier's tc_port
 }
 
 // defaultCtlTimeout bounds a control call's wait for its worker. A round
@@ -236,6 +252,15 @@ func New(cfg Config) (e *Engine, err error) {
 	if err != nil {
 		return e, err
 	}
+	if cfg.Offload {
+		if err := e.startTier(); err != nil {
+			return e, err
+		}
+		e.bg.Add(2)
+		go func() { defer e.bg.Done(); e.sweepLoop() }()
+		go func() { defer e.bg.Done(); e.tm.loop(e.stop) }()
+		return e, nil
+	}
 	if err := e.setUplinkQueues(queues); err != nil {
 		return e, err
 	}
@@ -248,6 +273,47 @@ func New(cfg Config) (e *Engine, err error) {
 	go func() { defer e.bg.Done(); e.neighLoop() }()
 	go func() { defer e.bg.Done(); e.queueLoop() }()
 	return e, nil
+}
+
+// startTier sets the kernel tier up: the punt device with a queue and a
+// socket per worker, the tier's programs (on the node maps of upObjs), the
+// flows a previous daemon left pinned, and tc_uplink on the uplink last,
+// once everything it punts to is in place.
+func (e *Engine) startTier() (err error) {
+	p0, p1, err := puntDevice(len(e.workers), puntMTU(e.mtu))
+	if err != nil {
+		return err
+	}
+	if e.tier, err = bpfprog.LoadTier(bpfprog.TierConfig{Share: e.upObjs, Flows: e.cfg.TierFlows,
+		Queues: len(e.workers), PinPath: e.cfg.PinPath}); err != nil {
+		return fmt.Errorf("kernel tier: %w", err)
+	}
+	if err := e.tier.SetConfig(p0.Attrs().Index, e.uplinkIdx); err != nil {
+		return err
+	}
+	for i := range e.workers {
+		s, err := e.openSocket(i, puntID+int32(i), p1.Attrs().Index, i)
+		if err != nil {
+			return fmt.Errorf("punt socket, queue %d: %w", i, err)
+		}
+		if err := e.tier.RegisterXSK(i, s.Fd()); err != nil {
+			return err
+		}
+	}
+	if e.puntXDP, err = e.tier.AttachPuntXDP(p1.Attrs().Index); err != nil {
+		return err
+	}
+	if e.puntTC, err = e.tier.AttachPunt(p0.Attrs().Index); err != nil {
+		return err
+	}
+	e.tm = newTierMgr(e, e.tier)
+	if err := e.tm.adopt(); err != nil {
+		e.log.Warn("dataplane: kernel tier: flows of the previous daemon", "err", err)
+	}
+	if e.tierUp, err = e.tier.AttachUplink(e.uplinkIdx); err != nil {
+		return err
+	}
+	return nil
 }
 
 // activeRxQueues is how many RX queues of the uplink an AF_XDP socket can
@@ -503,6 +569,9 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 			err = errors.Join(err, e.teardownPortLocked(p))
 		}
 	}()
+	if e.tier != nil {
+		return id, e.addTierPortLocked(p)
+	}
 	if p.objs, err = bpfprog.Load(bpfprog.Config{Queues: 1, Share: e.upObjs}); err != nil {
 		return 0, fmt.Errorf("port %d: load steering: %w", pc.Ifindex, err)
 	}
@@ -525,6 +594,41 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	}
 	e.nPorts.Store(int64(len(e.ports)))
 	return id, nil
+}
+
+// addTierPortLocked attaches a port to the kernel tier: its addresses and
+// MAC in the node maps, the port in the table, then tc_port on its host
+// veth. No socket: its frames come punted, and the workers' frames to it
+// leave through the punt device.
+func (e *Engine) addTierPortLocked(p *port) error {
+	pc := p.cfg
+	if err := e.upObjs.SetPort(pc.Ifindex, bpfprog.Port{IP4: pc.NS4, IP6: pc.NS6, HostMAC: pc.HostMAC}); err != nil {
+		return fmt.Errorf("port %d: %w", pc.Ifindex, err)
+	}
+	e.ports[p.id] = p
+	e.publishPortsLocked()
+	if err := e.rebuildLocked(); err != nil {
+		return err
+	}
+	l, err := e.tier.AttachPort(pc.Ifindex)
+	if err != nil {
+		return err
+	}
+	p.link = l
+	e.nPorts.Store(int64(len(e.ports)))
+	return nil
+}
+
+// publishPortsLocked refreshes the PortID ↔ ifindex snapshots. e.mu held.
+func (e *Engine) publishPortsLocked() {
+	px := make([]int32, fastpath.MaxPorts)
+	xp := make(map[int32]fastpath.PortID, len(e.ports))
+	for id, p := range e.ports {
+		px[id] = int32(p.cfg.Ifindex)
+		xp[int32(p.cfg.Ifindex)] = id
+	}
+	e.portIfx.Store(&px)
+	e.ifxPort.Store(&xp)
 }
 
 // RemovePort detaches port id: link first (no more steering), then the
@@ -554,15 +658,25 @@ func (e *Engine) PortByIfindex(ifindex int) (fastpath.PortID, bool) {
 func (e *Engine) teardownPortLocked(p *port) error {
 	var errs []error
 	if p.link != nil {
+		if e.tier != nil {
+			errs = append(errs, p.link.Unpin()) // the port goes, not the daemon
+		}
 		errs = append(errs, p.link.Close())
 		p.link = nil
 	}
+	if e.tier != nil {
+		e.tm.withdrawIf(p.cfg.Ifindex)
+		errs = append(errs, e.upObjs.DeletePort(p.cfg.Ifindex))
+	}
 	if e.ports[p.id] == p {
 		delete(e.ports, p.id)
+		e.publishPortsLocked()
 		e.setOwner(int32(p.id), -1)
 		errs = append(errs, e.rebuildLocked())
-		if err := e.closeSocket(p.worker, p.sock); err != nil && !errors.Is(err, ErrClosed) {
-			errs = append(errs, err)
+		if p.sock != nil {
+			if err := e.closeSocket(p.worker, p.sock); err != nil && !errors.Is(err, ErrClosed) {
+				errs = append(errs, err)
+			}
 		}
 		p.sock = nil
 	}
@@ -628,11 +742,16 @@ func (e *Engine) rebuildLocked() error {
 			Addr:        netip.AddrPortFrom(e.cfg.NodeIP, e.cfg.TunnelPort),
 			UplinkMAC:   e.uplinkMAC,
 			UnderlayMTU: e.mtu,
+			// A peer's kernel tier forwards CHECKSUM_PARTIAL packets as
+			// they are (over veth they arrive so): recompute, at the cost
+			// of one checksum per delivered packet.
+			IngressCsum: fastpath.CsumRecompute,
 		},
-		Ranges:   e.cfg.Ranges,
-		Services: e.services,
-		Peers:    e.peers,
-		Prev:     e.tables.Load(),
+		Ranges:          e.cfg.Ranges,
+		Services:        e.services,
+		Peers:           e.peers,
+		Prev:            e.tables.Load(),
+		KernelNeighbors: e.cfg.Offload,
 	}
 	b.Instances = make([]fastpath.InstanceSpec, 0, len(e.instances)) // no reallocation: inst points into it
 	local := make(map[jobNum]*port, len(e.ports))
@@ -691,6 +810,9 @@ func (e *Engine) rebuildLocked() error {
 	}
 	e.tables.Swap(t)
 	e.wantNeigh = hops
+	if e.tm != nil {
+		e.tm.changed() // withdraw the executed flows the change made wrong
+	}
 	return nil
 }
 
@@ -832,7 +954,11 @@ func (e *Engine) Stats() Stats {
 		UplinkRxQueues: e.uplinkQueuesNow(),
 		Topology:       e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
 		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
-		Flows: e.flows.Len(), Counters: map[string]uint64{},
+		Flows: e.flows.Len(), Counters: map[string]uint64{}, Offload: e.cfg.Offload,
+	}
+	if e.tm != nil {
+		s.TierFlows = e.tm.flows()
+		e.tm.counters(s.Counters)
 	}
 	var c [numCounters]uint64
 	for _, w := range e.workers {
@@ -877,6 +1003,9 @@ func (e *Engine) Stats() Stats {
 			}
 		}
 		for _, p := range e.ports {
+			if p.objs == nil {
+				continue // kernel tier: tc_port counts in the tier's counters
+			}
 			if m, err := p.objs.Counters(); err == nil {
 				for k, v := range m {
 					s.Counters["bpf_port_"+k] += v
@@ -909,6 +1038,15 @@ func (e *Engine) Close() error {
 		errs = append(errs, e.upLink.Close())
 		e.upLink = nil
 	}
+	// The kernel tier's links stay attached where they are pinned: the
+	// flows it executes go on without the daemon. Closing the handles
+	// detaches only what is not pinned.
+	for _, l := range []*link.Link{&e.tierUp, &e.puntTC, &e.puntXDP} {
+		if *l != nil {
+			errs = append(errs, (*l).Close())
+			*l = nil
+		}
+	}
 	e.mu.Unlock()
 	close(e.stop)
 	for _, w := range e.workers {
@@ -926,6 +1064,9 @@ func (e *Engine) Close() error {
 		}
 	}
 	e.ports = map[fastpath.PortID]*port{}
+	if e.tier != nil {
+		errs = append(errs, e.tier.Close())
+	}
 	if e.upObjs != nil {
 		errs = append(errs, e.upObjs.Close())
 	}

@@ -723,3 +723,47 @@ func TestNeighbourFallback(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestOverlayTier is TestOverlay with the kernel tier on (Config.Offload)
+// and the containers' offloads on (TSO, GSO, TX checksum: what the tier
+// keeps): the same paths, the first packets through the workers and the
+// rest through the kernel, and counters that say which tier carried what.
+func TestOverlayTier(t *testing.T) {
+	tp := newTopo(t)
+	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
+		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
+			t.Fatalf("ethtool: %v: %s", err, out)
+		}
+	}
+	spa, spb := tp.spec(tp.a, 2, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
+	spa.Offload, spb.Offload = true, true
+	ea := tp.startEngine(t, tp.a, spa)
+	eb := tp.startEngine(t, tp.b, spb)
+	for _, c := range []struct {
+		name          string
+		server        *ctr
+		dst, wantSrc  netip.Addr
+		udpPort, tcpP int
+	}{
+		{"remote/v4", tp.server, svcRemote4, instClient4, 7001, 8001},
+		{"remote/v6", tp.server, svcRemote6, instCli6, 7002, 8002},
+		{"local/v4", tp.local, svcLocal4, instClient4, 7003, 8003},
+		{"local/v6", tp.local, svcLocal6, instCli6, 7004, 8004},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			checkUDP(t, tp.client, c.server, c.dst, c.wantSrc, c.udpPort)
+			checkTCP(t, tp.client, c.server, c.dst, c.wantSrc, c.tcpP, 4<<20)
+			if err := testbed.Ping(tp.client.NS, c.dst, 5, time.Second); err != nil {
+				t.Errorf("ping: %v", err)
+			}
+		})
+	}
+	sa, sb := ea.stats(t), eb.stats(t)
+	t.Logf("node A: counters %v", nonZero(sa.Counters))
+	t.Logf("node B: counters %v", nonZero(sb.Counters))
+	for _, s := range []Stats{sa, sb} {
+		if !s.Offload || s.Counters["tier_fast_port"]+s.Counters["tier_fast_uplink"] == 0 || s.Counters["rx"] == 0 {
+			t.Errorf("want packets in both tiers: kernel %d+%d, workers %d", s.Counters["tier_fast_port"], s.Counters["tier_fast_uplink"], s.Counters["rx"])
+		}
+	}
+}

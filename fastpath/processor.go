@@ -240,7 +240,7 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		// copy of the struct just written (its wide loads would wait on
 		// the narrow stores).
 		pp.readAddrs(pkt)
-		p.untranslate(ctx, pkt[:end], pp)
+		p.untranslate(ctx, t, pkt[:end], pp)
 		writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
 		v.Action, v.Port = ActTxPort, inst.Port
 		v.Off, v.Len = f.Off+start, end-start
@@ -580,7 +580,10 @@ func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
 		return
 	}
 	lp := t.Port(id)
-	p.untranslate(ctx, inner, q)
+	if !p.untranslate(ctx, t, inner, q) && t.Node.IngressCsum == CsumRecompute && q.HasPorts &&
+		q.Frag == FragNone && (q.Proto == ProtoTCP || q.Proto == ProtoUDP) {
+		rewriteAddrs(inner, q, q.Src, q.Dst, true) // same addresses; checksum recomputed
+	}
 	start := innerOff - EthernetLen
 	writeEth(pkt[start:], &lp.ContainerMAC, &lp.HostMAC, q.Version)
 	v.Action, v.Port = ActTxPort, id
@@ -637,8 +640,10 @@ func (p *Processor) replyToLocalFlow(ctx *WorkerCtx, pkt []byte, q *Parsed) bool
 // untranslate restores the service IP as the source of a packet about to
 // be delivered to a local client when it is a reply on a flow this node
 // opened (reverse key), including ICMP errors about such a flow and later
-// fragments of a translated reply. Other packets are left unchanged.
-func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
+// fragments of a translated reply. Other packets are left unchanged. It
+// reports whether it rewrote a TCP/UDP packet's addresses (with the
+// checksum recomputed in full when the node's IngressCsum says so).
+func (p *Processor) untranslate(ctx *WorkerCtx, t *Table, pkt []byte, q *Parsed) bool {
 	switch {
 	case q.isICMPError() && q.Frag == FragNone:
 		p.untranslateICMPError(ctx, pkt, q)
@@ -652,13 +657,15 @@ func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
 		var k FlowKey
 		k.setOf(pkt, q) // MakeFlowKey of q's fields, from the bytes
 		if svcIP, ok := p.flows.LookupReverse(&k, ctx.Now); ok {
-			rewriteAddrs(pkt, q, svcIP, q.Dst, false)
+			rewriteAddrs(pkt, q, svcIP, q.Dst, t.Node.IngressCsum == CsumRecompute)
 			if q.Frag == FragFirst {
 				ctx.fragIn.put(q, 0, svcIP, 0, ctx.Now)
 			}
 			ctx.ev(EvIngressTranslated)
+			return true
 		}
 	}
+	return false
 }
 
 // untranslateICMPError handles an ICMP error arriving for a local client:

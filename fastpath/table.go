@@ -70,6 +70,11 @@ type NodeSpec struct {
 	Loc       *Location
 	// UnderlayMTU is the uplink's IP MTU (default 1500).
 	UnderlayMTU int
+	// IngressCsum is how TCP/UDP checksums of tunnel packets delivered to
+	// containers are kept: updated (default), or recomputed in full, as
+	// the kernel tier needs: a peer's kernel tier forwards a container's
+	// CHECKSUM_PARTIAL packets as they are, and over veth they arrive so.
+	IngressCsum CsumMode
 }
 
 // Ranges are the platform's address ranges. Only destinations inside
@@ -104,6 +109,10 @@ type Builder struct {
 	// Neighbors maps a next-hop node IP to its MAC on the uplink. A remote
 	// send to a node without one is an ActSlowPath verdict.
 	Neighbors map[netip.Addr][6]byte
+	// KernelNeighbors says the kernel fills in the uplink's MACs (the
+	// kernel tier sends the workers' frames with bpf_redirect_neigh):
+	// remote sends are ActTxUplink whatever Neighbors holds.
+	KernelNeighbors bool
 	// Prev, when set, is the table being replaced: policy state (round-robin
 	// counters) carries over per service and policy.
 	Prev *Table
@@ -299,6 +308,7 @@ func (b *Builder) Build() (*Table, error) {
 			}
 		} else if in.Node.IsValid() {
 			inst.nodeMAC, inst.hasMAC = b.Neighbors[in.Node.Addr()]
+			inst.hasMAC = inst.hasMAC || b.KernelNeighbors
 			if t.node4 && in.Node.Addr().Is4() {
 				n, p := t.Node.Addr.Addr().As4(), in.Node.Addr().As4()
 				inst.outerSum = 0x4500 + ipv4FlagDF + 64<<8 | ProtoUDP
@@ -387,6 +397,16 @@ func (t *Table) sourceNode(a netip.Addr) (netip.Addr, bool) {
 	}
 	return t.nsNode.get(a)
 }
+
+// IsServiceIP reports whether a is one of the table's service IPs (not an
+// instance IP, not unknown).
+func (t *Table) IsServiceIP(a netip.Addr) bool {
+	e, ok := t.addrs.get(a)
+	return ok && e.kind == addrService
+}
+
+// MaxInner is the largest inner IP packet that fits the tunnel.
+func (t *Table) MaxInner() int { return t.maxIP }
 
 // Port returns the local port with id, or nil.
 func (t *Table) Port(id PortID) *LocalPort {

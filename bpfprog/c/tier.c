@@ -147,8 +147,10 @@ static __always_inline int tuple(struct tier_key *k, __be16 proto, void *l3,
  * Finds the flow's slot and passes its gate: the slot when the kernel
  * executes the flow, else NULL with *reason set (no flow, or pending; a
  * pending packet was counted and must be punted with TIER_PUNT_COUNTED).
+ * A GSO packet counts as the segments the punt device will cut it into
+ * (every one reaches the worker marked counted).
  */
-static __always_inline struct tier_slot *gate(struct tier_key *k,
+static __always_inline struct tier_slot *gate(struct tier_key *k, __u32 segs,
 					       enum tier_reason *reason)
 {
 	struct tier_slot *s;
@@ -170,7 +172,7 @@ static __always_inline struct tier_slot *gate(struct tier_key *k,
 		/* Counted in the same atomic step that reads the gate: a
 		 * worker's compare-and-swap to active fails if this packet
 		 * got in first, and the worker then waits for it. */
-		g = __sync_fetch_and_add(&s->gate, 1);
+		g = __sync_fetch_and_add(&s->gate, segs);
 		if (!(g & TIER_GATE_ACTIVE)) {
 			*reason = TIER_PUNT_PENDING;
 			return 0;
@@ -328,19 +330,44 @@ static __always_inline int execute(struct __sk_buff *skb, const struct tier_key 
 }
 
 /*
- * Whether the packet (of inner length len, or a GSO super-packet of
- * segments gso bytes long plus headers) fits the tunnel; the largest IP
- * header plus TCP header with options is 40 + 60 bytes.
+ * Whether the packet (inner length len) fits the tunnel; a GSO
+ * super-packet fits when each of its segments does: gso payload bytes
+ * behind the IP and transport headers (hdrs bytes, options included).
  */
-static __always_inline int fits(const struct tier_slot *s, __u32 len, __u32 gso)
+static __always_inline int fits(const struct tier_slot *s, __u32 len, __u32 gso,
+				__u32 hdrs)
 {
 	if (!(s->flags & TIER_F_ENCAP))
 		return 1;
 	if (len + TIER_OUTER_MAX > 0xffff)
 		return 0;
 	if (gso)
-		return gso + 100 <= s->max_len;
+		return gso + hdrs <= s->max_len;
 	return len <= s->max_len;
+}
+
+/* How many frames the punt device makes of a packet whose payload starts
+ * at byte before: one, or a GSO packet's segments. */
+static __always_inline __u32 segments(struct __sk_buff *skb, __u32 before)
+{
+	__u32 gso = skb->gso_size;
+
+	if (!gso || skb->len <= before)
+		return 1;
+	return (skb->len - before + gso - 1) / gso;
+}
+
+/* The IP and transport headers' length of a tuple()'d packet, or 0 when
+ * the TCP header is cut short. */
+static __always_inline __u32 hdrs_len(const struct tier_key *k, void *l4, void *data_end)
+{
+	__u32 ip = k->family == 4 ? sizeof(struct steer_ip4) : sizeof(struct steer_ip6);
+
+	if (k->proto != STEER_IPPROTO_TCP)
+		return ip + sizeof(struct steer_udp);
+	if (l4 + 13 > data_end)
+		return 0;
+	return ip + (((__u8 *)l4)[12] >> 4) * 4;
 }
 
 SEC("tc")
@@ -353,6 +380,7 @@ int tc_port(struct __sk_buff *skb)
 	struct tier_slot *s;
 	void *data, *data_end, *l3 = 0, *l4 = 0;
 	__be16 proto;
+	__u32 hdrs;
 
 	if (!port)
 		return tshot(TIER_SPOOFED); /* not a container we attached */
@@ -379,10 +407,11 @@ int tc_port(struct __sk_buff *skb)
 	if (l3 != data + ETH_LEN || tuple(&k, proto, l3, data_end, &l4))
 		return punt(skb, ifindex, 0, TIER_PUNT_OTHER);
 	k.ifindex = ifindex;
-	s = gate(&k, &why);
+	hdrs = hdrs_len(&k, l4, data_end);
+	s = gate(&k, segments(skb, ETH_LEN + hdrs), &why);
 	if (!s)
 		return punt(skb, ifindex, why == TIER_PUNT_PENDING ? TIER_PUNT_COUNTED : 0, why);
-	if (!fits(s, skb->len - ETH_LEN, skb->gso_size))
+	if (!hdrs || !fits(s, skb->len - ETH_LEN, skb->gso_size, hdrs))
 		return punt(skb, ifindex, 0, TIER_PUNT_SIZE);
 	account(s, skb, k.proto, l4, data_end);
 	return execute(skb, &k, s, TIER_FAST_PORT);
@@ -482,7 +511,7 @@ int tc_uplink(struct __sk_buff *skb)
 	if (tuple(&k, inner, l3, data_end, &l4))
 		return punt(skb, ifindex, 0, TIER_PUNT_OTHER);
 	k.ifindex = ifindex;
-	s = gate(&k, &why);
+	s = gate(&k, segments(skb, ETH_LEN + olen + hdrs_len(&k, l4, data_end)), &why);
 	if (!s)
 		return punt(skb, ifindex, why == TIER_PUNT_PENDING ? TIER_PUNT_COUNTED : 0, why);
 	if (s->peer_family != fam || s->peer[0] != src[0] ||

@@ -136,7 +136,7 @@ struct tier_slot {
 	__u32 peer_family; /* decap: 4 or 6 */
 	__u32 kind;      /* enum tier_kind (the daemon's bookkeeping) */
 	__u32 inst;      /* the instance number a service flow chose */
-	__u32 pad;
+	__u32 gen;       /* the daemon's: bumped each time the slot is reused */
 };
 
 struct tier_cfg {
