@@ -137,13 +137,13 @@ type Stats struct {
 	Offload bool
 	// TierFlows is how many flows the kernel tier executes.
 	TierFlows int
-	Topology       string
-	Sockets        int
-	Ports          int
-	Services       int
-	Instances      int
-	Peers          int
-	Flows          int
+	Topology  string
+	Sockets   int
+	Ports     int
+	Services  int
+	Instances int
+	Peers     int
+	Flows     int
 	// Fast is the per-packet logic's drop reasons and events.
 	Fast fastpath.Stats
 	// Counters are the engine's own counters (see counterNames) plus the

@@ -24,3 +24,8 @@ func (e *Engine) Close() error                                { return nil }
 func (e *Engine) SetServices([]fastpath.ServiceSpec, []fastpath.InstanceSpec, []netip.AddrPort) error {
 	return ErrNotSupported
 }
+
+func onBPFFS(string) bool { return false }
+
+// Teardown has nothing to remove here.
+func Teardown(string) error { return nil }

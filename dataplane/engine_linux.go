@@ -85,8 +85,8 @@ type Engine struct {
 	services    []fastpath.ServiceSpec
 	instances   []fastpath.InstanceSpec
 	peers       []netip.AddrPort
-	neigh        map[netip.Addr][6]byte
-	wantNeigh    map[netip.Addr]bool
+	neigh       map[netip.Addr][6]byte
+	wantNeigh   map[netip.Addr]bool
 
 	// Kernel tier (Config.Offload): the loaded tier, its manager, the
 	// links of the uplink and the punt device.

@@ -656,3 +656,24 @@ func RemovePinned(dir string) error {
 	}
 	return nil
 }
+
+// onBPFFS reports whether path, or the nearest existing directory above
+// it, is on a bpffs (where pins can go).
+func onBPFFS(path string) bool {
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err == nil {
+			return st.Type == unix.BPF_FS_MAGIC
+		}
+		if p == "/" || p == "." {
+			return false
+		}
+	}
+}
+
+// Teardown removes what the kernel tier leaves on a node between daemons:
+// the pinned links and flows under pinPath (which detaches its programs)
+// and the punt device (netmanager teardown).
+func Teardown(pinPath string) error {
+	return errors.Join(RemovePinned(pinPath), DeletePuntDevice())
+}

@@ -33,7 +33,13 @@ const (
 // is tried again and must fail and be counted, while every legitimate path
 // still works. The note's figures come from its last log line.
 func TestIsolation(t *testing.T) {
-	d, err := up(t, deploy.Options{Dataplane: "xdp"})
+	for _, offload := range []string{"on", "off"} {
+		t.Run("offload="+offload, func(t *testing.T) { testIsolation(t, offload) })
+	}
+}
+
+func testIsolation(t *testing.T, offload string) {
+	d, err := up(t, deploy.Options{Dataplane: "xdp", Offload: offload})
 	if err != nil {
 		skipIfNoXDP(t, err)
 		t.Fatal(err)
@@ -97,12 +103,12 @@ func TestIsolation(t *testing.T) {
 	for _, inner := range []netip.Addr{web.RR().V4, clb.IP.V4} {
 		pkt := pkttest.UDP(inner, w0.NSIP.V4, 7777, isoSinkPort, []byte("injected"))
 		for _, to := range []*deploy.Node{b, a} {
-			before := counter(t, d, a, "bpf_port_to_tunnel")
+			before := drops(t, d, a, "to_tunnel")
 			sendUDP(t, evil.NS, netip.AddrPortFrom(to.IP(), tunnelPort), pkt, 5)
 			got := received(sinkW0, 300*time.Millisecond)
-			after := counter(t, d, a, "bpf_port_to_tunnel")
+			after := drops(t, d, a, "to_tunnel")
 			attack(fmt.Sprintf("container → %s's tunnel port, inner source %v", to.Name, inner),
-				got == 0 && after-before == 5, fmt.Sprintf("victim got %d, bpf_port_to_tunnel moved %d", got, after-before))
+				got == 0 && after-before == 5, fmt.Sprintf("victim got %d, to_tunnel drops moved %d", got, after-before))
 		}
 	}
 
@@ -138,7 +144,7 @@ func TestIsolation(t *testing.T) {
 	// 3. Forged sources from a container: another container's nsIP towards
 	// a same-node container, a node's and a peer's IP onto the underlay,
 	// v4 and v6.
-	spoofBefore := counter(t, d, a, "bpf_port_spoofed")
+	spoofBefore := drops(t, d, a, "spoofed")
 	for _, f := range []struct {
 		name     string
 		src, dst netip.Addr
@@ -155,16 +161,16 @@ func TestIsolation(t *testing.T) {
 		n := received(f.sink, 300*time.Millisecond)
 		attack("forged source: "+f.name, n == 0, fmt.Sprintf("received %d", n))
 	}
-	if n := counter(t, d, a, "bpf_port_spoofed") - spoofBefore; n != 15 {
-		t.Errorf("bpf_port_spoofed moved by %d, want 15 (5 kinds × 3)", n)
+	if n := drops(t, d, a, "spoofed") - spoofBefore; n != 15 {
+		t.Errorf("spoofed drops moved by %d, want 15 (5 kinds × 3)", n)
 	}
 
 	// 4. Tunnel datagrams from a host in no cluster, and from a real peer
 	// (node c) whose inner source the table does not place on it.
-	notPeer := counter(t, d, b, "bpf_uplink_not_peer")
+	notPeer := drops(t, d, b, "not_peer")
 	sendUDP(t, x.NS, netip.AddrPortFrom(b.IP(), tunnelPort), pkttest.UDP(cl.IP.V4, w0.NSIP.V4, 7777, isoSinkPort, []byte("stranger")), 3)
 	n := received(sinkW0, 300*time.Millisecond)
-	attack("tunnel datagram from a non-node host", n == 0 && counter(t, d, b, "bpf_uplink_not_peer")-notPeer == 3,
+	attack("tunnel datagram from a non-node host", n == 0 && drops(t, d, b, "not_peer")-notPeer == 3,
 		fmt.Sprintf("victim got %d", n))
 	wrong := counter(t, d, b, "drop_wrong-source")
 	for _, inner := range []netip.Addr{web.RR().V4, cl.IP.V4, clb.IP.V4} {
@@ -313,6 +319,15 @@ func routeVia(t *testing.T, ns string, n *deploy.Node) {
 func counter(t *testing.T, d *deploy.Deployment, n *deploy.Node, name string) uint64 {
 	t.Helper()
 	return mustStatus(t, d, n).Dataplane.Counters[name]
+}
+
+// drops reads a drop counter of the port or uplink program, whichever
+// data-path tier the node runs: the XDP steering (bpf_port_*,
+// bpf_uplink_*) or the kernel tier (tier_*).
+func drops(t *testing.T, d *deploy.Deployment, n *deploy.Node, what string) uint64 {
+	t.Helper()
+	c := mustStatus(t, d, n).Dataplane.Counters
+	return c["bpf_port_"+what] + c["bpf_uplink_"+what] + c["tier_"+what]
 }
 
 func mustStatus(t *testing.T, d *deploy.Deployment, n *deploy.Node) *deploy.NodeStatus {

@@ -349,6 +349,7 @@ func (d *Daemon) setupNodeLocked() error {
 			Subnets: sub, Gateway4: gw.V4, Gateway6: gw.V6, Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode,
 			WorkerYield: d.cfg.WorkerYield, WorkerSpin: d.cfg.WorkerSpin,
 			MTU: d.cfg.MTU, Cluster: d.cluster,
+			Offload: d.cfg.Offload == "on", PinPath: d.cfg.PinPath(d.nodeID),
 		}
 		ni.WorkerCPUs, _ = ParseCPUList(d.cfg.WorkerCPUs) // validated
 		if err := d.dp.Start(d.ctx, ni); err != nil {
@@ -639,7 +640,9 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	if err := d.applyNftLocked(); err != nil {
 		return nil, fmt.Errorf("nft %s: %w", owner, err)
 	}
-	if err := attach(c, nsh, st.Subnets.Gateway()); err != nil {
+	// Offloads go off only where the AF_XDP workers carry every packet.
+	keepOffloads := d.cfg.Dataplane != "xdp" || d.cfg.Offload == "on"
+	if err := attach(c, nsh, st.Subnets.Gateway(), keepOffloads); err != nil {
 		return nil, fmt.Errorf("attach %s: %w", owner, err)
 	}
 	p.undo = append(p.undo, func() { _ = detach(c) })
@@ -775,8 +778,10 @@ func (d *Daemon) expireQuarantine() {
 // Teardown removes everything a daemon with this configuration set up on
 // the node: the veths named in the state file, the gateway link, the nft
 // table, the forwarding sysctls (restored), the socket and the state file.
-// It refuses while a daemon answers on the socket.
-func Teardown(cfg Config, log *slog.Logger) error {
+// It refuses while a daemon answers on the socket. dataplane, when set,
+// removes what the data plane leaves between daemons (the kernel tier's
+// pinned links and flows under pinPath, its punt device).
+func Teardown(cfg Config, log *slog.Logger, dataplane func(pinPath string) error) error {
 	if socketAnswers(cfg.Socket) {
 		return fmt.Errorf("teardown: a netmanager answers on %s: stop it first", cfg.Socket)
 	}
@@ -795,6 +800,15 @@ func Teardown(cfg Config, log *slog.Logger) error {
 			log.Info("removed container interface", "service", c.Job, "instance", c.Instance, "veth", c.HostIf)
 		}
 		saved = st.Sysctls
+	}
+	if dataplane != nil {
+		node := cfg.NodeID
+		if node == "" && st != nil {
+			node = st.NodeID
+		}
+		if err := dataplane(cfg.PinPath(node)); err != nil {
+			errs = append(errs, fmt.Errorf("data plane: %w", err))
+		}
 	}
 	if err := teardownNode(saved); err != nil {
 		errs = append(errs, err)

@@ -214,8 +214,11 @@ func openNetns(pid int, path string) (netns.NsHandle, error) {
 }
 
 // attach creates c's veth pair and configures both ends (c's names, MACs
-// and nsIPs are filled in). On error everything it made is removed.
-func attach(c *Container, nsh netns.NsHandle, gw ipam.Pair) (err error) {
+// and nsIPs are filled in). keepOffloads leaves the container's TX
+// checksum offload, TSO and GSO on (the kernel tier keeps super-packets
+// whole; its workers recompute checksums). On error everything it made is
+// removed.
+func attach(c *Container, nsh netns.NsHandle, gw ipam.Pair, keepOffloads bool) (err error) {
 	ch, err := netlink.NewHandleAt(nsh)
 	if err != nil {
 		return fmt.Errorf("netlink in container netns: %w", err)
@@ -245,13 +248,15 @@ func attach(c *Container, nsh netns.NsHandle, gw ipam.Pair) (err error) {
 			}
 		}
 	}()
-	// Offloads off on the container end before it moves (features move
-	// with the device): TX checksum offload, TSO and GSO (DESIGN.md: a
-	// partial checksum cannot be patched incrementally, and generic XDP
-	// stalls TCP while TSO/GSO are on).
-	for _, cmd := range []uint32{unix.ETHTOOL_STXCSUM, unix.ETHTOOL_STSO, unix.ETHTOOL_SGSO} {
-		if err := ethtool.Set(tmp, cmd, 0); err != nil {
-			return err
+	// Without the kernel tier, offloads off on the container end before it
+	// moves (features move with the device): TX checksum offload, TSO and
+	// GSO (DESIGN.md: a partial checksum cannot be patched incrementally,
+	// and generic XDP stalls TCP while TSO/GSO are on).
+	if !keepOffloads {
+		for _, cmd := range []uint32{unix.ETHTOOL_STXCSUM, unix.ETHTOOL_STSO, unix.ETHTOOL_SGSO} {
+			if err := ethtool.Set(tmp, cmd, 0); err != nil {
+				return err
+			}
 		}
 	}
 	peer, err := netlink.LinkByName(tmp)

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/oakwire/oakwire/dataplane"
 	"github.com/oakwire/oakwire/netmanager"
 )
 
@@ -50,7 +51,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if teardown {
-		return netmanager.Teardown(cfg, log)
+		return netmanager.Teardown(cfg, log, dataplane.Teardown)
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
