@@ -7,7 +7,7 @@ FUZZTIME ?= 10s
 # Packages whose tests also run under the race detector.
 RACE_PKGS := ./fastpath/... ./ipam/... ./control/... ./netmanager/... ./dataplane/...
 
-.PHONY: deps build binaries install uninstall demo test test-unit test-race fuzz lint generate check-generate bench bench-smoke
+.PHONY: deps build binaries install uninstall deb demo test test-unit test-race fuzz lint generate check-generate bench bench-smoke
 
 # Versions: `git describe` of the checkout (scripts/version.sh), linked into
 # every binary (internal/version); empty outside git, where the binaries
@@ -29,6 +29,8 @@ BIN     ?= bin
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# make deb: where the .deb files go.
+DEBDIR  ?= dist
 
 deps:
 	@bash scripts/deps.sh
@@ -54,6 +56,10 @@ install: binaries
 uninstall:
 	@DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' UNITDIR='$(UNITDIR)' BIN='$(BIN)' \
 		bash packaging/install.sh uninstall
+
+## deb: oakwire-node and oakwire-control .deb packages into dist/ (dpkg-deb).
+deb: binaries
+	@VERSION='$(VERSION)' BIN='$(BIN)' DEBDIR='$(DEBDIR)' bash packaging/deb.sh
 
 ## demo: the main job. Three emulated nodes in network namespaces, real
 ## redis-server, root and cluster service managers and netmanagers; a service
