@@ -18,8 +18,9 @@
 # uninstall removes binaries and units, and a configuration file only while
 # it is still what install put there (the bytes of its source): one the
 # operator changed (a token, a node id) stays, and is named. Then it removes
-# /etc/oakwire if empty and, under a DESTDIR, every directory on the way
-# that is left empty, so a staging tree ends empty. On the live system it
+# /etc/oakwire and the unit directory if empty and, under a DESTDIR, every
+# directory on the way that is left empty, so a staging tree ends empty
+# (on the live system /usr/local/bin and the like stay). On the live system it
 # disables (and, under a running systemd, stops) the units before removing
 # them, and reloads systemd after either action.
 set -euo pipefail
@@ -129,7 +130,12 @@ do_uninstall() {
 		echo "removed   $dest"
 	done < <(entries)
 	rmdir "$DESTDIR$CONFDIR" 2>/dev/null || true
-	if [ -n "$DESTDIR" ]; then
+	if [ -z "$DESTDIR" ]; then
+		# The unit directory install may have made (/usr/local/lib/systemd/system),
+		# if nothing else is in it.
+		rmdir "$UNITDIR" 2>/dev/null && [ "$(basename "$(dirname "$UNITDIR")")" = systemd ] &&
+			rmdir "$(dirname "$UNITDIR")" 2>/dev/null || true
+	else
 		local d
 		for d in $(printf '%s\n' "${dirs[@]}" | sort -u); do
 			while [ "$d" != / ]; do
