@@ -133,8 +133,9 @@ do_uninstall() {
 	if [ -z "$DESTDIR" ]; then
 		# The unit directory install may have made (/usr/local/lib/systemd/system),
 		# if nothing else is in it.
-		rmdir "$UNITDIR" 2>/dev/null && [ "$(basename "$(dirname "$UNITDIR")")" = systemd ] &&
+		if rmdir "$UNITDIR" 2>/dev/null && [ "$(basename "$(dirname "$UNITDIR")")" = systemd ]; then
 			rmdir "$(dirname "$UNITDIR")" 2>/dev/null || true
+		fi
 	else
 		local d
 		for d in $(printf '%s\n' "${dirs[@]}" | sort -u); do
@@ -151,4 +152,4 @@ do_uninstall() {
 	fi
 }
 
-do_$action
+"do_$action"
