@@ -108,7 +108,7 @@ func TestAPIInputErrors(t *testing.T) {
 		}
 	}
 	s := d.Status()
-	if s.Registered || s.Counters["deploy_errors"] == 0 || s.LastError == "" {
+	if s.Registered || s.Counters["deploy_errors"] == 0 || s.LastError == "" || s.Build.Version == "" || s.Build.Commit == "" {
 		t.Errorf("status after refusals: %+v", s)
 	}
 	resp, err := http.Get(srv.URL + "/metrics")
@@ -117,7 +117,7 @@ func TestAPIInputErrors(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, m := range []string{"oakwire_netmanager_deploy_errors_total", "oakwire_netmanager_registered 0", "oakwire_dataplane_sockets 0"} {
+	for _, m := range []string{"oakwire_netmanager_deploy_errors_total", "oakwire_netmanager_registered 0", "oakwire_dataplane_sockets 0", "oakwire_build_info{"} {
 		if !strings.Contains(string(b), m) {
 			t.Errorf("metrics lack %q", m)
 		}

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/ipam"
 )
 
@@ -26,6 +27,9 @@ type Options struct {
 	Dataplane  Dataplane
 	NewCluster ClusterFactory
 	Logger     *slog.Logger
+	// Build is which build runs, for /status and /metrics; cmd/netmanager
+	// adds the BPF objects' hashes. Zero: version.Get().
+	Build version.Info
 }
 
 // Daemon is the node-side NetManager.
@@ -34,6 +38,7 @@ type Daemon struct {
 	dp         Dataplane
 	newCluster ClusterFactory
 	log        *slog.Logger
+	build      version.Info
 	metrics    *metrics
 	started    time.Time
 
@@ -88,7 +93,10 @@ func New(o Options) (*Daemon, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, started: time.Now(),
+	if o.Build.Version == "" {
+		o.Build = version.Get()
+	}
+	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, build: o.Build, started: time.Now(),
 		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}}
 	d.metrics = newMetrics(d)
 	return d, nil
