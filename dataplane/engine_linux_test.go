@@ -767,3 +767,104 @@ func TestOverlayTier(t *testing.T) {
 		}
 	}
 }
+
+// tierTopo is newTopo with the containers' offloads on (what the kernel
+// tier keeps) and both engines running the tier.
+func tierTopo(t *testing.T) (*topo, *engineProc, *engineProc) {
+	t.Helper()
+	tp := newTopo(t)
+	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
+		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
+			t.Fatalf("ethtool: %v: %s", err, out)
+		}
+	}
+	spa, spb := tp.spec(tp.a, 1, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
+	spa.Offload, spb.Offload = true, true
+	return tp, tp.startEngine(t, tp.a, spa), tp.startEngine(t, tp.b, spb)
+}
+
+// TestTierHandover: a UDP flow and a TCP connection through a service IP
+// start in the worker pool and move to the kernel tier with no datagram
+// lost or reordered and no byte changed, and the flows' counters show
+// both tiers carried them.
+func TestTierHandover(t *testing.T) {
+	tp, ea, eb := tierTopo(t)
+	const udpPort, tcpPort, count = 7101, 8101, 4000
+	srv := listenIn(t, tp.server.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{Port: udpPort}) })
+	defer srv.Close()
+	_ = srv.SetReadBuffer(4 << 20)
+	got := make(chan []uint32, 1)
+	go func() {
+		var seqs []uint32
+		buf := make([]byte, 2048)
+		for len(seqs) < count {
+			_ = srv.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, err := srv.Read(buf)
+			if err != nil || n < 4 {
+				break
+			}
+			seqs = append(seqs, binary.BigEndian.Uint32(buf))
+		}
+		got <- seqs
+	}()
+	cli := listenIn(t, tp.client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
+	defer cli.Close()
+	dst := netip.AddrPortFrom(svcRemote4, udpPort)
+	msg := make([]byte, 64)
+	start := time.Now()
+	for i := range count {
+		binary.BigEndian.PutUint32(msg, uint32(i))
+		if _, err := cli.WriteToUDPAddrPort(msg, dst); err != nil {
+			t.Fatal(err)
+		}
+		// 20 000 datagrams a second: fast enough that packets are in
+		// flight through the workers while the flow is handed over.
+		if d := time.Duration(i+1) * 50 * time.Microsecond; time.Since(start) < d {
+			time.Sleep(d - time.Since(start))
+		}
+	}
+	seqs := <-got
+	if len(seqs) != count {
+		t.Errorf("UDP: %d of %d datagrams arrived", len(seqs), count)
+	}
+	for i, s := range seqs {
+		if s != uint32(i) {
+			t.Errorf("UDP: datagram %d is #%d: lost or reordered (%v…)", i, s, seqs[max(0, i-3):min(len(seqs), i+3)])
+			break
+		}
+	}
+	checkTCP(t, tp.client, tp.server, svcRemote4, instClient4, tcpPort, 32<<20)
+
+	udpFlow := findFlow(t, ea.flows(t), func(f FlowInfo) bool { return !f.Ingress && f.Dst == dst })
+	tcpFlow := findFlow(t, ea.flows(t), func(f FlowInfo) bool {
+		return !f.Ingress && f.Dst == netip.AddrPortFrom(svcRemote4, tcpPort)
+	})
+	for _, c := range []struct {
+		name string
+		f    FlowInfo
+		sent uint64
+	}{{"UDP", udpFlow, count}, {"TCP", tcpFlow, 0}} {
+		if !c.f.Kernel || c.f.Pending || c.f.Packets == 0 || (c.sent > 0 && c.f.Packets >= c.sent) {
+			t.Errorf("%s flow: %+v; want the kernel to carry all but its first packets", c.name, c.f)
+		}
+	}
+	sa, sb := ea.stats(t), eb.stats(t)
+	t.Logf("UDP flow: %d of %d datagrams in the kernel; TCP flow: %d packets (GSO super-packets) in the kernel", udpFlow.Packets, count, tcpFlow.Packets)
+	t.Logf("node A: %v", nonZero(sa.Counters))
+	for _, s := range []Stats{sa, sb} {
+		if s.Counters["tier_forced"] != 0 || s.Counters["rx"] == 0 {
+			t.Errorf("workers received %d packets; %d gates opened without their counted packets (want none)", s.Counters["rx"], s.Counters["tier_forced"])
+		}
+	}
+}
+
+func findFlow(t *testing.T, fs []FlowInfo, match func(FlowInfo) bool) FlowInfo {
+	t.Helper()
+	for _, f := range fs {
+		if match(f) {
+			return f
+		}
+	}
+	t.Fatalf("no such flow among %+v", fs)
+	return FlowInfo{}
+}

@@ -213,6 +213,9 @@ func runEngineHelper(specJSON string) int {
 			k, _ := strconv.Atoi(n)
 			setPoison(e, kind, k)
 			fmt.Println("ok")
+		case "flows":
+			b, _ := json.Marshal(e.Flows())
+			fmt.Println(string(b))
 		case "frames":
 			b, _ := json.Marshal(frameAccounts(e))
 			fmt.Println(string(b))

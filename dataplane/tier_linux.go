@@ -677,3 +677,57 @@ func onBPFFS(path string) bool {
 func Teardown(pinPath string) error {
 	return errors.Join(RemovePinned(pinPath), DeletePuntDevice())
 }
+
+// tierFlows lists the kernel tier's flows.
+func (m *tierMgr) tierFlows(now uint64) []FlowInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]FlowInfo, 0, len(m.live))
+	for i, l := range m.live {
+		s := m.t.Slot(i)
+		src, dst := bpfprog.TierKeyAddrs(&l.key)
+		fi := FlowInfo{Proto: l.key.Proto, Src: src, Dst: dst, Ingress: s.Kind == bpfprog.TierKindIngress,
+			Kernel: true, Pending: atomic.LoadUint64(&s.Gate)&bpfprog.TierGateActive == 0,
+			Packets: atomic.LoadUint64(&s.Packets), Bytes: atomic.LoadUint64(&s.Bytes),
+			Closing: atomic.LoadUint32(&s.TcpFlags) != 0}
+		if last := atomic.LoadUint64(&s.LastNs); last != 0 && now > last {
+			fi.Idle = time.Duration(now - last)
+		}
+		switch {
+		case s.Kind == bpfprog.TierKindService:
+			fi.Service, fi.Instance, fi.HasInstance = dst.Addr(), s.Inst, true
+		case fi.Ingress && s.Flags&bpfprog.TierSNAT != 0:
+			fi.Service = wordsAddr(uint32(l.key.Family), s.NewSaddr)
+		}
+		out = append(out, fi)
+	}
+	return out
+}
+
+// Flows lists the live flows of both tiers: the worker pool's service
+// flows (with the instance each chose) and every flow the kernel tier
+// executes. A service flow the kernel executes is listed once, as the
+// kernel's.
+func (e *Engine) Flows() []FlowInfo {
+	var out []FlowInfo
+	seen := map[[2]netip.AddrPort]bool{}
+	if e.tm != nil {
+		out = e.tm.tierFlows(monoNow())
+		for _, f := range out {
+			if !f.Ingress {
+				seen[[2]netip.AddrPort{f.Src, f.Dst}] = true
+			}
+		}
+	}
+	mono := fastpath.Monotonic()
+	e.flows.Range(func(r fastpath.FlowRecord) bool {
+		proto, src, dst := r.Fwd.Unpack()
+		if seen[[2]netip.AddrPort{src, dst}] {
+			return true
+		}
+		out = append(out, FlowInfo{Proto: proto, Src: src, Dst: dst, Service: dst.Addr(),
+			Instance: r.Inst, HasInstance: true, Idle: time.Duration(max(0, mono-r.Last))})
+		return true
+	})
+	return out
+}
