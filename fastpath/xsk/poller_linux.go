@@ -24,7 +24,7 @@ type Poller struct {
 	pfds      []unix.PollFd // [0] is the eventfd
 	efd       int
 	timeoutMs int
-	idleSince int64 // nanotime of the first idle round, 0 while working
+	spin      spinner
 	sleeping  atomic.Bool
 	closed    bool
 	st        PollerStats
@@ -42,6 +42,7 @@ func NewPoller(cfg PollerConfig) (*Poller, error) {
 		efd:       efd,
 		pfds:      []unix.PollFd{{Fd: int32(efd), Events: unix.POLLIN}},
 		timeoutMs: max(1, int(cfg.Timeout.Milliseconds())),
+		spin:      newSpinner(cfg.Spin, cfg.FixedSpin),
 	}, nil
 }
 
@@ -73,16 +74,13 @@ func (p *Poller) Wait(didWork bool) (slept bool, err error) {
 	if p.closed {
 		return false, ErrClosed
 	}
+	now := nanotime()
 	if didWork {
-		p.idleSince = 0
+		p.spin.work(now)
 		p.yield()
 		return false, nil
 	}
-	now := nanotime()
-	if p.idleSince == 0 {
-		p.idleSince = now
-	}
-	if now-p.idleSince < int64(p.cfg.Spin) {
+	if p.spin.idle(now) {
 		p.yield()
 		return false, nil
 	}
@@ -90,7 +88,7 @@ func (p *Poller) Wait(didWork bool) (slept bool, err error) {
 	if p.cfg.Pending != nil && p.cfg.Pending() {
 		p.sleeping.Store(false)
 		p.st.Cancelled++
-		p.idleSince = 0
+		p.spin.work(now)
 		return false, nil
 	}
 	p.st.Sleeps++
@@ -104,8 +102,7 @@ func (p *Poller) Wait(didWork bool) (slept bool, err error) {
 		return true, fmt.Errorf("poll: %w", err)
 	}
 	if n > 0 {
-		p.st.Wakeups++
-		p.idleSince = 0 // something arrived: spin again
+		p.st.Wakeups++ // the next round finds the work and ends the idle bout
 		if p.pfds[0].Revents&unix.POLLIN != 0 {
 			p.st.Notified++
 			var buf uint64 // drain; EAGAIN when raced is fine
