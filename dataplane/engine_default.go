@@ -10,7 +10,9 @@ import (
 
 // Engine is the AF_XDP data plane; on this system New returns
 // ErrNotSupported.
-type Engine struct{}
+type Engine struct {
+	flows *fastpath.FlowTable // never set: New fails first
+}
 
 // New returns ErrNotSupported: the engine needs Linux (AF_XDP, XDP, netlink).
 func New(Config) (*Engine, error) { return nil, ErrNotSupported }

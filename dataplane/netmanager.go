@@ -41,6 +41,7 @@ type NetManager struct {
 	byIfindex map[int]fastpath.PortID
 	local     map[string]int // job → local ports of it
 	offload   bool
+	flowsFile string
 }
 
 func (n *NetManager) log() *slog.Logger {
@@ -121,7 +122,14 @@ func (n *NetManager) Start(_ context.Context, node netmanager.NodeInfo) error {
 	if err != nil {
 		return err
 	}
-	n.e, n.byIfindex, n.local, n.offload = e, map[int]fastpath.PortID{}, map[string]int{}, node.Offload
+	n.e, n.byIfindex, n.local, n.offload, n.flowsFile = e, map[int]fastpath.PortID{}, map[string]int{}, node.Offload, node.FlowsFile
+	if node.FlowsFile != "" {
+		if k, err := e.LoadFlows(node.FlowsFile); err != nil {
+			n.log().Warn("dataplane: flows of the previous run", "err", err)
+		} else if k > 0 {
+			n.log().Info("dataplane: flows of the previous run kept", "flows", k)
+		}
+	}
 	if fromCluster {
 		ctx, cancel := context.WithCancel(context.Background())
 		n.svcs, n.stop = netmanager.NewServices(src, e, n.Services), cancel
@@ -251,6 +259,10 @@ func (n *NetManager) Close() error {
 		return nil
 	}
 	err := n.e.Close()
+	if n.flowsFile != "" {
+		// A graceful stop: the next start keeps every flow's instance.
+		err = errors.Join(err, n.e.SaveFlows(n.flowsFile))
+	}
 	n.e = nil
 	return err
 }

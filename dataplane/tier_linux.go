@@ -77,6 +77,11 @@ type tierMgr struct {
 	perIf   map[uint32]int
 
 	check chan struct{} // the table changed: revalidate
+	// adopted are the slots a previous daemon left; until adoptUntil,
+	// a slot the table cannot judge yet (its service not pushed again
+	// since the restart) is kept.
+	adopted    map[uint32]bool
+	adoptUntil time.Time
 
 	installed, withdrawn, expired, invalid, quotaFull, tableFull atomic.Uint64
 }
@@ -90,7 +95,7 @@ type tierLive struct {
 func newTierMgr(e *Engine, t *bpfprog.Tier) *tierMgr {
 	n := t.NumSlots()
 	m := &tierMgr{e: e, t: t, quota: max(64, n/8), live: map[uint32]*tierLive{}, perIf: map[uint32]int{},
-		check: make(chan struct{}, 1)}
+		check: make(chan struct{}, 1), adopted: map[uint32]bool{}}
 	for i := n - 1; i >= 0; i-- {
 		m.free = append(m.free, uint32(i))
 	}
@@ -119,6 +124,7 @@ func (m *tierMgr) adopt() error {
 			continue
 		}
 		used[p.slot] = true
+		m.adopted[p.slot] = true
 		s := m.t.Slot(p.slot)
 		l := &tierLive{key: p.k}
 		if s.Kind == bpfprog.TierKindIngress {
@@ -133,8 +139,14 @@ func (m *tierMgr) adopt() error {
 			m.free = append(m.free, uint32(i))
 		}
 	}
+	m.adoptUntil = time.Now().Add(tierAdoptGrace)
 	return errors.Join(errs...)
 }
+
+// tierAdoptGrace is how long flows a previous daemon left wait for the
+// service table to be pushed again before they are judged (a restarted
+// node re-syncs its interests through the watch within seconds).
+const tierAdoptGrace = 30 * time.Second
 
 // alloc takes a free slot for a flow arriving on k.Ifindex (from peer,
 // for the uplink's flows).
@@ -177,6 +189,7 @@ func (m *tierMgr) withdrawLocked(i uint32) error {
 	atomic.StoreUint64(&m.t.Slot(i).Gate, tierGateDead)
 	m.perIf[l.key.Ifindex]--
 	delete(m.live, i)
+	delete(m.adopted, i)
 	m.cooled = append(m.cooled, i)
 	m.withdrawn.Add(1)
 	return err
@@ -211,6 +224,9 @@ func (m *tierMgr) loop(stop <-chan struct{}) {
 			return
 		case <-t.C:
 			m.sweep()
+			if m.judgeAdopted() {
+				m.revalidate()
+			}
 		case <-m.check:
 			m.revalidate()
 		}
@@ -299,10 +315,17 @@ func (m *tierMgr) revalidate() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	buf := make([]byte, 512)
+	grace := time.Now().Before(m.adoptUntil)
 	for i, l := range m.live {
 		s := m.t.Slot(i)
 		if atomic.LoadUint64(&s.Gate)&bpfprog.TierGateActive == 0 {
 			continue
+		}
+		if m.adopted[i] {
+			if !m.readopt(t, l, s) && grace {
+				continue // not judged before its service is pushed again
+			}
+			delete(m.adopted, i)
 		}
 		want, ok := m.e.simulate(ctx, t, &l.key, l.peer, buf)
 		if !ok || !sameAction(&want, s) {
@@ -310,6 +333,38 @@ func (m *tierMgr) revalidate() {
 			m.invalid.Add(1)
 		}
 	}
+}
+
+// judgeAdopted says adopted flows wait no longer: their grace is over.
+func (m *tierMgr) judgeAdopted() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.adopted) > 0 && time.Now().After(m.adoptUntil)
+}
+
+// readopt gives a service flow a previous daemon left its worker-pool
+// flow back (the choice of instance it recorded, so the flow keeps its
+// instance), once the table knows its service. It reports whether the
+// table can judge the flow.
+func (m *tierMgr) readopt(t *fastpath.Table, l *tierLive, s *bpfprog.TierSlot) bool {
+	src, dst := bpfprog.TierKeyAddrs(&l.key)
+	if s.Kind != bpfprog.TierKindService {
+		// Instance and ingress flows carry no choice: judge them once the
+		// table knows their addresses.
+		_, known := t.PlacedOn(dst.Addr())
+		if l.peer.IsValid() {
+			_, known = t.PlacedOn(src.Addr())
+		}
+		return known
+	}
+	inst, ok := t.ChosenInstanceIP(dst.Addr(), s.Inst)
+	if !ok {
+		return false
+	}
+	fwd := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+	rev := fastpath.MakeFlowKey(l.key.Proto, inst, dst.Port(), src.Addr(), src.Port())
+	m.e.flows.Insert(&fwd, &rev, s.Inst, fastpath.Monotonic())
+	return true
 }
 
 // sameAction compares what a slot does.

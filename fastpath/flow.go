@@ -548,6 +548,24 @@ func (ft *FlowTable) Range(f func(r FlowRecord) bool) {
 	}
 }
 
+// Import inserts flows (a previous daemon's, Range's records saved on a
+// graceful stop) as used at now, keeping any flow already there. It
+// returns how many it inserted; it stops when the table is full.
+func (ft *FlowTable) Import(recs []FlowRecord, now int64) int {
+	n := 0
+	for i := range recs {
+		r := &recs[i]
+		got, ok := ft.Insert(&r.Fwd, &r.Rev, r.Inst, now)
+		if !ok {
+			break
+		}
+		if got == r.Inst {
+			n++
+		}
+	}
+	return n
+}
+
 // Sweep removes flows idle longer than their protocol's timeout at now
 // (coarse monotonic ns, the same clock the workers pass in). It visits at
 // most budget records (≤ 0: all), resuming where the previous call

@@ -385,6 +385,10 @@ func (in *Instance) nodeAddr(t *Table) netip.Addr {
 	return in.Node.Addr().Unmap()
 }
 
+// PlacedOn returns the node that the table places address a on (an
+// instance IP or an instance's nsIP; see sourceNode).
+func (t *Table) PlacedOn(a netip.Addr) (netip.Addr, bool) { return t.sourceNode(a) }
+
 // sourceNode returns the node that the table places address a on when a
 // is an instance IP or an instance's nsIP; service IPs and unknown
 // addresses have none.
@@ -403,6 +407,25 @@ func (t *Table) sourceNode(a netip.Addr) (netip.Addr, bool) {
 func (t *Table) IsServiceIP(a netip.Addr) bool {
 	e, ok := t.addrs.get(a)
 	return ok && e.kind == addrService
+}
+
+// ChosenInstanceIP returns the instance IP (of svc's family) of instance
+// number num of the service whose service IP is svc: the reverse key's
+// source of a flow to svc that chose num.
+func (t *Table) ChosenInstanceIP(svc netip.Addr, num uint32) (netip.Addr, bool) {
+	e, ok := t.addrs.get(svc)
+	if !ok || e.kind != addrService {
+		return netip.Addr{}, false
+	}
+	ii := t.instanceByNumber(&t.Services[e.idx], num)
+	if ii < 0 {
+		return netip.Addr{}, false
+	}
+	ip := t.Instances[ii].IP4
+	if svc.Is6() {
+		ip = t.Instances[ii].IP6
+	}
+	return ip, ip.IsValid()
 }
 
 // MaxInner is the largest inner IP packet that fits the tunnel.

@@ -116,6 +116,10 @@ func (c *Config) PinPath(node string) string {
 	return filepath.Join(c.BPFDir, node)
 }
 
+// FlowsFile is where the data plane keeps its flows between a graceful
+// stop and the next start.
+func (c *Config) FlowsFile() string { return filepath.Join(c.StateDir, "flows.json") }
+
 // StateFile is the path of the state file.
 func (c *Config) StateFile() string { return filepath.Join(c.StateDir, "state.json") }
 

@@ -358,6 +358,7 @@ func (d *Daemon) setupNodeLocked() error {
 			WorkerYield: d.cfg.WorkerYield, WorkerSpin: d.cfg.WorkerSpin,
 			MTU: d.cfg.MTU, Cluster: d.cluster,
 			Offload: d.cfg.Offload == "on", PinPath: d.cfg.PinPath(d.nodeID),
+			FlowsFile: d.cfg.FlowsFile(),
 		}
 		ni.WorkerCPUs, _ = ParseCPUList(d.cfg.WorkerCPUs) // validated
 		if err := d.dp.Start(d.ctx, ni); err != nil {
@@ -825,8 +826,10 @@ func Teardown(cfg Config, log *slog.Logger, dataplane func(pinPath string) error
 		errs = append(errs, err)
 	}
 	if lerr == nil {
-		if err := os.Remove(cfg.StateFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		for _, f := range []string{cfg.StateFile(), cfg.FlowsFile()} {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)

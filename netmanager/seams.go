@@ -31,8 +31,11 @@ type NodeInfo struct {
 	// links and flows ("" for nothing pinned).
 	Offload bool
 	PinPath string
-	MTU     int
-	Cluster Cluster
+	// FlowsFile is where the data plane keeps its flows between a graceful
+	// stop and the next start (so flows keep their instances).
+	FlowsFile string
+	MTU       int
+	Cluster   Cluster
 }
 
 // Port is one container attachment: a veth pair whose host side sits in

@@ -843,10 +843,16 @@ func (d *Deployment) Node(name string) *Node {
 // RestartNetManager stops n's netmanager with SIGTERM (SIGKILL after 10 s),
 // starts it again with the same flags and waits until it is registered.
 func (d *Deployment) RestartNetManager(ctx context.Context, n *Node) error {
+	return d.RestartNetManagerSig(ctx, n, syscall.SIGTERM)
+}
+
+// RestartNetManagerSig is RestartNetManager stopping the daemon with sig
+// (SIGKILL: a crash).
+func (d *Deployment) RestartNetManagerSig(ctx context.Context, n *Node, sig syscall.Signal) error {
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
-	p.stop(syscall.SIGTERM, 10*time.Second)
+	p.stop(sig, 10*time.Second)
 	if !p.exited() {
 		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.cmd.Process.Pid)
 	}
