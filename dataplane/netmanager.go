@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -244,6 +245,53 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 		},
 		Counters: c,
 	}
+}
+
+// Flows lists the engine's flows in the daemon's shape.
+func (n *NetManager) Flows() []netmanager.Flow {
+	n.mu.Lock()
+	e := n.e
+	n.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	fs := e.Flows()
+	t := e.Table()
+	out := make([]netmanager.Flow, 0, len(fs))
+	for _, f := range fs {
+		nf := netmanager.Flow{Proto: protoName(f.Proto), Src: f.Src.String(), Dst: f.Dst.String(), Ingress: f.Ingress,
+			Tier: "workers", Pending: f.Pending, Packets: f.Packets, Bytes: f.Bytes,
+			IdleMS: f.Idle.Milliseconds(), Closing: f.Closing}
+		if f.Kernel {
+			nf.Tier = "kernel"
+		}
+		if f.Service.IsValid() {
+			nf.Service = f.Service.String()
+			if t != nil {
+				nf.Job = t.JobOf(f.Service)
+			}
+		}
+		if f.HasInstance {
+			inst := f.Instance
+			nf.Instance = &inst
+		}
+		out = append(out, nf)
+	}
+	return out
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case fastpath.ProtoTCP:
+		return "tcp"
+	case fastpath.ProtoUDP:
+		return "udp"
+	case fastpath.ProtoICMP:
+		return "icmp"
+	case fastpath.ProtoICMPv6:
+		return "icmpv6"
+	}
+	return strconv.Itoa(int(p))
 }
 
 // Close takes the data plane down (links, sockets, programs); containers'

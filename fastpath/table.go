@@ -428,6 +428,19 @@ func (t *Table) ChosenInstanceIP(svc netip.Addr, num uint32) (netip.Addr, bool) 
 	return ip, ip.IsValid()
 }
 
+// JobOf returns the service ("job") whose service or instance IP a is, or
+// "".
+func (t *Table) JobOf(a netip.Addr) string {
+	e, ok := t.addrs.get(a)
+	switch {
+	case !ok:
+		return ""
+	case e.kind == addrService:
+		return t.Services[e.idx].Job
+	}
+	return t.Services[t.Instances[e.idx].Svc].Job
+}
+
 // MaxInner is the largest inner IP packet that fits the tunnel.
 func (t *Table) MaxInner() int { return t.maxIP }
 

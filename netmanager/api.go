@@ -24,6 +24,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("POST /container/undeploy", d.handleUndeploy)
 	mux.HandleFunc("POST /docker/undeploy", d.handleUndeploy)
 	mux.HandleFunc("GET /status", d.handleStatus)
+	mux.HandleFunc("GET /flows", d.handleFlows)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }
@@ -153,6 +154,14 @@ func (d *Daemon) Status() Status {
 		s.Gateway, s.GatewayV6, s.GatewayDev = gw.V4.String(), gw.V6.String(), gatewayDev
 	}
 	return s
+}
+
+func (d *Daemon) handleFlows(w http.ResponseWriter, _ *http.Request) {
+	fs := d.dp.Flows()
+	if fs == nil {
+		fs = []Flow{}
+	}
+	writeJSON(w, http.StatusOK, fs)
 }
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) {

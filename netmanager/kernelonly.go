@@ -34,6 +34,9 @@ func (k *KernelOnly) RemovePort(p Port) error {
 	return nil
 }
 
+// Flows has no flows to list: the kernel routes.
+func (k *KernelOnly) Flows() []Flow { return nil }
+
 func (k *KernelOnly) Stats() DataplaneStats {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -86,7 +86,35 @@ type Dataplane interface {
 	// Stats may be called at any time, also before Start, concurrently
 	// with the other methods.
 	Stats() DataplaneStats
+	// Flows lists the live flows (GET /flows); any time, like Stats.
+	Flows() []Flow
 	Close() error
+}
+
+// Flow is one live flow of the data plane (GET /flows, netmanager flows).
+type Flow struct {
+	Proto string `json:"proto"` // tcp, udp, icmp, or the protocol number
+	// Src and Dst as the flow arrives: from a container, or out of the
+	// tunnel (Ingress).
+	Src     string `json:"src"`
+	Dst     string `json:"dst"`
+	Ingress bool   `json:"ingress,omitempty"`
+	// Service is the service IP the client addressed and Job its service
+	// (service flows; a reply's restored source on ingress).
+	Service string `json:"service,omitempty"`
+	Job     string `json:"job,omitempty"`
+	// Instance is the instance number the flow's policy chose.
+	Instance *uint32 `json:"instance,omitempty"`
+	// Tier is "kernel" when the kernel tier executes the flow, else
+	// "workers"; Pending: handed to the kernel, gate not open yet.
+	Tier    string `json:"tier"`
+	Pending bool   `json:"pending,omitempty"`
+	// Packets and Bytes the kernel tier executed (the workers do not
+	// count per flow).
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	IdleMS  int64  `json:"idle_ms"`
+	Closing bool   `json:"closing,omitempty"` // TCP FIN or RST seen
 }
 
 // Registration is the cluster's answer to Register.
