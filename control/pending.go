@@ -114,8 +114,9 @@ end
 // Script replies below are {code, payload, frees, clusters...}: frees is
 // {owner, stamp, ...}, the pending frees the caller must finish.
 
-// prepareInstance: KEYS svc, int, clusters, pend, pending. ARGV id, field
-// "i:<n>", cluster id, new owner, stale seconds.
+// prepareInstance: KEYS svc, int, clusters, pend, pending, rehost. ARGV id,
+// field "i:<n>", cluster id, new owner, stale seconds. An instance moved to
+// another cluster marks the service for rehost (peerscripts.go).
 // → {-1} unknown service, {-2} unknown cluster, {0, {instance, meta}}
 // exists, {1, {instance, meta}, frees, clusters...} exists and moved to the
 // cluster, {2, owner} allocate for owner (an earlier attempt's, or the new
@@ -133,6 +134,7 @@ if cur then
   inst.cluster_id = ARGV[3]
   cur = cjson.encode(inst)
   redis.call('HSET', KEYS[1], ARGV[2], cur)
+  redis.call('SADD', KEYS[6], ARGV[1])
   return interested({1, {cur, meta}, frees})
 end
 local _, o = intent(KEYS[4], ARGV[2])
@@ -142,8 +144,9 @@ redis.call('SADD', KEYS[5], ARGV[1])
 return {2, o, frees}
 `)
 
-// commitInstance: KEYS svc, int, clusters, pend, pending. ARGV id, field,
-// owner, instance JSON (with owner), cluster id.
+// commitInstance: KEYS svc, int, clusters, pend, pending, rehost. ARGV id,
+// field, owner, instance JSON (with owner), cluster id. A stored instance,
+// or one whose cluster changed, marks the service for rehost.
 // → {-1, "", frees} service gone, {-3, "", frees} intent reclaimed (stale),
 // {0, {instance, meta}, frees} exists already, {1, {instance, meta}, frees,
 // clusters...} stored. Whenever the owner's pair is not the instance's, it
@@ -170,6 +173,7 @@ if cur then
   inst.cluster_id = ARGV[5]
   cur = cjson.encode(inst)
   redis.call('HSET', KEYS[1], ARGV[2], cur)
+  redis.call('SADD', KEYS[6], ARGV[1])
   return interested({1, {cur, meta}, frees})
 end
 if o ~= ARGV[3] then
@@ -178,11 +182,13 @@ if o ~= ARGV[3] then
 end
 pend_tidy(KEYS[4], KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+redis.call('SADD', KEYS[6], ARGV[1])
 return interested({1, {ARGV[4], meta}, frees})
 `)
 
-// deleteInstances: KEYS svc, int, clusters, pend, pending. ARGV id,
-// instance number or "-1", stale seconds.
+// deleteInstances: KEYS svc, int, clusters, pend, pending, rehost. ARGV id,
+// instance number or "-1", stale seconds. Removing any marks the service
+// for rehost.
 // → {-1, "", frees} unknown service, {-2, "", frees} unknown instance,
 // {1, {meta, {numbers}}, frees, clusters...}.
 var deleteInstancesScript = redis.NewScript(luaInterested + luaPend + `
@@ -209,6 +215,7 @@ else
   remove('i:' .. ARGV[2])
 end
 if #removed == 0 then return {1, {meta, removed}, frees} end
+redis.call('SADD', KEYS[6], ARGV[1])
 return interested({1, {meta, removed}, frees})
 `)
 
@@ -466,7 +473,8 @@ func (r *Root) afterAllocErr(c context.Context, id string, slots, owners []strin
 }
 
 // sweep finishes the pending state of every service that has some: pending
-// frees are released, allocation intents older than staleAfter reclaimed.
+// frees are released, allocation intents older than staleAfter reclaimed,
+// hosting sets left stale recomputed (rootpeers.go).
 func (r *Root) sweep(ctx context.Context) error {
 	c, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
@@ -475,6 +483,9 @@ func (r *Root) sweep(ctx context.Context) error {
 		return redisErr("sweep: list", err)
 	}
 	var errs []error
+	if err := r.sweepRehost(c); err != nil {
+		errs = append(errs, err)
+	}
 	for _, id := range ids {
 		frees, err := sweepServiceScript.Run(c, r.rdb, []string{r.kPend(id), r.kPending()}, id, r.staleArg()).Slice()
 		if err == nil {

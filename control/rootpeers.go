@@ -1,0 +1,303 @@
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/valyala/fasthttp"
+)
+
+// Root's side of the cross-cluster peer registry (peerscripts.go has the
+// keys and the rules): clusters report their nodes' tunnel endpoints, root
+// answers each cluster the endpoints of the clusters linked with it and
+// hints clusters (POST /api/net/peers/update) whenever what they hold
+// changed.
+
+func (r *Root) kEndpoints(cid string) string { return r.keyTag + "ep:" + cid }
+func (r *Root) kHosts(id string) string      { return r.keyTag + "hcl:" + id }
+func (r *Root) kRehost() string              { return r.keyTag + "rehost" }
+
+// peersHint is the body of POST /api/net/peers/update: fetch again the
+// endpoints of Clusters, or of every linked cluster when it is empty.
+type peersHint struct {
+	Clusters []string `json:"clusters,omitempty"`
+}
+
+// peerView is root's answer to GET /api/net/cluster/{cid}/peers: the
+// endpoints of the clusters linked with cid (those in the scope asked
+// for), and the position of this answer in cid's sequence of peer views
+// (Epoch, Generation), so a cluster never replaces a newer view with an
+// older one.
+type peerView struct {
+	ClusterID  string         `json:"cluster_id"`
+	Epoch      string         `json:"epoch"`
+	Generation uint64         `json:"generation"`
+	Clusters   []clusterPeers `json:"clusters"`
+}
+
+// clusterPeers are the tunnel endpoints of one cluster's nodes, sorted by
+// node id (ClusterID unset in each: it is the enclosing one).
+type clusterPeers struct {
+	ClusterID string            `json:"cluster_id"`
+	Nodes     []nodeclient.Peer `json:"nodes"`
+}
+
+// endpointsBody is the body of PUT /api/net/cluster/{cid}/nodes.
+type endpointsBody struct {
+	Nodes []nodeclient.Peer `json:"nodes"`
+}
+
+// sendHints queues the hints a script returned: (cluster JSON, scope)
+// pairs.
+func (r *Root) sendHints(res []any) {
+	for i := 0; i+1 < len(res); i += 2 {
+		cs, _ := res[i].(string)
+		scope, _ := res[i+1].(string)
+		var ci clusterInfo
+		if json.Unmarshal([]byte(cs), &ci) != nil {
+			continue
+		}
+		var h peersHint
+		if scope != "" {
+			h.Clusters = strings.Split(scope, ",")
+		}
+		b, _ := json.Marshal(h)
+		r.notify.enqueue(ci, notice{path: peersPath, body: string(b)})
+	}
+}
+
+// rehost recomputes the clusters hosting service id after its instances
+// changed and hints what changed with them. A failure leaves the service
+// marked (rehost set, written with the change) for the sweep.
+func (r *Root) rehost(c context.Context, id string) {
+	res, err := rehostScript.Run(c, r.rdb, []string{r.kSvc(id), r.kHosts(id), r.kInt(id), r.kRehost()}, r.keyTag, id).Slice()
+	if err != nil {
+		r.log.Warn("rehost; the sweep retries", "service", id, "err", err)
+		return
+	}
+	r.sendHints(res)
+}
+
+// sweepRehost rehosts every service still marked. The first sweep of a
+// root whose Redis has no hosting sets yet (state from before them) marks
+// every service.
+func (r *Root) sweepRehost(c context.Context) error {
+	built := r.keyTag + "hcl-built"
+	ok, err := r.rdb.Exists(c, built).Result()
+	if err != nil {
+		return redisErr("rehost: marker", err)
+	}
+	if ok == 0 {
+		ids, err := r.rdb.HVals(c, r.kJobs()).Result()
+		if err != nil {
+			return redisErr("rehost: services", err)
+		}
+		pipe := r.rdb.TxPipeline()
+		for _, id := range ids {
+			pipe.SAdd(c, r.kRehost(), id)
+		}
+		pipe.Set(c, built, "1", 0)
+		if _, err := pipe.Exec(c); err != nil {
+			return redisErr("rehost: mark all", err)
+		}
+	}
+	ids, err := r.rdb.SMembers(c, r.kRehost()).Result()
+	if err != nil {
+		return redisErr("rehost: list", err)
+	}
+	for _, id := range ids {
+		r.rehost(c, id)
+	}
+	return nil
+}
+
+// endpointIn validates one reported endpoint (field names the JSON path).
+func endpointIn(field string, p nodeclient.Peer) (nodeclient.Peer, error) {
+	out := nodeclient.Peer{NodeID: p.NodeID}
+	if err := validID(field+"node_id", p.NodeID); err != nil {
+		return out, err
+	}
+	if p.IP == "" {
+		return out, badf("missing_field", "%sip: missing", field)
+	}
+	ip, err := parseAddr(field+"ip", p.IP, 0)
+	if err != nil {
+		return out, err
+	}
+	out.IP = ip.String()
+	if p.Port < 1 || p.Port > 65535 {
+		return out, badf("bad_port", "%sport: %d not in 1..65535", field, p.Port)
+	}
+	out.Port = p.Port
+	if p.PublicIP != "" {
+		pub, err := parseAddr(field+"public_ip", p.PublicIP, 0)
+		if err != nil {
+			return out, err
+		}
+		out.PublicIP = pub.String()
+	}
+	if p.PublicPort < 0 || p.PublicPort > 65535 {
+		return out, badf("bad_port", "%spublic_port: %d not in 0..65535", field, p.PublicPort)
+	}
+	out.PublicPort = p.PublicPort
+	return out, nil
+}
+
+// putNode records one node's tunnel endpoint (PUT
+// /api/net/cluster/{cid}/nodes/{node_id}, body {ip, port, public_ip?,
+// public_port?}). A cluster may report before it registers: its endpoints
+// count once it is registered.
+func (r *Root) putNode(ctx *fasthttp.RequestCtx, p []string) error {
+	cid, node := p[0], p[1]
+	if err := validID("cluster_id", cid); err != nil {
+		return err
+	}
+	var in nodeclient.Peer
+	if err := decodeBody(ctx, &in); err != nil {
+		return err
+	}
+	in.NodeID = node
+	ep, err := endpointIn("", in)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(ep)
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	res, err := putEndpointScript.Run(c, r.rdb, []string{r.kEndpoints(cid)}, r.keyTag, cid, node, b).Slice()
+	if err != nil {
+		return redisErr("put node endpoint", err)
+	}
+	r.sendHints(res[1:])
+	writeJSON(ctx, 200, map[string]any{"cluster_id": cid, "node_id": node, "changed": res[0].(int64) == 1})
+	return nil
+}
+
+// deleteNode forgets one node's endpoint; the clusters holding it are
+// hinted. 404 if unknown.
+func (r *Root) deleteNode(ctx *fasthttp.RequestCtx, p []string) error {
+	cid, node := p[0], p[1]
+	if err := validID("cluster_id", cid); err != nil {
+		return err
+	}
+	if err := validID("node_id", node); err != nil {
+		return err
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	res, err := deleteEndpointScript.Run(c, r.rdb, []string{r.kEndpoints(cid)}, r.keyTag, cid, node).Slice()
+	if err != nil {
+		return redisErr("delete node endpoint", err)
+	}
+	if res[0].(int64) == 0 {
+		return notFoundf("node_id: cluster %q reported no node %q", cid, node)
+	}
+	r.sendHints(res[1:])
+	writeJSON(ctx, 200, map[string]string{"cluster_id": cid, "node_id": node})
+	return nil
+}
+
+// putNodes replaces a cluster's whole endpoint list (its periodic sync),
+// atomically.
+func (r *Root) putNodes(ctx *fasthttp.RequestCtx, p []string) error {
+	cid := p[0]
+	if err := validID("cluster_id", cid); err != nil {
+		return err
+	}
+	var in endpointsBody
+	if err := decodeBody(ctx, &in); err != nil {
+		return err
+	}
+	args := []any{r.keyTag, cid}
+	seen := map[string]bool{}
+	for i, n := range in.Nodes {
+		ep, err := endpointIn(fmt.Sprintf("nodes[%d].", i), n)
+		if err != nil {
+			return err
+		}
+		if seen[ep.NodeID] {
+			return badf("duplicate", "nodes[%d].node_id: %q listed twice", i, ep.NodeID)
+		}
+		seen[ep.NodeID] = true
+		b, _ := json.Marshal(ep)
+		args = append(args, ep.NodeID, string(b))
+	}
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	res, err := replaceEndpointsScript.Run(c, r.rdb, []string{r.kEndpoints(cid)}, args...).Slice()
+	if err != nil {
+		return redisErr("put node endpoints", err)
+	}
+	r.sendHints(res[1:])
+	writeJSON(ctx, 200, map[string]any{"cluster_id": cid, "nodes": len(in.Nodes), "changed": res[0].(int64) == 1})
+	return nil
+}
+
+// peers answers GET /api/net/cluster/{cid}/peers[?of=B,C]: the endpoints
+// of the clusters linked with cid (of those named in of).
+func (r *Root) peers(ctx *fasthttp.RequestCtx, p []string) error {
+	cid := p[0]
+	if err := validID("cluster_id", cid); err != nil {
+		return err
+	}
+	var scope []string
+	if of := string(ctx.QueryArgs().Peek("of")); of != "" {
+		scope = strings.Split(of, ",")
+		for i, s := range scope {
+			if err := validID(fmt.Sprintf("of[%d]", i), s); err != nil {
+				return err
+			}
+		}
+	}
+	var e [8]byte
+	_, _ = rand.Read(e[:])
+	c, cancel := r.ctx(ctx)
+	defer cancel()
+	res, err := peerViewScript.Run(c, r.rdb, []string{r.kClusters()}, r.keyTag, cid, strings.Join(scope, ","), hex.EncodeToString(e[:])).Slice()
+	if err != nil {
+		return redisErr("peers", err)
+	}
+	if res[0].(int64) == -1 {
+		return notFoundf("cluster_id: %q is not registered", cid)
+	}
+	v, err := peerViewFrom(cid, res[1:])
+	if err != nil {
+		return err
+	}
+	writeJSON(ctx, 200, v)
+	return nil
+}
+
+// peerViewFrom decodes peerViewScript's reply after its code.
+func peerViewFrom(cid string, res []any) (peerView, error) {
+	v := peerView{ClusterID: cid, Clusters: []clusterPeers{}}
+	if len(res) < 2 {
+		return v, fmt.Errorf("peers: script reply of %d values", len(res))
+	}
+	v.Epoch, _ = res[0].(string)
+	gs, _ := res[1].(string)
+	v.Generation, _ = strconv.ParseUint(gs, 10, 64)
+	for i := 2; i+1 < len(res); i += 2 {
+		cp := clusterPeers{Nodes: []nodeclient.Peer{}}
+		cp.ClusterID, _ = res[i].(string)
+		eps, _ := res[i+1].([]any)
+		for _, e := range eps {
+			s, _ := e.(string)
+			var pe nodeclient.Peer
+			if err := json.Unmarshal([]byte(s), &pe); err != nil {
+				return v, fmt.Errorf("peers: endpoint of %s: %w", cp.ClusterID, err)
+			}
+			cp.Nodes = append(cp.Nodes, pe)
+		}
+		slices.SortFunc(cp.Nodes, func(a, b nodeclient.Peer) int { return strings.Compare(a.NodeID, b.NodeID) })
+		v.Clusters = append(v.Clusters, cp)
+	}
+	return v, nil
+}
