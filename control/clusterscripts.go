@@ -61,8 +61,9 @@ return pushTo(redis.call('SMEMBERS', KEYS[3]), 'removed', job, '')
 `)
 
 // registerNode: KEYS nodes, nseq:<node>. ARGV tag, maxlen, chan, node,
-// node JSON, node ip, tunnel port. A new node or a changed endpoint pushes
-// a peers change to every other node. → the node's current version.
+// node JSON, node ip, tunnel port, cluster id. A new node or a changed
+// endpoint pushes a peers change (its delta) to every other node. → the
+// node's current version.
 var registerNodeScript = redis.NewScript(luaPush + `
 local node = ARGV[4]
 local old = redis.call('HGET', KEYS[1], node)
@@ -77,13 +78,14 @@ if changed then
   for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do
     if n ~= node then table.insert(others, n) end
   end
-  pushTo(others, 'peers', '', '')
+  local p = {cluster_id = ARGV[8], node_id = node, ip = ARGV[6], port = tonumber(ARGV[7])}
+  pushTo(others, 'peers', '', cjson.encode({set = {p}}))
 end
 return tonumber(redis.call('GET', KEYS[2]) or '0')
 `)
 
 // deleteNode: KEYS nodes, nint:<node>, nseq:<node>, nstream:<node>. ARGV
-// tag, maxlen, chan, node. → 0 unknown, 1 deleted.
+// tag, maxlen, chan, node, cluster id. → 0 unknown, 1 deleted.
 var deleteNodeScript = redis.NewScript(luaPush + `
 local node = ARGV[4]
 if redis.call('HDEL', KEYS[1], node) == 0 then return 0 end
@@ -91,7 +93,7 @@ for _, j in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('SREM', tag .. 'jint:' .. j, node)
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-pushTo(redis.call('HKEYS', KEYS[1]), 'peers', '', '')
+pushTo(redis.call('HKEYS', KEYS[1]), 'peers', '', cjson.encode({del = {{cluster_id = ARGV[5], node_id = node}}}))
 return 1
 `)
 
@@ -101,4 +103,65 @@ var dropNodeInterestScript = redis.NewScript(`
 redis.call('SREM', KEYS[1], ARGV[2])
 redis.call('SREM', KEYS[2], ARGV[1])
 return redis.call('SCARD', KEYS[2])
+`)
+
+// applyPeers: KEYS xpeers, xgen, nodes. ARGV tag, maxlen, chan, own
+// cluster id, root epoch ("" : no position, apply regardless), generation,
+// "1" for a whole view (clusters not in it are dropped) or "0" for a
+// scoped one, then cluster id, endpoints JSON ("" : not linked any more)
+// pairs. Replaces the endpoints held of each cluster given and pushes the
+// difference, as one peers delta, to every node of this cluster.
+// → {-1} older than a view applied already, {n, {nodes pushed to}} with n
+// endpoints set or deleted.
+var applyPeersScript = redis.NewScript(luaPush + `
+local own, epoch, gen, full = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1'
+if epoch ~= '' then
+  local cur = redis.call('GET', KEYS[2])
+  if cur then
+    local sp = string.find(cur, ' ', 1, true)
+    if string.sub(cur, 1, sp - 1) == epoch and gen < tonumber(string.sub(cur, sp + 1)) then return {-1} end
+  end
+  redis.call('SET', KEYS[2], epoch .. ' ' .. gen)
+end
+local set, del = {}, {}
+local function diff(src, oldJ, newJ)
+  local old, new = {}, {}
+  if oldJ and oldJ ~= '' then for _, p in ipairs(cjson.decode(oldJ)) do old[p.node_id] = p end end
+  if newJ ~= '' then for _, p in ipairs(cjson.decode(newJ)) do new[p.node_id] = p end end
+  for id, p in pairs(new) do
+    local o = old[id]
+    if not o or o.ip ~= p.ip or o.port ~= p.port or o.public_ip ~= p.public_ip or o.public_port ~= p.public_port then
+      p.cluster_id = src
+      table.insert(set, p)
+    end
+  end
+  for id in pairs(old) do
+    if not new[id] then table.insert(del, {cluster_id = src, node_id = id}) end
+  end
+end
+local given = {}
+for i = 8, #ARGV, 2 do
+  local src, nj = ARGV[i], ARGV[i + 1]
+  if src ~= own then
+    given[src] = true
+    local old = redis.call('HGET', KEYS[1], src)
+    if (old or '') ~= nj then
+      diff(src, old, nj)
+      if nj == '' then redis.call('HDEL', KEYS[1], src) else redis.call('HSET', KEYS[1], src, nj) end
+    end
+  end
+end
+if full then
+  for _, src in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if not given[src] then
+      diff(src, redis.call('HGET', KEYS[1], src), '')
+      redis.call('HDEL', KEYS[1], src)
+    end
+  end
+end
+if #set + #del == 0 then return {0, {}} end
+local d = {}
+if #set > 0 then d.set = set end
+if #del > 0 then d.del = del end
+return {#set + #del, pushTo(redis.call('HKEYS', KEYS[3]), 'peers', '', cjson.encode(d))}
 `)
