@@ -907,7 +907,9 @@ func (d *Deployment) KillCluster() error {
 
 // StartCluster starts the (first) cluster service manager again after
 // KillCluster.
-func (d *Deployment) StartCluster(ctx context.Context) error { return d.startCluster(ctx, d.Clusters[0]) }
+func (d *Deployment) StartCluster(ctx context.Context) error {
+	return d.startCluster(ctx, d.Clusters[0])
+}
 
 // RemoveNode takes worker node n out of its cluster: its netmanager stops
 // (SIGTERM) and the cluster deregisters it (DELETE /api/node/{id}), which
