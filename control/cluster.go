@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
 )
@@ -111,6 +112,10 @@ type Cluster struct {
 	mu      sync.Mutex // guards waiters
 	waiters map[string]chan struct{}
 
+	// peerUpdates counts the changes of the peers held of other clusters
+	// by how they came: a root delta, a fetch, or a view refused as older.
+	peerUpdates *prometheus.CounterVec
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -134,6 +139,10 @@ func NewCluster(cfg ClusterConfig, rdb redis.UniversalClient) (*Cluster, error) 
 		cancel:  cancel,
 	}
 	c.wakeC = c.tag + "wake"
+	c.peerUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "oakwire_cluster_peer_updates_total",
+		Help: "Updates of the peers held of linked clusters: delta (root's change applied), fetch (fetched from root), stale (an answer older than the view held, fetched again)."},
+		[]string{"kind"})
+	c.reg.MustRegister(c.peerUpdates)
 
 	c.handle("POST /api/net/deployment", c.deployment)
 	c.handle("DELETE /api/net/deployment/:job", c.deleteDeployment)

@@ -20,10 +20,16 @@ import (
 // nodes as a peers delta through their watch. Keys, in the cluster's slot:
 //
 //	xpeers  hash    cluster id → JSON list of that cluster's endpoints
+//	xver    hash    cluster id → root's version of that list (epv)
 //	xgen    string  "<root epoch> <generation>" of the newest view applied
 
 func (c *Cluster) kXPeers() string { return c.tag + "xpeers" }
+func (c *Cluster) kXVer() string   { return c.tag + "xver" }
 func (c *Cluster) kXGen() string   { return c.tag + "xgen" }
+
+func (c *Cluster) peerKeys() []string {
+	return []string{c.kXPeers(), c.kXGen(), c.kNodes(), c.kXVer()}
+}
 
 // errStalePeers: root's answer is older than a view applied already (a
 // concurrent fetch was faster); fetch again.
@@ -34,11 +40,13 @@ func (n nodeRecord) endpoint() nodeclient.Peer {
 	return nodeclient.Peer{NodeID: n.NodeID, IP: n.NodeIP, Port: n.TunnelPort}
 }
 
-// peersUpdate is root's hint (POST /api/net/peers/update, body {} or
-// {"clusters": [ids]}): the endpoints this cluster holds of those clusters
-// (of every linked one when none are named) may be out of date. The fetch
-// and the push to the nodes happen before the answer, so root retries a
-// hint that failed.
+// peersUpdate is root's hint (POST /api/net/peers/update, body {},
+// {"clusters": [ids]} or, for a change of one cluster's endpoints, also
+// "delta"): the endpoints this cluster holds of those clusters (of every
+// linked one when none are named) may be out of date. A delta that follows
+// the version held is applied as it is; otherwise the clusters named are
+// fetched. The push to the nodes happens before the answer, so root
+// retries a hint that failed.
 func (c *Cluster) peersUpdate(ctx *fasthttp.RequestCtx, _ []string) error {
 	var in peersHint
 	if err := decodeBody(ctx, &in); err != nil {
@@ -49,7 +57,22 @@ func (c *Cluster) peersUpdate(ctx *fasthttp.RequestCtx, _ []string) error {
 			return err
 		}
 	}
-	n, err := c.syncPeers(ctx, in.Clusters)
+	n, err := -1, error(nil)
+	if d := in.Delta; d != nil && d.ClusterID != c.cfg.ClusterID {
+		if err := validID("delta.cluster_id", d.ClusterID); err != nil {
+			return err
+		}
+		n, err = c.applyDelta(ctx, d)
+		if err != nil {
+			return err
+		}
+		if n < 0 && in.Clusters == nil {
+			in.Clusters = []string{d.ClusterID}
+		}
+	}
+	if n < 0 {
+		n, err = c.syncPeers(ctx, in.Clusters)
+	}
 	if err != nil {
 		return err
 	}
@@ -95,22 +118,45 @@ func (c *Cluster) applyPeers(ctx context.Context, v peerView, scope []string) (i
 			nodes = []nodeclient.Peer{}
 		}
 		b, _ := json.Marshal(nodes)
-		args = append(args, cp.ClusterID, string(b))
+		args = append(args, cp.ClusterID, cp.Version, string(b))
 	}
 	for _, s := range scope {
 		if !got[s] {
-			args = append(args, s, "") // not linked (any more)
+			args = append(args, s, 0, "") // not linked (any more)
 		}
 	}
 	rc, cancel := c.rctx(ctx)
 	defer cancel()
-	res, err := applyPeersScript.Run(rc, c.rdb, []string{c.kXPeers(), c.kXGen(), c.kNodes()}, args...).Slice()
+	res, err := applyPeersScript.Run(rc, c.rdb, c.peerKeys(), args...).Slice()
 	if err != nil {
 		return 0, redisErr("apply peers", err)
 	}
 	n, _ := res[0].(int64)
 	if n < 0 {
+		c.peerUpdates.WithLabelValues("stale").Inc()
 		return 0, errStalePeers
+	}
+	c.peerUpdates.WithLabelValues("fetch").Inc()
+	if len(res) > 1 {
+		nodes, _ := res[1].([]any)
+		c.wakeAll(nodes)
+	}
+	return int(n), nil
+}
+
+// applyDelta applies root's delta of one cluster's endpoints; -1 means it
+// does not follow what is held (fetch instead).
+func (c *Cluster) applyDelta(ctx context.Context, d *peersDelta) (int, error) {
+	b, _ := json.Marshal(d)
+	rc, cancel := c.rctx(ctx)
+	defer cancel()
+	res, err := applyPeersDeltaScript.Run(rc, c.rdb, c.peerKeys(), c.pushArgs(string(b))...).Slice()
+	if err != nil {
+		return 0, redisErr("apply peers delta", err)
+	}
+	n, _ := res[0].(int64)
+	if n >= 0 {
+		c.peerUpdates.WithLabelValues("delta").Inc()
 	}
 	if len(res) > 1 {
 		nodes, _ := res[1].([]any)

@@ -134,6 +134,9 @@ func TestPeersAcrossClustersOnRedisCluster(t *testing.T) {
 func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 	_, R := startRoot(t, rdb, rootOpts{})
 	cl := map[string]string{}
+	deltas := func(cid string) float64 {
+		return metricValue(t, cl[cid], `oakwire_cluster_peer_updates_total{kind="delta"}`)
+	}
 	for _, id := range []string{"c1", "c2", "c3"} {
 		_, cl[id] = startCluster(t, rdb, R, clusterOpts{id: id, prefix: "oakwire-" + id + ":"})
 	}
@@ -184,7 +187,9 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 		t.Errorf("c1's GET /api/node/peers of n1: %+v", pr.Peers)
 	}
 
-	// Join, endpoint change and leave in c2 reach c1's nodes within 1 s.
+	// Join, endpoint change and leave in c2 reach c1's nodes within 1 s,
+	// as root's deltas: c1 fetches nothing.
+	d0 := deltas("c1")
 	n4 := node("c2", "n4", "198.18.0.4")
 	within(t, time.Second, "n4 joining c2 reaches n1", eq(w1, "c1/n2", "c2/n3", "c2/n4"))
 	if _, err := n4.Register(ctx, "198.18.0.44", 50200, nil); err != nil {
@@ -201,6 +206,9 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 	within(t, time.Second, "n4 leaving c2 reaches n1 and n2", func() bool {
 		return eq(w1, "c1/n2", "c2/n3")() && eq(w2, "c1/n1", "c2/n3")()
 	})
+	if got := deltas("c1") - d0; got != 3 {
+		t.Errorf("c1 applied %v of root's deltas for join, change and leave, want 3", got)
+	}
 	if got := w5.keys(); len(got) != 0 {
 		t.Errorf("n5 (c3 shares nothing) has peers %v", got)
 	}
@@ -291,8 +299,44 @@ func TestPeerViewOrder(t *testing.T) {
 	if err != nil || len(peers) != 1 || peers[0].IP != "198.18.0.6" || peers[0].ClusterID != "c2" {
 		t.Fatalf("peer list %+v %v", peers, err)
 	}
+	// Root's deltas apply when they follow the version held; an old one is
+	// ignored, one after a gap (or of another epoch) asks for a fetch, and
+	// a view older than a delta applied leaves the endpoints alone.
+	v.Clusters[0].Version = 5
+	v.Generation = 2
+	if _, err := c.applyPeers(ctx, v, []string{"c2"}); err != nil {
+		t.Fatal(err)
+	}
+	delta := func(epoch string, ver uint64, ip string) int {
+		t.Helper()
+		n, err := c.applyDelta(ctx, &peersDelta{ClusterID: "c2", Epoch: epoch, Version: ver,
+			Set: []nodeclient.Peer{{NodeID: "n3", IP: ip, Port: DefaultTunnelPort}}, Del: []string{"n4"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := delta("e2", 6, "198.18.0.7"); n != 1 {
+		t.Fatalf("delta 6 after 5: %d, want 1 change", n)
+	}
+	if n := delta("e2", 6, "198.18.0.8"); n != 0 {
+		t.Fatalf("delta 6 again: %d, want 0", n)
+	}
+	if n := delta("e2", 8, "198.18.0.8"); n != -1 {
+		t.Fatalf("delta 8 after 6: %d, want -1 (fetch)", n)
+	}
+	if n := delta("e3", 7, "198.18.0.8"); n != -1 {
+		t.Fatalf("delta of another epoch: %d, want -1 (fetch)", n)
+	}
+	v.Generation = 3
+	if n, err := c.applyPeers(ctx, v, nil); err != nil || n != 0 {
+		t.Fatalf("view at version 5 after delta 6: %d %v, want no change", n, err)
+	}
+	if peers, _ := c.peerList(ctx, "n1"); len(peers) != 1 || peers[0].IP != "198.18.0.7" {
+		t.Fatalf("peer list after an older view %+v", peers)
+	}
 	// A scoped view without the cluster asked for: not linked any more.
-	v.Generation, v.Clusters = 2, nil
+	v.Generation, v.Clusters = 4, nil
 	if n, err := c.applyPeers(ctx, v, []string{"c2"}); err != nil || n != 1 {
 		t.Fatalf("apply unlink: %d %v", n, err)
 	}

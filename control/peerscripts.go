@@ -7,10 +7,11 @@ import "github.com/redis/go-redis/v9"
 // state, so every script below runs on one slot:
 //
 //	ep:<cid>    hash  node id → endpoint JSON {node_id, ip, port[, public_ip, public_port]}
+//	epv:<cid>   int   version of ep:<cid>, raised with every change of it
 //	hcl:<id>    set   clusters hosting an instance of service id (instance cluster_id)
 //	rehost      set   service ids whose hcl set must be recomputed (rehostScript)
 //	pgen:<cid>  int   generation of cid's peer view: raised with every hint to cid
-//	epoch       str   random id of root's Redis state (a lost state restarts pgen)
+//	epoch       str   random id of root's Redis state (a lost state restarts pgen, epv)
 //
 // Two clusters are linked when one is interested in a service that has an
 // instance in the other (int:<id>, hcl:<id>). A cluster's nodes accept
@@ -18,7 +19,9 @@ import "github.com/redis/go-redis/v9"
 // cluster. Scripts that change what a cluster should hold return hints:
 // pairs (cluster JSON, scope), scope being a comma-separated list of the
 // clusters whose endpoints to fetch again, or "" for all of them; root
-// posts each to the cluster's /api/net/peers/update.
+// posts each to the cluster's /api/net/peers/update. A change of endpoints
+// also hands the linked clusters the change itself (a versioned delta), so
+// they fetch only when they miss one.
 
 // luaLinks is prepended to the scripts that compute links or hints; tag is
 // root's key tag ("<prefix>{r}:").
@@ -106,6 +109,15 @@ local function hintReply(tag, hints, out)
   end
   return out
 end
+-- rootEpoch is root's state epoch, fresh if it has none yet.
+local function rootEpoch(tag, fresh)
+  local e = redis.call('GET', tag .. 'epoch')
+  if not e then
+    e = fresh
+    redis.call('SET', tag .. 'epoch', e)
+  end
+  return e
+end
 -- endpointHints hints every cluster linked with cid to fetch cid again.
 local function endpointHints(tag, cid, out)
   local hints = {}
@@ -114,52 +126,49 @@ local function endpointHints(tag, cid, out)
 end
 `
 
-// putEndpoint: KEYS ep:<cid>. ARGV tag, cid, node id, endpoint JSON.
-// → {0} unchanged, {1, hints...} stored.
-var putEndpointScript = redis.NewScript(luaLinks + `
-local tag, cid = ARGV[1], ARGV[2]
-if redis.call('HGET', KEYS[1], ARGV[3]) == ARGV[4] then return {0} end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-return endpointHints(tag, cid, {1})
-`)
-
-// deleteEndpoint: KEYS ep:<cid>. ARGV tag, cid, node id.
-// → {0} unknown, {1, hints...} deleted.
-var deleteEndpointScript = redis.NewScript(luaLinks + `
-local tag, cid = ARGV[1], ARGV[2]
-if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return {0} end
-return endpointHints(tag, cid, {1})
-`)
-
-// replaceEndpoints: KEYS ep:<cid>. ARGV tag, cid, then node id, endpoint
-// JSON pairs: the cluster's whole list. → {0} unchanged, {1, hints...}.
-var replaceEndpointsScript = redis.NewScript(luaLinks + `
-local tag, cid = ARGV[1], ARGV[2]
-local want, n = {}, 0
-for i = 3, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1]; n = n + 1 end
-local cur = redis.call('HGETALL', KEYS[1])
-local same = #cur == 2 * n
-for i = 1, #cur, 2 do
-  if want[cur[i]] ~= cur[i + 1] then same = false end
+// changeEndpoints: KEYS ep:<cid>. ARGV tag, cid, a fresh epoch (used if
+// root has none yet), mode, then: for "put" node id, endpoint JSON pairs;
+// for "del" one node id; for "replace" the cluster's whole list as pairs.
+// → {0} nothing changed, {1, delta JSON, hints...}: the delta is
+// {cluster_id, epoch, version, set?: [endpoint], del?: [node id]}.
+var changeEndpointsScript = redis.NewScript(luaLinks + `
+local tag, cid, mode = ARGV[1], ARGV[2], ARGV[4]
+local set, del = {}, {}
+if mode == 'del' then
+  if redis.call('HDEL', KEYS[1], ARGV[5]) == 1 then table.insert(del, ARGV[5]) end
+else
+  if mode == 'replace' then
+    local want = {}
+    for i = 5, #ARGV, 2 do want[ARGV[i]] = true end
+    for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if not want[n] then
+        redis.call('HDEL', KEYS[1], n)
+        table.insert(del, n)
+      end
+    end
+  end
+  for i = 5, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+      table.insert(set, cjson.decode(ARGV[i + 1]))
+    end
+  end
 end
-if same then return {0} end
-redis.call('DEL', KEYS[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return endpointHints(tag, cid, {1})
+if #set + #del == 0 then return {0} end
+local d = {cluster_id = cid, epoch = rootEpoch(tag, ARGV[3]), version = redis.call('INCR', tag .. 'epv:' .. cid)}
+if #set > 0 then d.set = set end
+if #del > 0 then d.del = del end
+return endpointHints(tag, cid, {1, cjson.encode(d)})
 `)
 
 // peerView: KEYS clusters. ARGV tag, cid, scope ("" all, else comma
 // separated cluster ids), a fresh epoch (used if root has none yet).
-// → {-1} cid not registered, {1, epoch, generation, cid, {endpoint JSON...}, ...}
-// for every linked cluster (in the scope), sorted.
+// → {-1} cid not registered, {1, epoch, generation, cid, version,
+// {endpoint JSON...}, ...} for every linked cluster (in the scope), sorted.
 var peerViewScript = redis.NewScript(luaLinks + `
 local tag, cid = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', KEYS[1], cid) == 0 then return {-1} end
-local epoch = redis.call('GET', tag .. 'epoch')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', tag .. 'epoch', epoch)
-end
+local epoch = rootEpoch(tag, ARGV[4])
 local gen = redis.call('GET', tag .. 'pgen:' .. cid) or '0'
 local linked = linkset(tag, cid)
 local list = {}
@@ -174,6 +183,7 @@ table.sort(list)
 local out = {1, epoch, gen}
 for _, c in ipairs(list) do
   table.insert(out, c)
+  table.insert(out, redis.call('GET', tag .. 'epv:' .. c) or '0')
   table.insert(out, redis.call('HVALS', tag .. 'ep:' .. c))
 end
 return out

@@ -25,9 +25,22 @@ func (r *Root) kHosts(id string) string      { return r.keyTag + "hcl:" + id }
 func (r *Root) kRehost() string              { return r.keyTag + "rehost" }
 
 // peersHint is the body of POST /api/net/peers/update: fetch again the
-// endpoints of Clusters, or of every linked cluster when it is empty.
+// endpoints of Clusters, or of every linked cluster when it is empty;
+// with Delta, apply it instead if it follows the version held (else
+// fetch).
 type peersHint struct {
-	Clusters []string `json:"clusters,omitempty"`
+	Clusters []string    `json:"clusters,omitempty"`
+	Delta    *peersDelta `json:"delta,omitempty"`
+}
+
+// peersDelta is one change of a cluster's endpoints at root: the version
+// it made, endpoints set and node ids deleted.
+type peersDelta struct {
+	ClusterID string            `json:"cluster_id"`
+	Epoch     string            `json:"epoch"`
+	Version   uint64            `json:"version"`
+	Set       []nodeclient.Peer `json:"set,omitempty"`
+	Del       []string          `json:"del,omitempty"`
 }
 
 // peerView is root's answer to GET /api/net/cluster/{cid}/peers: the
@@ -43,9 +56,11 @@ type peerView struct {
 }
 
 // clusterPeers are the tunnel endpoints of one cluster's nodes, sorted by
-// node id (ClusterID unset in each: it is the enclosing one).
+// node id (ClusterID unset in each: it is the enclosing one), at version
+// Version of that cluster's list.
 type clusterPeers struct {
 	ClusterID string            `json:"cluster_id"`
+	Version   uint64            `json:"version"`
 	Nodes     []nodeclient.Peer `json:"nodes"`
 }
 
@@ -56,7 +71,11 @@ type endpointsBody struct {
 
 // sendHints queues the hints a script returned: (cluster JSON, scope)
 // pairs.
-func (r *Root) sendHints(res []any) {
+func (r *Root) sendHints(res []any) { r.sendDeltaHints(res, nil) }
+
+// sendDeltaHints queues hints carrying delta (JSON of a peersDelta; nil:
+// none).
+func (r *Root) sendDeltaHints(res []any, delta json.RawMessage) {
 	for i := 0; i+1 < len(res); i += 2 {
 		cs, _ := res[i].(string)
 		scope, _ := res[i+1].(string)
@@ -64,13 +83,34 @@ func (r *Root) sendHints(res []any) {
 		if json.Unmarshal([]byte(cs), &ci) != nil {
 			continue
 		}
-		var h peersHint
+		h := struct {
+			Clusters []string        `json:"clusters,omitempty"`
+			Delta    json.RawMessage `json:"delta,omitempty"`
+		}{Delta: delta}
 		if scope != "" {
 			h.Clusters = strings.Split(scope, ",")
 		}
 		b, _ := json.Marshal(h)
 		r.notify.enqueue(ci, notice{path: peersPath, body: string(b)})
 	}
+}
+
+// changeEndpoints runs changeEndpointsScript on cid's list and hints the
+// linked clusters with the change; it reports whether anything changed.
+func (r *Root) changeEndpoints(c context.Context, cid, mode string, args ...any) (bool, error) {
+	var e [8]byte
+	_, _ = rand.Read(e[:])
+	res, err := changeEndpointsScript.Run(c, r.rdb, []string{r.kEndpoints(cid)},
+		append([]any{r.keyTag, cid, hex.EncodeToString(e[:]), mode}, args...)...).Slice()
+	if err != nil {
+		return false, redisErr("node endpoints", err)
+	}
+	if res[0].(int64) == 0 {
+		return false, nil
+	}
+	d, _ := res[1].(string)
+	r.sendDeltaHints(res[2:], json.RawMessage(d))
+	return true, nil
 }
 
 // rehost recomputes the clusters hosting service id after its instances
@@ -171,12 +211,11 @@ func (r *Root) putNode(ctx *fasthttp.RequestCtx, p []string) error {
 	b, _ := json.Marshal(ep)
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := putEndpointScript.Run(c, r.rdb, []string{r.kEndpoints(cid)}, r.keyTag, cid, node, b).Slice()
+	changed, err := r.changeEndpoints(c, cid, "put", node, b)
 	if err != nil {
-		return redisErr("put node endpoint", err)
+		return err
 	}
-	r.sendHints(res[1:])
-	writeJSON(ctx, 200, map[string]any{"cluster_id": cid, "node_id": node, "changed": res[0].(int64) == 1})
+	writeJSON(ctx, 200, map[string]any{"cluster_id": cid, "node_id": node, "changed": changed})
 	return nil
 }
 
@@ -192,14 +231,13 @@ func (r *Root) deleteNode(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := deleteEndpointScript.Run(c, r.rdb, []string{r.kEndpoints(cid)}, r.keyTag, cid, node).Slice()
+	changed, err := r.changeEndpoints(c, cid, "del", node)
 	if err != nil {
-		return redisErr("delete node endpoint", err)
+		return err
 	}
-	if res[0].(int64) == 0 {
+	if !changed {
 		return notFoundf("node_id: cluster %q reported no node %q", cid, node)
 	}
-	r.sendHints(res[1:])
 	writeJSON(ctx, 200, map[string]string{"cluster_id": cid, "node_id": node})
 	return nil
 }
@@ -215,7 +253,7 @@ func (r *Root) putNodes(ctx *fasthttp.RequestCtx, p []string) error {
 	if err := decodeBody(ctx, &in); err != nil {
 		return err
 	}
-	args := []any{r.keyTag, cid}
+	var args []any
 	seen := map[string]bool{}
 	for i, n := range in.Nodes {
 		ep, err := endpointIn(fmt.Sprintf("nodes[%d].", i), n)
@@ -231,12 +269,11 @@ func (r *Root) putNodes(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := replaceEndpointsScript.Run(c, r.rdb, []string{r.kEndpoints(cid)}, args...).Slice()
+	changed, err := r.changeEndpoints(c, cid, "replace", args...)
 	if err != nil {
-		return redisErr("put node endpoints", err)
+		return err
 	}
-	r.sendHints(res[1:])
-	writeJSON(ctx, 200, map[string]any{"cluster_id": cid, "nodes": len(in.Nodes), "changed": res[0].(int64) == 1})
+	writeJSON(ctx, 200, map[string]any{"cluster_id": cid, "nodes": len(in.Nodes), "changed": changed})
 	return nil
 }
 
@@ -284,10 +321,12 @@ func peerViewFrom(cid string, res []any) (peerView, error) {
 	v.Epoch, _ = res[0].(string)
 	gs, _ := res[1].(string)
 	v.Generation, _ = strconv.ParseUint(gs, 10, 64)
-	for i := 2; i+1 < len(res); i += 2 {
+	for i := 2; i+2 < len(res); i += 3 {
 		cp := clusterPeers{Nodes: []nodeclient.Peer{}}
 		cp.ClusterID, _ = res[i].(string)
-		eps, _ := res[i+1].([]any)
+		vs, _ := res[i+1].(string)
+		cp.Version, _ = strconv.ParseUint(vs, 10, 64)
+		eps, _ := res[i+2].([]any)
 		for _, e := range eps {
 			s, _ := e.(string)
 			var pe nodeclient.Peer
