@@ -3,8 +3,10 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -343,4 +345,71 @@ func TestPeerViewOrder(t *testing.T) {
 	if peers, _ := c.peerList(ctx, "n1"); len(peers) != 0 {
 		t.Fatalf("peer list after unlink %+v", peers)
 	}
+}
+
+// BenchmarkPeerChange measures the two halves of one node's endpoint
+// change at the scale of docs/design.md ("Peers across clusters"): root
+// storing it for a cluster of 1,000 nodes that is interested in 100
+// services and linked with 10 clusters (one script, hints queued), and a
+// linked cluster applying root's delta and pushing it to its 1,000 nodes
+// (one script, 1,000 stream entries).
+func BenchmarkPeerChange(b *testing.B) {
+	_, rdb := startRedis(b)
+	ctx := context.Background()
+	b.Run("root", func(b *testing.B) {
+		_, R := startRoot(b, rdb, rootOpts{notify: &NotifyConfig{MinBackoff: time.Minute, MaxBackoff: time.Minute, QueueLen: 10}})
+		// Clusters at an address nothing listens on: hints queue and
+		// fail in the background, away from the measured requests.
+		for i := range 11 {
+			mustCall(b, 200, "POST", R+"/api/net/cluster", fmt.Sprintf(`{"cluster_id":"b%d","cluster_address":"127.0.0.1","cluster_port":1}`, i), "", nil)
+		}
+		var nodes []string
+		for i := range 1000 {
+			nodes = append(nodes, fmt.Sprintf(`{"node_id":"n%d","ip":"198.18.%d.%d","port":50103}`, i, i/250, i%250+1))
+		}
+		mustCall(b, 200, "PUT", R+"/api/net/cluster/b0/nodes", `{"nodes":[`+strings.Join(nodes, ",")+`]}`, "", nil)
+		for s := range 100 {
+			mustCall(b, 200, "POST", R+"/api/net/service/deploy", svcBody(fmt.Sprintf("s%d", s), fmt.Sprintf("w%d", s), ""), "", nil)
+			host := fmt.Sprintf("b%d", 1+s%10)
+			mustCall(b, 200, "POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s%d","instance_number":0,"cluster_id":%q}`, s, host), "", nil)
+			mustCall(b, 200, "GET", fmt.Sprintf("%s/api/net/service/app.ns.w%d.default/instances?cluster_id=b0", R, s), "", "", nil)
+		}
+		var v peerView
+		mustCall(b, 200, "GET", R+"/api/net/cluster/b0/peers", "", "", &v)
+		if len(v.Clusters) != 10 {
+			b.Fatalf("b0 linked with %d clusters, want 10", len(v.Clusters))
+		}
+		b.ResetTimer()
+		for i := range b.N {
+			mustCall(b, 200, "PUT", R+"/api/net/cluster/b0/nodes/n7", fmt.Sprintf(`{"ip":"198.19.%d.%d","port":50103}`, i/250%250, i%250+1), "", nil)
+		}
+	})
+	ver := uint64(1) // versions go on across the calls b.Run makes
+	b.Run("cluster-1000-nodes", func(b *testing.B) {
+		c, err := NewCluster(ClusterConfig{ClusterID: "a0", RootURL: "127.0.0.1:1", Log: quietLog, Prefix: "bench:"}, rdb)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = c.Close() })
+		for i := range 1000 {
+			rec := fmt.Sprintf(`{"node_id":"n%d","node_ip":"198.18.%d.%d","tunnel_port":50103}`, i, i/250, i%250+1)
+			if err := rdb.HSet(ctx, c.kNodes(), fmt.Sprintf("n%d", i), rec).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		view := peerView{Epoch: "e", Generation: 1, Clusters: []clusterPeers{{ClusterID: "b0", Version: 1,
+			Nodes: []nodeclient.Peer{{NodeID: "m7", IP: "198.19.0.7", Port: DefaultTunnelPort}}}}}
+		if _, err := c.applyPeers(ctx, view, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		for range b.N {
+			ver++
+			n, err := c.applyDelta(ctx, &peersDelta{ClusterID: "b0", Epoch: "e", Version: ver,
+				Set: []nodeclient.Peer{{NodeID: "m7", IP: fmt.Sprintf("198.19.%d.%d", ver/250%250, ver%250+1), Port: DefaultTunnelPort}}})
+			if err != nil || n != 1 {
+				b.Fatalf("delta %d: %d %v", ver, n, err)
+			}
+		}
+	})
 }
