@@ -72,12 +72,13 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	for _, n := range d.Nodes {
 		fmt.Fprintf(tw, "   %s\t%s\t%v\t%v, %v\tnetmanager\n", n.Name, n.Cluster.ID, n.IP(), n.Subnet, n.Subnet6)
 	}
-	ctl := []string{fmt.Sprintf("redis 127.0.0.1:%d, root :%d", redisPort, RootPort)}
+	ctl := []string{fmt.Sprintf("redis :%d, root :%d", redisPort, RootPort)}
 	for _, cl := range d.Clusters {
-		ctl = append(ctl, fmt.Sprintf("%s :%d (Redis prefix %s)", cl.ID, cl.port, cl.Prefix))
+		ctl = append(ctl, fmt.Sprintf("%s :%d", cl.ID, cl.port))
 	}
 	fmt.Fprintf(tw, "   ctl\t-\t%v\t-\t%s\n", d.Ctl.IP, strings.Join(ctl, ", "))
 	tw.Flush()
+	p.line("   Each cluster is its own servicemanager process with its own Redis key prefix (oakwire-<id>:).")
 
 	web, err := d.DeployService(ctx, "web", "demo.ns.web.default")
 	if err != nil {
@@ -265,14 +266,14 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 		}
 	}
 
-	p.section("7. Latency: 200 UDP request/responses, one flow, client/0 on a → web/0's instance IP on b")
+	p.section("7. Latency: 200 UDP request/responses, one flow, client/0 on a → web/0's instance IP on b (%s)", insts[0].Node.Cluster.ID)
 	r, err := d.Ask(ctx, client, "udp", echoAddr(insts[0].IP.V4, "udp"), 1, 200, time.Second)
 	if err != nil {
 		return err
 	}
 	p.line("   p50 %d µs, p99 %d µs (%d/%d answered; includes both owload processes, unpinned)", r.P50us, r.P99us, r.Answered, r.Sent)
 
-	p.section("8. Packet rate: 2 s of 64-byte UDP from client/0 on a → web/1's instance IP on c (one flow)")
+	p.section("8. Packet rate: 2 s of 64-byte UDP from client/0 on a → web/1's instance IP on c (%s, one flow)", insts[1].Node.Cluster.ID)
 	f, s, err := d.Rate(ctx, client, insts[1], 2*time.Second)
 	if err != nil {
 		fail("packet rate: %v", err)
@@ -316,16 +317,16 @@ func (d *Deployment) showPeers(ctx context.Context, p *printer) bool {
 			}
 			// The data plane's count, where it has one, follows through
 			// the node's watch.
-			dp, inDP := "-", len(d.Nodes)-1
+			dp, inDP := "(no data plane)", len(d.Nodes)-1
 			if st, err := d.Status(ctx, n); err == nil {
 				if k, ok := st.Dataplane.Tables["peers"]; ok {
-					dp, inDP = strconv.Itoa(k), k
+					dp, inDP = "(data plane: "+strconv.Itoa(k)+" peers)", k
 				}
 			}
 			done := len(names) == len(d.Nodes)-1 && inDP == len(names)
 			if done || time.Since(start) > 2*time.Second || ctx.Err() != nil {
 				ok = ok && done
-				fmt.Fprintf(tw, "   %s (%s)\taccepts tunnel traffic from\t%s\t(data plane: %s peers)\n", n.Name, n.Cluster.ID, strings.Join(names, ", "), dp)
+				fmt.Fprintf(tw, "   %s (%s)\taccepts tunnel traffic from\t%s\t%s\n", n.Name, n.Cluster.ID, strings.Join(names, ", "), dp)
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
