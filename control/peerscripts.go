@@ -26,29 +26,6 @@ import "github.com/redis/go-redis/v9"
 // luaLinks is prepended to the scripts that compute links or hints; tag is
 // root's key tag ("<prefix>{r}:").
 const luaLinks = `
--- linkset returns {cluster = true} of the registered clusters linked with
--- cid: the hosts of the services cid is interested in and, for those it
--- hosts itself, the clusters interested in them. A cluster is interested
--- in every service its nodes run (a node's report makes it so), so the
--- services cid hosts are among its interests.
-local function linkset(tag, cid)
-  local out = {}
-  for _, s in ipairs(redis.call('SMEMBERS', tag .. 'cint:' .. cid)) do
-    local here = false
-    for _, h in ipairs(redis.call('SMEMBERS', tag .. 'hcl:' .. s)) do
-      if h == cid then here = true else out[h] = true end
-    end
-    if here then
-      for _, c in ipairs(redis.call('SMEMBERS', tag .. 'int:' .. s)) do
-        if c ~= cid then out[c] = true end
-      end
-    end
-  end
-  for c in pairs(out) do
-    if redis.call('HEXISTS', tag .. 'clusters', c) == 0 then out[c] = nil end
-  end
-  return out
-end
 -- hint records that target must fetch scope's endpoints again (scope nil:
 -- all of its peers).
 local function hint(hints, target, scope)
@@ -59,9 +36,10 @@ local function hint(hints, target, scope)
   end
   if scope == nil then h.full = true else h.scopes[scope] = true end
 end
--- candidates returns the clusters that service sid links cid with.
-local function candidates(tag, cid, sid)
-  local out, here = {}, false
+-- candidates adds to out the clusters service sid links cid with: its
+-- hosts and, if cid hosts it too, the clusters interested in it.
+local function candidates(tag, cid, sid, out)
+  local here = false
   for _, h in ipairs(redis.call('SMEMBERS', tag .. 'hcl:' .. sid)) do
     if h == cid then here = true else out[h] = true end
   end
@@ -72,11 +50,23 @@ local function candidates(tag, cid, sid)
   end
   return out
 end
+-- linkset returns {cluster = true} of the registered clusters linked with
+-- cid: what each service cid is interested in links it with. A cluster is
+-- interested in every service its nodes run (a node's report makes it
+-- so), so the services cid hosts are among its interests.
+local function linkset(tag, cid)
+  local out = {}
+  for _, s in ipairs(redis.call('SMEMBERS', tag .. 'cint:' .. cid)) do candidates(tag, cid, s, out) end
+  for c in pairs(out) do
+    if redis.call('HEXISTS', tag .. 'clusters', c) == 0 then out[c] = nil end
+  end
+  return out
+end
 -- interestHints hints both ends of every pair that cid's interest in sid
 -- links and that is not linked otherwise. Called before the interest is
 -- added, or after it is dropped: linked is then the state without it.
 local function interestHints(tag, cid, sid, hints)
-  local cand = candidates(tag, cid, sid)
+  local cand = candidates(tag, cid, sid, {})
   if next(cand) == nil then return end
   local linked = linkset(tag, cid)
   for x in pairs(cand) do

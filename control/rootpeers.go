@@ -158,36 +158,37 @@ func (r *Root) sweepRehost(c context.Context) error {
 	return nil
 }
 
-// endpointIn validates one reported endpoint (field names the JSON path).
+// endpointIn validates one reported endpoint (field prefixes the JSON
+// names in errors).
 func endpointIn(field string, p nodeclient.Peer) (nodeclient.Peer, error) {
 	out := nodeclient.Peer{NodeID: p.NodeID}
 	if err := validID(field+"node_id", p.NodeID); err != nil {
 		return out, err
 	}
-	if p.IP == "" {
-		return out, badf("missing_field", "%sip: missing", field)
-	}
-	ip, err := parseAddr(field+"ip", p.IP, 0)
-	if err != nil {
+	var err error
+	if out.IP, out.Port, err = addrPortIn(field, "", p.IP, p.Port); err != nil {
 		return out, err
 	}
-	out.IP = ip.String()
-	if p.Port < 1 || p.Port > 65535 {
-		return out, badf("bad_port", "%sport: %d not in 1..65535", field, p.Port)
+	if p.PublicIP != "" || p.PublicPort != 0 {
+		out.PublicIP, out.PublicPort, err = addrPortIn(field, "public_", p.PublicIP, p.PublicPort)
 	}
-	out.Port = p.Port
-	if p.PublicIP != "" {
-		pub, err := parseAddr(field+"public_ip", p.PublicIP, 0)
-		if err != nil {
-			return out, err
-		}
-		out.PublicIP = pub.String()
+	return out, err
+}
+
+// addrPortIn validates the address and port fields <field><name>ip and
+// <field><name>port.
+func addrPortIn(field, name, ip string, port int) (string, int, error) {
+	if ip == "" {
+		return "", 0, badf("missing_field", "%s%sip: missing", field, name)
 	}
-	if p.PublicPort < 0 || p.PublicPort > 65535 {
-		return out, badf("bad_port", "%spublic_port: %d not in 0..65535", field, p.PublicPort)
+	a, err := parseAddr(field+name+"ip", ip, 0)
+	if err != nil {
+		return "", 0, err
 	}
-	out.PublicPort = p.PublicPort
-	return out, nil
+	if port < 1 || port > 65535 {
+		return "", 0, badf("bad_port", "%s%sport: %d not in 1..65535", field, name, port)
+	}
+	return a.String(), port, nil
 }
 
 // putNode records one node's tunnel endpoint (PUT
