@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -79,12 +80,7 @@ func (w *peerWatch) replaceLocked(ps []nodeclient.Peer) {
 func (w *peerWatch) keys() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([]string, 0, len(w.set))
-	for k := range w.set {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(w.set))
 }
 
 func (w *peerWatch) get(key string) (nodeclient.Peer, bool) {

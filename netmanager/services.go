@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -360,11 +361,7 @@ func (v *ServiceView) applyPeerDeltaLocked(d *nodeclient.PeerDelta) {
 // peerListLocked is the peer set sorted by key.
 func (v *ServiceView) peerListLocked() []nodeclient.Peer {
 	if v.peerList == nil {
-		keys := make([]string, 0, len(v.peers))
-		for k := range v.peers {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
+		keys := slices.Sorted(maps.Keys(v.peers))
 		v.peerList = make([]nodeclient.Peer, len(keys))
 		for i, k := range keys {
 			v.peerList[i] = v.peers[k]
