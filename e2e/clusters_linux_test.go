@@ -34,26 +34,8 @@ func TestAcrossClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deployEcho := func(n int, node *deploy.Node) *deploy.Instance {
-		t.Helper()
-		in, err := d.DeployInstance(ctx, "xweb1", n, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.StartEcho(ctx, in); err != nil {
-			t.Fatal(err)
-		}
-		return in
-	}
-	i0, i1 := deployEcho(0, c), deployEcho(1, b)
-	client, err := d.AddClient(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client2, err := d.AddClient(ctx, dn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	i0, i1 := deployEcho(t, d, "xweb1", 0, c), deployEcho(t, d, "xweb1", 1, b)
+	client, client2 := addClient(t, d, a), addClient(t, d, dn)
 	rr := web.RR()
 	t.Logf("RR %v; xweb/0 %v on c (%s), xweb/1 %v on b (%s); clients %v on a, %v on d",
 		rr, i0.IP, c.Cluster.ID, i1.IP, b.Cluster.ID, client.IP, client2.IP)
@@ -67,33 +49,7 @@ func TestAcrossClusters(t *testing.T) {
 		waitAnswered(t, d, client, "udp", ip, 5*time.Second)
 	}
 
-	t.Run("RoundRobinSpansClusters", func(t *testing.T) {
-		for _, ip := range []netip.Addr{rr.V4, rr.V6} {
-			for _, proto := range []string{"udp", "tcp"} {
-				r := ask(t, d, client, proto, ip, 20, 3, time.Second)
-				checkAnswered(t, r, "RR across clusters")
-				if m := r.Sticky(); m != nil {
-					t.Errorf("%s to RR %v: flows %v answered by more than one instance", proto, ip, m)
-				}
-				flows := r.FlowsByTag()
-				for _, in := range []*deploy.Instance{i0, i1} {
-					if n := flows[in.Tag()]; n < 8 || n > 12 {
-						t.Errorf("%s to RR %v: %s (%s) got %d of 20 flows (%v), want 10±2", proto, ip, in.Tag(), in.Node.Cluster.ID, n, flows)
-					}
-				}
-				wantPeer := client.IP.V4
-				if ip.Is6() {
-					wantPeer = client.IP.V6
-				}
-				if p := r.Peers(); len(p) != 1 || p[0] != wantPeer {
-					t.Errorf("%s to RR %v: servers saw sources %v, want the client's instance IP %v", proto, ip, p, wantPeer)
-				}
-				if f := r.Froms(); len(f) != 1 || f[0] != ip {
-					t.Errorf("%s to RR %v: replies came from %v, want the RR IP", proto, ip, f)
-				}
-			}
-		}
-	})
+	t.Run("RoundRobinSpansClusters", func(t *testing.T) { checkRoundRobin(t, d, client, rr, i0, i1) })
 
 	t.Run("InstanceIPsInTheOtherCluster", func(t *testing.T) {
 		for _, tc := range []struct {
