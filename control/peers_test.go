@@ -409,3 +409,49 @@ func BenchmarkPeerChange(b *testing.B) {
 		}
 	})
 }
+
+// TestHostCounts: root counts each service's instances per cluster as
+// instances are deployed, moved and deleted, and counts them from the
+// records for a state from before the counts.
+func TestHostCounts(t *testing.T) {
+	_, rdb := startRedis(t)
+	r, R := startRoot(t, rdb, rootOpts{sweep: -1})
+	ctx := context.Background()
+	for _, c := range []string{"c1", "c2"} {
+		mustCall(t, 200, "POST", R+"/api/net/cluster", `{"cluster_id":"`+c+`","cluster_address":"127.0.0.1","cluster_port":1}`, "", nil)
+	}
+	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("s1", "web", ""), "", nil)
+	deploy := func(n int, cid string) {
+		mustCall(t, 200, "POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":%q}`, n, cid), "", nil)
+	}
+	counts := func() map[string]string { return rdb.HGetAll(ctx, r.kHosts("s1")).Val() }
+	want := func(what string, w map[string]string) {
+		t.Helper()
+		if got := counts(); !maps.Equal(got, w) {
+			t.Fatalf("%s: hosts %v, want %v", what, got, w)
+		}
+		if n, _ := rdb.SCard(ctx, r.kRehost()).Result(); n != 0 {
+			t.Fatalf("%s: %d services left to rehost", what, n)
+		}
+	}
+	for n := range 3 {
+		deploy(n, "c2")
+	}
+	deploy(3, "c1")
+	want("deployed", map[string]string{"c1": "1", "c2": "3"})
+	deploy(0, "c1") // moved
+	want("moved", map[string]string{"c1": "2", "c2": "2"})
+	mustCall(t, 200, "DELETE", R+"/api/net/s1/1", "", "", nil)
+	want("one deleted", map[string]string{"c1": "2", "c2": "1"})
+
+	// State from before the counts: counted from the records.
+	if err := rdb.Del(ctx, r.kHosts("s1"), DefaultPrefix+"{r}:hcl-built").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.sweepRehost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want("counted from the records", map[string]string{"c1": "2", "c2": "1"})
+	mustCall(t, 200, "DELETE", R+"/api/net/s1/-1", "", "", nil)
+	want("all deleted", map[string]string{})
+}

@@ -8,8 +8,9 @@ import "github.com/redis/go-redis/v9"
 //
 //	ep:<cid>    hash  node id → endpoint JSON {node_id, ip, port[, public_ip, public_port]}
 //	epv:<cid>   int   version of ep:<cid>, raised with every change of it
-//	hcl:<id>    set   clusters hosting an instance of service id (instance cluster_id)
-//	rehost      set   service ids whose hcl set must be recomputed (rehostScript)
+//	hcl:<id>    hash  cluster → instances of service id placed there (instance cluster_id)
+//	hchg:<id>   set   clusters that started or stopped hosting service id, not yet hinted
+//	rehost      set   service ids with an hchg to hint (rehostScript)
 //	pgen:<cid>  int   generation of cid's peer view: raised with every hint to cid
 //	epoch       str   random id of root's Redis state (a lost state restarts pgen, epv)
 //
@@ -40,7 +41,7 @@ end
 -- hosts and, if cid hosts it too, the clusters interested in it.
 local function candidates(tag, cid, sid, out)
   local here = false
-  for _, h in ipairs(redis.call('SMEMBERS', tag .. 'hcl:' .. sid)) do
+  for _, h in ipairs(redis.call('HKEYS', tag .. 'hcl:' .. sid)) do
     if h == cid then here = true else out[h] = true end
   end
   if here then
@@ -190,36 +191,17 @@ if was == 1 then return {0} end
 return endpointHints(tag, cid, {1})
 `)
 
-// rehost: KEYS svc:<id>, hcl:<id>, int:<id>, rehost. ARGV tag, id.
-// Recomputes the clusters hosting the service from its instances and, if
-// they changed, hints both ends of every pair the change may link or
-// unlink. → {hints...}.
+// rehost: KEYS hchg:<id>, int:<id>, rehost. ARGV tag, id. Hints both ends
+// of every pair the hosting changes recorded in hchg may link or unlink
+// (pending.go's instance scripts record them), and clears them. → {hints...}.
 var rehostScript = redis.NewScript(luaLinks + `
 local tag, id = ARGV[1], ARGV[2]
-redis.call('SREM', KEYS[4], id)
-local now = {}
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 2) == 'i:' then
-    local ok, inst = pcall(cjson.decode, redis.call('HGET', KEYS[1], f))
-    if ok and type(inst) == 'table' and type(inst.cluster_id) == 'string' and inst.cluster_id ~= '' then
-      now[inst.cluster_id] = true
-    end
-  end
-end
-local changed = {}
-for _, c in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if now[c] then now[c] = nil else
-    table.insert(changed, c)
-    redis.call('SREM', KEYS[2], c)
-  end
-end
-for c in pairs(now) do
-  table.insert(changed, c)
-  redis.call('SADD', KEYS[2], c)
-end
+local changed = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], id)
 local hints = {}
 if #changed > 0 then
-  local int = redis.call('SMEMBERS', KEYS[3])
+  local int = redis.call('SMEMBERS', KEYS[2])
   for _, b in ipairs(changed) do
     for _, a in ipairs(int) do
       if a ~= b then
@@ -230,6 +212,37 @@ if #changed > 0 then
   end
 end
 return hintReply(tag, hints, {})
+`)
+
+// recountHosts: KEYS svc:<id>, hcl:<id>, hchg:<id>, rehost. ARGV id.
+// Recounts the service's instances per cluster from its records (for a
+// state from before hcl existed) and records the clusters whose hosting
+// that changes. → 1.
+var recountHostsScript = redis.NewScript(`
+local want = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 2) == 'i:' then
+    local ok, inst = pcall(cjson.decode, redis.call('HGET', KEYS[1], f))
+    if ok and type(inst) == 'table' and type(inst.cluster_id) == 'string' and inst.cluster_id ~= '' then
+      want[inst.cluster_id] = (want[inst.cluster_id] or 0) + 1
+    end
+  end
+end
+local function changed(c)
+  redis.call('SADD', KEYS[3], c)
+  redis.call('SADD', KEYS[4], ARGV[1])
+end
+for _, c in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not want[c] then
+    redis.call('HDEL', KEYS[2], c)
+    changed(c)
+  end
+end
+for c, n in pairs(want) do
+  if redis.call('HEXISTS', KEYS[2], c) == 0 then changed(c) end
+  redis.call('HSET', KEYS[2], c, n)
+end
+return 1
 `)
 
 // dropInterest: KEYS int:<id>, cint:<cid>. ARGV tag, id, cid.

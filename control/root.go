@@ -568,7 +568,7 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	defer cancel()
 
 	field := "i:" + strconv.Itoa(n)
-	keys := []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending(), r.kRehost()}
+	keys := []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending(), r.kHosts(id), r.kHostChanges(id), r.kRehost()}
 	code, payload, clusters, err := r.step(c, prepareInstanceScript, id, "deploy instance: prepare", keys,
 		id, field, cid, newOwner(instOwnerBase(id, n)), r.staleArg())
 	if err != nil {
@@ -579,11 +579,8 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 		return notFoundf("_id: no service %q", id)
 	case -2:
 		return notFoundf("cluster_id: %q is not registered", cid)
-	case 1:
-		r.rehost(c, id) // moved to another cluster
-		fallthrough
-	case 0:
-		return r.answerInstance(ctx, n, code == 1, payload, clusters)
+	case 0, 1:
+		return r.answerInstance(ctx, c, id, n, code == 1, payload, clusters)
 	}
 	owner, _ := payload.(string)
 	pairs, err := r.alloc.Alloc(c, []ipam.Request{{Owner: owner, Kind: ipam.KindInstance}})
@@ -605,19 +602,20 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 		return notFoundf("_id: no service %q", id)
 	case -3:
 		return fmt.Errorf("deploy instance: addresses reclaimed while the request stalled, retry: %w", ErrUnavailable)
-	case 1:
-		r.rehost(c, id)
 	}
-	return r.answerInstance(ctx, n, code == 1, payload, clusters)
+	return r.answerInstance(ctx, c, id, n, code == 1, payload, clusters)
 }
 
 // answerInstance answers a deploy with the stored instance (payload:
-// instance and service meta JSON), notifying the interested clusters when
-// it changed.
-func (r *Root) answerInstance(ctx *fasthttp.RequestCtx, n int, changed bool, payload any, clusters []any) error {
+// instance and service meta JSON, and whether the clusters hosting the
+// service changed), notifying the interested clusters when it changed.
+func (r *Root) answerInstance(ctx *fasthttp.RequestCtx, c context.Context, id string, n int, changed bool, payload any, clusters []any) error {
 	pl, _ := payload.([]any)
-	if len(pl) != 2 {
+	if len(pl) < 2 {
 		return fmt.Errorf("deploy instance: script payload of %d values", len(pl))
+	}
+	if len(pl) > 2 && pl[2] == int64(1) {
+		r.rehost(c, id)
 	}
 	is, _ := pl[0].(string)
 	ms, _ := pl[1].(string)
@@ -645,7 +643,8 @@ func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending(), r.kRehost()},
+	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending(),
+		r.kHosts(id), r.kHostChanges(id), r.kRehost()},
 		id, strconv.Itoa(n), r.staleArg()).Slice()
 	if err != nil {
 		return redisErr("delete instance", err)
@@ -658,8 +657,11 @@ func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
 	var removed []int
 	if code == 1 {
 		pl, _ := payload.([]any)
-		if len(pl) != 2 {
+		if len(pl) < 2 {
 			return fmt.Errorf("delete instance: script payload of %d values", len(pl))
+		}
+		if len(pl) > 2 && pl[2] == int64(1) {
+			r.rehost(c, id)
 		}
 		s, _ := pl[0].(string)
 		_ = json.Unmarshal([]byte(s), &m)
@@ -674,9 +676,6 @@ func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
 		// clusters hear of it now.
 		for _, k := range removed {
 			r.notifyClusters(clusters, m.JobName, k, "UNDEPLOYMENT")
-		}
-		if len(removed) > 0 {
-			r.rehost(c, id)
 		}
 	}
 	// The removed instances' addresses, and whatever an earlier attempt

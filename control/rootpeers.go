@@ -20,9 +20,10 @@ import (
 // hints clusters (POST /api/net/peers/update) whenever what they hold
 // changed.
 
-func (r *Root) kEndpoints(cid string) string { return r.keyTag + "ep:" + cid }
-func (r *Root) kHosts(id string) string      { return r.keyTag + "hcl:" + id }
-func (r *Root) kRehost() string              { return r.keyTag + "rehost" }
+func (r *Root) kEndpoints(cid string) string  { return r.keyTag + "ep:" + cid }
+func (r *Root) kHosts(id string) string       { return r.keyTag + "hcl:" + id }
+func (r *Root) kHostChanges(id string) string { return r.keyTag + "hchg:" + id }
+func (r *Root) kRehost() string               { return r.keyTag + "rehost" }
 
 // peersHint is the body of POST /api/net/peers/update: fetch again the
 // endpoints of Clusters, or of every linked cluster when it is empty;
@@ -113,11 +114,11 @@ func (r *Root) changeEndpoints(c context.Context, cid, mode string, args ...any)
 	return true, nil
 }
 
-// rehost recomputes the clusters hosting service id after its instances
-// changed and hints what changed with them. A failure leaves the service
-// marked (rehost set, written with the change) for the sweep.
+// rehost hints what a change of the clusters hosting service id links or
+// unlinks. A failure leaves the change recorded (hchg, rehost: written
+// with it) for the sweep.
 func (r *Root) rehost(c context.Context, id string) {
-	res, err := rehostScript.Run(c, r.rdb, []string{r.kSvc(id), r.kHosts(id), r.kInt(id), r.kRehost()}, r.keyTag, id).Slice()
+	res, err := rehostScript.Run(c, r.rdb, []string{r.kHostChanges(id), r.kInt(id), r.kRehost()}, r.keyTag, id).Slice()
 	if err != nil {
 		r.log.Warn("rehost; the sweep retries", "service", id, "err", err)
 		return
@@ -125,35 +126,49 @@ func (r *Root) rehost(c context.Context, id string) {
 	r.sendHints(res)
 }
 
-// sweepRehost rehosts every service still marked. The first sweep of a
-// root whose Redis has no hosting sets yet (state from before them) marks
-// every service.
-func (r *Root) sweepRehost(c context.Context) error {
+// sweepRehost hints the hosting changes a failure left. The first sweep of
+// a root whose Redis has no hosting counts yet (state from before them)
+// counts every service's instances first. Each step has the request
+// budget.
+func (r *Root) sweepRehost(ctx context.Context) error {
+	step := func(f func(c context.Context) error) error {
+		c, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+		defer cancel()
+		return f(c)
+	}
 	built := r.keyTag + "hcl-built"
-	ok, err := r.rdb.Exists(c, built).Result()
+	var have int64
+	var ids []string
+	err := step(func(c context.Context) (err error) {
+		if have, err = r.rdb.Exists(c, built).Result(); err == nil && have == 0 {
+			ids, err = r.rdb.HVals(c, r.kJobs()).Result()
+		}
+		return redisErr("rehost: services", err)
+	})
 	if err != nil {
-		return redisErr("rehost: marker", err)
-	}
-	if ok == 0 {
-		ids, err := r.rdb.HVals(c, r.kJobs()).Result()
-		if err != nil {
-			return redisErr("rehost: services", err)
-		}
-		pipe := r.rdb.TxPipeline()
-		for _, id := range ids {
-			pipe.SAdd(c, r.kRehost(), id)
-		}
-		pipe.Set(c, built, "1", 0)
-		if _, err := pipe.Exec(c); err != nil {
-			return redisErr("rehost: mark all", err)
-		}
-	}
-	ids, err := r.rdb.SMembers(c, r.kRehost()).Result()
-	if err != nil {
-		return redisErr("rehost: list", err)
+		return err
 	}
 	for _, id := range ids {
-		r.rehost(c, id)
+		keys := []string{r.kSvc(id), r.kHosts(id), r.kHostChanges(id), r.kRehost()}
+		if err := step(func(c context.Context) error {
+			return redisErr("rehost: count", recountHostsScript.Run(c, r.rdb, keys, id).Err())
+		}); err != nil {
+			return err
+		}
+	}
+	if have == 0 {
+		if err := step(func(c context.Context) error { return redisErr("rehost: marker", r.rdb.Set(c, built, "1", 0).Err()) }); err != nil {
+			return err
+		}
+	}
+	if err := step(func(c context.Context) (err error) {
+		ids, err = r.rdb.SMembers(c, r.kRehost()).Result()
+		return redisErr("rehost: list", err)
+	}); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		_ = step(func(c context.Context) error { r.rehost(c, id); return nil })
 	}
 	return nil
 }
