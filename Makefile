@@ -7,16 +7,59 @@ FUZZTIME ?= 10s
 # Packages whose tests also run under the race detector.
 RACE_PKGS := ./fastpath/... ./ipam/... ./control/... ./netmanager/... ./dataplane/...
 
-.PHONY: deps build demo test test-unit test-race fuzz lint generate check-generate bench bench-smoke
+.PHONY: deps build binaries install uninstall deb demo test test-unit test-race fuzz lint generate check-generate bench bench-smoke
+
+# Versions: `git describe` of the checkout (scripts/version.sh), linked into
+# every binary (internal/version); empty outside git, where the binaries
+# read their build info instead.
+ifndef VERSION
+VERSION := $(shell bash scripts/version.sh)
+endif
+ifndef COMMIT
+COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
+endif
+LDFLAGS := -X github.com/oakwire/oakwire/internal/version.version=$(VERSION) \
+           -X github.com/oakwire/oakwire/internal/version.commit=$(COMMIT)
+# Static (no libc to depend on), no build paths in the binary.
+GOBUILD  = CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
+# Where the binaries are built, and where install and deb take them from.
+BIN     ?= bin
+# make install: DESTDIR (staging root) and PREFIX; configuration always goes
+# to /etc/oakwire, the units name it.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# make deb: where the .deb files go.
+DEBDIR  ?= dist
 
 deps:
 	@bash scripts/deps.sh
 
 ## build: every package, and the binaries into bin/ (servicemanager,
-## netmanager, netbench, owload).
+## netmanager, netbench, owload), versioned.
 build: deps
 	$(GO) build ./...
-	$(GO) build -o bin/ ./cmd/...
+	$(GOBUILD) -o $(BIN)/ ./cmd/...
+
+## binaries: the two that are installed (servicemanager, netmanager).
+binaries:
+	$(GOBUILD) -o $(BIN)/ ./cmd/servicemanager ./cmd/netmanager
+
+## install: the binaries, a systemd unit per role (oakwire-netmanager,
+## oakwire-root, oakwire-cluster), example configs and token files into
+## /etc/oakwire (never over existing ones); packaging/manifest lists them.
+## uninstall removes them again, keeping configs the operator changed.
+install: binaries
+	@DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' UNITDIR='$(UNITDIR)' BIN='$(BIN)' \
+		bash packaging/install.sh install
+
+uninstall:
+	@DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' UNITDIR='$(UNITDIR)' BIN='$(BIN)' \
+		bash packaging/install.sh uninstall
+
+## deb: oakwire-node and oakwire-control .deb packages into dist/ (dpkg-deb).
+deb: binaries
+	@VERSION='$(VERSION)' BIN='$(BIN)' DEBDIR='$(DEBDIR)' bash packaging/deb.sh
 
 ## demo: the main job. Three emulated nodes in network namespaces, real
 ## redis-server, root and cluster service managers and netmanagers; a service

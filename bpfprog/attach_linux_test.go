@@ -287,6 +287,9 @@ func TestRunRedirectWithSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Fill(s.GetDescs(s.NumFreeFillSlots()))
+	if err := o.SetPort(loIfindex, Port{IP4: mustAddr("10.18.0.2")}); err != nil {
+		t.Fatal(err)
+	}
 	f := frame{src: mustAddr("10.18.0.2"), dst: mustAddr("10.30.0.5")}.bytes()
 	run(t, o, o.PortProgram(), f, bpfXdpActionXDP_REDIRECT, "redirected")
 	// Without BPF_F_TEST_XDP_LIVE_FRAMES the verdict is only reported: no
@@ -323,6 +326,9 @@ func TestSteerToXSK(t *testing.T) {
 			err := n.Do(func() error {
 				idx, err := c.HostIndex()
 				if err != nil {
+					return err
+				}
+				if err := o.SetPort(idx, Port{IP4: mustAddr("10.18.0.2")}); err != nil {
 					return err
 				}
 				l, err = o.AttachPort(idx, mode)

@@ -66,6 +66,17 @@ func DefaultServiceRanges() []netip.Prefix {
 type Peer struct {
 	Addr netip.Addr
 	Port uint16
+	// TunnelPort is the UDP port the peer receives tunnel traffic on:
+	// xdp_port drops container packets to Addr:TunnelPort. 0: unknown.
+	TunnelPort uint16
+}
+
+// Port is a container port as the programs know it (Objects.SetPort): the
+// container's own addresses (an invalid one: none of that family) and the
+// host-side veth's MAC.
+type Port struct {
+	IP4, IP6 netip.Addr
+	HostMAC  [6]byte
 }
 
 // Config parameterises Load. The zero value is usable.

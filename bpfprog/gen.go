@@ -10,4 +10,5 @@ package bpfprog
 // refuses a -type for it). The build is reproducible: same clang (14) →
 // byte-identical steer_bpfel.o, whatever the checkout path.
 //
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -Ic/include" -target bpfel -output-stem steer -type steer_family -type steer_services -type steer_node -type steer_peer_key -type steer_peer -type steer_prefix4 -type steer_prefix6 bpf c/steer.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -Ic/include" -target bpfel -output-stem steer -type steer_family -type steer_services -type steer_node -type steer_peer_key -type steer_peer -type steer_prefix4 -type steer_prefix6 -type steer_port -type steer_endpoint bpf c/steer.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -Ic/include" -target bpfel -output-stem tier -type tier_key -type tier_slot -type tier_cfg kt c/tier.c

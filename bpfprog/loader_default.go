@@ -28,8 +28,9 @@ func (*Objects) StatsMap() *ebpf.Map                       { return nil }
 func (*Objects) Queues() int                               { return 0 }
 func (*Objects) SetServiceRanges([]netip.Prefix) error     { return ErrNotSupported }
 func (*Objects) SetNode(_, _ netip.Addr, _ uint16) error   { return ErrNotSupported }
-func (*Objects) AddPeer(Peer) error                        { return ErrNotSupported }
-func (*Objects) RemovePeer(Peer) error                     { return ErrNotSupported }
+func (*Objects) SetPort(int, Port) error                   { return ErrNotSupported }
+func (*Objects) DeletePort(int) error                      { return ErrNotSupported }
+func (*Objects) RefreshUplink(link.Link) error             { return ErrNotSupported }
 func (*Objects) ReplacePeers([]Peer) error                 { return ErrNotSupported }
 func (*Objects) Peers() []Peer                             { return nil }
 func (*Objects) RegisterXSK(_, _ int) error                { return ErrNotSupported }

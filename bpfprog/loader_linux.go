@@ -36,11 +36,15 @@ type Objects struct {
 // shared is the per-node state that Objects loaded with Config.Share have in
 // common with their owner.
 type shared struct {
-	// mu guards peers and serialises writes to the services, node_cfg and
-	// peers maps, so the maps always mirror peers.
+	// mu guards peers and endpoints and serialises writes to the
+	// services, node_cfg, peers and endpoints maps, so the maps always
+	// mirror them.
 	mu sync.Mutex
 	// peers maps a peer address to the set of its source ports.
 	peers map[netip.Addr]map[uint16]struct{}
+	// node is this node's tunnel endpoints (SetNode); peerEnds the peers'
+	// (Peer.TunnelPort). The endpoints map holds their union.
+	node, peerEnds map[netip.AddrPort]struct{}
 }
 
 // Load loads the steering programs into the kernel and initialises the
@@ -69,12 +73,16 @@ func Load(cfg Config) (*Objects, error) {
 		spec.Maps[bpfMapPeers].MaxEntries = s.Peers.MaxEntries()
 		// cilium/ebpf clones the replacements; ours close independently.
 		opts.MapReplacements = map[string]*ebpf.Map{
-			bpfMapServices: s.Services,
-			bpfMapNodeCfg:  s.NodeCfg,
-			bpfMapPeers:    s.Peers,
+			bpfMapServices:  s.Services,
+			bpfMapNodeCfg:   s.NodeCfg,
+			bpfMapPeers:     s.Peers,
+			bpfMapPorts:     s.Ports,
+			bpfMapEndpoints: s.Endpoints,
 		}
+		spec.Maps[bpfMapEndpoints].MaxEntries = s.Endpoints.MaxEntries()
 	} else if cfg.MaxPeers > 0 {
 		spec.Maps[bpfMapPeers].MaxEntries = uint32(cfg.MaxPeers)
+		spec.Maps[bpfMapEndpoints].MaxEntries = uint32(cfg.MaxPeers)
 	}
 
 	o := &Objects{reasons: reasons, queues: int(spec.Maps[bpfMapXsks].MaxEntries)}
@@ -89,7 +97,8 @@ func Load(cfg Config) (*Objects, error) {
 		o.sh = cfg.Share.sh
 		return o, nil
 	}
-	o.sh = &shared{peers: make(map[netip.Addr]map[uint16]struct{})}
+	o.sh = &shared{peers: make(map[netip.Addr]map[uint16]struct{}),
+		node: map[netip.AddrPort]struct{}{}, peerEnds: map[netip.AddrPort]struct{}{}}
 	ranges := cfg.ServiceRanges
 	if ranges == nil {
 		ranges = DefaultServiceRanges()
@@ -103,26 +112,45 @@ func Load(cfg Config) (*Objects, error) {
 // reasonNames reads enum steer_reason from the object's BTF: "STEER_NOT_PEER"
 // becomes "not_peer"; STEER_REASON_MAX ends the list.
 func reasonNames(spec *ebpf.CollectionSpec) ([]string, error) {
+	return enumNames(spec, "steer_reason", "STEER_")
+}
+
+// enumNames reads a counter enum from the object's BTF: its values, named
+// in lower case without prefix, up to (not including) prefix+"REASON_MAX".
+func enumNames(spec *ebpf.CollectionSpec, enum, prefix string) ([]string, error) {
 	var e *btf.Enum
-	if err := spec.Types.TypeByName("steer_reason", &e); err != nil {
-		return nil, fmt.Errorf("btf steer_reason: %w", err)
+	if err := spec.Types.TypeByName(enum, &e); err != nil {
+		return nil, fmt.Errorf("btf %s: %w", enum, err)
 	}
 	var max uint64
 	for _, v := range e.Values {
-		if v.Name == "STEER_REASON_MAX" {
+		if v.Name == prefix+"REASON_MAX" {
 			max = v.Value
 		}
 	}
 	if max == 0 || max > 256 {
-		return nil, fmt.Errorf("btf steer_reason: bad STEER_REASON_MAX %d", max)
+		return nil, fmt.Errorf("btf %s: bad %sREASON_MAX %d", enum, prefix, max)
 	}
 	names := make([]string, max)
 	for _, v := range e.Values {
 		if v.Value < max {
-			names[v.Value] = strings.ToLower(strings.TrimPrefix(v.Name, "STEER_"))
+			names[v.Value] = strings.ToLower(strings.TrimPrefix(v.Name, prefix))
 		}
 	}
 	return names, nil
+}
+
+// sumPerCPU sums slot i of a per-CPU array of uint64.
+func sumPerCPU(m *ebpf.Map, i uint32) (uint64, error) {
+	var per []uint64
+	if err := m.Lookup(i, &per); err != nil {
+		return 0, fmt.Errorf("stats map lookup %d: %w", i, err)
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	return sum, nil
 }
 
 // PortProgram is xdp_port, for a container's host-side veth.
@@ -200,59 +228,90 @@ func (o *Objects) SetNode(ip4, ip6 netip.Addr, tunnelPort uint16) error {
 		n.Ip6, n.HasIp6 = words(ip6.As16()), 1
 	}
 	n.TunnelPort = tunnelPort
+	node := map[netip.AddrPort]struct{}{}
+	for _, a := range []netip.Addr{ip4, ip6} {
+		if a.IsValid() && tunnelPort != 0 {
+			node[netip.AddrPortFrom(a.Unmap(), tunnelPort)] = struct{}{}
+		}
+	}
 	o.sh.mu.Lock()
 	defer o.sh.mu.Unlock()
 	if err := o.objs.NodeCfg.Put(uint32(0), &n); err != nil {
 		return fmt.Errorf("node map update: %w", err)
 	}
-	return nil
+	old := o.sh.node
+	o.sh.node = node
+	return o.syncEndpointsLocked(old, o.sh.peerEnds)
 }
 
-// AddPeer accepts tunnel frames from p (idempotent).
-func (o *Objects) AddPeer(p Peer) error {
-	a, err := peerAddr(p.Addr)
-	if err != nil {
-		return err
+// syncEndpointsLocked makes the endpoints map the union of sh.node and
+// sh.peerEnds, given that it was the union of oldNode and oldPeers: new
+// entries first, then the stale ones. sh.mu must be held.
+func (o *Objects) syncEndpointsLocked(oldNode, oldPeers map[netip.AddrPort]struct{}) error {
+	has := func(a netip.AddrPort) bool {
+		_, n := o.sh.node[a]
+		_, p := o.sh.peerEnds[a]
+		return n || p
 	}
-	o.sh.mu.Lock()
-	defer o.sh.mu.Unlock()
-	ports := o.sh.peers[a]
-	if ports == nil {
-		ports = make(map[uint16]struct{})
-		o.sh.peers[a] = ports
-	}
-	if _, ok := ports[p.Port]; ok {
-		return nil
-	}
-	ports[p.Port] = struct{}{}
-	if err := o.syncPeerLocked(a); err != nil {
-		delete(ports, p.Port)
-		if len(ports) == 0 {
-			delete(o.sh.peers, a)
+	var errs []error
+	one := uint8(1)
+	for _, set := range []map[netip.AddrPort]struct{}{o.sh.node, o.sh.peerEnds} {
+		for a := range set {
+			k := endpointKey(a)
+			if err := o.objs.Endpoints.Put(&k, &one); err != nil {
+				errs = append(errs, fmt.Errorf("endpoints map update %v: %w", a, err))
+			}
 		}
-		return err
+	}
+	for _, set := range []map[netip.AddrPort]struct{}{oldNode, oldPeers} {
+		for a := range set {
+			if has(a) {
+				continue
+			}
+			k := endpointKey(a)
+			if err := o.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("endpoints map delete %v: %w", a, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func endpointKey(a netip.AddrPort) bpfSteerEndpoint {
+	k := bpfSteerEndpoint{Port: a.Port()}
+	pk := peerKey(a.Addr())
+	k.Family, k.Addr = pk.Family, pk.Addr
+	return k
+}
+
+// SetPort records the container behind the host-side veth ifindex:
+// xdp_port and tc_port drop every frame from it with another source (and
+// every frame from a veth with no entry), and the kernel tier delivers
+// to it with its host MAC.
+func (o *Objects) SetPort(ifindex int, port Port) error {
+	var p bpfSteerPort
+	if port.IP4.IsValid() {
+		a := port.IP4.Unmap().As4()
+		p.Ip4, p.HasIp4 = word(a[:]), 1
+	}
+	if port.IP6.IsValid() {
+		p.Ip6, p.HasIp6 = words(port.IP6.As16()), 1
+	}
+	p.HostMac = port.HostMAC
+	if err := o.objs.Ports.Put(uint32(ifindex), &p); err != nil {
+		return fmt.Errorf("ports map update %d: %w", ifindex, err)
 	}
 	return nil
 }
 
-// RemovePeer stops accepting tunnel frames from p; other peers on the same
-// address stay. Removing an unknown peer is not an error.
-func (o *Objects) RemovePeer(p Peer) error {
-	a, err := peerAddr(p.Addr)
-	if err != nil {
-		return err
+// DeletePort forgets the container behind ifindex (not an error if
+// unknown).
+func (o *Objects) DeletePort(ifindex int) error {
+	err := o.objs.Ports.Delete(uint32(ifindex))
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("ports map delete %d: %w", ifindex, err)
 	}
-	o.sh.mu.Lock()
-	defer o.sh.mu.Unlock()
-	ports := o.sh.peers[a]
-	if _, ok := ports[p.Port]; !ok {
-		return nil
-	}
-	delete(ports, p.Port)
-	if len(ports) == 0 {
-		delete(o.sh.peers, a)
-	}
-	return o.syncPeerLocked(a)
+	return nil
 }
 
 // ReplacePeers makes the peer set exactly peers. New entries are written
@@ -269,6 +328,12 @@ func (o *Objects) ReplacePeers(peers []Peer) error {
 		}
 		next[a][p.Port] = struct{}{}
 	}
+	ends := make(map[netip.AddrPort]struct{}, len(peers))
+	for _, p := range peers {
+		if p.TunnelPort != 0 {
+			ends[netip.AddrPortFrom(p.Addr.Unmap(), p.TunnelPort)] = struct{}{}
+		}
+	}
 	o.sh.mu.Lock()
 	defer o.sh.mu.Unlock()
 	old := o.sh.peers
@@ -282,6 +347,9 @@ func (o *Objects) ReplacePeers(peers []Peer) error {
 			errs = append(errs, o.syncPeerLocked(a))
 		}
 	}
+	oldEnds := o.sh.peerEnds
+	o.sh.peerEnds = ends
+	errs = append(errs, o.syncEndpointsLocked(o.sh.node, oldEnds))
 	return errors.Join(errs...)
 }
 
@@ -388,17 +456,7 @@ func (o *Objects) Counter(name string) (uint64, error) {
 	return 0, fmt.Errorf("counter %q: unknown (have %s)", name, strings.Join(o.reasons, ", "))
 }
 
-func (o *Objects) counter(i uint32) (uint64, error) {
-	var per []uint64
-	if err := o.objs.Stats.Lookup(i, &per); err != nil {
-		return 0, fmt.Errorf("stats map lookup %d: %w", i, err)
-	}
-	var sum uint64
-	for _, v := range per {
-		sum += v
-	}
-	return sum, nil
-}
+func (o *Objects) counter(i uint32) (uint64, error) { return sumPerCPU(o.objs.Stats, i) }
 
 // AttachPort attaches xdp_port to ifindex (a container's host-side veth) as
 // a bpf_link; it detaches when the link is closed or the process exits.
@@ -440,6 +498,39 @@ func attach(p *ebpf.Program, name string, ifindex int, mode Mode) (link.Link, er
 	return l, nil
 }
 
+// RefreshUplink loads a fresh copy of xdp_uplink on o's maps and swaps it
+// into l, the link of o's uplink program. veth hands an XDP program to its
+// RX queues when the program is set (veth_enable_xdp), so a queue that
+// becomes active later (ethtool -L on a native-mode veth) runs no program
+// until one is set again; updating a link to the program it already has is
+// a no-op in the kernel (bpf_xdp_link_update), hence the copy. The swap is
+// atomic: no frame misses the program.
+func (o *Objects) RefreshUplink(l link.Link) error {
+	spec, err := loadBpf()
+	if err != nil {
+		return fmt.Errorf("load spec: %w", err)
+	}
+	spec.Maps[bpfMapXsks].MaxEntries = o.objs.Xsks.MaxEntries()
+	spec.Maps[bpfMapPeers].MaxEntries = o.objs.Peers.MaxEntries()
+	var p struct {
+		XdpUplink *ebpf.Program `ebpf:"xdp_uplink"`
+	}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		bpfMapXsks: o.objs.Xsks, bpfMapServices: o.objs.Services, bpfMapNodeCfg: o.objs.NodeCfg,
+		bpfMapPeers: o.objs.Peers, bpfMapStats: o.objs.Stats, bpfMapPorts: o.objs.Ports, bpfMapEndpoints: o.objs.Endpoints,
+	}}
+	spec.Maps[bpfMapEndpoints].MaxEntries = o.objs.Endpoints.MaxEntries()
+	if err := spec.LoadAndAssign(&p, opts); err != nil {
+		return fmt.Errorf("load xdp_uplink: %w", err)
+	}
+	if err := l.Update(p.XdpUplink); err != nil {
+		return errors.Join(fmt.Errorf("update uplink link: %w", err), p.XdpUplink.Close())
+	}
+	old := o.objs.XdpUplink
+	o.objs.XdpUplink = p.XdpUplink
+	return old.Close()
+}
+
 // Close releases programs and maps (idempotent). Attached links keep their
 // program in the kernel until they are closed.
 func (o *Objects) Close() error {
@@ -448,6 +539,7 @@ func (o *Objects) Close() error {
 		for _, c := range []interface{ Close() error }{
 			o.objs.XdpPass, o.objs.XdpPort, o.objs.XdpUplink,
 			o.objs.NodeCfg, o.objs.Peers, o.objs.Services, o.objs.Stats, o.objs.Xsks,
+			o.objs.Ports, o.objs.Endpoints,
 		} {
 			if err := c.Close(); err != nil {
 				errs = append(errs, err)

@@ -24,6 +24,14 @@ var (
 
 const tunnelPort = 50103
 
+// loIfindex is lo's ifindex, the test-run frames' ingress interface.
+const loIfindex = 1
+
+// xdpMD is struct xdp_md, the context of an XDP test run.
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
 func load(t *testing.T, cfg Config) *Objects {
 	t.Helper()
 	testenv.RequireRoot(t)
@@ -53,7 +61,9 @@ func counters(t *testing.T, o *Objects) map[string]uint64 {
 func run(t *testing.T, o *Objects, prog *ebpf.Program, in []byte, wantAct bpfXdpAction, wantCounter string) {
 	t.Helper()
 	before := counters(t, o)
-	ret, err := prog.Run(&ebpf.RunOptions{Data: in, Repeat: 1})
+	// The frame comes in on lo (ifindex 1, in every namespace), which
+	// the tests register as a container port where xdp_port needs one.
+	ret, err := prog.Run(&ebpf.RunOptions{Data: in, Repeat: 1, Context: &xdpMD{DataEnd: uint32(len(in)), IngressIfindex: loIfindex}})
 	if err != nil {
 		t.Fatalf("test-run: %v", err)
 	}
@@ -76,7 +86,7 @@ func run(t *testing.T, o *Objects, prog *ebpf.Program, in []byte, wantAct bpfXdp
 func TestCounterNamesFromBTF(t *testing.T) {
 	o := load(t, Config{})
 	want := []string{"passed_not_service", "redirected", "redirect_failed", "malformed",
-		"not_peer", "passed_other", "passed_not_tunnel"}
+		"not_peer", "passed_other", "passed_not_tunnel", "spoofed", "to_tunnel"}
 	if got := o.CounterNames(); !slices.Equal(got, want) {
 		t.Fatalf("counter names %v, want %v", got, want)
 	}
@@ -88,6 +98,19 @@ func TestCounterNamesFromBTF(t *testing.T) {
 func TestPortProgram(t *testing.T) {
 	o := load(t, Config{})
 	c4, c6 := mustAddr("10.18.0.2"), mustAddr("fc00::2")
+	if err := o.SetPort(loIfindex, Port{IP4: c4, IP6: c6}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.SetNode(node4, netip.Addr{}, tunnelPort); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.ReplacePeers([]Peer{{Addr: peer4, TunnelPort: 40000}, {Addr: peer6, TunnelPort: tunnelPort}}); err != nil {
+		t.Fatal(err)
+	}
+	spoofARP := append([]byte{}, arp...)
+	copy(spoofARP[14:18], []byte{10, 18, 0, 3})
+	probeARP := append([]byte{}, arp...)
+	copy(probeARP[14:18], []byte{0, 0, 0, 0})
 	// In test-run no XSKMAP slot holds a socket: bpf_redirect_map returns
 	// its fallback flags, XDP_PASS, and the program counts redirect_failed.
 	for _, tc := range []struct {
@@ -118,6 +141,23 @@ func TestPortProgram(t *testing.T) {
 		{"truncated vlan", frame{vlan: true, etype: 0x0800, raw: []byte{}, trunc: 2}, bpfXdpActionXDP_PASS, "malformed"},
 		{"v4 bad version", frame{etype: 0x0800, src: c6, dst: mustAddr("fdff::1")}, bpfXdpActionXDP_PASS, "malformed"},
 		{"v4 bad ihl", frame{src: c4, dst: mustAddr("10.30.0.5"), ihl: 4}, bpfXdpActionXDP_PASS, "malformed"},
+		// SPEC §7.2 isolation: every frame's source is checked.
+		{"v4 spoofed to service", frame{src: mustAddr("10.18.0.3"), dst: mustAddr("10.30.0.5")}, bpfXdpActionXDP_DROP, "spoofed"},
+		{"v4 spoofed to container", frame{src: mustAddr("10.30.0.7"), dst: mustAddr("10.18.0.66")}, bpfXdpActionXDP_DROP, "spoofed"},
+		{"v4 spoofed node ip", frame{src: node4, dst: peer4, dport: 80}, bpfXdpActionXDP_DROP, "spoofed"},
+		{"v6 spoofed", frame{src: mustAddr("fc00::3"), dst: mustAddr("fc00::102")}, bpfXdpActionXDP_DROP, "spoofed"},
+		{"v6 link-local to all-routers", frame{src: mustAddr("fe80::1"), dst: mustAddr("ff02::2"), proto: 58}, bpfXdpActionXDP_PASS, "passed_not_service"},
+		{"v6 unspecified to solicited-node", frame{src: mustAddr("::"), dst: mustAddr("ff02::1:ff00:2"), proto: 58}, bpfXdpActionXDP_PASS, "passed_not_service"},
+		{"v6 link-local to global", frame{src: mustAddr("fe80::1"), dst: mustAddr("fc00::102")}, bpfXdpActionXDP_DROP, "spoofed"},
+		{"arp spoofed sender", frame{etype: 0x0806, raw: spoofARP}, bpfXdpActionXDP_DROP, "spoofed"},
+		{"arp probe", frame{etype: 0x0806, raw: probeARP}, bpfXdpActionXDP_PASS, "passed_other"},
+		// Containers never reach a tunnel port (a peer's or this node's).
+		{"v4 to peer tunnel port", frame{src: c4, dst: peer4, sport: 5000, dport: 40000}, bpfXdpActionXDP_DROP, "to_tunnel"},
+		{"v4 to node tunnel port", frame{src: c4, dst: node4, sport: 5000, dport: tunnelPort}, bpfXdpActionXDP_DROP, "to_tunnel"},
+		{"v6 to peer tunnel port", frame{src: c6, dst: peer6, sport: 5000, dport: tunnelPort}, bpfXdpActionXDP_DROP, "to_tunnel"},
+		{"v4 to peer other port", frame{src: c4, dst: peer4, sport: 5000, dport: tunnelPort}, bpfXdpActionXDP_PASS, "passed_not_service"},
+		{"v4 tcp to peer tunnel port", frame{src: c4, dst: peer4, proto: 6, dport: 40000}, bpfXdpActionXDP_PASS, "passed_not_service"},
+		{"v4 stranger tunnel port", frame{src: c4, dst: stranger, dport: tunnelPort}, bpfXdpActionXDP_PASS, "passed_not_service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run(t, o, o.PortProgram(), tc.f.bytes(), tc.act, tc.counter)
@@ -187,6 +227,10 @@ func TestServiceRangesShared(t *testing.T) {
 		t.Fatalf("queues %d/%d, want 4/64", port.Queues(), owner.Queues())
 	}
 	c4 := mustAddr("10.18.0.2")
+	// The ports map is shared too: set through the owner, seen by both.
+	if err := owner.SetPort(loIfindex, Port{IP4: c4, IP6: netip.Addr{}}); err != nil {
+		t.Fatal(err)
+	}
 	in := frame{src: c4, dst: mustAddr("10.30.7.9")}.bytes()
 	out := frame{src: c4, dst: mustAddr("10.30.8.9")}.bytes()
 	run(t, port, port.PortProgram(), in, bpfXdpActionXDP_PASS, "redirect_failed")
@@ -229,20 +273,19 @@ func TestPeerBookkeeping(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(o.AddPeer(Peer{Addr: peer4, Port: 1000}))
+	must(o.ReplacePeers([]Peer{{Addr: peer4, Port: 1000}}))
 	run(t, o, up, from(1000), bpfXdpActionXDP_PASS, "redirect_failed")
 	run(t, o, up, from(1001), bpfXdpActionXDP_DROP, "not_peer")
 	// Two nodes behind one NAT address: any source port from it.
-	must(o.AddPeer(Peer{Addr: peer4, Port: 2000}))
+	must(o.ReplacePeers([]Peer{{Addr: peer4, Port: 1000}, {Addr: peer4, Port: 2000}}))
 	run(t, o, up, from(1001), bpfXdpActionXDP_PASS, "redirect_failed")
-	must(o.RemovePeer(Peer{Addr: peer4, Port: 1000}))
+	must(o.ReplacePeers([]Peer{{Addr: peer4, Port: 2000}}))
 	run(t, o, up, from(1000), bpfXdpActionXDP_DROP, "not_peer")
 	run(t, o, up, from(2000), bpfXdpActionXDP_PASS, "redirect_failed")
-	must(o.RemovePeer(Peer{Addr: peer4, Port: 2000}))
-	must(o.RemovePeer(Peer{Addr: peer4, Port: 2000})) // idempotent
+	must(o.ReplacePeers(nil))
 	run(t, o, up, from(2000), bpfXdpActionXDP_DROP, "not_peer")
 	// IPv4-mapped addresses are the same peer.
-	must(o.AddPeer(Peer{Addr: netip.AddrFrom16(peer4.As16())}))
+	must(o.ReplacePeers([]Peer{{Addr: netip.AddrFrom16(peer4.As16())}}))
 	run(t, o, up, from(7), bpfXdpActionXDP_PASS, "redirect_failed")
 	must(o.ReplacePeers([]Peer{{Addr: peer6}}))
 	run(t, o, up, from(7), bpfXdpActionXDP_DROP, "not_peer")
@@ -264,7 +307,7 @@ func TestPeerBookkeeping(t *testing.T) {
 func TestCountersSumCPUs(t *testing.T) {
 	o := load(t, Config{})
 	f := frame{etype: 0x0806, raw: arp}.bytes()
-	ret, err := o.PortProgram().Run(&ebpf.RunOptions{Data: f, Repeat: 1000})
+	ret, err := o.UplinkProgram().Run(&ebpf.RunOptions{Data: f, Repeat: 1000})
 	if err != nil || bpfXdpAction(ret) != bpfXdpActionXDP_PASS {
 		t.Fatalf("run: %v %v", ret, err)
 	}

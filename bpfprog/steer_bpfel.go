@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfSteerEndpoint struct {
+	_      structs.HostLayout
+	Family bpfSteerFamily
+	Addr   [4]uint32
+	Port   uint16
+	Pad    uint16
+}
+
 type bpfSteerFamily uint32
 
 const (
@@ -41,6 +49,15 @@ type bpfSteerPeerKey struct {
 	Addr   [4]uint32
 }
 
+type bpfSteerPort struct {
+	_       structs.HostLayout
+	Ip4     uint32
+	Ip6     [4]uint32
+	HasIp4  uint8
+	HasIp6  uint8
+	HostMac [6]uint8
+}
+
 type bpfSteerPrefix4 struct {
 	_    structs.HostLayout
 	Addr uint32
@@ -63,7 +80,9 @@ const (
 	bpfSteerReasonSTEER_NOT_PEER           bpfSteerReason = 4
 	bpfSteerReasonSTEER_PASSED_OTHER       bpfSteerReason = 5
 	bpfSteerReasonSTEER_PASSED_NOT_TUNNEL  bpfSteerReason = 6
-	bpfSteerReasonSTEER_REASON_MAX         bpfSteerReason = 7
+	bpfSteerReasonSTEER_SPOOFED            bpfSteerReason = 7
+	bpfSteerReasonSTEER_TO_TUNNEL          bpfSteerReason = 8
+	bpfSteerReasonSTEER_REASON_MAX         bpfSteerReason = 9
 )
 
 type bpfSteerServices struct {
@@ -88,8 +107,10 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapEndpoints           = "endpoints"
 	bpfMapNodeCfg             = "node_cfg"
 	bpfMapPeers               = "peers"
+	bpfMapPorts               = "ports"
 	bpfMapServices            = "services"
 	bpfMapStats               = "stats"
 	bpfMapXsks                = "xsks"
@@ -151,11 +172,13 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	NodeCfg  *ebpf.MapSpec `ebpf:"node_cfg"`
-	Peers    *ebpf.MapSpec `ebpf:"peers"`
-	Services *ebpf.MapSpec `ebpf:"services"`
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
-	Xsks     *ebpf.MapSpec `ebpf:"xsks"`
+	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	NodeCfg   *ebpf.MapSpec `ebpf:"node_cfg"`
+	Peers     *ebpf.MapSpec `ebpf:"peers"`
+	Ports     *ebpf.MapSpec `ebpf:"ports"`
+	Services  *ebpf.MapSpec `ebpf:"services"`
+	Stats     *ebpf.MapSpec `ebpf:"stats"`
+	Xsks      *ebpf.MapSpec `ebpf:"xsks"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,17 +209,21 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	NodeCfg  *ebpf.Map `ebpf:"node_cfg"`
-	Peers    *ebpf.Map `ebpf:"peers"`
-	Services *ebpf.Map `ebpf:"services"`
-	Stats    *ebpf.Map `ebpf:"stats"`
-	Xsks     *ebpf.Map `ebpf:"xsks"`
+	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	NodeCfg   *ebpf.Map `ebpf:"node_cfg"`
+	Peers     *ebpf.Map `ebpf:"peers"`
+	Ports     *ebpf.Map `ebpf:"ports"`
+	Services  *ebpf.Map `ebpf:"services"`
+	Stats     *ebpf.Map `ebpf:"stats"`
+	Xsks      *ebpf.Map `ebpf:"xsks"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.Endpoints,
 		m.NodeCfg,
 		m.Peers,
+		m.Ports,
 		m.Services,
 		m.Stats,
 		m.Xsks,

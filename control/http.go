@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,7 +63,8 @@ func newAPI(log *slog.Logger, rdb redis.UniversalClient, token string) *api {
 		Name: "oakwire_http_request_duration_seconds", Help: "HTTP request latency by route and status code.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"route", "code"})
-	a.reg.MustRegister(a.reqs, a.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reg.MustRegister(a.reqs, a.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		version.Get().Collector())
 	a.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	return a
 }

@@ -282,6 +282,24 @@ func (p *engineProc) stats(tb testing.TB) Stats {
 	return Stats{}
 }
 
+func (p *engineProc) flows(tb testing.TB) []FlowInfo {
+	tb.Helper()
+	if _, err := io.WriteString(p.stdin, "flows\n"); err != nil {
+		tb.Fatal(err)
+	}
+	select {
+	case l := <-p.lines:
+		var f []FlowInfo
+		if err := json.Unmarshal([]byte(l), &f); err != nil {
+			tb.Fatalf("flows %q: %v", l, err)
+		}
+		return f
+	case <-time.After(10 * time.Second):
+		tb.Fatal("flows: no answer")
+	}
+	return nil
+}
+
 // stop closes stdin (the engine closes and exits) and kills it by PID if
 // it does not exit within 5 s.
 func (p *engineProc) stop(tb testing.TB) {

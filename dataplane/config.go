@@ -88,6 +88,18 @@ type Config struct {
 	// Logger gets the engine's few log lines (recovered panics,
 	// rate-limited); nil means slog.Default().
 	Logger *slog.Logger
+	// Offload turns the kernel tier on (docs/design.md "The kernel
+	// tier"): TC programs execute the flows the workers decided, and the
+	// workers get only what the kernel punts to them, through a punt
+	// device. Off: the AF_XDP path carries every packet.
+	Offload bool
+	// PinPath, with Offload, is a bpffs directory where the kernel
+	// tier's links and flow maps are pinned, so decided flows go on while
+	// the daemon is down and the next one re-adopts them. Empty: nothing
+	// is pinned (everything goes with the process).
+	PinPath string
+	// TierFlows is the kernel tier's flow capacity (0: 65536).
+	TierFlows int
 }
 
 // PortConfig describes a container port for AddPort.
@@ -119,14 +131,19 @@ type Stats struct {
 	Yield   string // how spinning workers yield (xsk.YieldMode)
 	// UplinkRxQueues is how many uplink RX queues have a socket: all of
 	// them, up to MaxUplinkQueues (New logs when the uplink has more).
+	// None with the kernel tier: the uplink's traffic comes punted.
 	UplinkRxQueues int
-	Topology       string
-	Sockets        int
-	Ports          int
-	Services       int
-	Instances      int
-	Peers          int
-	Flows          int
+	// Offload says the kernel tier is on.
+	Offload bool
+	// TierFlows is how many flows the kernel tier executes.
+	TierFlows int
+	Topology  string
+	Sockets   int
+	Ports     int
+	Services  int
+	Instances int
+	Peers     int
+	Flows     int
 	// Fast is the per-packet logic's drop reasons and events.
 	Fast fastpath.Stats
 	// Counters are the engine's own counters (see counterNames) plus the
@@ -153,11 +170,14 @@ const (
 	cBadVerdict   // verdict's Off/Len outside its frame, or port out of range: dropped
 	cPanics       // recovered panics (a batch, a round or a control call)
 	cPanicDropped // frames dropped with a batch that panicked
+	cPuntBad      // punted frame without tier metadata, or from an unknown interface
+	cTierOpened   // kernel tier gates a worker opened
+	cTierForced   // ... of them opened without all counted punts (lost on the way)
 	numCounters
 )
 
 var counterNames = [numCounters]string{
 	"rx", "tx", "tx_no_frame", "tx_ring_full", "cross_out", "cross_in", "cross_full",
 	"cross_no_socket", "pass_dropped", "dropped", "slow_queued", "slow_full", "batches",
-	"bad_verdict", "panics", "panic_dropped",
+	"bad_verdict", "panics", "panic_dropped", "punt_bad", "tier_opened", "tier_forced",
 }

@@ -24,3 +24,11 @@ func (e *Engine) Close() error                                { return nil }
 func (e *Engine) SetServices([]fastpath.ServiceSpec, []fastpath.InstanceSpec, []netip.AddrPort) error {
 	return ErrNotSupported
 }
+
+func onBPFFS(string) bool { return false }
+
+// Teardown has nothing to remove here.
+func Teardown(string) error { return nil }
+
+// Flows is empty here.
+func (e *Engine) Flows() []FlowInfo { return nil }

@@ -3,6 +3,7 @@
 package dataplane
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/fastpath/xsk"
+	"github.com/oakwire/oakwire/internal/ethtool"
 )
 
 // uplinkID is the socket id of the uplink (its queue 0, which also
@@ -27,6 +29,10 @@ import (
 // use their PortID. Queue q of the uplink is socket uplinkID+q; only queue
 // 0 is ever a destination.
 const uplinkID = int32(fastpath.MaxPorts)
+
+// puntID is the socket id of worker 0's punt queue (kernel tier); worker
+// i's is puntID+i.
+const puntID = uplinkID + MaxUplinkQueues
 
 // MaxUplinkQueues bounds the uplink's RX queues that get a socket (each has
 // its own UMEM of Config.Frames frames); tunnel datagrams that RSS puts on
@@ -69,18 +75,30 @@ type Engine struct {
 	closed    bool
 	uplinkIdx int
 	uplinkMAC [6]byte
-	// uplinkQueues is the number of uplink sockets, one per RX queue:
-	// min(the queue count from netlink, MaxUplinkQueues).
-	uplinkQueues int
-	mtu          int
-	upObjs       *bpfprog.Objects
-	upLink       link.Link
-	ports        map[fastpath.PortID]*port
-	services     []fastpath.ServiceSpec
-	instances    []fastpath.InstanceSpec
-	peers        []netip.AddrPort
-	neigh        map[netip.Addr][6]byte
-	wantNeigh    map[netip.Addr]bool
+	// uplinkSocks holds the uplink's sockets by RX queue: one per active
+	// queue, up to MaxUplinkQueues. queueLoop follows channel changes.
+	uplinkSocks []*xsk.Socket
+	mtu         int
+	upObjs      *bpfprog.Objects
+	upLink      link.Link
+	ports       map[fastpath.PortID]*port
+	services    []fastpath.ServiceSpec
+	instances   []fastpath.InstanceSpec
+	peers       []netip.AddrPort
+	neigh       map[netip.Addr][6]byte
+	wantNeigh   map[netip.Addr]bool
+
+	// Kernel tier (Config.Offload): the loaded tier, its manager, the
+	// links of the uplink and the punt device.
+	tier    *bpfprog.Tier
+	tm      *tierMgr
+	tierUp  link.Link
+	puntTC  link.Link
+	puntXDP link.Link
+	// portIfx maps a PortID to its host veth's ifindex, ifxPort back
+	// (copy-on-write; workers and the sweeper read them without e.mu).
+	portIfx atomic.Pointer[[]int32]
+	ifxPort atomic.Pointer[map[int32]fastpath.PortID]
 
 	nPorts, nServices, nInstances, nPeers, nSockets atomic.Int64
 
@@ -92,9 +110,9 @@ type port struct {
 	id     fastpath.PortID
 	cfg    PortConfig
 	worker int
-	sock   *xsk.Socket // owned by workers[worker]; nil until opened
+	sock   *xsk.Socket // owned by workers[worker]; nil until opened (none with the kernel tier)
 	objs   *bpfprog.Objects
-	link   link.Link
+	link   link.Link // xdp_port, or the kernel tier's tc_port
 }
 
 // defaultCtlTimeout bounds a control call's wait for its worker. A round
@@ -173,15 +191,12 @@ func New(cfg Config) (e *Engine, err error) {
 	if e.mtu == 0 {
 		e.mtu = ul.Attrs().MTU
 	}
-	// A socket per RX queue: RSS spreads tunnel datagrams over them by
-	// flow, and the steering program redirects to the socket of the
-	// queue the packet came in on (XSKMAP index rx_queue_index).
-	e.uplinkQueues = max(1, ul.Attrs().NumRxQueues)
-	if e.uplinkQueues > MaxUplinkQueues {
-		e.log.Warn("dataplane: the uplink has more RX queues than get an AF_XDP socket; tunnel traffic on the others is lost: reduce them",
-			"uplink", cfg.Uplink, "rx_queues", e.uplinkQueues, "sockets", MaxUplinkQueues,
-			"fix", fmt.Sprintf("ethtool -L %s combined %d", cfg.Uplink, MaxUplinkQueues))
-		e.uplinkQueues = MaxUplinkQueues
+	// A socket per active RX queue: RSS spreads tunnel datagrams over
+	// them by flow, and the steering program redirects to the socket of
+	// the queue the packet came in on (XSKMAP index rx_queue_index).
+	queues, err := activeRxQueues(ul)
+	if err != nil {
+		return nil, fmt.Errorf("uplink %s: %w", cfg.Uplink, err)
 	}
 	e.proc = fastpath.NewProcessor(&e.tables, e.flows)
 	own := make([]int16, fastpath.MaxPorts+1)
@@ -217,7 +232,7 @@ func New(cfg Config) (e *Engine, err error) {
 		e.bg.Add(1)
 		go func() { defer e.bg.Done(); w.run() }()
 	}
-	e.upObjs, err = bpfprog.Load(bpfprog.Config{Queues: e.uplinkQueues, ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
+	e.upObjs, err = bpfprog.Load(bpfprog.Config{Queues: MaxUplinkQueues, ServiceRanges: []netip.Prefix{cfg.Ranges.Service4, cfg.Ranges.Service6}})
 	if err != nil {
 		return e, fmt.Errorf("load steering: %w", err)
 	}
@@ -237,25 +252,162 @@ func New(cfg Config) (e *Engine, err error) {
 	if err != nil {
 		return e, err
 	}
-	// Queue q's socket goes to worker q % workers, so ingress spreads
-	// over the workers; queue 0 (worker 0) also transmits for all.
-	for q := range e.uplinkQueues {
-		us, err := e.openSocket(q%len(e.workers), uplinkID+int32(q), e.uplinkIdx, q)
-		if err != nil {
-			return e, fmt.Errorf("uplink socket, queue %d: %w", q, err)
+	if cfg.Offload {
+		if err := e.startTier(); err != nil {
+			return e, err
 		}
-		if err := e.upObjs.RegisterXSK(q, us.Fd()); err != nil {
-			return e, fmt.Errorf("uplink xskmap, queue %d: %w", q, err)
-		}
+		e.bg.Add(2)
+		go func() { defer e.bg.Done(); e.sweepLoop() }()
+		go func() { defer e.bg.Done(); e.tm.loop(e.stop) }()
+		return e, nil
+	}
+	if err := e.setUplinkQueues(queues); err != nil {
+		return e, err
 	}
 	e.setOwner(uplinkID, 0)
 	if e.upLink, err = e.upObjs.AttachUplink(e.uplinkIdx, cfg.Mode); err != nil {
 		return e, err
 	}
-	e.bg.Add(2)
+	e.bg.Add(3)
 	go func() { defer e.bg.Done(); e.sweepLoop() }()
 	go func() { defer e.bg.Done(); e.neighLoop() }()
+	go func() { defer e.bg.Done(); e.queueLoop() }()
 	return e, nil
+}
+
+// startTier sets the kernel tier up: the punt device with a queue and a
+// socket per worker, the tier's programs (on the node maps of upObjs), the
+// flows a previous daemon left pinned, and tc_uplink on the uplink last,
+// once everything it punts to is in place.
+func (e *Engine) startTier() (err error) {
+	p0, p1, err := puntDevice(len(e.workers), puntMTU(e.mtu))
+	if err != nil {
+		return err
+	}
+	if e.tier, err = bpfprog.LoadTier(bpfprog.TierConfig{Share: e.upObjs, Flows: e.cfg.TierFlows,
+		Queues: len(e.workers), PinPath: e.cfg.PinPath}); err != nil {
+		return fmt.Errorf("kernel tier: %w", err)
+	}
+	if err := e.tier.SetConfig(p0.Attrs().Index, e.uplinkIdx); err != nil {
+		return err
+	}
+	for i := range e.workers {
+		s, err := e.openSocket(i, puntID+int32(i), p1.Attrs().Index, i)
+		if err != nil {
+			return fmt.Errorf("punt socket, queue %d: %w", i, err)
+		}
+		if err := e.tier.RegisterXSK(i, s.Fd()); err != nil {
+			return err
+		}
+	}
+	if e.puntXDP, err = e.tier.AttachPuntXDP(p1.Attrs().Index); err != nil {
+		return err
+	}
+	if e.puntTC, err = e.tier.AttachPunt(p0.Attrs().Index); err != nil {
+		return err
+	}
+	e.tm = newTierMgr(e, e.tier)
+	if err := e.tm.adopt(); err != nil {
+		e.log.Warn("dataplane: kernel tier: flows of the previous daemon", "err", err)
+	}
+	if e.tierUp, err = e.tier.AttachUplink(e.uplinkIdx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// activeRxQueues is how many RX queues of the uplink an AF_XDP socket can
+// bind to: the active ones (ethtool channels), not the allocated ones
+// netlink reports (a plain veth on a 2-CPU machine allocates 2 and
+// activates 1; binding to queue 1 fails). Drivers that report no channels
+// have every allocated queue active.
+func activeRxQueues(ul netlink.Link) (int, error) {
+	n, ok, err := ethtool.ActiveRxQueues(ul.Attrs().Name)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		n = ul.Attrs().NumRxQueues
+	}
+	return max(1, n), nil
+}
+
+// setUplinkQueues makes the uplink have a socket on each of its first n
+// RX queues (at most MaxUplinkQueues; the rest pass to the kernel, counted
+// as the uplink program's redirect_failed, and are logged). Queue q's
+// socket goes to worker q % workers, so ingress spreads over the workers;
+// queue 0 (worker 0) also transmits for all and is never removed. A queue
+// leaves the XSKMAP before its socket closes. e.mu held, or New.
+func (e *Engine) setUplinkQueues(n int) error {
+	if n > MaxUplinkQueues {
+		e.log.Warn("dataplane: the uplink has more active RX queues than get an AF_XDP socket; tunnel traffic on the others is lost: reduce them",
+			"uplink", e.cfg.Uplink, "rx_queues", n, "sockets", MaxUplinkQueues,
+			"fix", fmt.Sprintf("ethtool -L %s combined %d", e.cfg.Uplink, MaxUplinkQueues))
+		n = MaxUplinkQueues
+	}
+	n = max(1, n)
+	for q := len(e.uplinkSocks) - 1; q >= n; q-- {
+		err := errors.Join(e.upObjs.UnregisterXSK(q), e.closeSocket(q%len(e.workers), e.uplinkSocks[q]))
+		e.uplinkSocks = e.uplinkSocks[:q]
+		if err != nil {
+			return fmt.Errorf("uplink socket, queue %d: close: %w", q, err)
+		}
+	}
+	for q := len(e.uplinkSocks); q < n; q++ {
+		us, err := e.openSocket(q%len(e.workers), uplinkID+int32(q), e.uplinkIdx, q)
+		if err != nil {
+			return fmt.Errorf("uplink socket, queue %d: %w", q, err)
+		}
+		e.uplinkSocks = append(e.uplinkSocks, us)
+		if err := e.upObjs.RegisterXSK(q, us.Fd()); err != nil {
+			return fmt.Errorf("uplink xskmap, queue %d: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// queueLoop follows the uplink's active RX queue count (ethtool -L on a
+// NIC, or on a veth): once a second, which is as fast as an operator
+// changes channels. A change the sockets cannot follow is logged and
+// retried on the next tick; queues that have no socket meanwhile pass to
+// the kernel.
+func (e *Engine) queueLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		ul, err := netlink.LinkByIndex(e.uplinkIdx)
+		var n int
+		if err == nil {
+			n, err = activeRxQueues(ul)
+		}
+		e.mu.Lock()
+		if err == nil && !e.closed && min(n, MaxUplinkQueues) != len(e.uplinkSocks) {
+			old := len(e.uplinkSocks)
+			err = e.setUplinkQueues(n)
+			if err == nil && e.upLink != nil {
+				// A native-mode veth runs no program on queues activated
+				// after the program was set (bpfprog.RefreshUplink).
+				err = e.upObjs.RefreshUplink(e.upLink)
+			}
+			if err == nil {
+				e.log.Info("dataplane: uplink RX queues changed", "uplink", e.cfg.Uplink, "from", old, "to", len(e.uplinkSocks))
+			}
+		}
+		e.mu.Unlock()
+		if err != nil && err.Error() != lastErr {
+			e.log.Warn("dataplane: uplink RX queues", "uplink", e.cfg.Uplink, "err", err)
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
+		}
+	}
 }
 
 // openSocket creates socket id on (ifindex, queue) on worker wi, fills its
@@ -417,6 +569,9 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 			err = errors.Join(err, e.teardownPortLocked(p))
 		}
 	}()
+	if e.tier != nil {
+		return id, e.addTierPortLocked(p)
+	}
 	if p.objs, err = bpfprog.Load(bpfprog.Config{Queues: 1, Share: e.upObjs}); err != nil {
 		return 0, fmt.Errorf("port %d: load steering: %w", pc.Ifindex, err)
 	}
@@ -428,6 +583,9 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	if err := p.objs.RegisterXSK(0, p.sock.Fd()); err != nil {
 		return 0, fmt.Errorf("port %d: xskmap: %w", pc.Ifindex, err)
 	}
+	if err := p.objs.SetPort(pc.Ifindex, bpfprog.Port{IP4: pc.NS4, IP6: pc.NS6, HostMAC: pc.HostMAC}); err != nil {
+		return 0, fmt.Errorf("port %d: %w", pc.Ifindex, err)
+	}
 	if err := e.rebuildLocked(); err != nil {
 		return 0, err
 	}
@@ -436,6 +594,41 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 	}
 	e.nPorts.Store(int64(len(e.ports)))
 	return id, nil
+}
+
+// addTierPortLocked attaches a port to the kernel tier: its addresses and
+// MAC in the node maps, the port in the table, then tc_port on its host
+// veth. No socket: its frames come punted, and the workers' frames to it
+// leave through the punt device.
+func (e *Engine) addTierPortLocked(p *port) error {
+	pc := p.cfg
+	if err := e.upObjs.SetPort(pc.Ifindex, bpfprog.Port{IP4: pc.NS4, IP6: pc.NS6, HostMAC: pc.HostMAC}); err != nil {
+		return fmt.Errorf("port %d: %w", pc.Ifindex, err)
+	}
+	e.ports[p.id] = p
+	e.publishPortsLocked()
+	if err := e.rebuildLocked(); err != nil {
+		return err
+	}
+	l, err := e.tier.AttachPort(pc.Ifindex)
+	if err != nil {
+		return err
+	}
+	p.link = l
+	e.nPorts.Store(int64(len(e.ports)))
+	return nil
+}
+
+// publishPortsLocked refreshes the PortID ↔ ifindex snapshots. e.mu held.
+func (e *Engine) publishPortsLocked() {
+	px := make([]int32, fastpath.MaxPorts)
+	xp := make(map[int32]fastpath.PortID, len(e.ports))
+	for id, p := range e.ports {
+		px[id] = int32(p.cfg.Ifindex)
+		xp[int32(p.cfg.Ifindex)] = id
+	}
+	e.portIfx.Store(&px)
+	e.ifxPort.Store(&xp)
 }
 
 // RemovePort detaches port id: link first (no more steering), then the
@@ -465,20 +658,30 @@ func (e *Engine) PortByIfindex(ifindex int) (fastpath.PortID, bool) {
 func (e *Engine) teardownPortLocked(p *port) error {
 	var errs []error
 	if p.link != nil {
+		if e.tier != nil {
+			errs = append(errs, p.link.Unpin()) // the port goes, not the daemon
+		}
 		errs = append(errs, p.link.Close())
 		p.link = nil
 	}
+	if e.tier != nil {
+		e.tm.withdrawIf(p.cfg.Ifindex)
+		errs = append(errs, e.upObjs.DeletePort(p.cfg.Ifindex))
+	}
 	if e.ports[p.id] == p {
 		delete(e.ports, p.id)
+		e.publishPortsLocked()
 		e.setOwner(int32(p.id), -1)
 		errs = append(errs, e.rebuildLocked())
-		if err := e.closeSocket(p.worker, p.sock); err != nil && !errors.Is(err, ErrClosed) {
-			errs = append(errs, err)
+		if p.sock != nil {
+			if err := e.closeSocket(p.worker, p.sock); err != nil && !errors.Is(err, ErrClosed) {
+				errs = append(errs, err)
+			}
 		}
 		p.sock = nil
 	}
 	if p.objs != nil {
-		errs = append(errs, p.objs.Close())
+		errs = append(errs, p.objs.DeletePort(p.cfg.Ifindex), p.objs.Close())
 		p.objs = nil
 	}
 	e.nPorts.Store(int64(len(e.ports)))
@@ -513,7 +716,7 @@ func (e *Engine) SetServices(services []fastpath.ServiceSpec, instances []fastpa
 	}
 	bp := make([]bpfprog.Peer, 0, len(peers))
 	for _, p := range peers {
-		bp = append(bp, bpfprog.Peer{Addr: p.Addr().Unmap()})
+		bp = append(bp, bpfprog.Peer{Addr: p.Addr().Unmap(), TunnelPort: cmp.Or(p.Port(), DefaultTunnelPort)})
 	}
 	if err := e.upObjs.ReplacePeers(bp); err != nil {
 		return fmt.Errorf("peer map: %w", err)
@@ -539,11 +742,16 @@ func (e *Engine) rebuildLocked() error {
 			Addr:        netip.AddrPortFrom(e.cfg.NodeIP, e.cfg.TunnelPort),
 			UplinkMAC:   e.uplinkMAC,
 			UnderlayMTU: e.mtu,
+			// A peer's kernel tier forwards CHECKSUM_PARTIAL packets as
+			// they are (over veth they arrive so): recompute, at the cost
+			// of one checksum per delivered packet.
+			IngressCsum: fastpath.CsumRecompute,
 		},
-		Ranges:   e.cfg.Ranges,
-		Services: e.services,
-		Peers:    e.peers,
-		Prev:     e.tables.Load(),
+		Ranges:          e.cfg.Ranges,
+		Services:        e.services,
+		Peers:           e.peers,
+		Prev:            e.tables.Load(),
+		KernelNeighbors: e.cfg.Offload,
 	}
 	b.Instances = make([]fastpath.InstanceSpec, 0, len(e.instances)) // no reallocation: inst points into it
 	local := make(map[jobNum]*port, len(e.ports))
@@ -602,6 +810,9 @@ func (e *Engine) rebuildLocked() error {
 	}
 	e.tables.Swap(t)
 	e.wantNeigh = hops
+	if e.tm != nil {
+		e.tm.changed() // withdraw the executed flows the change made wrong
+	}
 	return nil
 }
 
@@ -729,15 +940,25 @@ func (e *Engine) sweepLoop() {
 	}
 }
 
+func (e *Engine) uplinkQueuesNow() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.uplinkSocks)
+}
+
 // Stats sums the workers' counters and reads the sockets' and the steering
 // programs' kernel counters.
 func (e *Engine) Stats() Stats {
 	s := Stats{
 		Mode: e.cfg.Mode.String(), Workers: len(e.workers), CPUs: append([]int(nil), e.cfg.CPUs...), Yield: e.cfg.Poller.Yield.String(),
-		UplinkRxQueues: e.uplinkQueues,
+		UplinkRxQueues: e.uplinkQueuesNow(),
 		Topology:       e.topo, Sockets: int(e.nSockets.Load()), Ports: int(e.nPorts.Load()),
 		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
-		Flows: e.flows.Len(), Counters: map[string]uint64{},
+		Flows: e.flows.Len(), Counters: map[string]uint64{}, Offload: e.cfg.Offload,
+	}
+	if e.tm != nil {
+		s.TierFlows = e.tm.flows()
+		e.tm.counters(s.Counters)
 	}
 	var c [numCounters]uint64
 	for _, w := range e.workers {
@@ -782,6 +1003,9 @@ func (e *Engine) Stats() Stats {
 			}
 		}
 		for _, p := range e.ports {
+			if p.objs == nil {
+				continue // kernel tier: tc_port counts in the tier's counters
+			}
 			if m, err := p.objs.Counters(); err == nil {
 				for k, v := range m {
 					s.Counters["bpf_port_"+k] += v
@@ -814,6 +1038,15 @@ func (e *Engine) Close() error {
 		errs = append(errs, e.upLink.Close())
 		e.upLink = nil
 	}
+	// The kernel tier's links stay attached where they are pinned: the
+	// flows it executes go on without the daemon. Closing the handles
+	// detaches only what is not pinned.
+	for _, l := range []*link.Link{&e.tierUp, &e.puntTC, &e.puntXDP} {
+		if *l != nil {
+			errs = append(errs, (*l).Close())
+			*l = nil
+		}
+	}
 	e.mu.Unlock()
 	close(e.stop)
 	for _, w := range e.workers {
@@ -831,6 +1064,9 @@ func (e *Engine) Close() error {
 		}
 	}
 	e.ports = map[fastpath.PortID]*port{}
+	if e.tier != nil {
+		errs = append(errs, e.tier.Close())
+	}
 	if e.upObjs != nil {
 		errs = append(errs, e.upObjs.Close())
 	}

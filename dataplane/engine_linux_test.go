@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/oakwire/oakwire/internal/raceflag"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -22,6 +21,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/oakwire/oakwire/fastpath"
+	"github.com/oakwire/oakwire/internal/ethtool"
+	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/netmanager"
 )
@@ -513,7 +514,7 @@ func TestControlTimeout(t *testing.T) {
 // arriving on every queue reach the container. Node B is a plain kernel
 // here: 64 UDP sockets with distinct source ports send IP-in-UDP by hand.
 func TestUplinkQueues(t *testing.T) {
-	const queues, flows, perFlow, port = 4, 64, 4, 9200
+	const queues = 4
 	tp := newTopoOpts(t, testbed.Options{Underlay: testbed.Direct, UplinkQueues: queues})
 	sp := tp.spec(tp.a, 2, tp.client)
 	sp.Mode = "native"
@@ -521,7 +522,86 @@ func TestUplinkQueues(t *testing.T) {
 	if s := ea.stats(t); s.UplinkRxQueues != queues || s.Sockets != queues+1 {
 		t.Fatalf("engine: uplink rx queues %d, sockets %d; want %d and %d (one per queue, one port)", s.UplinkRxQueues, s.Sockets, queues, queues+1)
 	}
-	srv := listenIn(t, tp.client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp4", &net.UDPAddr{Port: port}) })
+	tp.tunnelFlows(t, ea, 9200)
+	if used := xdpQueuesUsed(t, tp.a); used < 2 {
+		t.Errorf("datagrams used %d RX queue(s) of %d; the test needs several", used, queues)
+	}
+}
+
+// TestUplinkInactiveQueues: an uplink with fewer active than allocated RX
+// queues (a plain veth on a 2-CPU machine: 2 allocated, 1 active; a NIC
+// after ethtool -L) gets a socket per active queue, and the engine follows
+// the active count while it runs: up to 2, every queue delivering, and down
+// to 1 again when the kernel lets the count drop.
+func TestUplinkInactiveQueues(t *testing.T) {
+	tp := newTopoOpts(t, testbed.Options{Underlay: testbed.Direct, UplinkQueues: 2, UplinkActiveQueues: 1})
+	sp := tp.spec(tp.a, 2, tp.client)
+	sp.Mode = "native"
+	ea := tp.startEngine(t, tp.a, sp)
+	if s := ea.stats(t); s.UplinkRxQueues != 1 || s.Sockets != 2 {
+		t.Fatalf("engine: uplink rx queues %d, sockets %d; want 1 and 2 (the active queue, one port)", s.UplinkRxQueues, s.Sockets)
+	}
+	tp.tunnelFlows(t, ea, 9201)
+
+	// veth refuses to give the end without XDP (B) more TX queues than the
+	// XDP end (A) has RX queues: up, A goes first; down, B.
+	setQueues := func(n int) error {
+		a := func() error { return ethtool.SetRxTxQueues(tp.a.Uplink, n, n) }
+		b := func() error { return ethtool.SetRxTxQueues(tp.b.Uplink, n, n) }
+		first, firstNS, second, secondNS := a, tp.a.NS, b, tp.b.NS
+		if n < 2 {
+			first, firstNS, second, secondNS = b, tp.b.NS, a, tp.a.NS
+		}
+		if err := testbed.Do(firstNS, first); err != nil {
+			return err
+		}
+		return testbed.Do(secondNS, second)
+	}
+	waitQueues := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			s := ea.stats(t)
+			if s.UplinkRxQueues == n && s.Sockets == n+1 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("engine: uplink rx queues %d, sockets %d after the change; want %d and %d", s.UplinkRxQueues, s.Sockets, n, n+1)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if err := setQueues(2); err != nil {
+		t.Fatal(err)
+	}
+	waitQueues(2)
+	before := xdpQueueCounts(t, tp.a)
+	tp.tunnelFlows(t, ea, 9202)
+	after := xdpQueueCounts(t, tp.a)
+
+	for q := range 2 {
+		if after[q] == before[q] {
+			t.Errorf("RX queue %d carried none of the datagrams after the change (counts %v → %v)", q, before, after)
+		}
+	}
+	// Down again. The kernel may refuse to deactivate a queue an AF_XDP
+	// socket is bound to; either way nothing is lost.
+	if err := setQueues(1); err != nil {
+		t.Logf("deactivating queue 1: %v (the engine keeps its socket)", err)
+		tp.tunnelFlows(t, ea, 9203)
+		return
+	}
+	waitQueues(1)
+	tp.tunnelFlows(t, ea, 9203)
+}
+
+// tunnelFlows sends 64 flows of 4 tunnel datagrams from node B's kernel
+// (a UDP socket per flow, IP-in-UDP by hand) to the client container on
+// A through A's engine, and checks that every one arrives.
+func (tp *topo) tunnelFlows(t *testing.T, ea *engineProc, port uint16) {
+	t.Helper()
+	const flows, perFlow = 64, 4
+	srv := listenIn(t, tp.client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp4", &net.UDPAddr{Port: int(port)}) })
 	defer srv.Close()
 	got := make(chan int, 1)
 	go func() {
@@ -551,22 +631,38 @@ func TestUplinkQueues(t *testing.T) {
 	if n := <-got; n != flows*perFlow {
 		t.Errorf("container got %d of %d datagrams; counters %v", n, flows*perFlow, nonZero(ea.stats(t).Counters))
 	}
-	// The datagrams came in on more than one queue (else this test
-	// proves nothing): veth counts XDP packets per RX queue.
-	out, err := testbed.Run(5*time.Second, tp.a.NS, "ethtool", "-S", tp.a.Uplink)
+}
+
+// xdpQueueCounts reads the per-RX-queue XDP packet counts of n's uplink
+// (veth counts them in native mode).
+func xdpQueueCounts(t *testing.T, n *testbed.Node) map[int]uint64 {
+	t.Helper()
+	out, err := testbed.Run(5*time.Second, n.NS, "ethtool", "-S", n.Uplink)
 	if err != nil {
 		t.Fatalf("ethtool -S: %v: %s", err, out)
 	}
-	used := 0
+	counts := map[int]uint64{}
 	for line := range strings.SplitSeq(string(out), "\n") {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && strings.HasPrefix(k, "rx_queue_") && strings.HasSuffix(k, "_xdp_packets") && strings.TrimSpace(v) != "0" {
+		var q int
+		if ok && strings.HasSuffix(k, "_xdp_packets") {
+			if _, err := fmt.Sscanf(k, "rx_queue_%d_xdp_packets", &q); err == nil {
+				counts[q], _ = strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			}
+		}
+	}
+	return counts
+}
+
+// xdpQueuesUsed is how many of n's uplink RX queues carried XDP packets.
+func xdpQueuesUsed(t *testing.T, n *testbed.Node) int {
+	used := 0
+	for _, c := range xdpQueueCounts(t, n) {
+		if c > 0 {
 			used++
 		}
 	}
-	if used < 2 {
-		t.Errorf("datagrams used %d RX queue(s) of %d; the test needs several:\n%s", used, queues, out)
-	}
+	return used
 }
 
 // innerUDP4 builds an IPv4/UDP packet with valid checksums: what a peer
@@ -626,4 +722,149 @@ func TestNeighbourFallback(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestOverlayTier is TestOverlay with the kernel tier on (Config.Offload)
+// and the containers' offloads on (TSO, GSO, TX checksum: what the tier
+// keeps): the same paths, the first packets through the workers and the
+// rest through the kernel, and counters that say which tier carried what.
+func TestOverlayTier(t *testing.T) {
+	tp := newTopo(t)
+	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
+		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
+			t.Fatalf("ethtool: %v: %s", err, out)
+		}
+	}
+	spa, spb := tp.spec(tp.a, 2, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
+	spa.Offload, spb.Offload = true, true
+	ea := tp.startEngine(t, tp.a, spa)
+	eb := tp.startEngine(t, tp.b, spb)
+	for _, c := range []struct {
+		name          string
+		server        *ctr
+		dst, wantSrc  netip.Addr
+		udpPort, tcpP int
+	}{
+		{"remote/v4", tp.server, svcRemote4, instClient4, 7001, 8001},
+		{"remote/v6", tp.server, svcRemote6, instCli6, 7002, 8002},
+		{"local/v4", tp.local, svcLocal4, instClient4, 7003, 8003},
+		{"local/v6", tp.local, svcLocal6, instCli6, 7004, 8004},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			checkUDP(t, tp.client, c.server, c.dst, c.wantSrc, c.udpPort)
+			checkTCP(t, tp.client, c.server, c.dst, c.wantSrc, c.tcpP, 4<<20)
+			if err := testbed.Ping(tp.client.NS, c.dst, 5, time.Second); err != nil {
+				t.Errorf("ping: %v", err)
+			}
+		})
+	}
+	sa, sb := ea.stats(t), eb.stats(t)
+	t.Logf("node A: counters %v", nonZero(sa.Counters))
+	t.Logf("node B: counters %v", nonZero(sb.Counters))
+	for _, s := range []Stats{sa, sb} {
+		if !s.Offload || s.Counters["tier_fast_port"]+s.Counters["tier_fast_uplink"] == 0 || s.Counters["rx"] == 0 {
+			t.Errorf("want packets in both tiers: kernel %d+%d, workers %d", s.Counters["tier_fast_port"], s.Counters["tier_fast_uplink"], s.Counters["rx"])
+		}
+	}
+}
+
+// tierTopo is newTopo with the containers' offloads on (what the kernel
+// tier keeps) and both engines running the tier.
+func tierTopo(t *testing.T) (*topo, *engineProc, *engineProc) {
+	t.Helper()
+	tp := newTopo(t)
+	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
+		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
+			t.Fatalf("ethtool: %v: %s", err, out)
+		}
+	}
+	spa, spb := tp.spec(tp.a, 1, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
+	spa.Offload, spb.Offload = true, true
+	return tp, tp.startEngine(t, tp.a, spa), tp.startEngine(t, tp.b, spb)
+}
+
+// TestTierHandover: a UDP flow and a TCP connection through a service IP
+// start in the worker pool and move to the kernel tier with no datagram
+// lost or reordered and no byte changed, and the flows' counters show
+// both tiers carried them.
+func TestTierHandover(t *testing.T) {
+	tp, ea, eb := tierTopo(t)
+	const udpPort, tcpPort, count = 7101, 8101, 4000
+	srv := listenIn(t, tp.server.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{Port: udpPort}) })
+	defer srv.Close()
+	_ = srv.SetReadBuffer(4 << 20)
+	got := make(chan []uint32, 1)
+	go func() {
+		var seqs []uint32
+		buf := make([]byte, 2048)
+		for len(seqs) < count {
+			_ = srv.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, err := srv.Read(buf)
+			if err != nil || n < 4 {
+				break
+			}
+			seqs = append(seqs, binary.BigEndian.Uint32(buf))
+		}
+		got <- seqs
+	}()
+	cli := listenIn(t, tp.client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
+	defer cli.Close()
+	dst := netip.AddrPortFrom(svcRemote4, udpPort)
+	msg := make([]byte, 64)
+	start := time.Now()
+	for i := range count {
+		binary.BigEndian.PutUint32(msg, uint32(i))
+		if _, err := cli.WriteToUDPAddrPort(msg, dst); err != nil {
+			t.Fatal(err)
+		}
+		// 20 000 datagrams a second: fast enough that packets are in
+		// flight through the workers while the flow is handed over.
+		if d := time.Duration(i+1) * 50 * time.Microsecond; time.Since(start) < d {
+			time.Sleep(d - time.Since(start))
+		}
+	}
+	seqs := <-got
+	if len(seqs) != count {
+		t.Errorf("UDP: %d of %d datagrams arrived", len(seqs), count)
+	}
+	for i, s := range seqs {
+		if s != uint32(i) {
+			t.Errorf("UDP: datagram %d is #%d: lost or reordered (%v…)", i, s, seqs[max(0, i-3):min(len(seqs), i+3)])
+			break
+		}
+	}
+	checkTCP(t, tp.client, tp.server, svcRemote4, instClient4, tcpPort, 32<<20)
+
+	udpFlow := findFlow(t, ea.flows(t), func(f FlowInfo) bool { return !f.Ingress && f.Dst == dst })
+	tcpFlow := findFlow(t, ea.flows(t), func(f FlowInfo) bool {
+		return !f.Ingress && f.Dst == netip.AddrPortFrom(svcRemote4, tcpPort)
+	})
+	for _, c := range []struct {
+		name string
+		f    FlowInfo
+		sent uint64
+	}{{"UDP", udpFlow, count}, {"TCP", tcpFlow, 0}} {
+		if !c.f.Kernel || c.f.Pending || c.f.Packets == 0 || (c.sent > 0 && c.f.Packets >= c.sent) {
+			t.Errorf("%s flow: %+v; want the kernel to carry all but its first packets", c.name, c.f)
+		}
+	}
+	sa, sb := ea.stats(t), eb.stats(t)
+	t.Logf("UDP flow: %d of %d datagrams in the kernel; TCP flow: %d packets (GSO super-packets) in the kernel", udpFlow.Packets, count, tcpFlow.Packets)
+	t.Logf("node A: %v", nonZero(sa.Counters))
+	for _, s := range []Stats{sa, sb} {
+		if s.Counters["tier_forced"] != 0 || s.Counters["rx"] == 0 {
+			t.Errorf("workers received %d packets; %d gates opened without their counted packets (want none)", s.Counters["rx"], s.Counters["tier_forced"])
+		}
+	}
+}
+
+func findFlow(t *testing.T, fs []FlowInfo, match func(FlowInfo) bool) FlowInfo {
+	t.Helper()
+	for _, f := range fs {
+		if match(f) {
+			return f
+		}
+	}
+	t.Fatalf("no such flow among %+v", fs)
+	return FlowInfo{}
 }

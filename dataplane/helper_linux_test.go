@@ -59,6 +59,8 @@ type helperSpec struct {
 	Instances []fastpath.InstanceSpec
 	Peers     []netip.AddrPort
 	YieldGo   bool
+	// Offload turns the kernel tier on (Config.Offload).
+	Offload bool
 	// ViaNetManager drives the engine through the NetManager adapter.
 	ViaNetManager bool
 	// Deferred services are withheld from the table until the Resolver is
@@ -90,7 +92,7 @@ func runEngineHelper(specJSON string) int {
 		fmt.Println("error:", err)
 		return 2
 	}
-	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode}
+	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode, Offload: sp.Offload}
 	// The engine's log goes to stderr as usual; panicLog also counts the
 	// recovered-panic lines for the "panics-logged" command.
 	var plog panicLog
@@ -164,8 +166,12 @@ func runEngineHelper(specJSON string) int {
 			return nm.AddPort(netmanager.Port{Job: p.Job, Instance: int(p.Instance), HostIf: p.HostIf,
 				HostIndex: l.Attrs().Index, HostMAC: l.Attrs().HardwareAddr, ContMAC: mac, NSIP4: p.NS4, NSIP6: p.NS6})
 		}
+		csum := fastpath.CsumIncremental
+		if sp.Offload {
+			csum = fastpath.CsumRecompute // the kernel tier keeps the containers' offloads on
+		}
 		_, err = e.AddPort(PortConfig{Ifindex: l.Attrs().Index, ContainerMAC: [6]byte(mac), NS4: p.NS4, NS6: p.NS6,
-			Job: p.Job, Instance: p.Instance, Csum: fastpath.CsumIncremental})
+			Job: p.Job, Instance: p.Instance, Csum: csum})
 		return err
 	}
 	for _, p := range sp.Ports {
@@ -207,6 +213,9 @@ func runEngineHelper(specJSON string) int {
 			k, _ := strconv.Atoi(n)
 			setPoison(e, kind, k)
 			fmt.Println("ok")
+		case "flows":
+			b, _ := json.Marshal(e.Flows())
+			fmt.Println(string(b))
 		case "frames":
 			b, _ := json.Marshal(frameAccounts(e))
 			fmt.Println(string(b))

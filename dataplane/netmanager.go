@@ -40,6 +40,14 @@ type NetManager struct {
 	stop      context.CancelFunc
 	byIfindex map[int]fastpath.PortID
 	local     map[string]int // job → local ports of it
+	offload   bool
+}
+
+func (n *NetManager) log() *slog.Logger {
+	if n.Logger != nil {
+		return n.Logger
+	}
+	return slog.Default()
 }
 
 // miss hands an unknown service IP to the cluster feed. It never blocks:
@@ -99,15 +107,21 @@ func (n *NetManager) Start(_ context.Context, node netmanager.NodeInfo) error {
 	if cpus == nil {
 		cpus = node.WorkerCPUs
 	}
+	pin := node.PinPath
+	if node.Offload && pin != "" && !onBPFFS(pin) {
+		n.log().Warn("dataplane: kernel tier: bpf-dir is not on a bpffs; nothing is pinned and flows end with the daemon", "bpf-dir", pin)
+		pin = ""
+	}
 	e, err := New(Config{
 		Uplink: node.Uplink, NodeIP: node.NodeIP, TunnelPort: uint16(tp),
 		Workers: node.Workers, CPUs: cpus, Mode: mode, Resolver: res, Logger: n.Logger,
-		Poller: xsk.PollerConfig{Yield: yield, Spin: node.WorkerSpin},
+		Poller:  xsk.PollerConfig{Yield: yield, Spin: node.WorkerSpin},
+		Offload: node.Offload, PinPath: pin,
 	})
 	if err != nil {
 		return err
 	}
-	n.e, n.byIfindex, n.local = e, map[int]fastpath.PortID{}, map[string]int{}
+	n.e, n.byIfindex, n.local, n.offload = e, map[int]fastpath.PortID{}, map[string]int{}, node.Offload
 	if fromCluster {
 		ctx, cancel := context.WithCancel(context.Background())
 		n.svcs, n.stop = netmanager.NewServices(src, e, n.Services), cancel
@@ -133,9 +147,10 @@ func mac6(h net.HardwareAddr) (m [6]byte) {
 	return m
 }
 
-// AddPort attaches a container port. The NetManager turned TX checksum
-// offload off on the container's interface, so checksums are updated
-// incrementally.
+// AddPort attaches a container port. Without the kernel tier the
+// NetManager turned TX checksum offload off on the container's interface,
+// so checksums are updated incrementally; with it the offloads stay on and
+// the workers recompute checksums (CHECKSUM_PARTIAL packets).
 func (n *NetManager) AddPort(p netmanager.Port) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -145,10 +160,14 @@ func (n *NetManager) AddPort(p netmanager.Port) error {
 	if p.Instance < 0 {
 		return fmt.Errorf("%w: instance %d", ErrInvalidConfig, p.Instance)
 	}
+	csum := fastpath.CsumIncremental
+	if n.offload {
+		csum = fastpath.CsumRecompute
+	}
 	id, err := n.e.AddPort(PortConfig{
 		Ifindex: p.HostIndex, HostMAC: mac6(p.HostMAC), ContainerMAC: mac6(p.ContMAC),
 		NS4: p.NSIP4, NS6: p.NSIP6, Job: p.Job, Instance: uint32(p.Instance),
-		Csum: fastpath.CsumIncremental,
+		Csum: csum,
 	})
 	if err != nil {
 		return err
@@ -200,8 +219,12 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 			c["services_"+k] = v
 		}
 	}
+	mode := "xdp-" + s.Mode
+	if s.Offload {
+		mode = "kernel-tier"
+	}
 	return netmanager.DataplaneStats{
-		Mode:           "xdp-" + s.Mode,
+		Mode:           mode,
 		Workers:        s.Workers,
 		CPUs:           s.CPUs,
 		Yield:          s.Yield,
@@ -209,7 +232,7 @@ func (n *NetManager) Stats() netmanager.DataplaneStats {
 		Sockets:        s.Sockets,
 		Tables: map[string]int{
 			"ports": s.Ports, "services": s.Services, "instances": s.Instances,
-			"peers": s.Peers, "flows": s.Flows,
+			"peers": s.Peers, "flows": s.Flows, "kernel_flows": s.TierFlows,
 		},
 		Counters: c,
 	}

@@ -149,6 +149,13 @@ func (s *slowPath) handle(pkt []byte, r fastpath.DropReason) {
 			return
 		}
 		s.resolve(dst)
+	case fastpath.ReasonUnknownSource:
+		var outer, inner fastpath.Parsed
+		if !fastpath.TunnelInner(pkt, &outer, &inner) {
+			s.malformed.Add(1)
+			return
+		}
+		s.resolve(inner.Src)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/fastpath/xsk"
 )
@@ -32,6 +33,7 @@ type wsock struct {
 	s      *xsk.Socket
 	port   fastpath.PortID
 	uplink bool
+	punt   bool       // the worker's punt1 queue (kernel tier)
 	pend   []xsk.Desc // TX descriptors queued this round
 	// inKernel is frames given to the fill ring minus frames received:
 	// what the fill and RX rings hold (FillFromFree keeps it at fillTarget).
@@ -88,6 +90,13 @@ type worker struct {
 
 	cnt [numCounters]uint64
 	pub [numCounters]atomic.Uint64
+
+	// Kernel tier (worker goroutine only): the punt socket, scratch
+	// decodes, the round's decisions and the slots not opened yet.
+	punt   *wsock
+	tp, tq fastpath.Parsed
+	cands  []tierCand
+	tpend  map[bpfprog.TierKey]*tierPend
 }
 
 func newWorker(e *Engine, idx, cpu int) (*worker, error) {
@@ -98,6 +107,8 @@ func newWorker(e *Engine, idx, cpu int) (*worker, error) {
 		exited: make(chan struct{}),
 		wctx:   fastpath.NewWorkerCtx(),
 		byID:   map[int32]*wsock{},
+		cands:  make([]tierCand, 0, batch),
+		tpend:  map[bpfprog.TierKey]*tierPend{},
 	}
 	pc := e.cfg.Poller
 	pc.Pending = w.pending
@@ -140,9 +151,12 @@ func (w *worker) pending() bool {
 }
 
 func (w *worker) addSocket(id int32, s *xsk.Socket) {
-	ws := &wsock{id: id, s: s, uplink: id >= uplinkID, fillTarget: w.e.cfg.RingSize}
-	if !ws.uplink {
+	ws := &wsock{id: id, s: s, uplink: id >= uplinkID && id < puntID, punt: id >= puntID, fillTarget: w.e.cfg.RingSize}
+	if id < uplinkID {
 		ws.port = fastpath.PortID(id)
+	}
+	if ws.punt {
+		w.punt = ws
 	}
 	ws.pend = make([]xsk.Desc, 0, maxPending)
 	ws.inKernel = s.FillFromFree(ws.fillTarget)
@@ -162,6 +176,9 @@ func (w *worker) removeSocket(s *xsk.Socket) error {
 	}
 	ws := w.socks[i]
 	w.socks = slices.Delete(w.socks, i, i+1)
+	if w.punt == ws {
+		w.punt = nil
+	}
 	if w.byID[ws.id] == ws {
 		delete(w.byID, ws.id)
 	}
@@ -286,6 +303,9 @@ func (w *worker) round() bool {
 		w.processBatch(ws, n, owners)
 	}
 	w.flush()
+	if w.e.tm != nil && (len(w.cands) > 0 || len(w.tpend) > 0) {
+		w.tierRound(w.punt)
+	}
 	for _, ws := range w.socks {
 		if want := ws.fillTarget - ws.inKernel; want > 0 {
 			ws.inKernel += ws.s.FillFromFree(want)
@@ -348,6 +368,10 @@ func verdictOK(v *fastpath.Verdict, frameLen int) bool {
 // process runs one received batch of ws through the processor and acts on
 // the verdicts.
 func (w *worker) process(ws *wsock, n int, owners []int16) {
+	if ws.punt {
+		w.processPunt(ws, n)
+		return
+	}
 	s := ws.s
 	w.next = 0
 	for i := range n {

@@ -514,6 +514,40 @@ func (ft *FlowTable) unlinkLocked(idx uint32, both bool) {
 	}
 }
 
+// Unpack returns the 5-tuple of k.
+func (k *FlowKey) Unpack() (proto uint8, src, dst netip.AddrPort) {
+	return uint8(k[0]), netip.AddrPortFrom(keyAddr(k[0], k[1], k[2]), uint16(w0Port(k[0], 16))),
+		netip.AddrPortFrom(keyAddr(k[0], k[3], k[4]), uint16(w0Port(k[0], 32)))
+}
+
+// FlowRecord is a flow as Range reports it.
+type FlowRecord struct {
+	Fwd, Rev FlowKey // client nsIP → service IP; instance IP → client nsIP
+	Inst     uint32  // the instance number the policy chose
+	Last     int64   // last use, coarse monotonic ns (Monotonic)
+}
+
+// Range calls f for every flow (under the writer lock: f must be quick and
+// must not call the table) until f returns false.
+func (ft *FlowTable) Range(f func(r FlowRecord) bool) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	for i := range ft.recs {
+		r := &ft.recs[i]
+		if !r.used {
+			continue
+		}
+		var fr FlowRecord
+		for j := range r.fwd {
+			fr.Fwd[j], fr.Rev[j] = r.fwd[j].Load(), r.rev[j].Load()
+		}
+		fr.Inst, fr.Last = r.inst.Load(), r.last.Load()
+		if !f(fr) {
+			return
+		}
+	}
+}
+
 // Sweep removes flows idle longer than their protocol's timeout at now
 // (coarse monotonic ns, the same clock the workers pass in). It visits at
 // most budget records (≤ 0: all), resuming where the previous call

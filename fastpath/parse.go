@@ -73,6 +73,20 @@ func (p *Parsed) Decode(b []byte) DropReason {
 	return ReasonNotIP
 }
 
+// TunnelInner decodes a tunnel frame (Ethernet, outer IP, UDP) into outer
+// and the packet it carries into inner, with offsets relative to b, as the
+// ingress path does. ok is false when either does not parse.
+func TunnelInner(b []byte, outer, inner *Parsed) (ok bool) {
+	if outer.Decode(b) != ReasonNone || outer.Proto != ProtoUDP || !outer.HasPorts {
+		return false
+	}
+	l := int(binary.BigEndian.Uint16(b[outer.L4Off+4:]))
+	if l < UDPLen || outer.L4Off+l > len(b) {
+		return false
+	}
+	return inner.decodeIP(b[:outer.L4Off+l], outer.L4Off+UDPLen, false, 0) == ReasonNone
+}
+
 // DecodeIP parses an IP packet starting at b[off] (no link layer), telling
 // the family by the first nibble.
 func (p *Parsed) DecodeIP(b []byte, off int) DropReason { return p.decodeIP(b, off, false, 0) }

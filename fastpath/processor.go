@@ -240,7 +240,7 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		// copy of the struct just written (its wide loads would wait on
 		// the narrow stores).
 		pp.readAddrs(pkt)
-		p.untranslate(ctx, pkt[:end], pp)
+		p.untranslate(ctx, t, pkt[:end], pp)
 		writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
 		v.Action, v.Port = ActTxPort, inst.Port
 		v.Off, v.Len = f.Off+start, end-start
@@ -571,8 +571,19 @@ func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
 		ctx.drop(v, ReasonNotLocal)
 		return
 	}
+	if r := p.checkSource(ctx, t, inner, q, pp.Src); r != ReasonNone {
+		if r == ReasonUnknownSource {
+			ctx.slow(v, r)
+			return
+		}
+		ctx.drop(v, r)
+		return
+	}
 	lp := t.Port(id)
-	p.untranslate(ctx, inner, q)
+	if !p.untranslate(ctx, t, inner, q) && t.Node.IngressCsum == CsumRecompute && q.HasPorts &&
+		q.Frag == FragNone && (q.Proto == ProtoTCP || q.Proto == ProtoUDP) {
+		rewriteAddrs(inner, q, q.Src, q.Dst, true) // same addresses; checksum recomputed
+	}
 	start := innerOff - EthernetLen
 	writeEth(pkt[start:], &lp.ContainerMAC, &lp.HostMAC, q.Version)
 	v.Action, v.Port = ActTxPort, id
@@ -580,11 +591,59 @@ func (p *Processor) ingress(ctx *WorkerCtx, t *Table, f *Frame, v *Verdict) {
 	ctx.ev(EvIngressDelivered)
 }
 
+// checkSource says whether a tunnel packet's inner source is plausible
+// from peer (SPEC §7.2 isolation): an instance IP or nsIP that the table
+// places on that node, or a reply on a flow this node opened (a server
+// that has just migrated still answers from its old node). A service IP is
+// never a source on the wire (replies are translated here), nor is an
+// address outside the platform. A source in the service ranges that the
+// table does not know yet is ReasonUnknownSource: the slow path resolves
+// it through the cluster (a client's service is usually unknown to the
+// server's node until its first packet), and its retransmission passes.
+func (p *Processor) checkSource(ctx *WorkerCtx, t *Table, pkt []byte, q *Parsed, peer netip.Addr) DropReason {
+	node, known := t.sourceNode(q.Src)
+	if known && node == peer {
+		return ReasonNone
+	}
+	if p.replyToLocalFlow(ctx, pkt, q) {
+		return ReasonNone
+	}
+	if !known && t.inService(q.Src) {
+		if _, ok := t.addrs.get(q.Src); !ok {
+			return ReasonUnknownSource
+		}
+	}
+	return ReasonWrongSource
+}
+
+// replyToLocalFlow reports whether q is a reply on a flow this node opened
+// (its reverse key), or an ICMP error about one (the quote's reverse key).
+// Later fragments carry no ports and are judged by their source alone.
+func (p *Processor) replyToLocalFlow(ctx *WorkerCtx, pkt []byte, q *Parsed) bool {
+	var k FlowKey
+	switch {
+	case q.isICMPError() && q.Frag == FragNone:
+		e := &ctx.e
+		if quoted(pkt, q, e) != ReasonNone || !e.HasPorts {
+			return false
+		}
+		k = MakeFlowKey(e.Proto, e.Dst, e.DstPort, e.Src, e.SrcPort)
+	case q.HasPorts && q.Frag != FragLater:
+		k.setOf(pkt, q)
+	default:
+		return false
+	}
+	_, ok := p.flows.LookupReverse(&k, ctx.Now)
+	return ok
+}
+
 // untranslate restores the service IP as the source of a packet about to
 // be delivered to a local client when it is a reply on a flow this node
 // opened (reverse key), including ICMP errors about such a flow and later
-// fragments of a translated reply. Other packets are left unchanged.
-func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
+// fragments of a translated reply. Other packets are left unchanged. It
+// reports whether it rewrote a TCP/UDP packet's addresses (with the
+// checksum recomputed in full when the node's IngressCsum says so).
+func (p *Processor) untranslate(ctx *WorkerCtx, t *Table, pkt []byte, q *Parsed) bool {
 	switch {
 	case q.isICMPError() && q.Frag == FragNone:
 		p.untranslateICMPError(ctx, pkt, q)
@@ -598,13 +657,15 @@ func (p *Processor) untranslate(ctx *WorkerCtx, pkt []byte, q *Parsed) {
 		var k FlowKey
 		k.setOf(pkt, q) // MakeFlowKey of q's fields, from the bytes
 		if svcIP, ok := p.flows.LookupReverse(&k, ctx.Now); ok {
-			rewriteAddrs(pkt, q, svcIP, q.Dst, false)
+			rewriteAddrs(pkt, q, svcIP, q.Dst, t.Node.IngressCsum == CsumRecompute)
 			if q.Frag == FragFirst {
 				ctx.fragIn.put(q, 0, svcIP, 0, ctx.Now)
 			}
 			ctx.ev(EvIngressTranslated)
+			return true
 		}
 	}
+	return false
 }
 
 // untranslateICMPError handles an ICMP error arriving for a local client:

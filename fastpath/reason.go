@@ -37,7 +37,8 @@ const (
 	ActTxUplink
 	// ActSlowPath: hand Buf[Off:Off+Len] to the daemon's slow path, Reason
 	// says what it needs (ReasonUnknownService: the original frame, resolve
-	// the destination; ReasonNoNeighbor: a fully encapsulated frame whose
+	// the destination; ReasonUnknownSource: the original tunnel frame,
+	// resolve the inner source; ReasonNoNeighbor: a fully encapsulated frame whose
 	// Ethernet destination is zero: send its UDP payload through a kernel
 	// UDP socket to the outer destination address and port).
 	ActSlowPath
@@ -105,6 +106,8 @@ const (
 	ReasonNonPeer       // tunnel datagram from an address outside the peer set
 	ReasonBadInner      // inner packet is not well-formed IPv4/IPv6
 	ReasonNotLocal      // inner destination is not a local container nsIP
+	ReasonWrongSource   // inner source is not one the table places on the sending peer (a service IP, another node's instance or nsIP, outside the platform), nor a reply on a local flow
+	ReasonUnknownSource // inner source in the service ranges but unknown (slow path: resolve it)
 	NumReasons
 )
 
@@ -115,7 +118,7 @@ var reasonNames = [...]string{
 	"spoofed", "unknown-port", "unknown-service", "no-instance", "no-family",
 	"unsupported-proto", "frag-unknown", "flow-table-full", "no-headroom", "too-big",
 	"no-neighbor", "node-family", "icmp-no-flow",
-	"outer-fragment", "non-peer", "bad-inner", "not-local",
+	"outer-fragment", "non-peer", "bad-inner", "not-local", "wrong-source", "unknown-source",
 }
 
 func (r DropReason) String() string {

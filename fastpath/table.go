@@ -70,6 +70,11 @@ type NodeSpec struct {
 	Loc       *Location
 	// UnderlayMTU is the uplink's IP MTU (default 1500).
 	UnderlayMTU int
+	// IngressCsum is how TCP/UDP checksums of tunnel packets delivered to
+	// containers are kept: updated (default), or recomputed in full, as
+	// the kernel tier needs: a peer's kernel tier forwards a container's
+	// CHECKSUM_PARTIAL packets as they are, and over veth they arrive so.
+	IngressCsum CsumMode
 }
 
 // Ranges are the platform's address ranges. Only destinations inside
@@ -104,6 +109,10 @@ type Builder struct {
 	// Neighbors maps a next-hop node IP to its MAC on the uplink. A remote
 	// send to a node without one is an ActSlowPath verdict.
 	Neighbors map[netip.Addr][6]byte
+	// KernelNeighbors says the kernel fills in the uplink's MACs (the
+	// kernel tier sends the workers' frames with bpf_redirect_neigh):
+	// remote sends are ActTxUplink whatever Neighbors holds.
+	KernelNeighbors bool
 	// Prev, when set, is the table being replaced: policy state (round-robin
 	// counters) carries over per service and policy.
 	Prev *Table
@@ -175,8 +184,12 @@ type Table struct {
 	localNS  addrTable[PortID]    // local container nsIPs
 	ports    []*LocalPort         // indexed by PortID
 	peers    addrTable[struct{}]
-	node4    bool
-	maxIP    int // largest inner IP packet that fits the tunnel
+	// nsNode maps every instance's nsIPs to the address of its node (this
+	// node's for local ones): the inner sources a peer may send from,
+	// beside instance IPs (Table.sourceNode).
+	nsNode addrTable[netip.Addr]
+	node4  bool
+	maxIP  int // largest inner IP packet that fits the tunnel
 	// svc4 is Ranges.Service4 as a network and mask on the address's
 	// 32-bit value (inService's IPv4 case without netip.Prefix.Contains);
 	// svc4OK is false when Service4 is not a valid IPv4 prefix (contains
@@ -194,6 +207,7 @@ func (b *Builder) Build() (*Table, error) {
 		addrs:    newAddrTable[addrEntry](2 * (len(b.Services) + len(b.Instances))),
 		localNS:  newAddrTable[PortID](2 * len(b.Ports)),
 		peers:    newAddrTable[struct{}](len(b.Peers)),
+		nsNode:   newAddrTable[netip.Addr](2 * len(b.Instances)),
 	}
 	if t.Ranges == (Ranges{}) {
 		t.Ranges = DefaultRanges()
@@ -294,6 +308,7 @@ func (b *Builder) Build() (*Table, error) {
 			}
 		} else if in.Node.IsValid() {
 			inst.nodeMAC, inst.hasMAC = b.Neighbors[in.Node.Addr()]
+			inst.hasMAC = inst.hasMAC || b.KernelNeighbors
 			if t.node4 && in.Node.Addr().Is4() {
 				n, p := t.Node.Addr.Addr().As4(), in.Node.Addr().As4()
 				inst.outerSum = 0x4500 + ipv4FlagDF + 64<<8 | ProtoUDP
@@ -304,6 +319,11 @@ func (b *Builder) Build() (*Table, error) {
 			return nil, fmt.Errorf("%w: remote instance %s/%d without node", ErrInvalid, in.Job, in.Number)
 		}
 		t.Instances[i] = inst
+		for _, a := range []netip.Addr{in.NS4, in.NS6} {
+			if a.IsValid() {
+				t.nsNode.put(a, inst.nodeAddr(t))
+			}
+		}
 		e := addrEntry{kind: addrInstance, idx: int32(i)}
 		if err := addAddr(in.IP4, e, "instance IP"); err != nil {
 			return nil, err
@@ -356,6 +376,37 @@ func (t *Table) inService(a netip.Addr) bool {
 	}
 	return t.Ranges.Service6.Contains(a)
 }
+
+// nodeAddr is the address of the node the instance runs on, unmapped.
+func (in *Instance) nodeAddr(t *Table) netip.Addr {
+	if in.Local {
+		return t.Node.Addr.Addr().Unmap()
+	}
+	return in.Node.Addr().Unmap()
+}
+
+// sourceNode returns the node that the table places address a on when a
+// is an instance IP or an instance's nsIP; service IPs and unknown
+// addresses have none.
+func (t *Table) sourceNode(a netip.Addr) (netip.Addr, bool) {
+	if e, ok := t.addrs.get(a); ok {
+		if e.kind != addrInstance {
+			return netip.Addr{}, false
+		}
+		return t.Instances[e.idx].nodeAddr(t), true
+	}
+	return t.nsNode.get(a)
+}
+
+// IsServiceIP reports whether a is one of the table's service IPs (not an
+// instance IP, not unknown).
+func (t *Table) IsServiceIP(a netip.Addr) bool {
+	e, ok := t.addrs.get(a)
+	return ok && e.kind == addrService
+}
+
+// MaxInner is the largest inner IP packet that fits the tunnel.
+func (t *Table) MaxInner() int { return t.maxIP }
 
 // Port returns the local port with id, or nil.
 func (t *Table) Port(id PortID) *LocalPort {

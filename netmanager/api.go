@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -111,6 +112,7 @@ type Status struct {
 	Quarantine int               `json:"quarantined_ns_ips"`
 	Dataplane  DataplaneStats    `json:"dataplane"`
 	Counters   map[string]uint64 `json:"counters"`
+	Build      version.Info      `json:"build"`
 }
 
 // Status returns the daemon's status.
@@ -119,7 +121,7 @@ func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.st == nil { // before Run loaded the state
-		return Status{Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, Dataplane: dps}
+		return Status{Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, Dataplane: dps, Build: d.build}
 	}
 	s := Status{
 		NodeID: d.nodeID, Registered: d.st.Subnets != nil, Confirmed: d.confirmed,
@@ -130,6 +132,7 @@ func (d *Daemon) Status() Status {
 		Containers: append([]*Container{}, d.st.Containers...),
 		Quarantine: len(d.st.Quarantine),
 		Dataplane:  dps,
+		Build:      d.build,
 		Counters: map[string]uint64{
 			"deploys":              d.metrics.deploys.Value(),
 			"deploy_errors":        d.metrics.deployErrors.Value(),

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,7 +108,7 @@ func TestAPIInputErrors(t *testing.T) {
 		}
 	}
 	s := d.Status()
-	if s.Registered || s.Counters["deploy_errors"] == 0 || s.LastError == "" {
+	if s.Registered || s.Counters["deploy_errors"] == 0 || s.LastError == "" || s.Build.Version == "" || s.Build.Commit == "" {
 		t.Errorf("status after refusals: %+v", s)
 	}
 	resp, err := http.Get(srv.URL + "/metrics")
@@ -115,7 +117,7 @@ func TestAPIInputErrors(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, m := range []string{"oakwire_netmanager_deploy_errors_total", "oakwire_netmanager_registered 0", "oakwire_dataplane_sockets 0"} {
+	for _, m := range []string{"oakwire_netmanager_deploy_errors_total", "oakwire_netmanager_registered 0", "oakwire_dataplane_sockets 0", "oakwire_build_info{"} {
 		if !strings.Contains(string(b), m) {
 			t.Errorf("metrics lack %q", m)
 		}
@@ -158,7 +160,7 @@ func TestNftRuleset(t *testing.T) {
 	cfg := Defaults()
 	cfg.Uplink, cfg.NodeIP = "ul0", "198.18.0.1"
 	sub := ipam.SubnetPair{V4: netip.MustParsePrefix("10.18.0.64/26"), V6: netip.MustParsePrefix("fc00::100/120")}
-	c := &Container{Job: "a.b.c.d", Instance: 2, NSIP4: netip.MustParseAddr("10.18.0.66"), NSIP6: netip.MustParseAddr("fc00::102"),
+	c := &Container{Job: "a.b.c.d", Instance: 2, HostIf: hostIfName("a.b.c.d", 2), NSIP4: netip.MustParseAddr("10.18.0.66"), NSIP6: netip.MustParseAddr("fc00::102"),
 		PortMappings: []PortMapping{{8080, 80, "tcp"}}}
 	got := nftRuleset(&cfg, sub, []*Container{c})
 	for _, want := range []string{
@@ -167,9 +169,24 @@ func TestNftRuleset(t *testing.T) {
 		"ip daddr 198.18.0.1 tcp dport 8080 dnat ip to 10.18.0.66:80",
 		`oifname "ul0" ip saddr 10.18.0.64/26 ip daddr != 10.16.0.0/12 masquerade`,
 		`oifname "ul0" ip6 saddr fc00::100/120 ip6 daddr != fc00::/7 masquerade`,
+		// Isolation (SPEC §7.2).
+		"type filter hook forward priority filter",
+		`elements = { "` + c.HostIf + `" }`,
+		"iifname @ports accept\n\t\tct status dnat accept\n\t\tct state established,related accept\n",
+		`ip daddr 10.16.0.0/12 counter drop comment "underlay to platform"`,
+		`ip6 daddr fc00::/7 counter drop comment "underlay to platform"`,
+		`iifname @ports udp dport 50103 counter drop comment "container to tunnel port"`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, got)
+		}
+	}
+	// The kernel takes it: a dry run (nft -c) in a namespace of our own.
+	if os.Geteuid() == 0 {
+		cmd := exec.Command("unshare", "--net", "nft", "-c", "-f", "-")
+		cmd.Stdin = strings.NewReader(got)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("nft -c: %v: %s\n%s", err, out, got)
 		}
 	}
 	cfg.NodeIP = "2001:2::1"

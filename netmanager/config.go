@@ -53,8 +53,18 @@ type Config struct {
 	WorkerSpin time.Duration `yaml:"worker-spin"`
 	// MTU of containers' interfaces (1450 fits the tunnel in a 1500 underlay).
 	MTU int `yaml:"mtu"`
-	// XDPMode is how XDP programs attach: generic or native.
+	// XDPMode is how XDP programs attach: generic or native (with offload
+	// off; the kernel tier attaches TC programs instead).
 	XDPMode string `yaml:"xdp-mode"`
+	// Offload turns the kernel tier on or off: on, TC programs execute
+	// the flows the workers decided (TCP keeps its segmentation offloads,
+	// latency is the kernel's) and go on while the daemon is down; off,
+	// every packet crosses the AF_XDP workers.
+	Offload string `yaml:"offload"`
+	// BPFDir is a bpffs directory; the kernel tier pins its links and flows
+	// under BPFDir/<node-id> so they outlive the daemon. Not on a bpffs
+	// (or empty): nothing is pinned, and flows end with the daemon.
+	BPFDir string `yaml:"bpf-dir"`
 	// Quarantine is how long a freed namespace IP stays unused (SPEC §2);
 	// 0 disables it.
 	Quarantine time.Duration `yaml:"quarantine"`
@@ -87,6 +97,8 @@ func Defaults() Config {
 		WorkerYield: "os",
 		WorkerSpin:  200 * time.Microsecond,
 		XDPMode:     "generic",
+		Offload:     "on",
+		BPFDir:      "/sys/fs/bpf/oakwire",
 		Quarantine:  60 * time.Second,
 		LogLevel:    "info",
 		Dataplane:   "xdp",
@@ -94,6 +106,14 @@ func Defaults() Config {
 		PlatformV4:  "10.16.0.0/12",
 		PlatformV6:  "fc00::/7",
 	}
+}
+
+// PinPath is where the kernel tier of node pins its objects ("" for none).
+func (c *Config) PinPath(node string) string {
+	if c.BPFDir == "" || node == "" {
+		return ""
+	}
+	return filepath.Join(c.BPFDir, node)
 }
 
 // StateFile is the path of the state file.
@@ -114,6 +134,8 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.WorkerSpin, "worker-spin", c.WorkerSpin, "how long an idle worker polls before it sleeps in poll(2)")
 	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of container interfaces")
 	fs.StringVar(&c.XDPMode, "xdp-mode", c.XDPMode, "XDP attach mode: generic or native")
+	fs.StringVar(&c.Offload, "offload", c.Offload, "kernel tier for decided flows: on or off")
+	fs.StringVar(&c.BPFDir, "bpf-dir", c.BPFDir, "bpffs directory where the kernel tier pins its links and flows (per node id)")
 	fs.DurationVar(&c.Quarantine, "quarantine", c.Quarantine, "how long a freed namespace IP stays unused (0: none)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "run without OAKWIRE_TOKEN")
@@ -223,6 +245,12 @@ func (c *Config) Validate() error {
 	}
 	if c.XDPMode != "generic" && c.XDPMode != "native" {
 		bad("xdp-mode", "%q: want generic or native", c.XDPMode)
+	}
+	if c.Offload != "on" && c.Offload != "off" {
+		bad("offload", "%q: want on or off", c.Offload)
+	}
+	if c.BPFDir != "" && !filepath.IsAbs(c.BPFDir) {
+		bad("bpf-dir", "%q must be an absolute path", c.BPFDir)
 	}
 	if c.Quarantine < 0 {
 		bad("quarantine", "%v is negative", c.Quarantine)

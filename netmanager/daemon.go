@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/ipam"
 )
 
@@ -26,6 +27,9 @@ type Options struct {
 	Dataplane  Dataplane
 	NewCluster ClusterFactory
 	Logger     *slog.Logger
+	// Build is which build runs, for /status and /metrics; cmd/netmanager
+	// adds the BPF objects' hashes. Zero: version.Get().
+	Build version.Info
 }
 
 // Daemon is the node-side NetManager.
@@ -34,6 +38,7 @@ type Daemon struct {
 	dp         Dataplane
 	newCluster ClusterFactory
 	log        *slog.Logger
+	build      version.Info
 	metrics    *metrics
 	started    time.Time
 
@@ -88,7 +93,10 @@ func New(o Options) (*Daemon, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, started: time.Now(),
+	if o.Build.Version == "" {
+		o.Build = version.Get()
+	}
+	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, build: o.Build, started: time.Now(),
 		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}}
 	d.metrics = newMetrics(d)
 	return d, nil
@@ -349,6 +357,7 @@ func (d *Daemon) setupNodeLocked() error {
 			Subnets: sub, Gateway4: gw.V4, Gateway6: gw.V6, Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode,
 			WorkerYield: d.cfg.WorkerYield, WorkerSpin: d.cfg.WorkerSpin,
 			MTU: d.cfg.MTU, Cluster: d.cluster,
+			Offload: d.cfg.Offload == "on", PinPath: d.cfg.PinPath(d.nodeID),
 		}
 		ni.WorkerCPUs, _ = ParseCPUList(d.cfg.WorkerCPUs) // validated
 		if err := d.dp.Start(d.ctx, ni); err != nil {
@@ -447,6 +456,11 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 		st.ClusterAddress = addr
 	}
 	if err := d.setupNodeLocked(); err != nil {
+		// Registered, but the node cannot carry traffic: say so in the
+		// log and in /status (last_error) and the 409s of deploys, not
+		// only as a retry.
+		d.lastErr = err.Error()
+		d.log.Error("node setup failed after registering", "cluster", addr, "err", err)
 		if fresh { // undo the half-made node setup
 			st.Subnets = nil
 			if terr := teardownNode(st.Sysctls); terr != nil {
@@ -624,23 +638,22 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 		Deployed: time.Now().UTC(),
 	}
 	p.c = c
-	if err := attach(c, nsh, st.Subnets.Gateway()); err != nil {
-		return nil, fmt.Errorf("attach %s: %w", owner, err)
-	}
-	p.undo = append(p.undo, func() { _ = detach(c) })
-
+	// Reserved, and in the nft table (its port mappings, and its veth in
+	// the ports set that isolation lets through) before the veth exists.
 	d.deploying[owner] = p
 	p.undo = append(p.undo, func() {
 		delete(d.deploying, owner)
-		if len(maps) > 0 {
-			_ = d.applyNftLocked()
-		}
+		_ = d.applyNftLocked()
 	})
-	if len(maps) > 0 {
-		if err := d.applyNftLocked(); err != nil {
-			return nil, fmt.Errorf("port mappings %s: %w", owner, err)
-		}
+	if err := d.applyNftLocked(); err != nil {
+		return nil, fmt.Errorf("nft %s: %w", owner, err)
 	}
+	// Offloads go off only where the AF_XDP workers carry every packet.
+	keepOffloads := d.cfg.Dataplane != "xdp" || d.cfg.Offload == "on"
+	if err := attach(c, nsh, st.Subnets.Gateway(), keepOffloads); err != nil {
+		return nil, fmt.Errorf("attach %s: %w", owner, err)
+	}
+	p.undo = append(p.undo, func() { _ = detach(c) })
 	if err := d.dp.AddPort(c.port()); err != nil {
 		return nil, fmt.Errorf("data plane add port %s: %w", c.HostIf, err)
 	}
@@ -717,10 +730,8 @@ func (d *Daemon) undeployLocked(job, owner string, instance int) (errs []error, 
 		return nil, errors.Join(append(errs, err)...)
 	}
 	st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
-	if len(c.PortMappings) > 0 {
-		if err := d.applyNftLocked(); err != nil {
-			errs = append(errs, err)
-		}
+	if err := d.applyNftLocked(); err != nil {
+		errs = append(errs, err)
 	}
 	d.releaseLocked(owner, c.NSIP4)
 	if err := d.saveLocked(); err != nil {
@@ -775,8 +786,10 @@ func (d *Daemon) expireQuarantine() {
 // Teardown removes everything a daemon with this configuration set up on
 // the node: the veths named in the state file, the gateway link, the nft
 // table, the forwarding sysctls (restored), the socket and the state file.
-// It refuses while a daemon answers on the socket.
-func Teardown(cfg Config, log *slog.Logger) error {
+// It refuses while a daemon answers on the socket. dataplane, when set,
+// removes what the data plane leaves between daemons (the kernel tier's
+// pinned links and flows under pinPath, its punt device).
+func Teardown(cfg Config, log *slog.Logger, dataplane func(pinPath string) error) error {
 	if socketAnswers(cfg.Socket) {
 		return fmt.Errorf("teardown: a netmanager answers on %s: stop it first", cfg.Socket)
 	}
@@ -795,6 +808,15 @@ func Teardown(cfg Config, log *slog.Logger) error {
 			log.Info("removed container interface", "service", c.Job, "instance", c.Instance, "veth", c.HostIf)
 		}
 		saved = st.Sysctls
+	}
+	if dataplane != nil {
+		node := cfg.NodeID
+		if node == "" && st != nil {
+			node = st.NodeID
+		}
+		if err := dataplane(cfg.PinPath(node)); err != nil {
+			errs = append(errs, fmt.Errorf("data plane: %w", err))
+		}
 	}
 	if err := teardownNode(saved); err != nil {
 		errs = append(errs, err)

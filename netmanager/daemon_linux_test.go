@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/internal/testenv"
@@ -290,7 +291,8 @@ func linkNames(t *testing.T, ns string) []string {
 
 func nftTableText(t *testing.T, ns string) string {
 	t.Helper()
-	out, err := testbed.Run(5*time.Second, ns, "nft", "list", "table", "inet", "oakwire")
+	// -s: without counters, which the traffic of other subtests moves.
+	out, err := testbed.Run(5*time.Second, ns, "nft", "-s", "list", "table", "inet", "oakwire")
 	if err != nil {
 		return ""
 	}
@@ -456,12 +458,15 @@ func TestDaemon(t *testing.T) {
 		}
 		err := testbed.Do(c1.NS, func() error {
 			for _, cmd := range []uint32{unix.ETHTOOL_GTXCSUM, unix.ETHTOOL_GTSO, unix.ETHTOOL_GGSO} {
-				v, err := ethtoolGet("eth0", cmd)
+				v, err := ethtool.Get("eth0", cmd)
 				if err != nil {
 					return err
 				}
-				if v != 0 {
-					return fmt.Errorf("ethtool cmd %#x: on, want off", cmd)
+				// Kernel routing only (--dataplane none): no worker
+				// needs them off; the AF_XDP-only path turns them off
+				// (TestDaemonXDPRollback).
+				if v == 0 {
+					return fmt.Errorf("ethtool cmd %#x: off, want on", cmd)
 				}
 			}
 			return nil
@@ -502,7 +507,7 @@ func TestDaemon(t *testing.T) {
 		if !strings.Contains(tbl, rule) || !strings.Contains(tbl, "ip daddr 198.18.0.1 udp dport 5353 dnat ip to 10.18.0.2:53") {
 			t.Fatalf("no DNAT rule %q:\n%s", rule, tbl)
 		}
-		if n := strings.Count(tbl, "dnat"); n != 4 { // prerouting and output, two mappings
+		if n := strings.Count(tbl, " dnat ip to "); n != 4 { // prerouting and output, two mappings
 			t.Errorf("%d dnat rules, want 4:\n%s", n, tbl)
 		}
 		var ln net.Listener
@@ -671,7 +676,7 @@ func TestDaemon(t *testing.T) {
 		if code, body := d.call("POST", "/container/undeploy", `{"serviceName":"app.ns.svc1.sns","instanceNumber":0}`); code != 200 {
 			t.Fatalf("undeploy c1: %d %s", code, body)
 		}
-		if tbl := nftTableText(t, nodeA.NS); strings.Contains(tbl, "dnat") {
+		if tbl := nftTableText(t, nodeA.NS); strings.Contains(tbl, " dnat ip") {
 			t.Errorf("DNAT left after undeploy:\n%s", tbl)
 		}
 		// The freed address comes back (after never-used ones).
@@ -1049,6 +1054,51 @@ func TestDaemonSlowCluster(t *testing.T) {
 	d.stop()
 }
 
+// bpfLinks reads the bpf link count of an xdpView.
+func bpfLinks(view string) int {
+	var n int
+	if i := strings.Index(view, "bpf links "); i >= 0 {
+		fmt.Sscanf(view[i:], "bpf links %d", &n)
+	}
+	return n
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// offloadState is "on" when eth0 in ns has TX checksum offload, TSO and GSO
+// on, "off" when all are off, else "mixed".
+func offloadState(t *testing.T, ns string) string {
+	t.Helper()
+	on := 0
+	err := testbed.Do(ns, func() error {
+		for _, cmd := range []uint32{unix.ETHTOOL_GTXCSUM, unix.ETHTOOL_GTSO, unix.ETHTOOL_GGSO} {
+			v, err := ethtool.Get("eth0", cmd)
+			if err != nil {
+				return err
+			}
+			if v != 0 {
+				on++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch on {
+	case 0:
+		return "off"
+	case 3:
+		return "on"
+	}
+	return "mixed"
+}
+
 // xdpView is what a refused deploy must leave as it was on a node running
 // the AF_XDP data plane: the node's links with their XDP state, its AF_XDP
 // sockets, the daemon's bpf_link and program fds and the engine's own
@@ -1102,11 +1152,18 @@ func xdpViewErr(ns string, pid int, s DataplaneStats) (string, error) {
 		strings.Join(links, ","), len(xsks), bpf["anon_inode:bpf_link"], bpf["anon_inode:bpf-prog"], s.Sockets, s.Tables["ports"]), nil
 }
 
-// TestDaemonXDPRollback: with the AF_XDP data plane, a deploy that the
-// cluster refuses after the data plane attached the port is rolled back
-// completely: no veth, no XDP link, no AF_XDP socket left, and the
-// engine's sockets and ports are as before.
+// TestDaemonXDPRollback: with the AF_XDP data plane, kernel tier on or
+// off, a deploy that the cluster refuses after the data plane attached the
+// port is rolled back completely: no veth, no XDP or TC link, no AF_XDP
+// socket left, and the engine's sockets and ports are as before.
 func TestDaemonXDPRollback(t *testing.T) {
+	for _, offload := range []string{"off", "on"} {
+		t.Run("offload="+offload, func(t *testing.T) { testDaemonXDPRollback(t, offload) })
+	}
+}
+
+func testDaemonXDPRollback(t *testing.T, offload string) {
+	tier := offload == "on"
 	bed := testbed.NewT(t)
 	testenv.RequireBinary(t, "nft")
 	node, err := bed.AddNode("a")
@@ -1131,7 +1188,7 @@ func TestDaemonXDPRollback(t *testing.T) {
 	})
 	d := newDaemon(t, bed, node)
 	// The worker keys reach the engine (and /status says what runs).
-	d.extra = []string{"--dataplane", "xdp", "--worker-cpus", "0", "--worker-yield", "go", "--worker-spin", "150us"}
+	d.extra = []string{"--dataplane", "xdp", "--worker-cpus", "0", "--worker-yield", "go", "--worker-spin", "150us", "--offload", offload}
 	d.start()
 	daemonPID.Store(int64(d.cmd.Process.Pid))
 	if code, body := d.call("POST", "/register", fmt.Sprintf(`{"client_id":"n1","cluster_address":%q}`, fc.addr)); code != 200 {
@@ -1141,9 +1198,22 @@ func TestDaemonXDPRollback(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("deploy c1: %d %s", code, body)
 	}
+	// Sockets: the uplink's and the port's; with the kernel tier the one
+	// worker's punt socket only.
 	s := d.status()
-	if s.Dataplane.Mode != "xdp-generic" || s.Dataplane.Sockets != 2 || s.Dataplane.Tables["ports"] != 1 {
+	wantSockets, wantMode := 2, "xdp-generic"
+	if tier {
+		wantSockets, wantMode = 1, "kernel-tier"
+	}
+	if s.Dataplane.Mode != wantMode || s.Dataplane.Sockets != wantSockets || s.Dataplane.Tables["ports"] != 1 {
 		t.Fatalf("data plane after one deploy: %+v", s.Dataplane)
+	}
+	c1Offloads := "off"
+	if tier {
+		c1Offloads = "on" // the tier keeps TSO/GSO/TX checksum
+	}
+	if got := offloadState(t, c1.NS); got != c1Offloads {
+		t.Errorf("c1 offloads %s, want %s", got, c1Offloads)
 	}
 	if !slices.Equal(s.Dataplane.CPUs, []int{0}) || s.Dataplane.Yield != "go" || s.Workers != s.Dataplane.Workers {
 		t.Errorf("worker settings in /status: cpus %v yield %q workers %d (data plane %d)", s.Dataplane.CPUs, s.Dataplane.Yield, s.Workers, s.Dataplane.Workers)
@@ -1169,8 +1239,11 @@ func TestDaemonXDPRollback(t *testing.T) {
 	}
 	// The rollback had something to undo: the failed port was attached.
 	hostIf := hostIfName("app.ns.fail.sns", 0)
-	if !strings.Contains(mid, hostIf+"/veth/xdp=true") || !strings.Contains(mid, "AF_XDP sockets 3") {
+	if !tier && (!strings.Contains(mid, hostIf+"/veth/xdp=true") || !strings.Contains(mid, "AF_XDP sockets 3")) {
 		t.Errorf("%s not attached (XDP, a third AF_XDP socket) while its report was out:\n%s", hostIf, mid)
+	}
+	if tier && (!strings.Contains(mid, hostIf+"/veth/xdp=false") || bpfLinks(mid) != bpfLinks(before)+1) {
+		t.Errorf("%s not attached (tc_port: one more bpf link) while its report was out:\n%s", hostIf, mid)
 	}
 	if ls := linkNames(t, c3.NS); len(ls) != 1 {
 		t.Errorf("container c3 still has %v", ls)
@@ -1183,7 +1256,7 @@ func TestDaemonXDPRollback(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("deploy c3 after the refused one: %d %s", code, body)
 	}
-	if s := d.status(); s.Dataplane.Sockets != 3 || s.Dataplane.Tables["ports"] != 2 {
+	if s := d.status(); s.Dataplane.Sockets != wantSockets+btoi(!tier) || s.Dataplane.Tables["ports"] != 2 {
 		t.Errorf("data plane after the second deploy: %+v", s.Dataplane)
 	}
 	d.stop()

@@ -13,12 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/ipam"
 )
 
@@ -214,8 +214,11 @@ func openNetns(pid int, path string) (netns.NsHandle, error) {
 }
 
 // attach creates c's veth pair and configures both ends (c's names, MACs
-// and nsIPs are filled in). On error everything it made is removed.
-func attach(c *Container, nsh netns.NsHandle, gw ipam.Pair) (err error) {
+// and nsIPs are filled in). keepOffloads leaves the container's TX
+// checksum offload, TSO and GSO on (the kernel tier keeps super-packets
+// whole; its workers recompute checksums). On error everything it made is
+// removed.
+func attach(c *Container, nsh netns.NsHandle, gw ipam.Pair, keepOffloads bool) (err error) {
 	ch, err := netlink.NewHandleAt(nsh)
 	if err != nil {
 		return fmt.Errorf("netlink in container netns: %w", err)
@@ -245,13 +248,15 @@ func attach(c *Container, nsh netns.NsHandle, gw ipam.Pair) (err error) {
 			}
 		}
 	}()
-	// Offloads off on the container end before it moves (features move
-	// with the device): TX checksum offload, TSO and GSO (DESIGN.md: a
-	// partial checksum cannot be patched incrementally, and generic XDP
-	// stalls TCP while TSO/GSO are on).
-	for _, cmd := range []uint32{unix.ETHTOOL_STXCSUM, unix.ETHTOOL_STSO, unix.ETHTOOL_SGSO} {
-		if err := ethtoolSet(tmp, cmd, 0); err != nil {
-			return err
+	// Without the kernel tier, offloads off on the container end before it
+	// moves (features move with the device): TX checksum offload, TSO and
+	// GSO (DESIGN.md: a partial checksum cannot be patched incrementally,
+	// and generic XDP stalls TCP while TSO/GSO are on).
+	if !keepOffloads {
+		for _, cmd := range []uint32{unix.ETHTOOL_STXCSUM, unix.ETHTOOL_STSO, unix.ETHTOOL_SGSO} {
+			if err := ethtool.Set(tmp, cmd, 0); err != nil {
+				return err
+			}
 		}
 	}
 	peer, err := netlink.LinkByName(tmp)
@@ -348,56 +353,6 @@ func readopt(c *Container) (bool, error) {
 	// existing host side means the container side exists too.
 	c.hostIndex = l.Attrs().Index
 	return true, configureHostSide(l, c)
-}
-
-// ethtoolValue is struct ethtool_value (linux/ethtool.h).
-type ethtoolValue struct {
-	cmd  uint32
-	data uint32
-}
-
-// ifreqData is struct ifreq with ifr_data.
-type ifreqData struct {
-	name [unix.IFNAMSIZ]byte
-	data unsafe.Pointer
-	_    [16]byte
-}
-
-// ethtoolSet issues a legacy ETHTOOL_S* command (SIOCETHTOOL) on ifname in
-// the daemon's namespace.
-func ethtoolSet(ifname string, cmd, val uint32) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("ethtool socket: %w", err)
-	}
-	defer unix.Close(fd)
-	ev := &ethtoolValue{cmd: cmd, data: val}
-	var ifr ifreqData
-	copy(ifr.name[:], ifname)
-	ifr.data = unsafe.Pointer(ev)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-	if errno != 0 {
-		return fmt.Errorf("ethtool %s cmd %#x: %w", ifname, cmd, errno)
-	}
-	return nil
-}
-
-// ethtoolGet issues a legacy ETHTOOL_G* command on ifname.
-func ethtoolGet(ifname string, cmd uint32) (uint32, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("ethtool socket: %w", err)
-	}
-	defer unix.Close(fd)
-	ev := &ethtoolValue{cmd: cmd}
-	var ifr ifreqData
-	copy(ifr.name[:], ifname)
-	ifr.data = unsafe.Pointer(ev)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-	if errno != 0 {
-		return 0, fmt.Errorf("ethtool %s cmd %#x: %w", ifname, cmd, errno)
-	}
-	return ev.data, nil
 }
 
 func family(a netip.Addr) int {

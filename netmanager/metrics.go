@@ -56,7 +56,7 @@ func newMetrics(d *Daemon) *metrics {
 			}
 			return 1
 		}))
-	m.reg.MustRegister(dataplaneCollector{d})
+	m.reg.MustRegister(dataplaneCollector{d}, d.build.Collector())
 	return m
 }
 

@@ -27,8 +27,12 @@ type NodeInfo struct {
 	WorkerYield        string        // os, go or none
 	WorkerSpin         time.Duration // poll spin before sleeping
 	XDPMode            string        // generic or native
-	MTU                int
-	Cluster            Cluster
+	// Offload turns the kernel tier on; PinPath is where it pins its
+	// links and flows ("" for nothing pinned).
+	Offload bool
+	PinPath string
+	MTU     int
+	Cluster Cluster
 }
 
 // Port is one container attachment: a veth pair whose host side sits in

@@ -73,6 +73,12 @@ type Oakwire struct {
 	// Spin is how long an idle worker keeps spinning before it sleeps in
 	// poll(2) (0: the engine's default, xsk.DefaultSpin).
 	Spin time.Duration
+	// Offload turns the kernel tier on; the containers then keep their
+	// offloads (TSO, GSO, TX checksum), as the NetManager leaves them.
+	Offload bool
+	// Label, when set, is the dataplane's name in the report (default
+	// OakwireName).
+	Label string
 
 	t        *Topology
 	procs    []*xdpProc
@@ -106,6 +112,7 @@ type XDPNodeSpec struct {
 	CPUs       []int
 	Yield      string // "os" (default), "go" or "none"
 	Spin       time.Duration
+	Offload    bool
 	Ports      []XDPNodePort
 	Services   []fastpath.ServiceSpec
 	Instances  []fastpath.InstanceSpec
@@ -129,7 +136,12 @@ type XDPNodePort struct {
 }
 
 // Name implements Dataplane.
-func (*Oakwire) Name() string { return OakwireName }
+func (o *Oakwire) Name() string {
+	if o.Label != "" {
+		return o.Label
+	}
+	return OakwireName
+}
 
 // Target implements Dataplane: the service IP.
 func (o *Oakwire) Target() netip.AddrPort {
@@ -226,7 +238,7 @@ func (o *Oakwire) spec(n *testbed.Node, ports ...XDPNodePort) XDPNodeSpec {
 	}
 	return XDPNodeSpec{
 		Uplink: n.Uplink, NodeIP: n.IP, TunnelPort: dataplane.DefaultTunnelPort,
-		Mode: o.Mode, Workers: o.Workers, CPUs: cpus, Yield: o.Yield, Spin: o.Spin, Ports: ports,
+		Mode: o.Mode, Workers: o.Workers, CPUs: cpus, Yield: o.Yield, Spin: o.Spin, Offload: o.Offload, Ports: ports,
 		Services: []fastpath.ServiceSpec{
 			{Job: oakServerJob, IPs: []fastpath.PolicyIP{{Policy: "RR", V4: t.ServiceIP, V6: oakServiceV6}}},
 			{Job: oakClientJob},
@@ -259,15 +271,17 @@ func (o *Oakwire) Setup(ctx context.Context, t *Topology) error {
 		job      string
 	}{{t.Client, t.ClientIP, t.ClientIP6, oakClientJob}, {t.Server, t.ServerIP, t.ServerIP6, oakServerJob}} {
 		// What the NetManager does to a container interface it creates.
-		if out, err := testbed.Run(10*time.Second, c.ctr.NS, "ethtool", "-K", c.ctr.IfName, "tx", "off", "tso", "off", "gso", "off"); err != nil {
-			return fmt.Errorf("oakwire: offloads off: %w: %s", err, out)
+		if !o.Offload {
+			if out, err := testbed.Run(10*time.Second, c.ctr.NS, "ethtool", "-K", c.ctr.IfName, "tx", "off", "tso", "off", "gso", "off"); err != nil {
+				return fmt.Errorf("oakwire: offloads off: %w: %s", err, out)
+			}
 		}
 		mac, err := linkMAC(c.ctr.NS, c.ctr.IfName)
 		if err != nil {
 			return fmt.Errorf("oakwire: %w", err)
 		}
 		ports[i] = XDPNodePort{HostIf: c.ctr.HostIf, ContainerMAC: mac.String(), NS4: c.ns4, NS6: c.ns6,
-			Job: c.job, Instance: 0, Incremental: true}
+			Job: c.job, Instance: 0, Incremental: !o.Offload}
 	}
 	dir, err := os.MkdirTemp("", "oakwire-bench-")
 	if err != nil {
@@ -527,7 +541,7 @@ func RunXDPNode(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	cfg := dataplane.Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, TunnelPort: sp.TunnelPort,
-		Mode: mode, Workers: sp.Workers, CPUs: sp.CPUs}
+		Mode: mode, Workers: sp.Workers, CPUs: sp.CPUs, Offload: sp.Offload}
 	cfg.Poller.Yield, cfg.Poller.Spin = yield, sp.Spin
 	e, err := dataplane.New(cfg)
 	if err != nil {

@@ -18,6 +18,8 @@ have_cmd ip           || need+=(iproute2)
 have_cmd ethtool      || need+=(ethtool)
 have_cmd iptables     || need+=(iptables)
 have_cmd nft          || need+=(nftables)
+# systemd-analyze: the packaging tests verify the units with it.
+have_cmd systemd-analyze || need+=(systemd)
 
 if ((${#need[@]})); then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -64,70 +64,18 @@ static __always_inline int redirect(struct xdp_md *ctx)
 	return (int)ret;
 }
 
+static __always_inline int drop(enum steer_reason reason)
+{
+	count(reason);
+	return XDP_DROP;
+}
+
 /*
- * Skips Ethernet and at most one 802.1Q/802.1ad tag. Returns the EtherType
- * (network order) and sets *l3, or returns 0 on a truncated frame.
+ * xdp_port checks every frame a container sends (SPEC §7.2 isolation,
+ * port_check): its source must be the container's own nsIP, and it never
+ * reaches a tunnel port. Then service-range destinations go to the AF_XDP
+ * socket and the rest passes to the kernel.
  */
-static __always_inline __be16 parse_l2(void *data, void *data_end, void **l3)
-{
-	struct steer_eth *eth = data;
-	__be16 proto;
-
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	proto = eth->proto;
-	data = eth + 1;
-	if (proto == bpf_htons(STEER_ETH_P_8021Q) ||
-	    proto == bpf_htons(STEER_ETH_P_8021AD)) {
-		struct steer_vlan *vlan = data;
-
-		if ((void *)(vlan + 1) > data_end)
-			return 0;
-		proto = vlan->proto;
-		data = vlan + 1;
-	}
-	*l3 = data;
-	return proto;
-}
-
-static __always_inline int in_service4(__u32 daddr)
-{
-	__u32 zero = 0;
-	struct steer_services *s = bpf_map_lookup_elem(&services, &zero);
-
-	if (!s)
-		return 0;
-	for (__u32 i = 0; i < STEER_MAX_SERVICE_PREFIXES; i++) {
-		if (i >= s->n4)
-			break;
-		if ((daddr & s->v4[i].mask) == s->v4[i].addr)
-			return 1;
-	}
-	return 0;
-}
-
-static __always_inline int in_service6(const __u32 *daddr)
-{
-	__u32 zero = 0;
-	struct steer_services *s = bpf_map_lookup_elem(&services, &zero);
-
-	if (!s)
-		return 0;
-	for (__u32 i = 0; i < STEER_MAX_SERVICE_PREFIXES; i++) {
-		struct steer_prefix6 *p;
-
-		if (i >= s->n6)
-			break;
-		p = &s->v6[i];
-		if ((daddr[0] & p->mask[0]) == p->addr[0] &&
-		    (daddr[1] & p->mask[1]) == p->addr[1] &&
-		    (daddr[2] & p->mask[2]) == p->addr[2] &&
-		    (daddr[3] & p->mask[3]) == p->addr[3])
-			return 1;
-	}
-	return 0;
-}
-
 SEC("xdp")
 int xdp_port(struct xdp_md *ctx)
 {
@@ -135,34 +83,29 @@ int xdp_port(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	void *l3 = 0;
 	__be16 proto = parse_l2(data, data_end, &l3);
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct steer_port *port;
 
 	if (!proto)
 		return pass(STEER_MALFORMED);
-
-	if (proto == bpf_htons(STEER_ETH_P_IP)) {
-		struct steer_ip4 *ip = l3;
-
-		if ((void *)(ip + 1) > data_end || (ip->vihl >> 4) != 4 ||
-		    (ip->vihl & 0xF) < 5)
-			return pass(STEER_MALFORMED);
-		/* Every fragment carries the destination: fragments of a
-		 * service flow are steered too (SPEC §7.3). */
-		if (in_service4(ip->daddr))
-			return redirect(ctx);
+	port = bpf_map_lookup_elem(&ports, &ifindex);
+	if (!port)
+		return drop(STEER_SPOOFED); /* not a container we attached */
+	switch (port_check(port, proto, l3, data_end)) {
+	case PORT_SERVICE:
+		return redirect(ctx);
+	case PORT_LOCAL:
 		return pass(STEER_PASSED_NOT_SERVICE);
+	case PORT_MALFORMED:
+		return pass(STEER_MALFORMED);
+	case PORT_SPOOFED:
+		return drop(STEER_SPOOFED);
+	case PORT_TO_TUNNEL:
+		return drop(STEER_TO_TUNNEL);
+	default:
+		/* ARP, LLDP, anything else: the kernel's business. */
+		return pass(STEER_PASSED_OTHER);
 	}
-	if (proto == bpf_htons(STEER_ETH_P_IPV6)) {
-		struct steer_ip6 *ip6 = l3;
-
-		if ((void *)(ip6 + 1) > data_end ||
-		    (bpf_ntohl(ip6->vtcfl) >> 28) != 6)
-			return pass(STEER_MALFORMED);
-		if (in_service6(ip6->daddr))
-			return redirect(ctx);
-		return pass(STEER_PASSED_NOT_SERVICE);
-	}
-	/* ARP, LLDP, anything else: the kernel's business. */
-	return pass(STEER_PASSED_OTHER);
 }
 
 /* Tunnel datagram from addr:sport (family f): redirect if from a peer. */

@@ -30,10 +30,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/perf"
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Print(version.Get().Text("netbench"))
+		return
+	}
 	os.Exit(run(os.Args[1:]))
 }
 

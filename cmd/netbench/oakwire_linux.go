@@ -52,4 +52,8 @@ func registerOakwire(opts oakwireOpts) {
 	perf.Register(perf.OakwireName, func() perf.Dataplane {
 		return &perf.Oakwire{Mode: opts.mode, Workers: opts.workers, CPUsA: opts.cpusA, CPUsB: opts.cpusB, Yield: opts.yield, Spin: opts.spin}
 	})
+	perf.Register("oakwire-tier", func() perf.Dataplane {
+		return &perf.Oakwire{Mode: opts.mode, Workers: opts.workers, CPUsA: opts.cpusA, CPUsB: opts.cpusB, Yield: opts.yield, Spin: opts.spin,
+			Offload: true, Label: "oakwire-tier"}
+	})
 }

@@ -3,11 +3,14 @@
 //	netmanager [--config FILE] --node-id ID --uplink IFACE --node-ip IP [--tunnel-port 50103]
 //	  --cluster URL [--socket PATH] [--state-dir DIR] [--workers N] [...]
 //	netmanager teardown [--config FILE] [--socket PATH] [--state-dir DIR]
+//	netmanager --version
 //
 // Every flag is also a key of the YAML file (configs/netmanager.yaml);
 // flags win over the file. SIGTERM/SIGINT stop the API and the data plane
 // and leave containers attached; a restart re-adopts them. `teardown`
-// removes everything the daemon set up on the node.
+// removes everything the daemon set up on the node. --version (or
+// `version`) prints the build: version, commit, Go, and the SHA-256 of
+// each embedded BPF object.
 package main
 
 import (
@@ -21,10 +24,17 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/oakwire/oakwire/bpfprog"
+	"github.com/oakwire/oakwire/dataplane"
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/netmanager"
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Print(build().Text("netmanager"))
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
@@ -50,7 +60,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if teardown {
-		return netmanager.Teardown(cfg, log)
+		return netmanager.Teardown(cfg, log, dataplane.Teardown)
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -64,9 +74,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Dataplane:  dp,
 		NewCluster: netmanager.NodeClientCluster(cfg.Token),
 		Logger:     log,
+		Build:      build(),
 	})
 	if err != nil {
 		return err
 	}
 	return d.Run(ctx)
 }
+
+// build is this binary's version with the hashes of the BPF objects it
+// carries, for --version, /status and /metrics.
+func build() version.Info { return version.Get().WithBPF(bpfprog.ObjectHashes()) }

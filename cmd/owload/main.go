@@ -30,6 +30,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/oakwire/oakwire/internal/version"
 )
 
 // Reply is a server's answer to one request.
@@ -78,6 +80,10 @@ type Flood struct {
 }
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Print(version.Get().Text("owload"))
+		return
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: owload udpecho|tcpecho|udpask|tcpask|udpsink|udpflood [flags]")
 		os.Exit(2)

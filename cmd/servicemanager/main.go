@@ -6,6 +6,7 @@
 // Both also take --config FILE (YAML with the same key names, plus the
 // tuning keys documented in configs/root.yaml and configs/cluster.yaml;
 // flags win over the file) and --insecure (run without OAKWIRE_TOKEN).
+// `servicemanager --version` (or `version`) prints which build it is.
 package main
 
 import (
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/control"
+	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
@@ -31,6 +33,10 @@ import (
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Print(version.Get().Text("servicemanager"))
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
@@ -40,6 +46,7 @@ func main() {
 }
 
 const usage = `usage:
+  servicemanager --version
   servicemanager root --listen ADDR --redis URL [--redis-cluster ADDR,ADDR,...] [--redis-prefix P] [--config FILE] [--insecure]
   servicemanager cluster --listen ADDR --redis URL --root URL --cluster-id ID [--redis-prefix P] [--config FILE] [--insecure]`
 

@@ -89,6 +89,13 @@ func (d *Deployment) ServiceEntry(ctx context.Context, job string) (*nodeclient.
 // empty container namespace, and the node's netmanager attaches it (POST
 // /container/deploy with netns), which gives it namespace IPs.
 func (d *Deployment) DeployInstance(ctx context.Context, id string, n int, node *Node) (*Instance, error) {
+	return d.DeployInstanceMapped(ctx, id, n, node, "")
+}
+
+// DeployInstanceMapped is DeployInstance with port mappings (netmanager's
+// portMappings, "8080:80/tcp;5353:53/udp": host port on the node's own
+// addresses → container port).
+func (d *Deployment) DeployInstanceMapped(ctx context.Context, id string, n int, node *Node, portMappings string) (*Instance, error) {
 	s := d.Service(id)
 	if s == nil {
 		return nil, fmt.Errorf("deploy instance %s/%d: service not deployed through this deployment", id, n)
@@ -100,7 +107,7 @@ func (d *Deployment) DeployInstance(ctx context.Context, id string, n int, node 
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{Service: s, Number: n, IP: ip}
+	inst := &Instance{Service: s, Number: n, IP: ip, PortMappings: portMappings}
 	if err := d.attach(ctx, inst, node); err != nil {
 		return nil, err
 	}
@@ -137,7 +144,7 @@ func (d *Deployment) attach(ctx context.Context, inst *Instance, node *Node) err
 		return fmt.Errorf("deploy instance %s on %s: %w", inst.Name(), node.Name, err)
 	}
 	req := map[string]any{"serviceName": inst.Service.Job, "instanceNumber": inst.Number,
-		"portMappings": "", "netns": "/run/netns/" + ns}
+		"portMappings": inst.PortMappings, "netns": "/run/netns/" + ns}
 	var ans struct {
 		NsAddress   string `json:"nsAddress"`
 		NsAddressV6 string `json:"nsAddressv6"`

@@ -57,6 +57,11 @@ type Deployment struct {
 	Clusters []*Cluster
 	// WorkDir holds logs (*.log), sockets and state.
 	WorkDir string
+	// BPFDir is a bpffs the deployment mounted (in WorkDir) for the
+	// netmanagers' pinned kernel-tier objects: /sys/fs/bpf is not a bpffs
+	// inside `ip netns exec`, and a mount made there would go with the
+	// process; this one outlives restarts. Unmounted by Close.
+	BPFDir string
 
 	opts    Options
 	bin     string // directory of the binaries
@@ -121,6 +126,8 @@ type Instance struct {
 	Node *Node
 	NS   string
 	NSIP IPPair
+	// PortMappings are its netmanager port mappings ("" for none).
+	PortMappings string
 
 	servers []serverSpec
 }
@@ -251,6 +258,9 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 			d = nil
 		}
 	}()
+	if err := d.mountBPFFS(); err != nil {
+		return d, err
+	}
 	d.bin = o.BinDir
 	if d.bin == "" {
 		d.bin = filepath.Join(d.WorkDir, "bin")
@@ -353,7 +363,10 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		n.args = []string{filepath.Join(d.bin, "netmanager"),
 			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
 			"--cluster", n.Cluster.URL, "--socket", n.Socket, "--state-dir", n.StateDir,
-			"--dataplane", o.Dataplane}
+			"--dataplane", o.Dataplane, "--bpf-dir", d.BPFDir}
+		if o.Offload != "" {
+			n.args = append(n.args, "--offload", o.Offload)
+		}
 		if o.Workers > 0 {
 			n.args = append(n.args, "--workers", strconv.Itoa(o.Workers))
 		}
@@ -585,6 +598,14 @@ func (d *Deployment) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if d.BPFDir != "" {
+		// The pins go with the mount (the nodes' interfaces went with
+		// their namespaces already).
+		if err := unix.Unmount(d.BPFDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("deploy: unmount %s: %w", d.BPFDir, err))
+		}
+		d.BPFDir = ""
+	}
 	if d.ownWork && d.WorkDir != "" {
 		if err := os.RemoveAll(d.WorkDir); err != nil {
 			errs = append(errs, err)
@@ -592,6 +613,19 @@ func (d *Deployment) Close() error {
 		d.ownWork = false
 	}
 	return errors.Join(errs...)
+}
+
+// mountBPFFS mounts a bpffs at WorkDir/bpf (see BPFDir).
+func (d *Deployment) mountBPFFS() error {
+	dir := filepath.Join(d.WorkDir, "bpf")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("deploy: mount bpffs at %s: %w", dir, err)
+	}
+	d.BPFDir = dir
+	return nil
 }
 
 // CloseOnSignal makes SIGINT, SIGTERM and SIGHUP close the deployment and

@@ -30,6 +30,9 @@ type Options struct {
 	Dataplane string
 	// Workers is netmanager's --workers; 0 leaves its default.
 	Workers int
+	// Offload is netmanager's --offload (on or off); empty leaves its
+	// default (on: the kernel tier).
+	Offload string
 	// BinDir holds prebuilt servicemanager, netmanager and owload binaries
 	// (see Build); empty means Up builds them into the work directory.
 	BinDir string

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/internal/testenv"
 )
 
@@ -63,6 +64,10 @@ type Options struct {
 	// multi-queue NIC); 0 means 1. veth picks the peer's RX queue by the
 	// sender's TX queue, which a kernel sender chooses by flow hash.
 	UplinkQueues int
+	// UplinkActiveQueues, when in [1, UplinkQueues), leaves only that many
+	// of the allocated queues active (ethtool -L rx N tx N), as a plain
+	// veth on a 2-CPU machine or a NIC after `ethtool -L` has them.
+	UplinkActiveQueues int
 }
 
 // Bed is one emulated cluster of nodes and containers. All methods are safe
@@ -401,6 +406,9 @@ func (b *Bed) plugBridgeLocked(n *Node) error {
 	if err != nil {
 		return fmt.Errorf("underlay port %s: %w", port, err)
 	}
+	if err := b.activateQueues(n, b.bridge, port); err != nil {
+		return fmt.Errorf("underlay port %s: %w", port, err)
+	}
 	return configureUplink(n)
 }
 
@@ -410,6 +418,9 @@ func (b *Bed) plugDirectLocked(a, z *Node) error {
 		return addVeth(h, a.Uplink, z.NS, z.Uplink, b.opts.UplinkMTU, b.opts.UplinkQueues)
 	})
 	if err != nil {
+		return fmt.Errorf("underlay veth: %w", err)
+	}
+	if err := b.activateQueues(a, z.NS, z.Uplink); err != nil {
 		return fmt.Errorf("underlay veth: %w", err)
 	}
 	return errors.Join(configureUplink(a), configureUplink(z))
@@ -436,6 +447,18 @@ func addVeth(h *netlink.Handle, name, peerNS, peer string, mtu, queues int) erro
 		return fmt.Errorf("veth %s/%s@%s: %w", name, peer, peerNS, err)
 	}
 	return nil
+}
+
+// activateQueues leaves active queues of the uplink of n (and its peer end
+// peerIf in peerNS) active, when fewer than the allocated ones.
+func (b *Bed) activateQueues(n *Node, peerNS, peerIf string) error {
+	q := b.opts.UplinkActiveQueues
+	if q <= 0 || q >= b.opts.UplinkQueues {
+		return nil
+	}
+	return errors.Join(
+		Do(n.NS, func() error { return ethtool.SetRxTxQueues(n.Uplink, q, q) }),
+		Do(peerNS, func() error { return ethtool.SetRxTxQueues(peerIf, q, q) }))
 }
 
 // configureUplink addresses and raises node n's uplink. No default route:

@@ -1,0 +1,733 @@
+//go:build linux
+
+package dataplane
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/oakwire/oakwire/bpfprog"
+	"github.com/oakwire/oakwire/fastpath"
+)
+
+// The kernel tier's punt device: punt0 in the node's namespace takes the
+// frames the TC programs punt (their egress) and the workers' frames back
+// (its ingress, tc_punt); punt1, its peer, runs xdp_punt into one AF_XDP
+// socket per worker (queue i belongs to worker i).
+const (
+	punt0 = "owpunt0"
+	punt1 = "owpunt1"
+)
+
+// Tier metadata in an Ethernet address: 02:<flags>:<ifindex>.
+const (
+	tierMeta        = 0x02
+	tierPuntCounted = 0x01
+)
+
+// tierGateDead marks a slot the daemon withdrew: a worker waiting to open
+// its gate gives up on it.
+const tierGateDead = uint64(1) << 62
+
+// Kernel tier timers: how often the sweeper runs, how long a withdrawn slot
+// cools before reuse (a program that found it before it was withdrawn has
+// long finished), how long a pending slot may wait for its counted packets
+// (lost ones: the gate opens anyway) or for any packet at all.
+const (
+	tierSweepEvery = 250 * time.Millisecond
+	tierStuck      = 100 * time.Millisecond
+	tierQuiet      = 2 * time.Millisecond
+)
+
+// Idle times of flows the kernel executes after TCP closed: RST, or FIN
+// in this direction.
+const (
+	tierRSTIdle = time.Second
+	tierFINIdle = 10 * time.Second
+)
+
+// tierMgr is the daemon's side of the kernel tier: which slots are free,
+// published or cooling, the sweeper that expires idle flows and keeps the
+// worker pool's flows of busy ones alive, and the check that withdraws
+// flows a table change made wrong. Workers install flows and open their
+// gates (worker.tierRound); everything else runs in the tierMgr's goroutine.
+type tierMgr struct {
+	e *Engine
+	t *bpfprog.Tier
+	// quota bounds the published slots of one arrival interface (a port,
+	// or the uplink), so one container cannot take the whole table.
+	quota int
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	free    []uint32
+	cooling []uint32 // withdrawn last sweep; free after this one
+	cooled  []uint32 // withdrawn this sweep
+	live    map[uint32]*tierLive
+	perIf   map[uint32]int
+
+	check chan struct{} // the table changed: revalidate
+
+	installed, withdrawn, expired, invalid, quotaFull, tableFull atomic.Uint64
+}
+
+// tierLive is a published slot.
+type tierLive struct {
+	key  bpfprog.TierKey
+	peer netip.Addr // ingress: the peer the slot accepts
+}
+
+func newTierMgr(e *Engine, t *bpfprog.Tier) *tierMgr {
+	n := t.NumSlots()
+	m := &tierMgr{e: e, t: t, quota: max(64, n/8), live: map[uint32]*tierLive{}, perIf: map[uint32]int{},
+		check: make(chan struct{}, 1)}
+	for i := n - 1; i >= 0; i-- {
+		m.free = append(m.free, uint32(i))
+	}
+	return m
+}
+
+// adopt takes over the flows a previous daemon published (pinned maps):
+// active ones stay; pending ones had a worker that is gone, so they go.
+func (m *tierMgr) adopt() error {
+	type pub struct {
+		k    bpfprog.TierKey
+		slot uint32
+	}
+	var pubs []pub
+	if err := m.t.Published(func(k bpfprog.TierKey, slot uint32) { pubs = append(pubs, pub{k, slot}) }); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	used := map[uint32]bool{}
+	var errs []error
+	for _, p := range pubs {
+		if int(p.slot) >= m.t.NumSlots() || used[p.slot] ||
+			atomic.LoadUint64(&m.t.Slot(p.slot).Gate)&bpfprog.TierGateActive == 0 {
+			errs = append(errs, m.t.Unpublish(&p.k))
+			continue
+		}
+		used[p.slot] = true
+		s := m.t.Slot(p.slot)
+		l := &tierLive{key: p.k}
+		if s.Kind == bpfprog.TierKindIngress {
+			l.peer = wordsAddr(s.PeerFamily, s.Peer)
+		}
+		m.live[p.slot] = l
+		m.perIf[p.k.Ifindex]++
+	}
+	m.free = m.free[:0]
+	for i := m.t.NumSlots() - 1; i >= 0; i-- {
+		if !used[uint32(i)] {
+			m.free = append(m.free, uint32(i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// alloc takes a free slot for a flow arriving on k.Ifindex (from peer,
+// for the uplink's flows).
+func (m *tierMgr) alloc(k *bpfprog.TierKey, peer netip.Addr) (uint32, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.perIf[k.Ifindex] >= m.quota {
+		m.quotaFull.Add(1)
+		return 0, false
+	}
+	if len(m.free) == 0 {
+		m.tableFull.Add(1)
+		return 0, false
+	}
+	i := m.free[len(m.free)-1]
+	m.free = m.free[:len(m.free)-1]
+	m.live[i] = &tierLive{key: *k, peer: peer}
+	m.perIf[k.Ifindex]++
+	return i, true
+}
+
+// unalloc gives back a slot that was never published.
+func (m *tierMgr) unalloc(i uint32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l := m.live[i]; l != nil {
+		m.perIf[l.key.Ifindex]--
+		delete(m.live, i)
+		m.free = append(m.free, i)
+	}
+}
+
+// withdrawLocked unpublishes slot i and lets it cool. m.mu held.
+func (m *tierMgr) withdrawLocked(i uint32) error {
+	l := m.live[i]
+	if l == nil {
+		return nil
+	}
+	err := m.t.Unpublish(&l.key)
+	atomic.StoreUint64(&m.t.Slot(i).Gate, tierGateDead)
+	m.perIf[l.key.Ifindex]--
+	delete(m.live, i)
+	m.cooled = append(m.cooled, i)
+	m.withdrawn.Add(1)
+	return err
+}
+
+// withdrawIf unpublishes every slot whose arrival interface or output is
+// ifindex (a port going away).
+func (m *tierMgr) withdrawIf(ifindex int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, l := range m.live {
+		if int(l.key.Ifindex) == ifindex || int(m.t.Slot(i).OutIfindex) == ifindex {
+			_ = m.withdrawLocked(i)
+		}
+	}
+}
+
+// changed asks the sweeper to check every flow against a new table.
+func (m *tierMgr) changed() {
+	select {
+	case m.check <- struct{}{}:
+	default:
+	}
+}
+
+func (m *tierMgr) loop(stop <-chan struct{}) {
+	t := time.NewTicker(tierSweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			m.sweep()
+		case <-m.check:
+			m.revalidate()
+		}
+	}
+}
+
+// monoNow is CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+func monoNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// idle is how long an executed flow of protocol proto may go without a
+// packet, after the TCP flags it saw.
+func (m *tierMgr) idle(proto uint8, tcpFlags uint32) time.Duration {
+	fc := m.e.cfg.Flows
+	switch {
+	case proto == fastpath.ProtoTCP && tcpFlags&0x04 != 0:
+		return tierRSTIdle
+	case proto == fastpath.ProtoTCP && tcpFlags&0x01 != 0:
+		return tierFINIdle
+	case proto == fastpath.ProtoTCP:
+		return fc.TCPIdle
+	}
+	return fc.UDPIdle
+}
+
+// sweep expires idle flows, keeps the worker pool's flow of a busy one
+// alive (so a flow keeps its instance however long the kernel executes
+// it), withdraws pending slots nobody opens, and recycles cooled slots.
+func (m *tierMgr) sweep() {
+	now, mono := monoNow(), fastpath.Monotonic()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.free = append(m.free, m.cooling...)
+	m.cooling, m.cooled = m.cooled, m.cooling[:0]
+	for i, l := range m.live {
+		s := m.t.Slot(i)
+		g := atomic.LoadUint64(&s.Gate)
+		if g&bpfprog.TierGateActive == 0 {
+			continue // a worker's; it gives up on stuck ones itself
+		}
+		last := atomic.LoadUint64(&s.LastNs)
+		idle := m.idle(l.key.Proto, atomic.LoadUint32(&s.TcpFlags))
+		if last == 0 {
+			last = now // published, no packet yet: the sweep starts its clock
+			atomic.CompareAndSwapUint64(&s.LastNs, 0, now)
+		}
+		if now > last && time.Duration(now-last) > idle {
+			_ = m.withdrawLocked(i)
+			m.expired.Add(1)
+			continue
+		}
+		if now-last < uint64(2*tierSweepEvery) {
+			m.touchFlow(l, s, mono)
+		}
+	}
+}
+
+// touchFlow refreshes the worker pool's flow behind a busy slot.
+func (m *tierMgr) touchFlow(l *tierLive, s *bpfprog.TierSlot, mono int64) {
+	src, dst := bpfprog.TierKeyAddrs(&l.key)
+	switch s.Kind {
+	case bpfprog.TierKindService:
+		k := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+		m.e.flows.Lookup(&k, mono)
+	case bpfprog.TierKindIngress:
+		if s.Flags&bpfprog.TierSNAT != 0 { // a reply: its flow's reverse key
+			k := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+			m.e.flows.LookupReverse(&k, mono)
+		}
+	}
+}
+
+// revalidate withdraws every executed flow that the worker pool would now
+// handle differently (its instance went or moved, its port went, the peer
+// is no longer one, its source no longer plausible, ...): it asks the
+// processor, as for a packet of the flow, and compares. A flow withdrawn
+// here is decided again by its next packet. Runs after every table change,
+// so a flow to a removed instance outlives the change by well under 1 s.
+func (m *tierMgr) revalidate() {
+	ctx := fastpath.NewWorkerCtx() // its counters are never published
+	ctx.Now = fastpath.Monotonic()
+	t := m.e.tables.Load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	buf := make([]byte, 512)
+	for i, l := range m.live {
+		s := m.t.Slot(i)
+		if atomic.LoadUint64(&s.Gate)&bpfprog.TierGateActive == 0 {
+			continue
+		}
+		want, ok := m.e.simulate(ctx, t, &l.key, l.peer, buf)
+		if !ok || !sameAction(&want, s) {
+			_ = m.withdrawLocked(i)
+			m.invalid.Add(1)
+		}
+	}
+}
+
+// sameAction compares what a slot does.
+func sameAction(a, b *bpfprog.TierSlot) bool {
+	return a.Flags == b.Flags && a.OutIfindex == b.OutIfindex && a.NewSaddr == b.NewSaddr &&
+		a.NewDaddr == b.NewDaddr && a.Outer == b.Outer && a.Dmac == b.Dmac && a.Smac == b.Smac &&
+		a.Peer == b.Peer && a.PeerFamily == b.PeerFamily && a.MaxLen == b.MaxLen
+}
+
+func (m *tierMgr) counters(c map[string]uint64) {
+	if tc, err := m.t.Counters(); err == nil {
+		for k, v := range tc {
+			c["tier_"+k] = v
+		}
+	}
+	m.mu.Lock()
+	c["tier_flows"] = uint64(len(m.live))
+	m.mu.Unlock()
+	c["tier_installed"] = m.installed.Load()
+	c["tier_withdrawn"] = m.withdrawn.Load()
+	c["tier_expired"] = m.expired.Load()
+	c["tier_invalidated"] = m.invalid.Load()
+	c["tier_quota_full"] = m.quotaFull.Load()
+	c["tier_table_full"] = m.tableFull.Load()
+}
+
+func (m *tierMgr) flows() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.live)
+}
+
+func wordsAddr(family uint32, w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, x := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], x)
+	}
+	if family == 4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// tierCapture is what a worker notes of a punted frame before the
+// processor rewrites it: the flow's key when the kernel tier could
+// execute it, and for tunnel frames the peer it came from.
+type tierCapture struct {
+	ok   bool
+	key  bpfprog.TierKey
+	peer netip.Addr
+}
+
+// captureEgress notes a frame from port ifindex: IPv4 without options or
+// IPv6 without extension headers, untagged, TCP or UDP, not a fragment.
+func captureEgress(pkt []byte, ifindex int, p *fastpath.Parsed) tierCapture {
+	if p.Decode(pkt) != fastpath.ReasonNone || !plainL4(p, fastpath.EthernetLen) {
+		return tierCapture{}
+	}
+	return tierCapture{ok: true, key: bpfprog.NewTierKey(ifindex, p.Proto,
+		netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort))}
+}
+
+// captureIngress notes a tunnel frame from the uplink: the outer header as
+// tc_uplink strips it (no options or extension headers, untagged), the
+// inner as captureEgress wants it.
+func captureIngress(pkt []byte, uplink int, outer, inner *fastpath.Parsed) tierCapture {
+	if !fastpath.TunnelInner(pkt, outer, inner) || outer.L3Off != fastpath.EthernetLen ||
+		outer.L4Off-outer.L3Off != ipLen(outer.Version) || !plainL4(inner, outer.L4Off+fastpath.UDPLen) {
+		return tierCapture{}
+	}
+	return tierCapture{ok: true, peer: outer.Src, key: bpfprog.NewTierKey(uplink, inner.Proto,
+		netip.AddrPortFrom(inner.Src, inner.SrcPort), netip.AddrPortFrom(inner.Dst, inner.DstPort))}
+}
+
+func ipLen(version uint8) int {
+	if version == 4 {
+		return fastpath.IPv4MinLen
+	}
+	return fastpath.IPv6Len
+}
+
+// plainL4: a TCP or UDP packet at l3 without options, extension headers or
+// fragmentation.
+func plainL4(p *fastpath.Parsed, l3 int) bool {
+	return p.L3Off == l3 && p.L4Off-p.L3Off == ipLen(p.Version) && p.Frag == fastpath.FragNone &&
+		p.HasPorts && (p.Proto == fastpath.ProtoTCP || p.Proto == fastpath.ProtoUDP)
+}
+
+// tierSlotFor turns what the processor did to a captured frame into the
+// slot that does the same in the kernel: out is the frame it produced
+// (verdict v, still with the MACs the processor wrote), outIfindex where it
+// goes. ok is false when the kernel tier cannot do it (an IPv6 underlay,
+// a changed protocol or port: an ICMP error, say).
+func (e *Engine) tierSlotFor(c *tierCapture, v *fastpath.Verdict, out []byte, outIfindex int, t *fastpath.Table, q *fastpath.Parsed) (s bpfprog.TierSlot, ok bool) {
+	src, dst := bpfprog.TierKeyAddrs(&c.key)
+	l3 := fastpath.EthernetLen
+	switch v.Action {
+	case fastpath.ActTxUplink:
+		if c.peer.IsValid() || len(out) < l3+bpfprog.TierOuterLen || out[l3] != 0x45 {
+			return s, false // only egress encapsulates, and only over IPv4
+		}
+		o := out[l3:]
+		tmpl, sum := bpfprog.OuterTemplate(netip.AddrFrom4([4]byte(o[12:16])), netip.AddrFrom4([4]byte(o[16:20])),
+			binary.BigEndian.Uint16(o[20:]), binary.BigEndian.Uint16(o[22:]))
+		s.Flags, s.Outer, s.OuterSum = bpfprog.TierEncap, tmpl, sum
+		s.OuterLen, s.MaxLen = uint32(bpfprog.TierOuterLen), uint32(t.MaxInner())
+		l3 += bpfprog.TierOuterLen
+	case fastpath.ActTxPort:
+		s.Flags = bpfprog.TierDeliver
+		s.Dmac, s.Smac = [6]byte(out[0:6]), [6]byte(out[6:12])
+		if c.peer.IsValid() {
+			s.Flags |= bpfprog.TierDecap
+			s.Peer, s.PeerFamily = bpfprog.AddrWords(c.peer), 6
+			if c.peer.Unmap().Is4() {
+				s.PeerFamily = 4
+			}
+		}
+	default:
+		return s, false
+	}
+	if q.DecodeIP(out, l3) != fastpath.ReasonNone || !plainL4(q, l3) || q.Proto != c.key.Proto ||
+		q.SrcPort != src.Port() || q.DstPort != dst.Port() {
+		return s, false
+	}
+	if q.Src != src.Addr() {
+		s.Flags |= bpfprog.TierSNAT
+		s.NewSaddr = bpfprog.AddrWords(q.Src)
+	}
+	if q.Dst != dst.Addr() {
+		if c.peer.IsValid() {
+			return s, false // ingress never changes the destination
+		}
+		s.Flags |= bpfprog.TierDNAT
+		s.NewDaddr = bpfprog.AddrWords(q.Dst)
+	}
+	s.OutIfindex = uint32(outIfindex)
+	switch {
+	case c.peer.IsValid():
+		s.Kind = bpfprog.TierKindIngress
+	case t.IsServiceIP(dst.Addr()):
+		s.Kind = bpfprog.TierKindService
+		k := fastpath.MakeFlowKey(c.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+		if inst, _, found := e.flows.Lookup(&k, fastpath.Monotonic()); found {
+			s.Inst = inst
+		}
+	default:
+		s.Kind = bpfprog.TierKindInstance
+	}
+	return s, true
+}
+
+// simulate asks the processor what it would do now with a packet of flow
+// k (from peer, for the uplink's flows) and returns the slot for it. It
+// runs outside the workers (the sweeper), with its own context.
+func (e *Engine) simulate(ctx *fastpath.WorkerCtx, t *fastpath.Table, k *bpfprog.TierKey, peer netip.Addr, buf []byte) (bpfprog.TierSlot, bool) {
+	if t == nil {
+		return bpfprog.TierSlot{}, false
+	}
+	src, dst := bpfprog.TierKeyAddrs(k)
+	var inner []byte
+	if k.Proto == fastpath.ProtoTCP {
+		inner = synthTCP(src, dst)
+	} else {
+		inner = synthUDP(src, dst)
+	}
+	const head = 256
+	frame := buf[:head]
+	var f fastpath.Frame
+	var c tierCapture
+	var v [1]fastpath.Verdict
+	var p, q fastpath.Parsed
+	if peer.IsValid() {
+		udp := make([]byte, fastpath.UDPLen, fastpath.UDPLen+len(inner))
+		binary.BigEndian.PutUint16(udp[0:], 49152)
+		binary.BigEndian.PutUint16(udp[2:], t.Node.Addr.Port())
+		binary.BigEndian.PutUint16(udp[4:], uint16(fastpath.UDPLen+len(inner)))
+		outer := synthIP(peer, t.Node.Addr.Addr(), fastpath.ProtoUDP, append(udp, inner...))
+		pkt := append(append(frame, ethHeader(outer)...), outer...)
+		f = fastpath.Frame{Buf: pkt, Off: head, Len: len(pkt) - head}
+		var o fastpath.Parsed
+		c = captureIngress(pkt[head:], int(k.Ifindex), &o, &q)
+		e.proc.Ingress(ctx, []fastpath.Frame{f}, v[:])
+	} else {
+		pkt := append(append(frame, ethHeader(inner)...), inner...)
+		f = fastpath.Frame{Buf: pkt, Off: head, Len: len(pkt) - head}
+		c = captureEgress(pkt[head:], int(k.Ifindex), &q)
+		id, ok := e.portByIfindex(int(k.Ifindex))
+		if !ok {
+			return bpfprog.TierSlot{}, false
+		}
+		e.proc.Egress(ctx, id, []fastpath.Frame{f}, v[:])
+	}
+	if !c.ok || (v[0].Action != fastpath.ActTxPort && v[0].Action != fastpath.ActTxUplink) {
+		return bpfprog.TierSlot{}, false
+	}
+	out := f.Buf[v[0].Off : v[0].Off+v[0].Len]
+	return e.tierSlotFor(&c, &v[0], out, e.outIfindex(&v[0]), t, &p)
+}
+
+// outIfindex is where a TX verdict's frame goes: the uplink or a port's
+// host veth (-1: no such port).
+func (e *Engine) outIfindex(v *fastpath.Verdict) int {
+	if v.Action == fastpath.ActTxUplink {
+		return e.uplinkIdx
+	}
+	if px := e.portIfx.Load(); px != nil && int(v.Port) < len(*px) {
+		return int((*px)[v.Port])
+	}
+	return -1
+}
+
+// portByIfindex is the port on host veth ifindex.
+func (e *Engine) portByIfindex(ifindex int) (fastpath.PortID, bool) {
+	if m := e.ifxPort.Load(); m != nil {
+		id, ok := (*m)[int32(ifindex)]
+		return id, ok
+	}
+	return 0, false
+}
+
+func ethHeader(ip []byte) []byte {
+	h := make([]byte, fastpath.EthernetLen)
+	binary.BigEndian.PutUint16(h[12:], fastpath.EtherTypeIPv4)
+	if ip[0]>>4 == 6 {
+		binary.BigEndian.PutUint16(h[12:], fastpath.EtherTypeIPv6)
+	}
+	return h
+}
+
+// synthTCP and synthUDP build a bare TCP (ACK) or UDP packet from src to
+// dst with no payload; checksums are left zero (the processor recomputes
+// what it changes and never checks them).
+func synthTCP(src, dst netip.AddrPort) []byte {
+	l4 := make([]byte, 20)
+	binary.BigEndian.PutUint16(l4[0:], src.Port())
+	binary.BigEndian.PutUint16(l4[2:], dst.Port())
+	l4[12], l4[13] = 5<<4, 0x10
+	return synthIP(src.Addr(), dst.Addr(), fastpath.ProtoTCP, l4)
+}
+
+func synthUDP(src, dst netip.AddrPort) []byte {
+	l4 := make([]byte, fastpath.UDPLen)
+	binary.BigEndian.PutUint16(l4[0:], src.Port())
+	binary.BigEndian.PutUint16(l4[2:], dst.Port())
+	binary.BigEndian.PutUint16(l4[4:], fastpath.UDPLen)
+	return synthIP(src.Addr(), dst.Addr(), fastpath.ProtoUDP, l4)
+}
+
+func synthIP(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
+	if src.Unmap().Is4() {
+		h := make([]byte, fastpath.IPv4MinLen, fastpath.IPv4MinLen+len(l4))
+		h[0], h[8], h[9] = 0x45, 64, proto
+		binary.BigEndian.PutUint16(h[2:], uint16(len(h)+len(l4)))
+		binary.BigEndian.PutUint16(h[6:], 0x4000)
+		s, d := src.Unmap().As4(), dst.Unmap().As4()
+		copy(h[12:], s[:])
+		copy(h[16:], d[:])
+		return append(h, l4...)
+	}
+	h := make([]byte, fastpath.IPv6Len, fastpath.IPv6Len+len(l4))
+	h[0] = 0x60
+	binary.BigEndian.PutUint16(h[4:], uint16(len(l4)))
+	h[6], h[7] = proto, 64
+	s, d := src.As16(), dst.As16()
+	copy(h[8:], s[:])
+	copy(h[24:], d[:])
+	return append(h, l4...)
+}
+
+// puntDevice makes (or finds) the punt veth pair with queues RX/TX queues
+// per end and MTU mtu, IPv6 off on both ends (no neighbour discovery or
+// MLD of their own), up, no addresses. A pair left by an earlier daemon
+// with another queue count is made again.
+func puntDevice(queues, mtu int) (p0, p1 netlink.Link, err error) {
+	if l, err := netlink.LinkByName(punt0); err == nil {
+		if l.Attrs().NumRxQueues == queues && l.Attrs().MTU == mtu {
+			p1, err := netlink.LinkByName(punt1)
+			if err == nil {
+				return l, p1, nil
+			}
+		}
+		if err := netlink.LinkDel(l); err != nil {
+			return nil, nil, fmt.Errorf("punt device %s: delete stale: %w", punt0, err)
+		}
+	}
+	v := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: punt0, MTU: mtu, NumTxQueues: queues, NumRxQueues: queues},
+		PeerName:  punt1, PeerMTU: uint32(mtu), PeerNumTxQueues: uint32(queues), PeerNumRxQueues: uint32(queues),
+	}
+	if err := netlink.LinkAdd(v); err != nil {
+		return nil, nil, fmt.Errorf("punt device %s: %w", punt0, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = netlink.LinkDel(v)
+		}
+	}()
+	for _, n := range []string{punt0, punt1} {
+		path := filepath.Join("/proc/sys/net/ipv6/conf", n, "disable_ipv6")
+		if werr := os.WriteFile(path, []byte("1"), 0o644); werr != nil && !errors.Is(werr, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("punt device %s: %w", n, werr)
+		}
+	}
+	if p0, err = netlink.LinkByName(punt0); err != nil {
+		return nil, nil, err
+	}
+	if p1, err = netlink.LinkByName(punt1); err != nil {
+		return nil, nil, err
+	}
+	for _, l := range []netlink.Link{p0, p1} {
+		if err := netlink.LinkSetUp(l); err != nil {
+			return nil, nil, fmt.Errorf("punt device %s: up: %w", l.Attrs().Name, err)
+		}
+	}
+	return p0, p1, nil
+}
+
+// puntMTU is the punt device's MTU: the larger of the uplink's and the
+// Ethernet default, within what native XDP on veth takes (a frame and its
+// headroom in a page).
+func puntMTU(uplinkMTU int) int { return min(max(uplinkMTU, 1500), 3500) }
+
+// DeletePuntDevice removes the punt veth pair (netmanager teardown).
+func DeletePuntDevice() error {
+	l, err := netlink.LinkByName(punt0)
+	if _, nf := errors.AsType[netlink.LinkNotFoundError](err); nf {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return netlink.LinkDel(l)
+}
+
+// RemovePinned removes what the kernel tier pinned under dir (links and
+// maps; netmanager teardown), which detaches its programs.
+func RemovePinned(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	err := os.RemoveAll(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pinned tier objects %s: %w", dir, err)
+	}
+	return nil
+}
+
+// onBPFFS reports whether path, or the nearest existing directory above
+// it, is on a bpffs (where pins can go).
+func onBPFFS(path string) bool {
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err == nil {
+			return st.Type == unix.BPF_FS_MAGIC
+		}
+		if p == "/" || p == "." {
+			return false
+		}
+	}
+}
+
+// Teardown removes what the kernel tier leaves on a node between daemons:
+// the pinned links and flows under pinPath (which detaches its programs)
+// and the punt device (netmanager teardown).
+func Teardown(pinPath string) error {
+	return errors.Join(RemovePinned(pinPath), DeletePuntDevice())
+}
+
+// tierFlows lists the kernel tier's flows.
+func (m *tierMgr) tierFlows(now uint64) []FlowInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]FlowInfo, 0, len(m.live))
+	for i, l := range m.live {
+		s := m.t.Slot(i)
+		src, dst := bpfprog.TierKeyAddrs(&l.key)
+		fi := FlowInfo{Proto: l.key.Proto, Src: src, Dst: dst, Ingress: s.Kind == bpfprog.TierKindIngress,
+			Kernel: true, Pending: atomic.LoadUint64(&s.Gate)&bpfprog.TierGateActive == 0,
+			Packets: atomic.LoadUint64(&s.Packets), Bytes: atomic.LoadUint64(&s.Bytes),
+			Closing: atomic.LoadUint32(&s.TcpFlags) != 0}
+		if last := atomic.LoadUint64(&s.LastNs); last != 0 && now > last {
+			fi.Idle = time.Duration(now - last)
+		}
+		switch {
+		case s.Kind == bpfprog.TierKindService:
+			fi.Service, fi.Instance, fi.HasInstance = dst.Addr(), s.Inst, true
+		case fi.Ingress && s.Flags&bpfprog.TierSNAT != 0:
+			fi.Service = wordsAddr(uint32(l.key.Family), s.NewSaddr)
+		}
+		out = append(out, fi)
+	}
+	return out
+}
+
+// Flows lists the live flows of both tiers: the worker pool's service
+// flows (with the instance each chose) and every flow the kernel tier
+// executes. A service flow the kernel executes is listed once, as the
+// kernel's.
+func (e *Engine) Flows() []FlowInfo {
+	var out []FlowInfo
+	seen := map[[2]netip.AddrPort]bool{}
+	if e.tm != nil {
+		out = e.tm.tierFlows(monoNow())
+		for _, f := range out {
+			if !f.Ingress {
+				seen[[2]netip.AddrPort{f.Src, f.Dst}] = true
+			}
+		}
+	}
+	mono := fastpath.Monotonic()
+	e.flows.Range(func(r fastpath.FlowRecord) bool {
+		proto, src, dst := r.Fwd.Unpack()
+		if seen[[2]netip.AddrPort{src, dst}] {
+			return true
+		}
+		out = append(out, FlowInfo{Proto: proto, Src: src, Dst: dst, Service: dst.Addr(),
+			Instance: r.Inst, HasInstance: true, Idle: time.Duration(max(0, mono-r.Last))})
+		return true
+	})
+	return out
+}
