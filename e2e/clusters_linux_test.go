@@ -194,18 +194,12 @@ func followsWithin(t *testing.T, dep *deploy.Deployment, from, to *deploy.Instan
 // injectDropped sends tunnel datagrams from namespace ns (a host no cluster
 // lists as a peer now), from the tunnel port to node's tunnel port, each
 // holding a well-formed IPv4/UDP packet for dst's container, and checks
-// that node's steering program drops them as not_peer.
+// that node's steering (the uplink program, or the kernel tier's) drops
+// them as not_peer.
 func injectDropped(t *testing.T, d *deploy.Deployment, ns string, node *deploy.Node, dst *deploy.Instance) {
 	t.Helper()
 	const sent = 5
-	counter := func() uint64 {
-		st, err := d.Status(context.Background(), node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Dataplane.Counters["bpf_uplink_not_peer"]
-	}
-	before := counter()
+	before := drops(t, d, node, "not_peer")
 	inner := ipv4UDP(netip.MustParseAddr("10.30.0.250"), dst.NSIP.V4, 40000, deploy.EchoUDPPort, []byte("not from a peer"))
 	err := testbed.Do(ns, func() error {
 		conn, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 50103})
@@ -225,8 +219,8 @@ func injectDropped(t *testing.T, d *deploy.Deployment, ns string, node *deploy.N
 		t.Fatalf("inject from %s: %v", ns, err)
 	}
 	poll(t, 3*time.Second, func() (bool, string) {
-		got := counter() - before
-		return got >= sent, fmt.Sprintf("node %s counted %d of %d injected tunnel packets as bpf_uplink_not_peer", node.Name, got, sent)
+		got := drops(t, d, node, "not_peer") - before
+		return got >= sent, fmt.Sprintf("node %s counted %d of %d injected tunnel packets as not_peer", node.Name, got, sent)
 	})
 }
 
