@@ -1,6 +1,7 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
 )
@@ -41,6 +43,11 @@ type ClusterConfig struct {
 	// Refresh is the period of re-fetching every cached service from root,
 	// repairing missed notifications (default 30 s; negative: never).
 	Refresh time.Duration
+	// PeerSync is the period of the full peer sync with root: this
+	// cluster's node endpoints up, the endpoints of the linked clusters
+	// down, repairing missed hints (default 5 min; negative: only at
+	// start). Root's hints carry every change within the second.
+	PeerSync time.Duration
 	// Timeout bounds Redis work per request (default DefaultTimeout: a
 	// Redis that hangs gives 503 within a second); RootTimeout one call to
 	// root (default 3 s).
@@ -63,6 +70,9 @@ func (c ClusterConfig) withDefaults() ClusterConfig {
 	}
 	if c.Refresh == 0 {
 		c.Refresh = 30 * time.Second
+	}
+	if c.PeerSync == 0 {
+		c.PeerSync = 5 * time.Minute
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
@@ -102,6 +112,10 @@ type Cluster struct {
 	mu      sync.Mutex // guards waiters
 	waiters map[string]chan struct{}
 
+	// peerUpdates counts the changes of the peers held of other clusters
+	// by how they came: a root delta, a fetch, or a view refused as older.
+	peerUpdates *prometheus.CounterVec
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -125,10 +139,15 @@ func NewCluster(cfg ClusterConfig, rdb redis.UniversalClient) (*Cluster, error) 
 		cancel:  cancel,
 	}
 	c.wakeC = c.tag + "wake"
+	c.peerUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "oakwire_cluster_peer_updates_total",
+		Help: "Updates of the peers held of linked clusters: delta (root's change applied), fetch (fetched from root), stale (an answer older than the view held, fetched again)."},
+		[]string{"kind"})
+	c.reg.MustRegister(c.peerUpdates)
 
 	c.handle("POST /api/net/deployment", c.deployment)
 	c.handle("DELETE /api/net/deployment/:job", c.deleteDeployment)
 	c.handle("POST /api/net/job/update", c.jobUpdate)
+	c.handle("POST /api/net/peers/update", c.peersUpdate)
 	c.handle("POST /api/node/register", c.registerNode)
 	c.handle("GET /api/node/resolve", c.resolve)
 	c.handle("POST /api/node/instance/deployed", c.instanceDeployed)
@@ -144,11 +163,16 @@ func NewCluster(cfg ClusterConfig, rdb redis.UniversalClient) (*Cluster, error) 
 func (c *Cluster) Handler() fasthttp.RequestHandler { return c.serve }
 
 // Start subscribes to wake-ups, registers the cluster with root (retrying
-// in the background until it succeeds) and starts the periodic refresh.
+// in the background until it succeeds, then syncing peers with it) and
+// starts the periodic refresh and peer sync.
 func (c *Cluster) Start() {
 	c.wg.Add(2)
 	go c.subscribe()
-	go c.registerWithRoot()
+	go func() {
+		defer c.wg.Done()
+		c.registerWithRoot()
+		c.peerSyncer()
+	}()
 	if c.cfg.Refresh > 0 {
 		c.wg.Add(1)
 		go c.refresher()
@@ -188,7 +212,6 @@ func (c *Cluster) pushArgs(rest ...any) []any {
 // ---- background ----
 
 func (c *Cluster) registerWithRoot() {
-	defer c.wg.Done()
 	if c.cfg.Advertise == "" {
 		return
 	}
@@ -527,11 +550,16 @@ func (c *Cluster) registerNode(ctx *fasthttp.RequestCtx, _ []string) error {
 		return err
 	}
 	rec.Subnet, rec.SubnetV6 = sn.Subnet, sn.SubnetV6
+	// Root learns the endpoint first, so peers in other clusters may know
+	// it by the time the node is told it is registered.
+	if err := c.root.putNode(ctx, c.cfg.ClusterID, rec.endpoint()); err != nil {
+		return err
+	}
 	b, _ := json.Marshal(rec)
 	rc, cancel := c.rctx(ctx)
 	defer cancel()
 	ver, err := registerNodeScript.Run(rc, c.rdb, []string{c.kNodes(), c.kNseq(rec.NodeID)},
-		c.pushArgs(rec.NodeID, b, rec.NodeIP, rec.TunnelPort)...).Int64()
+		c.pushArgs(rec.NodeID, b, rec.NodeIP, rec.TunnelPort, c.cfg.ClusterID)...).Int64()
 	if err != nil {
 		return redisErr("register node", err)
 	}
@@ -561,10 +589,15 @@ func (c *Cluster) deleteNode(ctx *fasthttp.RequestCtx, p []string) error {
 	if err := c.root.releaseSubnet(ctx, node); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	// Other clusters' nodes drop it as a peer (a failure leaves the node
+	// registered here, for the caller to retry).
+	if err := c.root.deleteNode(ctx, c.cfg.ClusterID, node); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	rc, cancel := c.rctx(ctx)
 	defer cancel()
 	n, err := deleteNodeScript.Run(rc, c.rdb, []string{c.kNodes(), c.kNint(node), c.kNseq(node), c.kStream(node)},
-		c.pushArgs(node)...).Int()
+		c.pushArgs(node, c.cfg.ClusterID)...).Int()
 	if err != nil {
 		return redisErr("delete node", err)
 	}
@@ -804,22 +837,39 @@ func (c *Cluster) instanceReport(ctx *fasthttp.RequestCtx, undeploy bool) error 
 	return nil
 }
 
+// peerList is the peer set of node self: every other node of this
+// cluster, then the nodes of the linked clusters (clusterpeers.go), sorted
+// by cluster and node id.
 func (c *Cluster) peerList(ctx context.Context, self string) ([]nodeclient.Peer, error) {
-	all, err := c.rdb.HGetAll(ctx, c.kNodes()).Result()
-	if err != nil {
+	pipe := c.rdb.Pipeline()
+	own := pipe.HGetAll(ctx, c.kNodes())
+	foreign := pipe.HGetAll(ctx, c.kXPeers())
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, redisErr("read nodes", err)
 	}
 	peers := []nodeclient.Peer{}
-	for id, s := range all {
+	for id, s := range own.Val() {
 		if id == self {
 			continue
 		}
 		var rec nodeRecord
 		if json.Unmarshal([]byte(s), &rec) == nil {
-			peers = append(peers, nodeclient.Peer{NodeID: id, IP: rec.NodeIP, Port: rec.TunnelPort})
+			peers = append(peers, nodeclient.Peer{ClusterID: c.cfg.ClusterID, NodeID: id, IP: rec.NodeIP, Port: rec.TunnelPort})
 		}
 	}
-	slices.SortFunc(peers, func(a, b nodeclient.Peer) int { return strings.Compare(a.NodeID, b.NodeID) })
+	for cid, s := range foreign.Val() {
+		var ps []nodeclient.Peer
+		if json.Unmarshal([]byte(s), &ps) != nil {
+			continue
+		}
+		for _, p := range ps {
+			p.ClusterID = cid
+			peers = append(peers, p)
+		}
+	}
+	slices.SortFunc(peers, func(a, b nodeclient.Peer) int {
+		return cmp.Or(strings.Compare(a.ClusterID, b.ClusterID), strings.Compare(a.NodeID, b.NodeID))
+	})
 	return peers, nil
 }
 
@@ -880,10 +930,18 @@ func (c *Cluster) watch(ctx *fasthttp.RequestCtx, _ []string) error {
 	}
 	wait = min(wait, c.cfg.MaxWatch)
 	wantEpoch := string(args.Peek("epoch"))
+	var deltas bool
+	switch s := string(args.Peek("peers")); s {
+	case "", "full":
+	case "delta":
+		deltas = true
+	default:
+		return badf("bad_param", "peers: %q, want full or delta", s)
+	}
 	deadline := time.Now().Add(wait)
 	for {
 		ch := c.waitCh(node) // before reading: a push after the read wakes us
-		resp, done, err := c.changes(ctx, node, since, wantEpoch)
+		resp, done, err := c.changes(ctx, node, since, wantEpoch, deltas)
 		if err != nil {
 			return err
 		}
@@ -902,8 +960,9 @@ func (c *Cluster) watch(ctx *fasthttp.RequestCtx, _ []string) error {
 }
 
 // changes reads the node's changes after since; done reports whether the
-// answer has anything (changes or a resync).
-func (c *Cluster) changes(ctx context.Context, node string, since uint64, wantEpoch string) (nodeclient.WatchResponse, bool, error) {
+// answer has anything (changes or a resync). With deltas, peers changes
+// carry their delta and the whole peer set is sent only if one has none.
+func (c *Cluster) changes(ctx context.Context, node string, since uint64, wantEpoch string, deltas bool) (nodeclient.WatchResponse, bool, error) {
 	epoch, err := c.epochFor(ctx)
 	if err != nil {
 		return nodeclient.WatchResponse{}, false, err
@@ -941,14 +1000,20 @@ func (c *Cluster) changes(ctx context.Context, node string, since uint64, wantEp
 		ch := nodeclient.Change{Version: streamSeq(m.ID)}
 		ch.Type, _ = m.Values["t"].(string)
 		ch.JobName, _ = m.Values["j"].(string)
+		d, _ := m.Values["d"].(string)
 		switch ch.Type {
 		case nodeclient.ChangeService:
 			var e nodeclient.ServiceEntry
-			if d, _ := m.Values["d"].(string); json.Unmarshal([]byte(d), &e) == nil {
+			if json.Unmarshal([]byte(d), &e) == nil {
 				ch.Service = &e
 			}
 		case nodeclient.ChangePeers:
-			peersChanged = true
+			var pd nodeclient.PeerDelta
+			if deltas && d != "" && json.Unmarshal([]byte(d), &pd) == nil {
+				ch.PeerDelta = &pd
+			} else {
+				peersChanged = true
+			}
 		}
 		resp.Changes = append(resp.Changes, ch)
 		resp.Version = ch.Version

@@ -13,6 +13,12 @@
 // two-phase with its intent recorded first, so a failure between the
 // phases is finished by the retry, the next call or a sweep (pending.go).
 //
+// Across clusters, root keeps every cluster's node tunnel endpoints and
+// hands each cluster those of the clusters it shares a service with, as
+// versioned deltas over the same notifier as job updates; the cluster
+// passes them to its nodes through their watch (peerscripts.go,
+// rootpeers.go, clusterpeers.go; docs/design.md, "Peers across clusters").
+//
 // Errors are sentinel errors mapped to HTTP status codes in one table
 // (errors.go); answers are {"error": ..., "code": ...}. docs/api.md lists
 // every endpoint.

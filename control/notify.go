@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,10 +58,25 @@ type jobUpdate struct {
 	Type           string `json:"type"`
 }
 
-// notifier delivers job updates to clusters: one queue and one goroutine
-// per cluster, in order, with retry and exponential backoff, so a slow or
-// dead cluster delays only itself and never the request that caused the
-// change.
+// notice is one notification to a cluster: a POST of body to path.
+type notice struct {
+	path string
+	body string
+}
+
+func (u jobUpdate) notice() notice {
+	b, _ := json.Marshal(u)
+	return notice{path: "/api/net/job/update", body: string(b)}
+}
+
+// peersPath is where root hints a cluster to fetch peers again
+// (peersHint).
+const peersPath = "/api/net/peers/update"
+
+// notifier delivers job updates and peer hints to clusters: one queue and
+// one goroutine per cluster, in order, with retry and exponential backoff,
+// so a slow or dead cluster delays only itself and never the request that
+// caused the change.
 type notifier struct {
 	cfg    NotifyConfig
 	token  string
@@ -87,7 +103,7 @@ type clusterQueue struct {
 
 	mu    sync.Mutex // guards url and items
 	url   string
-	items []jobUpdate
+	items []notice
 }
 
 func newNotifier(cfg NotifyConfig, token string, log *slog.Logger, reg prometheus.Registerer) *notifier {
@@ -125,7 +141,10 @@ func clusterURL(ci clusterInfo) string {
 	return "http://" + net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(ci.ClusterPort))
 }
 
-func (n *notifier) enqueue(ci clusterInfo, u jobUpdate) {
+// enqueue queues u for ci. A peer hint already waiting behind the one in
+// flight is not queued twice: the cluster fetches the current state
+// whichever copy it acts on.
+func (n *notifier) enqueue(ci clusterInfo, u notice) {
 	n.mu.Lock()
 	q := n.queues[ci.ClusterID]
 	if q == nil {
@@ -139,6 +158,10 @@ func (n *notifier) enqueue(ci clusterInfo, u jobUpdate) {
 
 	q.mu.Lock()
 	q.url = clusterURL(ci)
+	if u.path == peersPath && len(q.items) > 1 && slices.Contains(q.items[1:], u) {
+		q.mu.Unlock()
+		return
+	}
 	if len(q.items) >= n.cfg.QueueLen {
 		q.items = q.items[1:]
 		n.dropped.WithLabelValues(q.id).Inc()
@@ -208,7 +231,7 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 	fails := 0
 	for {
 		q.mu.Lock()
-		var item jobUpdate
+		var item notice
 		have := len(q.items) > 0
 		if have {
 			item = q.items[0]
@@ -229,7 +252,7 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 		case err == nil && status/100 == 2, err == nil && status/100 == 4:
 			if status/100 == 4 {
 				n.dropped.WithLabelValues(q.id).Inc()
-				n.log.Warn("cluster rejected job update", "cluster", q.id, "status", status, "job", item.JobName)
+				n.log.Warn("cluster rejected notification", "cluster", q.id, "status", status, "path", item.path, "body", item.body)
 			} else {
 				n.sent.WithLabelValues(q.id).Inc()
 			}
@@ -270,19 +293,18 @@ func (n *notifier) run(ctx context.Context, q *clusterQueue) {
 	}
 }
 
-func (n *notifier) post(url string, u jobUpdate) (int, error) {
+func (n *notifier) post(url string, u notice) (int, error) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(url + "/api/net/job/update")
+	req.SetRequestURI(url + u.path)
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/json")
 	if n.token != "" {
 		req.Header.Set("Authorization", "Bearer "+n.token)
 	}
-	b, _ := json.Marshal(u)
-	req.SetBodyRaw(b)
+	req.SetBodyString(u.body)
 	if err := n.client.DoTimeout(req, resp, n.cfg.Timeout); err != nil {
 		return 0, err
 	}

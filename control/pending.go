@@ -114,13 +114,33 @@ end
 // Script replies below are {code, payload, frees, clusters...}: frees is
 // {owner, stamp, ...}, the pending frees the caller must finish.
 
-// prepareInstance: KEYS svc, int, clusters, pend, pending. ARGV id, field
-// "i:<n>", cluster id, new owner, stale seconds.
+// luaHosts is prepended to the scripts that add, move or remove
+// instances: they keep the service's instance count per cluster (hcl:<id>,
+// KEYS[6]) and, when a cluster starts or stops hosting it (a count to or
+// from 0), record that cluster (hchg:<id>, KEYS[7]) and mark the service
+// (rehost, KEYS[8]) for rehostScript, which hints what the change links
+// or unlinks (peerscripts.go). hosting tells the caller to run it.
+const luaHosts = `
+local hosting = 0
+local function host(id, c, n)
+  if type(c) ~= 'string' or c == '' then return end
+  local v = redis.call('HINCRBY', KEYS[6], c, n)
+  if v <= 0 then redis.call('HDEL', KEYS[6], c) end
+  if (n > 0 and v == n) or (n < 0 and v <= 0) then
+    redis.call('SADD', KEYS[7], c)
+    redis.call('SADD', KEYS[8], id)
+    hosting = 1
+  end
+end
+`
+
+// prepareInstance: KEYS svc, int, clusters, pend, pending, hcl, hchg,
+// rehost. ARGV id, field "i:<n>", cluster id, new owner, stale seconds.
 // → {-1} unknown service, {-2} unknown cluster, {0, {instance, meta}}
-// exists, {1, {instance, meta}, frees, clusters...} exists and moved to the
-// cluster, {2, owner} allocate for owner (an earlier attempt's, or the new
-// one).
-var prepareInstanceScript = redis.NewScript(luaInterested + luaPend + `
+// exists, {1, {instance, meta, hosting}, frees, clusters...} exists and
+// moved to the cluster, {2, owner} allocate for owner (an earlier
+// attempt's, or the new one).
+var prepareInstanceScript = redis.NewScript(luaInterested + luaPend + luaHosts + `
 local meta = redis.call('HGET', KEYS[1], 'meta')
 if not meta then return {-1, '', {}} end
 if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 0 then return {-2, '', {}} end
@@ -130,10 +150,12 @@ local cur = redis.call('HGET', KEYS[1], ARGV[2])
 if cur then
   local inst = cjson.decode(cur)
   if inst.cluster_id == ARGV[3] then return {0, {cur, meta}, frees} end
+  host(ARGV[1], inst.cluster_id, -1)
+  host(ARGV[1], ARGV[3], 1)
   inst.cluster_id = ARGV[3]
   cur = cjson.encode(inst)
   redis.call('HSET', KEYS[1], ARGV[2], cur)
-  return interested({1, {cur, meta}, frees})
+  return interested({1, {cur, meta, hosting}, frees})
 end
 local _, o = intent(KEYS[4], ARGV[2])
 if not o then o = ARGV[4] end
@@ -142,13 +164,13 @@ redis.call('SADD', KEYS[5], ARGV[1])
 return {2, o, frees}
 `)
 
-// commitInstance: KEYS svc, int, clusters, pend, pending. ARGV id, field,
-// owner, instance JSON (with owner), cluster id.
+// commitInstance: KEYS svc, int, clusters, pend, pending, hcl, hchg,
+// rehost. ARGV id, field, owner, instance JSON (with owner), cluster id.
 // → {-1, "", frees} service gone, {-3, "", frees} intent reclaimed (stale),
-// {0, {instance, meta}, frees} exists already, {1, {instance, meta}, frees,
-// clusters...} stored. Whenever the owner's pair is not the instance's, it
-// becomes a pending free.
-var commitInstanceScript = redis.NewScript(luaInterested + luaPend + `
+// {0, {instance, meta}, frees} exists already, {1, {instance, meta,
+// hosting}, frees, clusters...} stored. Whenever the owner's pair is not
+// the instance's, it becomes a pending free.
+var commitInstanceScript = redis.NewScript(luaInterested + luaPend + luaHosts + `
 local now = now_stamp()
 local frees = {}
 local _, o = intent(KEYS[4], ARGV[2])
@@ -167,10 +189,12 @@ if cur then
   end
   pend_tidy(KEYS[4], KEYS[5], ARGV[1])
   if inst.cluster_id == ARGV[5] then return {0, {cur, meta}, frees} end
+  host(ARGV[1], inst.cluster_id, -1)
+  host(ARGV[1], ARGV[5], 1)
   inst.cluster_id = ARGV[5]
   cur = cjson.encode(inst)
   redis.call('HSET', KEYS[1], ARGV[2], cur)
-  return interested({1, {cur, meta}, frees})
+  return interested({1, {cur, meta, hosting}, frees})
 end
 if o ~= ARGV[3] then
   pend_free(KEYS[4], KEYS[5], ARGV[1], ARGV[3], now, frees)
@@ -178,14 +202,15 @@ if o ~= ARGV[3] then
 end
 pend_tidy(KEYS[4], KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
-return interested({1, {ARGV[4], meta}, frees})
+host(ARGV[1], ARGV[5], 1)
+return interested({1, {ARGV[4], meta, hosting}, frees})
 `)
 
-// deleteInstances: KEYS svc, int, clusters, pend, pending. ARGV id,
-// instance number or "-1", stale seconds.
+// deleteInstances: KEYS svc, int, clusters, pend, pending, hcl, hchg,
+// rehost. ARGV id, instance number or "-1", stale seconds.
 // → {-1, "", frees} unknown service, {-2, "", frees} unknown instance,
-// {1, {meta, {numbers}}, frees, clusters...}.
-var deleteInstancesScript = redis.NewScript(luaInterested + luaPend + `
+// {1, {meta, {numbers}, hosting}, frees, clusters...}.
+var deleteInstancesScript = redis.NewScript(luaInterested + luaPend + luaHosts + `
 local now = now_stamp()
 local frees = collect(KEYS[4], KEYS[5], ARGV[1], now, tonumber(ARGV[3]), nil)
 local meta = redis.call('HGET', KEYS[1], 'meta')
@@ -196,6 +221,7 @@ local function remove(f)
   local ok, inst = pcall(cjson.decode, redis.call('HGET', KEYS[1], f))
   local o = ok and type(inst) == 'table' and inst.owner or nil
   if type(o) ~= 'string' then o = 'inst/' .. ARGV[1] .. '/' .. n end
+  if ok and type(inst) == 'table' then host(ARGV[1], inst.cluster_id, -1) end
   redis.call('HDEL', KEYS[1], f)
   pend_free(KEYS[4], KEYS[5], ARGV[1], o, now, frees)
   table.insert(removed, n)
@@ -208,8 +234,8 @@ else
   if redis.call('HEXISTS', KEYS[1], 'i:' .. ARGV[2]) == 0 then return {-2, '', frees} end
   remove('i:' .. ARGV[2])
 end
-if #removed == 0 then return {1, {meta, removed}, frees} end
-return interested({1, {meta, removed}, frees})
+if #removed == 0 then return {1, {meta, removed, hosting}, frees} end
+return interested({1, {meta, removed, hosting}, frees})
 `)
 
 // prepareService: KEYS svc, jobs, pend, pending. ARGV id, job, stale
@@ -466,7 +492,8 @@ func (r *Root) afterAllocErr(c context.Context, id string, slots, owners []strin
 }
 
 // sweep finishes the pending state of every service that has some: pending
-// frees are released, allocation intents older than staleAfter reclaimed.
+// frees are released, allocation intents older than staleAfter reclaimed,
+// hosting sets left stale recomputed (rootpeers.go).
 func (r *Root) sweep(ctx context.Context) error {
 	c, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
@@ -475,6 +502,9 @@ func (r *Root) sweep(ctx context.Context) error {
 		return redisErr("sweep: list", err)
 	}
 	var errs []error
+	if err := r.sweepRehost(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for _, id := range ids {
 		frees, err := sweepServiceScript.Run(c, r.rdb, []string{r.kPend(id), r.kPending()}, id, r.staleArg()).Slice()
 		if err == nil {
@@ -490,6 +520,11 @@ func (r *Root) sweep(ctx context.Context) error {
 // sweeper runs sweep every period until ctx ends.
 func (r *Root) sweeper(ctx context.Context, period time.Duration) {
 	defer r.wg.Done()
+	// Hosting counts first thing: a root upgraded over older state counts
+	// them before its clusters rely on them.
+	if err := r.sweepRehost(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("count hosting clusters", "err", err)
+	}
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {

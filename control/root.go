@@ -167,6 +167,10 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 
 	r.handle("POST /api/net/cluster", r.registerCluster)
 	r.handle("DELETE /api/net/cluster/:cid", r.deleteCluster)
+	r.handle("PUT /api/net/cluster/:cid/nodes", r.putNodes)
+	r.handle("PUT /api/net/cluster/:cid/nodes/:node", r.putNode)
+	r.handle("DELETE /api/net/cluster/:cid/nodes/:node", r.deleteNode)
+	r.handle("GET /api/net/cluster/:cid/peers", r.peers)
 	r.handle("POST /api/net/service/deploy", r.deployService)
 	r.handle("POST /api/net/service/net_deploy_status", r.netDeployStatus)
 	r.handle("POST /api/net/service/net_undeploy_status", r.netUndeployStatus)
@@ -257,10 +261,12 @@ func (r *Root) registerCluster(ctx *fasthttp.RequestCtx, _ []string) error {
 	b, _ := json.Marshal(ci)
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	if err := r.rdb.HSet(c, r.kClusters(), ci.ClusterID, b).Err(); err != nil {
+	res, err := registerClusterScript.Run(c, r.rdb, []string{r.kClusters()}, r.keyTag, ci.ClusterID, b).Slice()
+	if err != nil {
 		return redisErr("register cluster", err)
 	}
 	r.notify.retarget(ci)
+	r.sendHints(res[1:])
 	writeJSON(ctx, 200, ci)
 	return nil
 }
@@ -272,14 +278,16 @@ func (r *Root) deleteCluster(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	n, err := deleteClusterScript.Run(c, r.rdb, []string{r.kClusters(), r.kCint(cid)}, cid, r.keyTag+"int:").Int()
+	res, err := deleteClusterScript.Run(c, r.rdb, []string{r.kClusters(), r.kCint(cid), r.kEndpoints(cid)},
+		cid, r.keyTag+"int:", r.keyTag).Slice()
 	if err != nil {
 		return redisErr("delete cluster", err)
 	}
-	if n == 0 {
+	if res[0].(int64) == 0 {
 		return notFoundf("cluster_id: %q is not registered", cid)
 	}
 	r.notify.forget(cid)
+	r.sendHints(res[1:])
 	writeJSON(ctx, 200, map[string]string{"cluster_id": cid})
 	return nil
 }
@@ -560,7 +568,7 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	defer cancel()
 
 	field := "i:" + strconv.Itoa(n)
-	keys := []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending()}
+	keys := []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending(), r.kHosts(id), r.kHostChanges(id), r.kRehost()}
 	code, payload, clusters, err := r.step(c, prepareInstanceScript, id, "deploy instance: prepare", keys,
 		id, field, cid, newOwner(instOwnerBase(id, n)), r.staleArg())
 	if err != nil {
@@ -572,7 +580,7 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	case -2:
 		return notFoundf("cluster_id: %q is not registered", cid)
 	case 0, 1:
-		return r.answerInstance(ctx, n, code == 1, payload, clusters)
+		return r.answerInstance(ctx, c, id, n, code == 1, payload, clusters)
 	}
 	owner, _ := payload.(string)
 	pairs, err := r.alloc.Alloc(c, []ipam.Request{{Owner: owner, Kind: ipam.KindInstance}})
@@ -595,16 +603,19 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	case -3:
 		return fmt.Errorf("deploy instance: addresses reclaimed while the request stalled, retry: %w", ErrUnavailable)
 	}
-	return r.answerInstance(ctx, n, code == 1, payload, clusters)
+	return r.answerInstance(ctx, c, id, n, code == 1, payload, clusters)
 }
 
 // answerInstance answers a deploy with the stored instance (payload:
-// instance and service meta JSON), notifying the interested clusters when
-// it changed.
-func (r *Root) answerInstance(ctx *fasthttp.RequestCtx, n int, changed bool, payload any, clusters []any) error {
+// instance and service meta JSON, and whether the clusters hosting the
+// service changed), notifying the interested clusters when it changed.
+func (r *Root) answerInstance(ctx *fasthttp.RequestCtx, c context.Context, id string, n int, changed bool, payload any, clusters []any) error {
 	pl, _ := payload.([]any)
-	if len(pl) != 2 {
+	if len(pl) < 2 {
 		return fmt.Errorf("deploy instance: script payload of %d values", len(pl))
+	}
+	if len(pl) > 2 && pl[2] == int64(1) {
+		r.rehost(c, id)
 	}
 	is, _ := pl[0].(string)
 	ms, _ := pl[1].(string)
@@ -632,7 +643,8 @@ func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending()},
+	res, err := deleteInstancesScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kClusters(), r.kPend(id), r.kPending(),
+		r.kHosts(id), r.kHostChanges(id), r.kRehost()},
 		id, strconv.Itoa(n), r.staleArg()).Slice()
 	if err != nil {
 		return redisErr("delete instance", err)
@@ -645,8 +657,11 @@ func (r *Root) deleteInstance(ctx *fasthttp.RequestCtx, p []string) error {
 	var removed []int
 	if code == 1 {
 		pl, _ := payload.([]any)
-		if len(pl) != 2 {
+		if len(pl) < 2 {
 			return fmt.Errorf("delete instance: script payload of %d values", len(pl))
+		}
+		if len(pl) > 2 && pl[2] == int64(1) {
+			r.rehost(c, id)
 		}
 		s, _ := pl[0].(string)
 		_ = json.Unmarshal([]byte(s), &m)
@@ -823,7 +838,7 @@ func (r *Root) notifyClusters(clusters []any, job string, n int, typ string) {
 		if err := json.Unmarshal([]byte(c.(string)), &ci); err != nil {
 			continue
 		}
-		r.notify.enqueue(ci, jobUpdate{JobName: job, InstanceNumber: n, Type: typ})
+		r.notify.enqueue(ci, jobUpdate{JobName: job, InstanceNumber: n, Type: typ}.notice())
 	}
 }
 
@@ -850,6 +865,7 @@ func (r *Root) serviceByJob(ctx *fasthttp.RequestCtx, p []string) error {
 	case -2:
 		return notFoundf("cluster_id: %q is not registered", cid)
 	}
+	r.sendHints(res[2:])
 	e, err := entryFromFields(res[1].([]any))
 	if err != nil {
 		return err
@@ -911,7 +927,7 @@ func (r *Root) answerService(ctx *fasthttp.RequestCtx, c context.Context, id, ci
 			fields = append(fields, k, v)
 		}
 	} else {
-		res, err := getServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kCint(cid), r.kClusters()}, id, cid).Slice()
+		res, err := getServiceScript.Run(c, r.rdb, []string{r.kSvc(id), r.kInt(id), r.kCint(cid), r.kClusters()}, id, cid, r.keyTag).Slice()
 		if err != nil {
 			return redisErr("get service", err)
 		}
@@ -921,6 +937,7 @@ func (r *Root) answerService(ctx *fasthttp.RequestCtx, c context.Context, id, ci
 		case -2:
 			return notFoundf("cluster_id: %q is not registered", cid)
 		}
+		r.sendHints(res[2:])
 		fields = res[1].([]any)
 	}
 	e, err := entryFromFields(fields)
@@ -977,12 +994,11 @@ func (r *Root) dropInterest(ctx *fasthttp.RequestCtx, p []string) error {
 	} else if err != nil {
 		return redisErr("drop interest", err)
 	}
-	pipe := r.rdb.TxPipeline()
-	pipe.SRem(c, r.kInt(id), cid)
-	pipe.SRem(c, r.kCint(cid), id)
-	if _, err := pipe.Exec(c); err != nil {
+	hints, err := dropInterestScript.Run(c, r.rdb, []string{r.kInt(id), r.kCint(cid)}, r.keyTag, id, cid).Slice()
+	if err != nil {
 		return redisErr("drop interest", err)
 	}
+	r.sendHints(hints)
 	writeJSON(ctx, 200, map[string]string{"job_name": job, "cluster_id": cid})
 	return nil
 }

@@ -69,42 +69,53 @@ if n == 0 then return {0} end
 return interested({n})
 `)
 
-// getService: KEYS svc, int, cint, clusters. ARGV id, cluster id.
-// Registers the cluster's interest. → {-1} unknown service, {-2} unknown
-// cluster, {1, HGETALL}.
-var getServiceScript = redis.NewScript(`
+// getService: KEYS svc, int, cint, clusters. ARGV id, cluster id, key tag.
+// Registers the cluster's interest; a new one may link clusters, which are
+// hinted (peerscripts.go). → {-1} unknown service, {-2} unknown cluster,
+// {1, HGETALL, hints...}.
+var getServiceScript = redis.NewScript(luaLinks + `
 if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return {-1} end
 if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 0 then return {-2} end
+local hints = {}
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then interestHints(ARGV[3], ARGV[2], ARGV[1], hints) end
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
-return {1, redis.call('HGETALL', KEYS[1])}
+return hintReply(ARGV[3], hints, {1, redis.call('HGETALL', KEYS[1])})
 `)
 
-// deleteCluster: KEYS clusters, cint. ARGV cluster id, int key prefix.
-// → 0 unknown, 1 deleted (with its interests).
-var deleteClusterScript = redis.NewScript(`
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+// deleteCluster: KEYS clusters, cint, ep:<cid>. ARGV cluster id, int key
+// prefix, key tag. The clusters linked with it are hinted: its nodes leave
+// their peer sets. → {0} unknown, {1, hints...} deleted (with its
+// interests and endpoints).
+var deleteClusterScript = redis.NewScript(luaLinks + `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {0} end
+local hints = {}
+for a in pairs(linkset(ARGV[3], ARGV[1])) do hint(hints, a, ARGV[1]) end
+redis.call('HDEL', KEYS[1], ARGV[1])
 for _, s in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('SREM', ARGV[2] .. s, ARGV[1])
 end
-redis.call('DEL', KEYS[2])
-return 1
+redis.call('DEL', KEYS[2], KEYS[3])
+return hintReply(ARGV[3], hints, {1})
 `)
 
 // resolveJob: KEYS jobs, clusters. ARGV job, cluster id (may be empty),
 // key tag. One round trip for the hottest read: job → id → service hash,
-// registering the cluster's interest when given. The service, int and cint
-// keys are built here; they carry the same {r} tag as KEYS, so one slot.
-// → {-1} unknown job, {-2} unknown cluster, {1, HGETALL}.
-var resolveJobScript = redis.NewScript(`
+// registering the cluster's interest when given (a new one may link
+// clusters, which are hinted). The service, int and cint keys are built
+// here; they carry the same {r} tag as KEYS, so one slot.
+// → {-1} unknown job, {-2} unknown cluster, {1, HGETALL, hints...}.
+var resolveJobScript = redis.NewScript(luaLinks + `
 local id = redis.call('HGET', KEYS[1], ARGV[1])
 if not id then return {-1} end
 local svc = ARGV[3] .. 'svc:' .. id
 if redis.call('HEXISTS', svc, 'meta') == 0 then return {-1} end
+local hints = {}
 if ARGV[2] ~= '' then
   if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return {-2} end
+  if redis.call('SISMEMBER', ARGV[3] .. 'cint:' .. ARGV[2], id) == 0 then interestHints(ARGV[3], ARGV[2], id, hints) end
   redis.call('SADD', ARGV[3] .. 'int:' .. id, ARGV[2])
   redis.call('SADD', ARGV[3] .. 'cint:' .. ARGV[2], id)
 end
-return {1, redis.call('HGETALL', svc)}
+return hintReply(ARGV[3], hints, {1, redis.call('HGETALL', svc)})
 `)

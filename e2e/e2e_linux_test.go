@@ -30,22 +30,9 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deployEcho := func(n int, node *deploy.Node) *deploy.Instance {
-		t.Helper()
-		in, err := d.DeployInstance(ctx, "web1", n, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.StartEcho(ctx, in); err != nil {
-			t.Fatal(err)
-		}
-		return in
-	}
-	i0, i1 := deployEcho(0, b), deployEcho(1, c)
-	client, err := d.AddClient(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	echo := func(n int, node *deploy.Node) *deploy.Instance { return deployEcho(t, d, "web1", n, node) }
+	i0, i1 := echo(0, b), echo(1, c)
+	client := addClient(t, d, a)
 	rr, closest := web.RR(), web.Closest()
 	t.Logf("RR %v, Closest %v; web/0 %v on b (%v), web/1 %v on c (%v); client %v on a (%v)",
 		rr, closest, i0.IP, i0.NSIP, i1.IP, i1.NSIP, client.IP, client.NSIP)
@@ -56,33 +43,7 @@ func TestEndToEnd(t *testing.T) {
 		waitAnswered(t, d, client, "udp", ip, 5*time.Second)
 	}
 
-	t.Run("RoundRobin", func(t *testing.T) {
-		for _, ip := range []netip.Addr{rr.V4, rr.V6} {
-			for _, proto := range []string{"udp", "tcp"} {
-				r := ask(t, d, client, proto, ip, 20, 3, time.Second)
-				checkAnswered(t, r, "RR")
-				if m := r.Sticky(); m != nil {
-					t.Errorf("%s to RR %v: flows %v answered by more than one instance", proto, ip, m)
-				}
-				flows := r.FlowsByTag()
-				for _, in := range []*deploy.Instance{i0, i1} {
-					if n := flows[in.Tag()]; n < 8 || n > 12 {
-						t.Errorf("%s to RR %v: %s got %d of 20 flows (%v), want 10±2", proto, ip, in.Tag(), n, flows)
-					}
-				}
-				wantPeer, wantFrom := client.IP.V4, ip
-				if ip.Is6() {
-					wantPeer = client.IP.V6
-				}
-				if p := r.Peers(); len(p) != 1 || p[0] != wantPeer {
-					t.Errorf("%s to RR %v: servers saw sources %v, want the client's instance IP %v", proto, ip, p, wantPeer)
-				}
-				if f := r.Froms(); len(f) != 1 || f[0] != wantFrom {
-					t.Errorf("%s to RR %v: replies came from %v, want %v", proto, ip, f, wantFrom)
-				}
-			}
-		}
-	})
+	t.Run("RoundRobin", func(t *testing.T) { checkRoundRobin(t, d, client, rr, i0, i1) })
 
 	t.Run("Closest", func(t *testing.T) {
 		// No instance on A: a remote one answers.
@@ -97,7 +58,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		// An instance on A: it wins, within the push delay.
-		i2 := deployEcho(2, a)
+		i2 := echo(2, a)
 		for _, ip := range []netip.Addr{closest.V4, closest.V6} {
 			poll(t, 3*time.Second, func() (bool, string) {
 				r := ask(t, d, client, "udp", ip, 6, 1, 300*time.Millisecond)
@@ -139,7 +100,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("UndeployLeavesRotation", func(t *testing.T) {
-		i3 := deployEcho(3, c)
+		i3 := echo(3, c)
 		poll(t, 3*time.Second, func() (bool, string) {
 			r := ask(t, d, client, "udp", rr.V4, 6, 1, 300*time.Millisecond)
 			return r.ByTag()[i3.Tag()] > 0, fmt.Sprintf("RR never picked the new %s: %v", i3.Tag(), r.ByTag())

@@ -175,6 +175,65 @@ func TestHarness(t *testing.T) {
 	}
 }
 
+// deployEcho places instance n of service id on node and starts its echo
+// servers.
+func deployEcho(t *testing.T, d *deploy.Deployment, id string, n int, node *deploy.Node) *deploy.Instance {
+	t.Helper()
+	ctx := context.Background()
+	in, err := d.DeployInstance(ctx, id, n, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.StartEcho(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// addClient deploys a client container on node.
+func addClient(t *testing.T, d *deploy.Deployment, node *deploy.Node) *deploy.Instance {
+	t.Helper()
+	cl, err := d.AddClient(context.Background(), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// checkRoundRobin sends 20 flows of 3 requests from client to the RR IPs
+// rr, v4 and v6, UDP and TCP, and checks that every request is answered,
+// each flow by one instance, the flows split evenly over insts (two), the
+// servers see the client's instance IP and the replies come from the RR
+// IP.
+func checkRoundRobin(t *testing.T, d *deploy.Deployment, client *deploy.Instance, rr deploy.IPPair, insts ...*deploy.Instance) {
+	t.Helper()
+	for _, ip := range []netip.Addr{rr.V4, rr.V6} {
+		for _, proto := range []string{"udp", "tcp"} {
+			r := ask(t, d, client, proto, ip, 20, 3, time.Second)
+			checkAnswered(t, r, "RR")
+			if m := r.Sticky(); m != nil {
+				t.Errorf("%s to RR %v: flows %v answered by more than one instance", proto, ip, m)
+			}
+			flows := r.FlowsByTag()
+			for _, in := range insts {
+				if n := flows[in.Tag()]; n < 8 || n > 12 {
+					t.Errorf("%s to RR %v: %s (%s) got %d of 20 flows (%v), want 10±2", proto, ip, in.Tag(), in.Node.Cluster.ID, n, flows)
+				}
+			}
+			wantPeer := client.IP.V4
+			if ip.Is6() {
+				wantPeer = client.IP.V6
+			}
+			if p := r.Peers(); len(p) != 1 || p[0] != wantPeer {
+				t.Errorf("%s to RR %v: servers saw sources %v, want the client's instance IP %v", proto, ip, p, wantPeer)
+			}
+			if f := r.Froms(); len(f) != 1 || f[0] != ip {
+				t.Errorf("%s to RR %v: replies came from %v, want the RR IP", proto, ip, f)
+			}
+		}
+	}
+}
+
 // netipAddrPort is ip with the echo port of proto.
 func netipAddrPort(ip netip.Addr, proto string) netip.AddrPort {
 	if proto == "tcp" {

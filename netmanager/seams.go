@@ -146,7 +146,9 @@ func NodeClientCluster(token string) ClusterFactory {
 		if address == "" {
 			return nil, fmt.Errorf("cluster address: empty")
 		}
-		return &nodeClientCluster{c: nodeclient.New(address, nodeID, nodeclient.Options{Token: token})}, nil
+		// Peer deltas: a node's peer set spans clusters and may hold
+		// thousands of endpoints; each change sends only what changed.
+		return &nodeClientCluster{c: nodeclient.New(address, nodeID, nodeclient.Options{Token: token, PeerDeltas: true})}, nil
 	}
 }
 

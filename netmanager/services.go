@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -184,7 +186,10 @@ type ServiceView struct {
 	entries  map[string]nodeclient.ServiceEntry
 	lastUsed map[string]time.Time
 	local    map[string]bool
-	peers    []nodeclient.Peer
+	// peers is the peer set by peerKey; peerList its sorted copy for the
+	// next push (nil: to be rebuilt).
+	peers    map[string]nodeclient.Peer
+	peerList []nodeclient.Peer
 	byAddr   map[netip.Addr]string // every service and instance IP of entries → job
 	// seq counts watch applications; changed[job] is the seq of the last
 	// watch change (or removal) of job, so a resolve answer older than it
@@ -205,6 +210,7 @@ func NewServiceView(sink TableSink, o ServiceOptions) *ServiceView {
 		entries:      map[string]nodeclient.ServiceEntry{},
 		lastUsed:     map[string]time.Time{},
 		local:        map[string]bool{},
+		peers:        map[string]nodeclient.Peer{},
 		byAddr:       map[netip.Addr]string{},
 		changed:      map[string]uint64{},
 		pendingDrops: map[string]struct{}{},
@@ -318,9 +324,50 @@ func (v *ServiceView) Remove(job string) error {
 // SetPeers replaces the peer set and pushes.
 func (v *ServiceView) SetPeers(peers []nodeclient.Peer) error {
 	v.mu.Lock()
-	v.peers = slices.Clone(peers)
+	v.setPeersLocked(peers)
 	v.mu.Unlock()
 	return v.Push()
+}
+
+// peerKey identifies a peer in the set: its cluster and node id, as the
+// cluster's deltas name it; a peer without a node id by its endpoint.
+func peerKey(p nodeclient.Peer) string {
+	if p.NodeID != "" {
+		return p.ClusterID + "/" + p.NodeID
+	}
+	return "@" + p.IP + ":" + strconv.Itoa(p.Port)
+}
+
+func (v *ServiceView) setPeersLocked(peers []nodeclient.Peer) {
+	v.peers = make(map[string]nodeclient.Peer, len(peers))
+	for _, p := range peers {
+		v.peers[peerKey(p)] = p
+	}
+	v.peerList = nil
+}
+
+// applyPeerDeltaLocked applies one peers change: Del first, then Set (a
+// delta never names a peer in both).
+func (v *ServiceView) applyPeerDeltaLocked(d *nodeclient.PeerDelta) {
+	for _, p := range d.Del {
+		delete(v.peers, peerKey(p))
+	}
+	for _, p := range d.Set {
+		v.peers[peerKey(p)] = p
+	}
+	v.peerList = nil
+}
+
+// peerListLocked is the peer set sorted by key.
+func (v *ServiceView) peerListLocked() []nodeclient.Peer {
+	if v.peerList == nil {
+		keys := slices.Sorted(maps.Keys(v.peers))
+		v.peerList = make([]nodeclient.Peer, len(keys))
+		for i, k := range keys {
+			v.peerList[i] = v.peers[k]
+		}
+	}
+	return v.peerList
 }
 
 // Replace replaces every entry and the peer set (a resync) and pushes.
@@ -349,13 +396,14 @@ func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []n
 		v.upsertLocked(e, now)
 		v.changed[e.JobName] = v.seq
 	}
-	v.peers = slices.Clone(peers)
+	v.setPeersLocked(peers)
 	v.pruneChangedLocked()
 }
 
 // ApplyWatch applies one watch answer: a resync replaces everything;
 // otherwise the changes in order (service: replace the entry; removed:
-// delete it; peers: replace the peer set with resp.Peers). It pushes once.
+// delete it; peers: apply its delta, or without one replace the peer set
+// with resp.Peers). It pushes once.
 func (v *ServiceView) ApplyWatch(resp nodeclient.WatchResponse) error {
 	v.mu.Lock()
 	if resp.Resync {
@@ -386,7 +434,11 @@ func (v *ServiceView) applyChangesLocked(resp nodeclient.WatchResponse) {
 			v.deleteLocked(ch.JobName)
 			v.changed[ch.JobName] = v.seq
 		case nodeclient.ChangePeers:
-			v.peers = slices.Clone(resp.Peers)
+			if ch.PeerDelta != nil {
+				v.applyPeerDeltaLocked(ch.PeerDelta)
+			} else {
+				v.setPeersLocked(resp.Peers)
+			}
 		default:
 			continue
 		}
@@ -504,7 +556,7 @@ func (v *ServiceView) Push() error {
 	for _, e := range v.entries {
 		entries = append(entries, e)
 	}
-	peers := v.peers
+	peers := v.peerListLocked()
 	v.mu.Unlock()
 
 	set, cs := ConvertEntries(entries)
@@ -656,20 +708,26 @@ func ConvertEntries(entries []nodeclient.ServiceEntry) (SpecSet, ConvertStats) {
 }
 
 // ConvertPeers turns the cluster's peer list into tunnel endpoints (port
-// 0 means DefaultTunnelPort), dropping and counting bad ones.
+// 0 means DefaultTunnelPort), dropping and counting bad ones. A peer with
+// a public address (a node behind a NAT) is accepted from there too.
 func ConvertPeers(peers []nodeclient.Peer) (out []netip.AddrPort, bad int) {
 	out = make([]netip.AddrPort, 0, len(peers))
-	for _, p := range peers {
-		a, err := netip.ParseAddr(p.IP)
-		port := p.Port
+	add := func(ip string, port int) {
+		a, err := netip.ParseAddr(ip)
 		if port == 0 {
 			port = DefaultTunnelPort
 		}
 		if err != nil || port < 0 || port > 65535 {
 			bad++
-			continue
+			return
 		}
 		out = append(out, netip.AddrPortFrom(a.Unmap(), uint16(port)))
+	}
+	for _, p := range peers {
+		add(p.IP, p.Port)
+		if p.PublicIP != "" {
+			add(p.PublicIP, p.PublicPort)
+		}
 	}
 	return out, bad
 }

@@ -289,3 +289,36 @@ func TestServicesRun(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestWatchAppliesPeerDeltas: peers changes with a delta change only the
+// peers they name (a peer set spans clusters; a change sends what
+// changed); one without a delta replaces the set with the answer's.
+func TestWatchAppliesPeerDeltas(t *testing.T) {
+	src := newFakeSource()
+	p := func(cid, node, ip string, port int) nodeclient.Peer {
+		return nodeclient.Peer{ClusterID: cid, NodeID: node, IP: ip, Port: port}
+	}
+	gone := func(cid, node string) nodeclient.Peer { return nodeclient.Peer{ClusterID: cid, NodeID: node} }
+	delta := func(ver uint64, set, del []nodeclient.Peer) nodeclient.Change {
+		return nodeclient.Change{Version: ver, Type: nodeclient.ChangePeers, PeerDelta: &nodeclient.PeerDelta{Set: set, Del: del}}
+	}
+	src.script = []watchStep{
+		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 1, Resync: true,
+			Peers: []nodeclient.Peer{p("c1", "n2", "198.18.0.2", 50103)}}},
+		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 4, Changes: []nodeclient.Change{
+			delta(2, []nodeclient.Peer{p("c2", "n3", "198.18.0.3", 50103), p("c2", "n4", "198.18.0.4", 50103)}, nil),
+			delta(3, []nodeclient.Peer{p("c2", "n4", "198.18.0.44", 50200)}, nil), // n4 moved
+			delta(4, nil, []nodeclient.Peer{gone("c2", "n3"), gone("c9", "n3")}),  // an unknown one: nothing
+		}}},
+	}
+	sink := &fakeSink{}
+	v := NewServiceView(sink, ServiceOptions{Logger: quietLog})
+	runWatch(t, v, src)
+	want := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:50103"), netip.MustParseAddrPort("198.18.0.44:50200")}
+	if got := sink.peerSet(); !slices.Equal(got, want) {
+		t.Fatalf("peers %v, want %v", got, want)
+	}
+	if s := v.Stats(); s.Peers != 2 || s.WatchChanges != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+}

@@ -13,10 +13,11 @@ import (
 	"github.com/oakwire/oakwire/internal/deploy"
 )
 
-// demo is the main job (make demo, SPEC §8): three emulated nodes with real
-// redis-server, root and cluster service managers and netmanagers; a
-// service with instances on two nodes reached through its service IPs from
-// a client on the third. Ctrl-C cancels it and it still cleans up.
+// demo is the main job (make demo, SPEC §8): three emulated nodes in two
+// clusters with real redis-server, root and cluster service managers and
+// netmanagers; a service with instances on two nodes, one in each cluster,
+// reached through its service IPs from a client on the third. Ctrl-C
+// cancels it and it still cleans up.
 func demo(args []string) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	dp := fs.String("dataplane", "xdp", "netmanager --dataplane: xdp (the AF_XDP fast path) or none (kernel routing only)")

@@ -82,6 +82,7 @@ type Config struct {
 	WatchPoll      Duration `yaml:"watch-poll"`
 	MaxWatch       Duration `yaml:"max-watch"`
 	Refresh        Duration `yaml:"refresh"`
+	PeerSync       Duration `yaml:"peer-sync"`
 	RootTimeout    Duration `yaml:"root-timeout"`
 }
 
@@ -218,7 +219,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		c, err := control.NewCluster(control.ClusterConfig{
 			Prefix: cfg.RedisPrefix, Token: token, ClusterID: cfg.ClusterID, RootURL: cfg.Root, Advertise: adv,
 			WatchRetention: cfg.WatchRetention, WatchPoll: time.Duration(cfg.WatchPoll), MaxWatch: time.Duration(cfg.MaxWatch),
-			Refresh: time.Duration(cfg.Refresh), Timeout: redisBudget(cfg.RedisTimeout), RootTimeout: time.Duration(cfg.RootTimeout),
+			Refresh: time.Duration(cfg.Refresh), PeerSync: time.Duration(cfg.PeerSync), Timeout: redisBudget(cfg.RedisTimeout), RootTimeout: time.Duration(cfg.RootTimeout),
 			Log: log,
 		}, rdb)
 		if err != nil {

@@ -63,11 +63,12 @@ func (e *APIError) Unwrap() error {
 // Client talks to one cluster service manager on behalf of one node. It is
 // safe for concurrent use.
 type Client struct {
-	base    string
-	nodeID  string
-	token   string
-	timeout time.Duration
-	http    *http.Client
+	base       string
+	nodeID     string
+	token      string
+	timeout    time.Duration
+	http       *http.Client
+	peerDeltas bool
 }
 
 // Options tune a Client. Zero values take defaults.
@@ -79,6 +80,10 @@ type Options struct {
 	Timeout time.Duration
 	// HTTPClient replaces the default transport.
 	HTTPClient *http.Client
+	// PeerDeltas makes Watch ask for peer-set changes as deltas
+	// (Change.PeerDelta) instead of the whole set with every change: what
+	// a node with many peers wants (docs/api.md, "Watch").
+	PeerDeltas bool
 }
 
 // New returns a client of the cluster at base ("host:port" or a URL) acting
@@ -97,7 +102,8 @@ func New(base, nodeID string, opt Options) *Client {
 	if hc == nil {
 		hc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: 90 * time.Second}}
 	}
-	return &Client{base: strings.TrimRight(base, "/"), nodeID: nodeID, token: opt.Token, timeout: opt.Timeout, http: hc}
+	return &Client{base: strings.TrimRight(base, "/"), nodeID: nodeID, token: opt.Token, timeout: opt.Timeout, http: hc,
+		peerDeltas: opt.PeerDeltas}
 }
 
 // NodeID is the node this client acts for.
@@ -213,13 +219,16 @@ func (c *Client) Peers(ctx context.Context) (PeersResponse, error) {
 // Watch waits up to wait (server-capped) for changes after version since of
 // epoch (empty: any) and returns them; an empty Changes with Resync unset
 // means the wait timed out. When Resync is set, replace all tables with
-// Services and Peers.
+// Services and Peers. With Options.PeerDeltas, peers changes carry deltas.
 func (c *Client) Watch(ctx context.Context, epoch string, since uint64, wait time.Duration) (WatchResponse, error) {
 	var r WatchResponse
 	q := url.Values{"node_id": {c.nodeID}, "since": {strconv.FormatUint(since, 10)},
 		"timeout": {strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)}}
 	if epoch != "" {
 		q.Set("epoch", epoch)
+	}
+	if c.peerDeltas {
+		q.Set("peers", "delta")
 	}
 	err := c.do(ctx, wait+c.timeout, http.MethodGet, "/api/node/watch?"+q.Encode(), nil, &r)
 	return r, err

@@ -40,11 +40,26 @@ type Location struct {
 	Long float64 `json:"long"`
 }
 
-// Peer is a tunnel endpoint allowed to send traffic to a node.
+// Peer is a tunnel endpoint allowed to send traffic to a node: a node of
+// the node's own cluster or of a cluster root links to it (docs/api.md,
+// "Peers"). ClusterID and NodeID identify it (a peer-set delta names them);
+// PublicIP and PublicPort are reserved for a node behind a NAT, whose
+// packets arrive from another address than the one it reports (empty and 0
+// until that is built).
 type Peer struct {
-	NodeID string `json:"node_id,omitempty"`
-	IP     string `json:"ip"`
-	Port   int    `json:"port"`
+	ClusterID  string `json:"cluster_id,omitempty"`
+	NodeID     string `json:"node_id,omitempty"`
+	IP         string `json:"ip,omitempty"`
+	Port       int    `json:"port,omitempty"`
+	PublicIP   string `json:"public_ip,omitempty"`
+	PublicPort int    `json:"public_port,omitempty"`
+}
+
+// PeerDelta is one change of a node's peer set: Set holds peers added or
+// changed, Del peers gone (only ClusterID and NodeID set).
+type PeerDelta struct {
+	Set []Peer `json:"set,omitempty"`
+	Del []Peer `json:"del,omitempty"`
 }
 
 // RegisterRequest registers (or re-registers) a node with its cluster.
@@ -89,22 +104,27 @@ type PeersResponse struct {
 const (
 	ChangeService = "service" // Service holds the new entry
 	ChangeRemoved = "removed" // the service JobName no longer exists
-	ChangePeers   = "peers"   // the peer set changed; WatchResponse.Peers holds it
+	ChangePeers   = "peers"   // the peer set changed: Change.PeerDelta, else WatchResponse.Peers
 )
 
-// Change is one entry of a node's change stream.
+// Change is one entry of a node's change stream. A peers change carries
+// PeerDelta when the watch asked for deltas (Options.PeerDeltas) and the
+// cluster has one; without it, the peer set is WatchResponse.Peers.
 type Change struct {
-	Version uint64        `json:"version"`
-	Type    string        `json:"type"`
-	JobName string        `json:"job_name,omitempty"`
-	Service *ServiceEntry `json:"service,omitempty"`
+	Version   uint64        `json:"version"`
+	Type      string        `json:"type"`
+	JobName   string        `json:"job_name,omitempty"`
+	Service   *ServiceEntry `json:"service,omitempty"`
+	PeerDelta *PeerDelta    `json:"peer_delta,omitempty"`
 }
 
 // WatchResponse answers a watch. Changes are in version order; Version is
 // the position to pass as since next time. When Resync is set, Changes is
 // empty and Services holds the full current entry of every service the node
 // is interested in: the node must replace its tables with it. Peers is set
-// on a resync and whenever a peers change is among Changes (the current set).
+// on a resync and whenever a peers change is among Changes (the current set)
+// except when every such change carries a PeerDelta (a watch that asked for
+// deltas): then Peers is absent and the deltas apply in order.
 type WatchResponse struct {
 	Epoch    string         `json:"epoch"`
 	Version  uint64         `json:"version"`

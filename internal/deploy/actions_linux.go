@@ -103,7 +103,7 @@ func (d *Deployment) DeployInstanceMapped(ctx context.Context, id string, n int,
 	if d.Instance(id, n) != nil {
 		return nil, fmt.Errorf("deploy instance %s/%d: already deployed", id, n)
 	}
-	ip, err := d.rootInstance(ctx, id, n)
+	ip, err := d.rootInstance(ctx, id, n, node.Cluster.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -117,12 +117,14 @@ func (d *Deployment) DeployInstanceMapped(ctx context.Context, id string, n int,
 	return inst, nil
 }
 
-func (d *Deployment) rootInstance(ctx context.Context, id string, n int) (IPPair, error) {
+// rootInstance places instance n of service id in cluster cid at root
+// (POST /api/net/instance/deploy) and returns its instance IPs.
+func (d *Deployment) rootInstance(ctx context.Context, id string, n int, cid string) (IPPair, error) {
 	var ans struct {
 		IP  string `json:"instance_ip"`
 		IP6 string `json:"instance_ip_v6"`
 	}
-	body := map[string]any{"_id": id, "instance_number": n, "cluster_id": d.ClusterID}
+	body := map[string]any{"_id": id, "instance_number": n, "cluster_id": cid}
 	if err := d.RootCall(ctx, "POST", "/api/net/instance/deploy", body, &ans); err != nil {
 		return IPPair{}, fmt.Errorf("deploy instance %s/%d: %w", id, n, err)
 	}
@@ -194,11 +196,12 @@ func (d *Deployment) UndeployInstance(ctx context.Context, id string, n int) err
 	return err
 }
 
-// MoveInstance migrates instance n of service id to node to: detached on
-// its node, placed again at root (same instance number: it keeps its
-// instance IPs) and attached on to, with its servers restarted there. It
-// updates the *Instance in place (Node, NS, NSIP): do not read those
-// fields concurrently with a move.
+// MoveInstance migrates instance n of service id to node to, which may be
+// in another cluster: detached on its node, placed again at root in to's
+// cluster (same instance number: it keeps its instance IPs) and attached
+// on to, with its servers restarted there. It updates the *Instance in
+// place (Node, NS, NSIP): do not read those fields concurrently with a
+// move.
 func (d *Deployment) MoveInstance(ctx context.Context, id string, n int, to *Node) (*Instance, error) {
 	inst := d.Instance(id, n)
 	if inst == nil {
@@ -207,7 +210,7 @@ func (d *Deployment) MoveInstance(ctx context.Context, id string, n int, to *Nod
 	if err := d.detach(ctx, inst); err != nil {
 		return nil, err
 	}
-	ip, err := d.rootInstance(ctx, id, n)
+	ip, err := d.rootInstance(ctx, id, n, to.Cluster.ID)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -15,18 +16,24 @@ import (
 )
 
 // RunDemo is `make demo` (SPEC §8): it starts a deployment of three nodes
-// with the AF_XDP data plane, deploys a service with instances on nodes b
-// and c and a client on a, shows what it set up and what the service IPs
-// do, measures latency and a short packet rate, and removes everything.
+// in two clusters (a and b in cluster1, c in cluster2) with the AF_XDP data
+// plane, deploys a service with instances on nodes b and c and a client on
+// a, shows what it set up and what the service IPs do within and across
+// clusters, measures latency and a short packet rate, and removes
+// everything.
 func RunDemo(ctx context.Context, w io.Writer) error {
 	return RunDemoWith(ctx, w, Options{})
 }
 
-// RunDemoWith is RunDemo with options (Options.Nodes is at least 3). With
+// RunDemoWith is RunDemo with options (Options.Nodes is at least 3; without
+// ClusterNodes the last node is a second cluster of its own). With
 // Dataplane "none" it shows the setup only: service IPs need the data
 // plane.
 func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	o.Nodes = max(o.Nodes, 3)
+	if len(o.ClusterNodes) == 0 {
+		o.ClusterNodes = []int{o.Nodes - 1, 1}
+	}
 	if o.Dataplane == "" {
 		o.Dataplane = "xdp"
 	}
@@ -37,9 +44,10 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stopSignals()
 	p := &printer{w: w}
-	p.title("Oakwire demo: an emulated edge cluster in network namespaces on this machine")
-	p.line("Starting redis-server, servicemanager root and cluster on a control node, and one")
-	p.line("netmanager (--dataplane %s) per worker node, each a real process in its node's namespace.", o.Dataplane)
+	p.title("Oakwire demo: emulated edge clusters in network namespaces on this machine")
+	p.line("Starting redis-server, servicemanager root and one servicemanager cluster per cluster on a")
+	p.line("control node, and one netmanager (--dataplane %s) per worker node, each a real process in", o.Dataplane)
+	p.line("its node's namespace.")
 	start := time.Now()
 	d, err := Up(ctx, o)
 	if err != nil {
@@ -60,12 +68,17 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 
 	p.section("1. Nodes (underlay %v, tunnel UDP port 50103)", d.Ctl.Prefix)
 	tw := p.table()
-	fmt.Fprintln(tw, "   node\tunderlay IP\tcontainer subnets (v4, v6)\truns")
+	fmt.Fprintln(tw, "   node\tcluster\tunderlay IP\tcontainer subnets (v4, v6)\truns")
 	for _, n := range d.Nodes {
-		fmt.Fprintf(tw, "   %s\t%v\t%v, %v\tnetmanager\n", n.Name, n.IP(), n.Subnet, n.Subnet6)
+		fmt.Fprintf(tw, "   %s\t%s\t%v\t%v, %v\tnetmanager\n", n.Name, n.Cluster.ID, n.IP(), n.Subnet, n.Subnet6)
 	}
-	fmt.Fprintf(tw, "   ctl\t%v\t-\tredis 127.0.0.1:%d, root :%d, cluster :%d\n", d.Ctl.IP, redisPort, RootPort, ClusterPort)
+	ctl := []string{fmt.Sprintf("redis :%d, root :%d", redisPort, RootPort)}
+	for _, cl := range d.Clusters {
+		ctl = append(ctl, fmt.Sprintf("%s :%d", cl.ID, cl.port))
+	}
+	fmt.Fprintf(tw, "   ctl\t-\t%v\t-\t%s\n", d.Ctl.IP, strings.Join(ctl, ", "))
 	tw.Flush()
+	p.line("   Each cluster is its own servicemanager process with its own Redis key prefix (oakwire-<id>:).")
 
 	web, err := d.DeployService(ctx, "web", "demo.ns.web.default")
 	if err != nil {
@@ -108,12 +121,20 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 		if in == client {
 			what = "the client"
 		}
-		fmt.Fprintf(tw, "   %s\t%s\t%v, %v\t%v, %v\t%s\n", in.Name(), in.Node.Name, in.IP.V4, in.IP.V6, in.NSIP.V4, in.NSIP.V6, what)
+		fmt.Fprintf(tw, "   %s\t%s (%s)\t%v, %v\t%v, %v\t%s\n", in.Name(), in.Node.Name, in.Node.Cluster.ID,
+			in.IP.V4, in.IP.V6, in.NSIP.V4, in.NSIP.V6, what)
 	}
 	tw.Flush()
 	p.line("   Applications use service and instance IPs; namespace IPs change when an instance moves.")
 
+	p.section("   Peers: who may send each node tunnel traffic (its cluster's GET /api/node/peers; root links")
+	p.line("   clusters that share a service: one interested in it, the other hosting an instance)")
+	peersOK := d.showPeers(ctx, p)
+
 	if o.Dataplane == "none" {
+		if !peersOK {
+			return errors.New("demo: a node's peer set does not list every node of the other cluster")
+		}
 		p.section("4. Traffic")
 		p.line("   skipped: --dataplane none routes only inside a node (no service IPs, no overlay).")
 		if err := d.Ping(client, a.Subnet.Addr().Next(), 3, time.Second); err != nil {
@@ -142,7 +163,12 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 		return fmt.Errorf("demo: %s", strings.Join(problems, "; "))
 	}
 
-	p.section("4. Round robin: 20 UDP + 20 TCP flows of 3 requests from client/0 on a to the RR IP")
+	if !peersOK {
+		fail("a node's peer set does not list every node of the other cluster")
+	}
+
+	p.section("4. Round robin: 20 UDP + 20 TCP flows of 3 requests from client/0 on a to the RR IP,")
+	p.line("   over %s in %s and %s in %s", insts[0].Tag(), insts[0].Node.Cluster.ID, insts[1].Tag(), insts[1].Node.Cluster.ID)
 	for _, ip := range []netip.Addr{rr.V4, rr.V6} {
 		for _, proto := range []string{"udp", "tcp"} {
 			r, err := d.Ask(ctx, client, proto, echoAddr(ip, proto), 20, 3, time.Second)
@@ -158,6 +184,11 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 			}
 			flows := r.FlowsByTag()
 			p.line("   %s %-22s flows per instance: %s; %d/%d answered; %s", proto, ip, fmtCounts(flows), r.Answered, r.Sent, sticky)
+			perCluster := map[string]int{}
+			for _, in := range insts {
+				perCluster[in.Node.Cluster.ID] += flows[in.Tag()]
+			}
+			p.line("   %s %-22s flows per cluster:  %s", proto, "", fmtCounts(perCluster))
 			// Round robin per new flow: 20 flows over two instances is 10
 			// each; a quarter each leaves room for flows the warm-up began.
 			for _, in := range insts {
@@ -235,14 +266,14 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 		}
 	}
 
-	p.section("7. Latency: 200 UDP request/responses, one flow, client/0 on a → web/0's instance IP on b")
+	p.section("7. Latency: 200 UDP request/responses, one flow, client/0 on a → web/0's instance IP on b (%s)", insts[0].Node.Cluster.ID)
 	r, err := d.Ask(ctx, client, "udp", echoAddr(insts[0].IP.V4, "udp"), 1, 200, time.Second)
 	if err != nil {
 		return err
 	}
 	p.line("   p50 %d µs, p99 %d µs (%d/%d answered; includes both owload processes, unpinned)", r.P50us, r.P99us, r.Answered, r.Sent)
 
-	p.section("8. Packet rate: 2 s of 64-byte UDP from client/0 on a → web/1's instance IP on c (one flow)")
+	p.section("8. Packet rate: 2 s of 64-byte UDP from client/0 on a → web/1's instance IP on c (%s, one flow)", insts[1].Node.Cluster.ID)
 	f, s, err := d.Rate(ctx, client, insts[1], 2*time.Second)
 	if err != nil {
 		fail("packet rate: %v", err)
@@ -260,6 +291,49 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	}
 	p.section("All checks passed.")
 	return nil
+}
+
+// showPeers prints each node's peer set as its cluster gives it, waiting
+// (up to 2 s) until every node lists all the others: here every cluster
+// shares the service with every other. It reports whether they did.
+func (d *Deployment) showPeers(ctx context.Context, p *printer) bool {
+	ok := true
+	tw := p.table()
+	for _, n := range d.Nodes {
+		var names []string
+		start := time.Now()
+		for {
+			var pr struct {
+				Peers []struct {
+					ClusterID string `json:"cluster_id"`
+					NodeID    string `json:"node_id"`
+				} `json:"peers"`
+			}
+			names = names[:0]
+			if err := d.ClusterCallOn(ctx, n.Cluster, "GET", "/api/node/peers?node_id="+n.Name, nil, &pr); err == nil {
+				for _, x := range pr.Peers {
+					names = append(names, x.NodeID+" ("+x.ClusterID+")")
+				}
+			}
+			// The data plane's count, where it has one, follows through
+			// the node's watch.
+			dp, inDP := "(no data plane)", len(d.Nodes)-1
+			if st, err := d.Status(ctx, n); err == nil {
+				if k, ok := st.Dataplane.Tables["peers"]; ok {
+					dp, inDP = "(data plane: "+strconv.Itoa(k)+" peers)", k
+				}
+			}
+			done := len(names) == len(d.Nodes)-1 && inDP == len(names)
+			if done || time.Since(start) > 2*time.Second || ctx.Err() != nil {
+				ok = ok && done
+				fmt.Fprintf(tw, "   %s (%s)\taccepts tunnel traffic from\t%s\t%s\n", n.Name, n.Cluster.ID, strings.Join(names, ", "), dp)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	tw.Flush()
+	return ok
 }
 
 // warm sends single UDP requests to ip until one is answered (up to 5 s):

@@ -30,7 +30,8 @@ import (
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
-// Ports of the control services on the control node.
+// Ports of the control services on the control node. Cluster i (from 0)
+// listens on ClusterPort+i.
 const (
 	RootPort    = 10100
 	ClusterPort = 10110
@@ -49,8 +50,11 @@ type Deployment struct {
 	Token string
 	// RootURL and ClusterURL are reachable from the control node's and the
 	// worker nodes' namespaces (not from the root namespace: use RootCall).
+	// ClusterURL and ClusterID are the first cluster's.
 	RootURL, ClusterURL string
 	ClusterID           string
+	// Clusters are the cluster service managers, in order (Options.ClusterNodes).
+	Clusters []*Cluster
 	// WorkDir holds logs (*.log), sockets and state.
 	WorkDir string
 	// BPFDir is a bpffs the deployment mounted (in WorkDir) for the
@@ -68,7 +72,6 @@ type Deployment struct {
 	// mu guards the fields below.
 	mu        sync.Mutex
 	procs     []*proc
-	cluster   *proc
 	services  map[string]*Service
 	instances map[instKey]*Instance
 	ctrNS     []string // container namespaces made and not yet deleted
@@ -76,10 +79,24 @@ type Deployment struct {
 	closed    bool
 }
 
+// Cluster is one cluster service manager on the control node.
+type Cluster struct {
+	ID  string
+	URL string
+	// Prefix is its Redis key prefix (every cluster has its own).
+	Prefix string
+	port   int
+	log    string
+	mu     sync.Mutex // guards proc
+	proc   *proc
+}
+
 // Node is a worker node running a netmanager.
 type Node struct {
 	Name string
 	TB   *testbed.Node
+	// Cluster is the cluster the node registers with.
+	Cluster *Cluster
 	// Socket is the netmanager's unix socket; StateDir its state directory.
 	Socket, StateDir, LogPath string
 	// Subnet and Subnet6 are the node's container subnets (from /status).
@@ -194,6 +211,19 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	if o.ClusterID == "" {
 		o.ClusterID = "cluster1"
 	}
+	if len(o.ClusterNodes) == 0 {
+		o.ClusterNodes = []int{o.Nodes}
+	}
+	total := 0
+	for _, k := range o.ClusterNodes {
+		if k < 1 {
+			return nil, fmt.Errorf("deploy: ClusterNodes %v: every cluster needs a node", o.ClusterNodes)
+		}
+		total += k
+	}
+	if total != o.Nodes {
+		return nil, fmt.Errorf("deploy: ClusterNodes %v: %d nodes, want Nodes = %d", o.ClusterNodes, total, o.Nodes)
+	}
 	if o.StartTimeout == 0 {
 		o.StartTimeout = 20 * time.Second
 	}
@@ -271,7 +301,22 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	}
 	ctlIP := d.Ctl.IP.String()
 	d.RootURL = "http://" + net.JoinHostPort(ctlIP, strconv.Itoa(RootPort))
-	d.ClusterURL = "http://" + net.JoinHostPort(ctlIP, strconv.Itoa(ClusterPort))
+	next := 0
+	for i, k := range o.ClusterNodes {
+		id := o.ClusterID
+		if i > 0 {
+			id = "cluster" + strconv.Itoa(i+1)
+		}
+		port := ClusterPort + i
+		cl := &Cluster{ID: id, URL: "http://" + net.JoinHostPort(ctlIP, strconv.Itoa(port)), port: port,
+			Prefix: "oakwire-" + id + ":", log: filepath.Join(d.WorkDir, id+".log")}
+		d.Clusters = append(d.Clusters, cl)
+		for _, n := range d.Nodes[next : next+k] {
+			n.Cluster = cl
+		}
+		next += k
+	}
+	d.ClusterURL, d.ClusterID = d.Clusters[0].URL, d.Clusters[0].ID
 	d.ctlHTTP = nsClient(d.Ctl.NS)
 	d.logf("testbed %s: workers %s, control node ctl %s", d.Bed.Prefix(), d.nodeList(), ctlIP)
 
@@ -300,21 +345,24 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	if err := d.waitFor(ctx, root, "root /readyz", func() bool { return d.ready(d.RootURL) }); err != nil {
 		return d, err
 	}
-	if err := d.startCluster(ctx); err != nil {
-		return d, err
+	for _, cl := range d.Clusters {
+		if err := d.startCluster(ctx, cl); err != nil {
+			return d, err
+		}
+		// What an orchestrator does when a cluster joins (the cluster also
+		// registers itself; this is idempotent).
+		reg := map[string]any{"cluster_id": cl.ID, "cluster_address": ctlIP, "cluster_port": cl.port}
+		if err := d.RootCall(ctx, "POST", "/api/net/cluster", reg, nil); err != nil {
+			return d, err
+		}
+		d.logf("cluster %s up at %s (Redis prefix %s)", cl.ID, cl.URL, cl.Prefix)
 	}
-	// What an orchestrator does when a cluster joins (the cluster also
-	// registers itself; this is idempotent).
-	reg := map[string]any{"cluster_id": d.ClusterID, "cluster_address": ctlIP, "cluster_port": ClusterPort}
-	if err := d.RootCall(ctx, "POST", "/api/net/cluster", reg, nil); err != nil {
-		return d, err
-	}
-	d.logf("redis, root %s and cluster %s (%s) up in the ctl namespace", d.RootURL, d.ClusterURL, d.ClusterID)
+	d.logf("redis and root %s up in the ctl namespace", d.RootURL)
 
 	for _, n := range d.Nodes {
 		n.args = []string{filepath.Join(d.bin, "netmanager"),
 			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
-			"--cluster", d.ClusterURL, "--socket", n.Socket, "--state-dir", n.StateDir,
+			"--cluster", n.Cluster.URL, "--socket", n.Socket, "--state-dir", n.StateDir,
 			"--dataplane", o.Dataplane, "--bpf-dir", d.BPFDir}
 		if o.Offload != "" {
 			n.args = append(n.args, "--offload", o.Offload)
@@ -338,7 +386,11 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 func (d *Deployment) nodeList() string {
 	var s []string
 	for _, n := range d.Nodes {
-		s = append(s, n.Name+" "+n.TB.IP.String())
+		c := ""
+		if n.Cluster != nil && len(d.Clusters) > 1 {
+			c = " (" + n.Cluster.ID + ")"
+		}
+		s = append(s, n.Name+" "+n.TB.IP.String()+c)
 	}
 	return strings.Join(s, ", ")
 }
@@ -347,20 +399,20 @@ func (d *Deployment) logf(format string, args ...any) {
 	fmt.Fprintf(d.log, "deploy: "+format+"\n", args...)
 }
 
-func (d *Deployment) startCluster(ctx context.Context) error {
+func (d *Deployment) startCluster(ctx context.Context, cl *Cluster) error {
 	ctlIP := d.Ctl.IP.String()
-	cl, err := d.start("cluster", d.Ctl.NS, filepath.Join(d.WorkDir, "cluster.log"),
+	p, err := d.start(cl.ID, d.Ctl.NS, cl.log,
 		filepath.Join(d.bin, "servicemanager"), "cluster",
-		"--listen", net.JoinHostPort(ctlIP, strconv.Itoa(ClusterPort)),
-		"--redis", fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort),
-		"--root", d.RootURL, "--cluster-id", d.ClusterID)
+		"--listen", net.JoinHostPort(ctlIP, strconv.Itoa(cl.port)),
+		"--redis", fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort), "--redis-prefix", cl.Prefix,
+		"--root", d.RootURL, "--cluster-id", cl.ID)
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.cluster = cl
-	d.mu.Unlock()
-	return d.waitFor(ctx, cl, "cluster /readyz", func() bool { return d.ready(d.ClusterURL) })
+	cl.mu.Lock()
+	cl.proc = p
+	cl.mu.Unlock()
+	return d.waitFor(ctx, p, cl.ID+" /readyz", func() bool { return d.ready(cl.URL) })
 }
 
 func (d *Deployment) startNetManager(n *Node) error {
@@ -774,9 +826,14 @@ func (d *Deployment) RootCall(ctx context.Context, method, path string, in, out 
 	return doJSON(ctx, d.ctlHTTP, method, d.RootURL+path, d.Token, in, out)
 }
 
-// ClusterCall calls the cluster's API like RootCall.
+// ClusterCall calls the (first) cluster's API like RootCall.
 func (d *Deployment) ClusterCall(ctx context.Context, method, path string, in, out any) error {
-	return doJSON(ctx, d.ctlHTTP, method, d.ClusterURL+path, d.Token, in, out)
+	return d.ClusterCallOn(ctx, d.Clusters[0], method, path, in, out)
+}
+
+// ClusterCallOn calls cluster cl's API like RootCall.
+func (d *Deployment) ClusterCallOn(ctx context.Context, cl *Cluster, method, path string, in, out any) error {
+	return doJSON(ctx, d.ctlHTTP, method, cl.URL+path, d.Token, in, out)
 }
 
 // NodeCall calls n's netmanager API over its unix socket.
@@ -804,6 +861,7 @@ type NodeStatus struct {
 	} `json:"containers"`
 	Dataplane struct {
 		Mode     string            `json:"mode"`
+		Tables   map[string]int    `json:"tables"`
 		Counters map[string]uint64 `json:"counters"`
 	} `json:"dataplane"`
 }
@@ -870,11 +928,13 @@ func (d *Deployment) StopNetManager(n *Node) {
 	p.stop(syscall.SIGTERM, 10*time.Second)
 }
 
-// KillCluster kills the cluster service manager (SIGKILL) and waits for it.
+// KillCluster kills the (first) cluster service manager (SIGKILL) and
+// waits for it.
 func (d *Deployment) KillCluster() error {
-	d.mu.Lock()
-	p := d.cluster
-	d.mu.Unlock()
+	cl := d.Clusters[0]
+	cl.mu.Lock()
+	p := cl.proc
+	cl.mu.Unlock()
 	if p == nil {
 		return errors.New("deploy: no cluster process")
 	}
@@ -885,5 +945,19 @@ func (d *Deployment) KillCluster() error {
 	return nil
 }
 
-// StartCluster starts the cluster service manager again after KillCluster.
-func (d *Deployment) StartCluster(ctx context.Context) error { return d.startCluster(ctx) }
+// StartCluster starts the (first) cluster service manager again after
+// KillCluster.
+func (d *Deployment) StartCluster(ctx context.Context) error {
+	return d.startCluster(ctx, d.Clusters[0])
+}
+
+// RemoveNode takes worker node n out of its cluster: its netmanager stops
+// (SIGTERM) and the cluster deregisters it (DELETE /api/node/{id}), which
+// frees its subnets and takes it out of every peer set.
+func (d *Deployment) RemoveNode(ctx context.Context, n *Node) error {
+	d.StopNetManager(n)
+	if err := d.ClusterCallOn(ctx, n.Cluster, "DELETE", "/api/node/"+n.Name, nil, nil); err != nil {
+		return fmt.Errorf("deploy: remove node %s: %w", n.Name, err)
+	}
+	return nil
+}

@@ -6,9 +6,11 @@
 // ... = 198.18.0.1, .2, .3, ...) and a control node "ctl" (the next
 // address) on a bridged underlay, and starts real processes, each in its
 // node's namespace: a private redis-server on the control node's loopback,
-// `servicemanager root` and `servicemanager cluster` on the control node's
-// underlay address, and one `netmanager` per worker node registered with
-// the cluster. Every process gets the same random OAKWIRE_TOKEN.
+// `servicemanager root` and one `servicemanager cluster` per cluster (each
+// with its own Redis key prefix; Options.ClusterNodes splits the nodes
+// among clusters) on the control node's underlay address, and one
+// `netmanager` per worker node registered with its cluster. Every process
+// gets the same random OAKWIRE_TOKEN.
 //
 // The orchestrator side (DeployService, DeployInstance, UndeployInstance,
 // MoveInstance, AddClient) goes through the same APIs an orchestrator uses:

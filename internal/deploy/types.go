@@ -40,8 +40,15 @@ type Options struct {
 	// means a new temporary directory, removed by Close unless KeepWorkDir.
 	WorkDir     string
 	KeepWorkDir bool
-	// ClusterID is the cluster's id at root; empty means "cluster1".
+	// ClusterID is the (first) cluster's id at root; empty means
+	// "cluster1". Further clusters are "cluster2", "cluster3", ...
 	ClusterID string
+	// ClusterNodes splits the worker nodes, in order, among clusters: {2,
+	// 1} puts a and b in the first cluster and c in a second. Each cluster
+	// is its own servicemanager process with its own Redis key prefix.
+	// Empty means one cluster with every node; the counts must add up to
+	// Nodes.
+	ClusterNodes []int
 	// Log receives progress lines and, on failure, the tails of the
 	// processes' logs; nil discards them.
 	Log io.Writer
