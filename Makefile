@@ -72,10 +72,13 @@ demo: deps
 ## The plain pass runs last, so go test's own summary lines close the log.
 test: deps lint check-generate fuzz test-race test-unit
 
+# The tag policytest adds a test-only balancing policy (policy/testpolicy.go):
+# the tests that prove a policy is one file plus one line build with it.
 # -p 1: one test binary at a time. The traffic tests assert zero loss and the
 # load tests assert no 503s; on two CPUs, binaries running side by side would
 # measure each other instead.
 test-unit:
+	$(GO) test -count=1 -p 1 -tags policytest ./policy/ ./fastpath/ ./control/policytest/
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 test-race:
@@ -87,6 +90,7 @@ fuzz:
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags policytest ./policy/ ./fastpath/ ./control/policytest/
 	$(GO) tool staticcheck ./...
 
 ## generate: rebuild the BPF objects with clang through bpf2go (output committed).

@@ -10,6 +10,7 @@ import (
 
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/ipam"
+	"github.com/oakwire/oakwire/policy"
 )
 
 const tok = "s3cret-token"
@@ -60,8 +61,8 @@ func TestEndToEnd(t *testing.T) {
 	plan := ipam.DefaultConfig()
 	rr4, rr6 := ipOf(t, dep, "RR")
 	cl4, cl6 := ipOf(t, dep, "Closest")
-	rrP, _ := plan.KindPrefix(ipam.KindRR)
-	clP, _ := plan.KindPrefix(ipam.KindClosest)
+	rrP, _ := plan.KindPrefix(ipam.Kind(policy.RR))
+	clP, _ := plan.KindPrefix(ipam.Kind(policy.Closest))
 	instP, _ := plan.KindPrefix(ipam.KindInstance)
 	for _, a := range []netip.Addr{rr4, cl4} {
 		if !plan.ServiceV4.Contains(a) {

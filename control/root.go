@@ -16,23 +16,42 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/control/nodeclient"
-	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/ipam"
+	"github.com/oakwire/oakwire/policy"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
 )
 
-// DefaultPolicies returns every balancing policy registered with the fast
-// path, in registration order. A policy's kind (and so its IPv6 range) is its
-// position in that registry, whichever subset a root enables: RR is always
-// ipam.KindRR. Registering a policy in fastpath is all it takes for the root
-// to allocate one service IP per service for it.
-func DefaultPolicies() []string { return fastpath.PolicyNames() }
+// DefaultPolicies returns the name of every balancing policy (package
+// policy), in ID order. A policy's kind (and so its IPv6 range) is its ID,
+// whichever subset a root enables. Adding a policy to package policy is
+// all it takes for the root to allocate one service IP per service for it.
+func DefaultPolicies() []string {
+	var names []string
+	for _, id := range policy.All() {
+		names = append(names, id.String())
+	}
+	return names
+}
 
-// policyKind is the ipam kind of a registered policy name.
+// policyKind is the ipam kind of a policy name (as the policy spells it).
 func policyKind(name string) (ipam.Kind, bool) {
-	k, ok := fastpath.PolicyKind(name)
-	return ipam.Kind(k), ok && k > 0 && k < ipam.MaxKinds
+	id, ok := policy.Parse(name)
+	return ipam.Kind(id), ok && id.String() == name && int(id) < ipam.MaxKinds
+}
+
+// customIPs returns the addresses a deployment descriptor asks for the
+// service IPs of policy pol, and the name of their field: Oakestra's
+// descriptor has fields for RR and Closest only.
+func customIPs(dd *deploymentDescriptor, pol string) (field, v4, v6 string) {
+	id, _ := policy.Parse(pol)
+	switch id {
+	case policy.RR:
+		return "RR_ip", dd.RRIP, dd.RRIPv6
+	case policy.Closest:
+		return "closest_ip", dd.ClosestIP, dd.ClosestIPv6
+	}
+	return "", "", ""
 }
 
 // DefaultPrefix is the default Redis key prefix.
@@ -85,7 +104,7 @@ func (c *RootConfig) Validate() error {
 			return fmt.Errorf("root config: policies: %q: empty, not alphanumeric or repeated", p)
 		}
 		if _, ok := policyKind(p); !ok {
-			return fmt.Errorf("root config: policies: %q: not a registered policy (have %v)", p, fastpath.PolicyNames())
+			return fmt.Errorf("root config: policies: %q: not a policy (have %v)", p, DefaultPolicies())
 		}
 		seen[p] = true
 	}
@@ -309,6 +328,21 @@ type storedInstance struct {
 	Owner string `json:"owner,omitempty"`
 }
 
+// deploymentDescriptor is Oakestra's description of a service in POST
+// /api/net/service/deploy.
+type deploymentDescriptor struct {
+	AppName     string `json:"app_name"`
+	AppNS       string `json:"app_ns"`
+	MsName      string `json:"microservice_name"`
+	MsNS        string `json:"microservice_namespace"`
+	ServiceName string `json:"service_name"`
+	ServiceNS   string `json:"service_ns"`
+	RRIP        string `json:"RR_ip"`
+	RRIPv6      string `json:"RR_ip_v6"`
+	ClosestIP   string `json:"closest_ip"`
+	ClosestIPv6 string `json:"closest_ip_v6"`
+}
+
 type deployAnswer struct {
 	JobName       string                 `json:"job_name"`
 	ServiceIPList []nodeclient.ServiceIP `json:"service_ip_list"`
@@ -320,19 +354,8 @@ func instOwnerBase(id string, n int) string { return "inst/" + id + "/" + strcon
 
 func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 	var in struct {
-		ID *string `json:"_id"`
-		DD *struct {
-			AppName     string `json:"app_name"`
-			AppNS       string `json:"app_ns"`
-			MsName      string `json:"microservice_name"`
-			MsNS        string `json:"microservice_namespace"`
-			ServiceName string `json:"service_name"`
-			ServiceNS   string `json:"service_ns"`
-			RRIP        string `json:"RR_ip"`
-			RRIPv6      string `json:"RR_ip_v6"`
-			ClosestIP   string `json:"closest_ip"`
-			ClosestIPv6 string `json:"closest_ip_v6"`
-		} `json:"deployment_descriptor"`
+		ID *string               `json:"_id"`
+		DD *deploymentDescriptor `json:"deployment_descriptor"`
 	}
 	if err := decodeBody(ctx, &in); err != nil {
 		return err
@@ -369,15 +392,13 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 	job := dd.AppName + "." + dd.AppNS + "." + dd.MsName + "." + dd.MsNS
 	id := *in.ID
 
-	custom := map[string][2]string{"RR": {dd.RRIP, dd.RRIPv6}, "Closest": {dd.ClosestIP, dd.ClosestIPv6}}
 	reqs := make([]ipam.Request, len(r.cfg.Policies))
 	for i, pol := range r.cfg.Policies {
 		kind, _ := policyKind(pol)         // Validate checked every name
 		reqs[i] = ipam.Request{Kind: kind} // Owner: after prepare
-		cu := custom[pol]
-		field := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[pol]
-		if cu[0] != "" {
-			a, err := parseAddr("deployment_descriptor."+field, cu[0], 4)
+		field, cu4, cu6 := customIPs(dd, pol)
+		if cu4 != "" {
+			a, err := parseAddr("deployment_descriptor."+field, cu4, 4)
 			if err != nil {
 				return err
 			}
@@ -386,8 +407,8 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 			}
 			reqs[i].Custom4 = a
 		}
-		if cu[1] != "" {
-			a, err := parseAddr("deployment_descriptor."+field+"_v6", cu[1], 6)
+		if cu6 != "" {
+			a, err := parseAddr("deployment_descriptor."+field+"_v6", cu6, 6)
 			if err != nil {
 				return err
 			}
@@ -438,7 +459,7 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 			// Name the field of the custom address that is taken.
 			for i, q := range reqs {
 				if (q.Custom4.IsValid() || q.Custom6.IsValid()) && strings.Contains(err.Error(), q.Owner+" ") {
-					f := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[r.cfg.Policies[i]]
+					f, _, _ := customIPs(&deploymentDescriptor{}, r.cfg.Policies[i])
 					err = newErr(ipam.ErrConflict, "address_in_use", "deployment_descriptor.%s: requested address not free (%v)", f, err)
 					break
 				}
@@ -486,7 +507,7 @@ func (r *Root) answerExistingService(ctx *fasthttp.RequestCtx, payload any, reqs
 		return fmt.Errorf("deploy service: stored meta: %w", err)
 	}
 	for i, pol := range r.cfg.Policies {
-		field := map[string]string{"RR": "RR_ip", "Closest": "closest_ip"}[pol]
+		field, _, _ := customIPs(&deploymentDescriptor{}, pol)
 		for _, ip := range meta.ServiceIPList {
 			if ip.IpType != pol {
 				continue

@@ -136,8 +136,8 @@
 //
 // # Policies
 //
-// Policies implement Policy; the registered list in policy.go defines their
-// order, which is their ipam.Kind (Closest = 1, RR = 2; 0 is the instance
-// policy). PolicyNames tells the control plane which service IPs to
-// allocate.
+// Balancing policies are package policy's: a service IP's entry in the
+// table names its policy.ID, each Service keeps a typed policy.State per
+// policy (Prepare runs in Build, the counters carry over from
+// Builder.Prev), and resolve calls ID.Pick for a new flow.
 package fastpath

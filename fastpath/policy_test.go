@@ -3,36 +3,16 @@ package fastpath
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 )
 
-// lowestPolicy is a test-only policy proving that a policy is one file plus
-// one registration line: it always picks the instance with the lowest
-// number.
-type lowestPolicy struct{}
-
-func (lowestPolicy) Name() string                     { return "Lowest" }
-func (lowestPolicy) Prepare(t *Table, s *Service) any { return nil }
-func (lowestPolicy) Pick(t *Table, s *Service, st *PolicyState, from *LocalPort, hash uint32) (int32, bool) {
-	best := int32(-1)
-	for _, i := range s.Instances {
-		if best < 0 || t.Instances[i].Number < t.Instances[best].Number {
-			best = i
-		}
-	}
-	return best, best >= 0
-}
-
-func init() { Register(lowestPolicy{}) } // the one registration line
-
 // multiBuilder returns the test topology plus service "a.b.m.n" with n
 // remote instances on node B (nsIPs 10.18.0.70+i), reachable via RR
-// 10.30.3.1, Closest 10.30.3.2 and Lowest 10.30.3.3.
+// 10.30.3.1 and Closest 10.30.3.2.
 func multiBuilder(n int) *Builder {
 	b := testBuilder(nodeA)
 	b.Services = append(b.Services, ServiceSpec{Job: "a.b.m.n", IPs: []PolicyIP{
-		{Policy: "RR", V4: a4("10.30.3.1")}, {Policy: "Closest", V4: a4("10.30.3.2")}, {Policy: "Lowest", V4: a4("10.30.3.3")}}})
+		{Policy: "RR", V4: a4("10.30.3.1")}, {Policy: "Closest", V4: a4("10.30.3.2")}}})
 	for i := range n {
 		b.Instances = append(b.Instances, mInst(i, nodeB, 0))
 	}
@@ -62,38 +42,6 @@ func sendFlow(t testing.TB, p *Processor, ctx *WorkerCtx, dst netip.Addr, sport 
 	}
 	t.Fatalf("flow %d: verdict %v/%v", sport, v[0].Action, v[0].Reason)
 	return Verdict{}, netip.Addr{}, netip.Addr{}
-}
-
-func TestRegistry(t *testing.T) {
-	if got := PolicyNames(); !slices.Equal(got, []string{"Closest", "RR", "Lowest"}) {
-		t.Fatalf("PolicyNames = %v", got)
-	}
-	for name, kind := range map[string]int{"Closest": 1, "RR": 2, "Lowest": 3} {
-		if k, ok := PolicyKind(name); !ok || k != kind {
-			t.Errorf("PolicyKind(%s) = %d, %v", name, k, ok)
-		}
-	}
-	defer func() {
-		if recover() == nil {
-			t.Error("duplicate Register did not panic")
-		}
-	}()
-	Register(rrPolicy{})
-}
-
-func TestTestOnlyPolicy(t *testing.T) {
-	tb, err := multiBuilder(3).Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var h TableHolder
-	h.Swap(tb)
-	p, ctx := NewProcessor(&h, NewFlowTable(FlowConfig{})), NewWorkerCtx()
-	for sp := uint16(1); sp < 10; sp++ {
-		if _, ns, _ := sendFlow(t, p, ctx, a4("10.30.3.3"), sp); ns != a4("10.18.0.70") {
-			t.Fatalf("Lowest chose %v", ns)
-		}
-	}
 }
 
 func TestRRRotatesExactly(t *testing.T) {
@@ -164,9 +112,6 @@ func TestClosest(t *testing.T) {
 		if v.Action != ActTxPort || v.Port != 3 || ns != a4("10.18.0.4") {
 			t.Fatalf("closest with a local instance picked %v %v", v.Action, ns)
 		}
-	}
-	if d := Distance(&Location{52.52, 13.405}, &Location{48.137, 11.575}); d < 500 || d > 510 {
-		t.Errorf("Berlin–Munich = %.1f km", d)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"time"
+
+	"github.com/oakwire/oakwire/policy"
 )
 
 // Processor is the per-packet logic of a node. It is safe for concurrent
@@ -203,7 +205,7 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 			return
 		default:
 			var r DropReason
-			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, port, pkt, pp); r != ReasonNone {
+			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
 				ctx.drop(v, r)
 				return
 			}
@@ -277,7 +279,7 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 }
 
 // resolve finds or creates the flow of a packet to a service IP.
-func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, port *LocalPort, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
+func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.ID, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
 	var key FlowKey
 	key.setOf(pkt, pp)
 	h := key.Hash() // tunnel source port, not the flow table's bucket
@@ -288,7 +290,7 @@ func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol uint8, p
 			return ii, h, ReasonNone
 		}
 	}
-	ii, ok := t.policies[pol].Pick(t, svc, &svc.policy[pol], port, h)
+	ii, ok := pol.Pick(&svc.policy[pol], h)
 	if !ok {
 		return 0, 0, ReasonNoInstance
 	}

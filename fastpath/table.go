@@ -3,9 +3,10 @@ package fastpath
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
 	"sync/atomic"
+
+	"github.com/oakwire/oakwire/policy"
 )
 
 // CsumMode says how a port's egress TCP/UDP checksums are maintained.
@@ -26,10 +27,10 @@ const (
 )
 
 // Location is a node's reported position in degrees.
-type Location struct{ Lat, Long float64 }
+type Location = policy.Location
 
 // PolicyIP is one service IP pair of a service: the addresses whose use
-// selects Policy (a registered policy name).
+// selects Policy (a policy's name, package policy).
 type PolicyIP struct {
 	Policy string
 	V4, V6 netip.Addr
@@ -124,8 +125,8 @@ var ErrInvalid = errors.New("fastpath: invalid table")
 // Service is one service in a Table.
 type Service struct {
 	Job       string
-	Instances []int32 // indexes into Table.Instances
-	policy    []PolicyState
+	Instances []int32        // indexes into Table.Instances
+	policy    []policy.State // indexed by policy.ID
 }
 
 // Instance is one instance in a Table.
@@ -149,15 +150,6 @@ type LocalPort struct {
 	PortSpec
 }
 
-// PolicyState is a policy's state for one service in one snapshot.
-type PolicyState struct {
-	// Counter is shared by every snapshot for the same job and policy
-	// (round-robin position).
-	Counter *atomic.Uint64
-	// Data is what Policy.Prepare returned for this snapshot.
-	Data any
-}
-
 type addrKind uint8
 
 const (
@@ -167,8 +159,8 @@ const (
 
 type addrEntry struct {
 	kind   addrKind
-	policy uint8 // index into Table.policies (service addresses)
-	idx    int32 // service or instance index
+	policy policy.ID // service addresses
+	idx    int32     // service or instance index
 }
 
 // Table is an immutable snapshot of everything the data path needs. Workers
@@ -179,11 +171,10 @@ type Table struct {
 	Services  []Service
 	Instances []Instance
 
-	policies []Policy
-	addrs    addrTable[addrEntry] // service and instance IPs
-	localNS  addrTable[PortID]    // local container nsIPs
-	ports    []*LocalPort         // indexed by PortID
-	peers    addrTable[struct{}]
+	addrs   addrTable[addrEntry] // service and instance IPs
+	localNS addrTable[PortID]    // local container nsIPs
+	ports   []*LocalPort         // indexed by PortID
+	peers   addrTable[struct{}]
 	// nsNode maps every instance's nsIPs to the address of its node (this
 	// node's for local ones): the inner sources a peer may send from,
 	// beside instance IPs (Table.sourceNode).
@@ -201,13 +192,12 @@ type Table struct {
 // Build validates b and returns the snapshot.
 func (b *Builder) Build() (*Table, error) {
 	t := &Table{
-		Node:     b.Node,
-		Ranges:   b.Ranges,
-		policies: Policies(),
-		addrs:    newAddrTable[addrEntry](2 * (len(b.Services) + len(b.Instances))),
-		localNS:  newAddrTable[PortID](2 * len(b.Ports)),
-		peers:    newAddrTable[struct{}](len(b.Peers)),
-		nsNode:   newAddrTable[netip.Addr](2 * len(b.Instances)),
+		Node:    b.Node,
+		Ranges:  b.Ranges,
+		addrs:   newAddrTable[addrEntry](2 * (len(b.Services) + len(b.Instances))),
+		localNS: newAddrTable[PortID](2 * len(b.Ports)),
+		peers:   newAddrTable[struct{}](len(b.Peers)),
+		nsNode:  newAddrTable[netip.Addr](2 * len(b.Instances)),
 	}
 	if t.Ranges == (Ranges{}) {
 		t.Ranges = DefaultRanges()
@@ -231,10 +221,6 @@ func (b *Builder) Build() (*Table, error) {
 	if t.maxIP < 576 {
 		return nil, fmt.Errorf("%w: underlay MTU %d too small", ErrInvalid, t.Node.UnderlayMTU)
 	}
-	polIdx := make(map[string]int, len(t.policies))
-	for i, p := range t.policies {
-		polIdx[p.Name()] = i
-	}
 	addAddr := func(a netip.Addr, e addrEntry, what string) error {
 		if !a.IsValid() {
 			return nil
@@ -255,13 +241,13 @@ func (b *Builder) Build() (*Table, error) {
 			return nil, fmt.Errorf("%w: service %q empty or duplicate", ErrInvalid, s.Job)
 		}
 		svcByJob[s.Job] = int32(i)
-		t.Services[i] = Service{Job: s.Job, policy: make([]PolicyState, len(t.policies))}
+		t.Services[i] = Service{Job: s.Job, policy: make([]policy.State, policy.Count())}
 		for _, pip := range s.IPs {
-			pi, ok := polIdx[pip.Policy]
-			if !ok {
+			pol, ok := policy.Parse(pip.Policy)
+			if !ok || pol.String() != pip.Policy {
 				return nil, fmt.Errorf("%w: service %s: unknown policy %q", ErrInvalid, s.Job, pip.Policy)
 			}
-			e := addrEntry{kind: addrService, policy: uint8(pi), idx: int32(i)}
+			e := addrEntry{kind: addrService, policy: pol, idx: int32(i)}
 			if err := addAddr(pip.V4, e, "service IP"); err != nil {
 				return nil, err
 			}
@@ -336,37 +322,39 @@ func (b *Builder) Build() (*Table, error) {
 	for _, p := range b.Peers {
 		t.peers.put(p.Addr(), struct{}{})
 	}
-	for si := range t.Services {
-		s := &t.Services[si]
-		for pi, pol := range t.policies {
-			var ctr *atomic.Uint64
-			if b.Prev != nil {
-				if ps := b.Prev.policyState(s.Job, pol.Name()); ps != nil {
-					ctr = ps.Counter
-				}
-			}
-			if ctr == nil {
-				ctr = new(atomic.Uint64)
-			}
-			s.policy[pi] = PolicyState{Counter: ctr}
-			s.policy[pi].Data = pol.Prepare(t, s)
-		}
-	}
+	t.preparePolicies(b.Prev)
 	return t, nil
 }
 
-func (t *Table) policyState(job, policy string) *PolicyState {
-	for si := range t.Services {
-		if t.Services[si].Job != job {
-			continue
-		}
-		for pi, p := range t.policies {
-			if p.Name() == policy {
-				return &t.Services[si].policy[pi]
-			}
+// preparePolicies sets every service's policy states, keeping the counters
+// of prev's services of the same job.
+func (t *Table) preparePolicies(prev *Table) {
+	var prevSvc map[string]*Service
+	if prev != nil {
+		prevSvc = make(map[string]*Service, len(prev.Services))
+		for i := range prev.Services {
+			prevSvc[prev.Services[i].Job] = &prev.Services[i]
 		}
 	}
-	return nil
+	var insts []policy.Instance
+	for si := range t.Services {
+		s := &t.Services[si]
+		insts = insts[:0]
+		for _, i := range s.Instances {
+			in := &t.Instances[i]
+			insts = append(insts, policy.Instance{Index: i, Number: in.Number, Local: in.Local, Loc: in.Loc})
+		}
+		for _, pol := range policy.All() {
+			st := &s.policy[pol]
+			if p := prevSvc[s.Job]; p != nil {
+				st.Counter = p.policy[pol].Counter
+			}
+			if st.Counter == nil {
+				st.Counter = new(atomic.Uint64)
+			}
+			st.Set = pol.Prepare(t.Node.Loc, insts)
+		}
+	}
 }
 
 // inService reports whether a is in the service ranges (translated).
@@ -460,20 +448,6 @@ func (t *Table) instanceByNumber(s *Service, n uint32) int32 {
 		}
 	}
 	return -1
-}
-
-// Distance returns the great-circle distance in km between two locations
-// (haversine), or +Inf when either is unknown.
-func Distance(a, b *Location) float64 {
-	if a == nil || b == nil {
-		return math.Inf(1)
-	}
-	const r = 6371.0
-	rad := math.Pi / 180
-	dlat := (b.Lat - a.Lat) * rad
-	dlon := (b.Long - a.Long) * rad
-	h := math.Sin(dlat/2)*math.Sin(dlat/2) + math.Cos(a.Lat*rad)*math.Cos(b.Lat*rad)*math.Sin(dlon/2)*math.Sin(dlon/2)
-	return 2 * r * math.Asin(math.Min(1, math.Sqrt(h)))
 }
 
 // TableHolder publishes the current Table to workers.

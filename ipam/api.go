@@ -31,15 +31,14 @@ var (
 
 // Kind selects the IPv6 range of a service-pool address: instance IPs, or
 // service IPs of one balancing policy. IPv4 addresses of every kind come
-// from one shared pool. Kind 0 is the instance kind; policies are numbered
-// in registration order from 1 (Closest = 1, RR = 2 by default). Kind k's
-// IPv6 range is Config.ServiceV6Base + k*0x1000 in the second hextet, /21.
+// from one shared pool. Kind 0 is the instance kind; kind k ≥ 1 holds the
+// service IPs of the balancing policy with ID k (package policy: the
+// control plane passes ipam.Kind(id)). Kind k's IPv6 range is
+// Config.ServiceV6Base + k*0x1000 in the second hextet, /21.
 type Kind uint8
 
 const (
 	KindInstance Kind = 0
-	KindClosest  Kind = 1
-	KindRR       Kind = 2
 	// MaxKinds bounds the number of kinds (16 /21 blocks at 0x1000 steps).
 	MaxKinds = 16
 )

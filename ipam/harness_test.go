@@ -10,6 +10,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/oakwire/oakwire/policy"
+)
+
+// The kinds of the built-in policies' service IPs.
+const (
+	kindClosest = Kind(policy.Closest)
+	kindRR      = Kind(policy.RR)
 )
 
 // smallCfg makes pools small enough that exhaustion and reuse happen within

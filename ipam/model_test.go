@@ -105,13 +105,13 @@ func TestReferenceSanity(t *testing.T) {
 			t.Fatalf("got %v, %v; want %s %s", got, err, v4, v6)
 		}
 	}
-	p, err := r.Alloc(ctx, []Request{{Owner: "a", Kind: KindRR}})
+	p, err := r.Alloc(ctx, []Request{{Owner: "a", Kind: kindRR}})
 	want(p, err, "10.30.0.1", "fdff:2000::1")
 	p, err = r.Alloc(ctx, []Request{{Owner: "b"}})
 	want(p, err, "10.30.0.2", "fdff::1")
 	_ = r.Release(ctx, []string{"a"})
-	p, err = r.Alloc(ctx, []Request{{Owner: "c", Kind: KindRR}})
+	p, err = r.Alloc(ctx, []Request{{Owner: "c", Kind: kindRR}})
 	want(p, err, "10.30.0.3", "fdff:2000::2")
-	p, err = r.Alloc(ctx, []Request{{Owner: "a", Kind: KindRR}})
+	p, err = r.Alloc(ctx, []Request{{Owner: "a", Kind: kindRR}})
 	want(p, err, "10.30.0.1", "fdff:2000::1") // its own, in quarantine
 }

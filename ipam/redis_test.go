@@ -68,10 +68,10 @@ func TestFirstAllocations(t *testing.T) {
 	ctx := context.Background()
 	for name, a := range allocators(t, Config{}, nil) {
 		t.Run(name, func(t *testing.T) {
-			if p, err := a.Peek(ctx, KindRR, 4); err != nil || p.String() != "10.30.0.1" {
+			if p, err := a.Peek(ctx, kindRR, 4); err != nil || p.String() != "10.30.0.1" {
 				t.Errorf("Peek v4 = %v, %v", p, err)
 			}
-			if p, err := a.Peek(ctx, KindRR, 6); err != nil || p.String() != "fdff:2000::1" {
+			if p, err := a.Peek(ctx, kindRR, 6); err != nil || p.String() != "fdff:2000::1" {
 				t.Errorf("Peek RR v6 = %v, %v", p, err)
 			}
 			for _, c := range []struct {
@@ -79,10 +79,10 @@ func TestFirstAllocations(t *testing.T) {
 				kind   Kind
 				v4, v6 string
 			}{
-				{"svc/S/RR", KindRR, "10.30.0.1", "fdff:2000::1"},
+				{"svc/S/RR", kindRR, "10.30.0.1", "fdff:2000::1"},
 				{"inst/S/1", KindInstance, "10.30.0.2", "fdff::1"},
 				{"inst/S/2", KindInstance, "10.30.0.3", "fdff::2"},
-				{"svc/S/Closest", KindClosest, "10.30.0.4", "fdff:1000::1"},
+				{"svc/S/Closest", kindClosest, "10.30.0.4", "fdff:1000::1"},
 			} {
 				p, err := a.Alloc(ctx, []Request{{Owner: c.owner, Kind: c.kind}})
 				if err != nil || p[0].V4.String() != c.v4 || p[0].V6.String() != c.v6 {
@@ -142,7 +142,7 @@ func TestCustomRequests(t *testing.T) {
 	for name, a := range allocators(t, Config{}, nil) {
 		t.Run(name, func(t *testing.T) {
 			ip := netip.MustParseAddr
-			p, err := a.Alloc(ctx, []Request{{Owner: "a", Kind: KindRR, Custom4: ip("10.30.7.7"), Custom6: ip("fdff:2000::77")}})
+			p, err := a.Alloc(ctx, []Request{{Owner: "a", Kind: kindRR, Custom4: ip("10.30.7.7"), Custom6: ip("fdff:2000::77")}})
 			if err != nil || p[0].V4 != ip("10.30.7.7") || p[0].V6 != ip("fdff:2000::77") {
 				t.Fatalf("custom = %v, %v", p, err)
 			}
@@ -151,8 +151,8 @@ func TestCustomRequests(t *testing.T) {
 				want error
 			}{
 				{Request{Owner: "b", Custom4: ip("10.30.7.7")}, ErrConflict},
-				{Request{Owner: "a", Kind: KindRR, Custom4: ip("10.30.7.8")}, ErrConflict},
-				{Request{Owner: "a", Kind: KindClosest}, ErrConflict},
+				{Request{Owner: "a", Kind: kindRR, Custom4: ip("10.30.7.8")}, ErrConflict},
+				{Request{Owner: "a", Kind: kindClosest}, ErrConflict},
 				{Request{Owner: "b", Custom4: ip("10.30.0.0")}, ErrOutOfPool},
 				{Request{Owner: "b", Custom4: ip("10.30.255.255")}, ErrOutOfPool},
 				{Request{Owner: "b", Custom4: ip("10.31.0.1")}, ErrOutOfPool},
@@ -208,7 +208,7 @@ func TestExhaustionAndQuarantine(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			_, err := a.Alloc(ctx, []Request{{Owner: "x/RR", Kind: KindRR}})
+			_, err := a.Alloc(ctx, []Request{{Owner: "x/RR", Kind: kindRR}})
 			if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "x/RR v4") {
 				t.Fatalf("7th alloc: %v", err)
 			}
@@ -504,7 +504,7 @@ func TestRedisDown(t *testing.T) {
 					default:
 						// A batch of two of different kinds: all or nothing.
 						var ps []Pair
-						ps, err = a.Alloc(ctx, []Request{{Owner: owner + "a", Kind: Kind(i % 3)}, {Owner: owner + "b", Kind: KindRR}})
+						ps, err = a.Alloc(ctx, []Request{{Owner: owner + "a", Kind: Kind(i % 3)}, {Owner: owner + "b", Kind: kindRR}})
 						if err == nil {
 							mine = append(mine, held{owner + "a", ps[0]}, held{owner + "b", ps[1]})
 						}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/fastpath"
+	"github.com/oakwire/oakwire/policy"
 )
 
 // The node's knowledge of services (SPEC §7.3 item 6, DESIGN "The control
@@ -497,7 +498,7 @@ func (v *ServiceView) upsertLocked(e nodeclient.ServiceEntry, now time.Time) {
 	}
 	delete(v.pendingDrops, e.JobName)
 	for _, sip := range e.ServiceIPList {
-		if !slices.ContainsFunc(fastpath.PolicyNames(), func(p string) bool { return strings.EqualFold(p, sip.IpType) }) {
+		if _, ok := policy.Parse(sip.IpType); !ok {
 			v.ctr.ignoredIPTypes.Inc()
 		}
 	}
@@ -620,7 +621,7 @@ const DefaultTunnelPort = 50103
 
 // ConvertEntries turns service entries into fastpath specs, sorted by job
 // and instance number. IpType maps to a registered policy name
-// (fastpath.PolicyNames, case-insensitively; unknown types are skipped and
+// (policy.Parse, case-insensitively; unknown types are skipped and
 // counted). An instance runs when it has a host IP and at least one
 // namespace IP; others are omitted. Node is host_ip:host_port; Local and
 // Port stay zero (the data plane marks its own instances). An address
@@ -631,7 +632,6 @@ func ConvertEntries(entries []nodeclient.ServiceEntry) (SpecSet, ConvertStats) {
 	var st ConvertStats
 	sorted := slices.Clone(entries)
 	slices.SortFunc(sorted, func(a, b nodeclient.ServiceEntry) int { return strings.Compare(a.JobName, b.JobName) })
-	policies := fastpath.PolicyNames()
 	used := map[netip.Addr]bool{}
 	// addr parses s; "" is no address; bad or duplicate ones are counted.
 	addr := func(s string) netip.Addr {
@@ -665,12 +665,12 @@ func ConvertEntries(entries []nodeclient.ServiceEntry) (SpecSet, ConvertStats) {
 		}
 		svc := fastpath.ServiceSpec{Job: e.JobName}
 		for _, sip := range e.ServiceIPList {
-			k := slices.IndexFunc(policies, func(p string) bool { return strings.EqualFold(p, sip.IpType) })
-			if k < 0 {
+			pol, ok := policy.Parse(sip.IpType)
+			if !ok {
 				st.IgnoredIPTypes++
 				continue
 			}
-			pip := fastpath.PolicyIP{Policy: policies[k], V4: addr(sip.Address), V6: addr(sip.AddressV6)}
+			pip := fastpath.PolicyIP{Policy: pol.String(), V4: addr(sip.Address), V6: addr(sip.AddressV6)}
 			if pip.V4.IsValid() || pip.V6.IsValid() {
 				svc.IPs = append(svc.IPs, pip)
 			}

@@ -1,4 +1,5 @@
-// Package policytest holds one test in a binary of its own: it registers a
-// test-only balancing policy in the fast path's global registry, which would
-// change the policy set seen by every other control test if it ran in theirs.
+// Package policytest holds one test, built only with the tag policytest:
+// then package policy holds a test-only balancing policy after the
+// built-in ones, which would change the policy set every other control
+// test sees if they were built with it.
 package policytest

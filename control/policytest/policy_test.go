@@ -1,3 +1,5 @@
+//go:build policytest
+
 package policytest
 
 import (
@@ -14,30 +16,18 @@ import (
 
 	"github.com/oakwire/oakwire/control"
 	"github.com/oakwire/oakwire/control/nodeclient"
-	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/internal/redistest"
 	"github.com/oakwire/oakwire/ipam"
+	"github.com/oakwire/oakwire/policy"
 	"github.com/redis/go-redis/v9"
 )
 
-// farthestPolicy exists only in this test binary. Registering it is the
-// "one registration line" of SPEC §7.4; nothing else in the control plane
-// names it.
-type farthestPolicy struct{}
-
-func (farthestPolicy) Name() string                                   { return "Farthest" }
-func (farthestPolicy) Prepare(*fastpath.Table, *fastpath.Service) any { return nil }
-func (farthestPolicy) Pick(*fastpath.Table, *fastpath.Service, *fastpath.PolicyState, *fastpath.LocalPort, uint32) (int32, bool) {
-	return 0, false
-}
-
-func init() { fastpath.Register(farthestPolicy{}) }
-
-// TestRegisteredPolicyGetsServiceIPs: with no policy configured, the root
-// allocates one service IP pair per registered policy, the new one from the
-// next v6 /21 of the plan (fdff:3000::/21), and the built-in ones keep their
-// ranges.
-func TestRegisteredPolicyGetsServiceIPs(t *testing.T) {
+// TestNewPolicyGetsServiceIPs: with no policy configured, the root
+// allocates one service IP pair per policy, so also for the test-only one
+// of package policy ("Lowest", tag policytest), which nothing in the
+// control plane names: from the next v6 /21 of the plan (fdff:3000::/21),
+// while the built-in ones keep their ranges.
+func TestNewPolicyGetsServiceIPs(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -75,12 +65,12 @@ func TestRegisteredPolicyGetsServiceIPs(t *testing.T) {
 		t.Fatalf("deploy: %d %v", resp.StatusCode, err)
 	}
 	want := map[string]netip.Prefix{
-		"Closest":  netip.MustParsePrefix("fdff:1000::/21"),
-		"RR":       netip.MustParsePrefix("fdff:2000::/21"),
-		"Farthest": netip.MustParsePrefix("fdff:3000::/21"),
+		"Closest": netip.MustParsePrefix("fdff:1000::/21"),
+		"RR":      netip.MustParsePrefix("fdff:2000::/21"),
+		"Lowest":  netip.MustParsePrefix("fdff:3000::/21"),
 	}
 	if len(got.ServiceIPList) != len(want) {
-		t.Fatalf("service IPs %+v, want one per registered policy %v", got.ServiceIPList, fastpath.PolicyNames())
+		t.Fatalf("service IPs %+v, want one per policy %v", got.ServiceIPList, policy.All())
 	}
 	seen4 := map[netip.Addr]bool{}
 	for _, ip := range got.ServiceIPList {

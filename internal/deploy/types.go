@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/oakwire/oakwire/policy"
 )
 
 // Errors callers can test with errors.Is.
@@ -64,13 +66,13 @@ type IPPair struct{ V4, V6 netip.Addr }
 type Service struct {
 	ID  string
 	Job string // app.appns.service.servicens
-	// IPs maps a policy (IpType: "RR", "Closest", ...) to its service IPs.
+	// IPs maps a policy's name (IpType) to its service IPs.
 	IPs map[string]IPPair
 }
 
 // RR and Closest return the service's IPs of those policies.
-func (s *Service) RR() IPPair      { return s.IPs["RR"] }
-func (s *Service) Closest() IPPair { return s.IPs["Closest"] }
+func (s *Service) RR() IPPair      { return s.IPs[policy.RR.String()] }
+func (s *Service) Closest() IPPair { return s.IPs[policy.Closest.String()] }
 
 // Reply, Answer and AskResult mirror owload's JSON (cmd/owload).
 type Answer struct {
