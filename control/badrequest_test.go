@@ -3,9 +3,11 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 )
 
@@ -21,17 +23,17 @@ func TestBadRequests(t *testing.T) {
 
 	// Fixture: a cluster, a service with instance 0, a node interested in it.
 	mustCall(t, 200, "POST", R+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"`+strings.TrimPrefix(C, "http://")[:9]+`","cluster_port":`+C[strings.LastIndexByte(C, ':')+1:]+`}`, tok, nil)
-	var dep deployAnswer
+	var dep api.ServiceIPs
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("svc1", "web", ""), tok, &dep)
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"svc1","instance_number":0,"cluster_id":"c1"}`, tok, nil)
 	n1 := nodeclient.New(C, "node1", nodeclient.Options{Token: tok})
-	if _, err := n1.Register(ctx, "198.18.0.1", 0, nil); err != nil {
+	if _, err := n1.Register(ctx, netip.MustParseAddr("198.18.0.1"), 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := n1.ResolveByName(ctx, "app.ns.web.default"); err != nil {
 		t.Fatal(err)
 	}
-	rrIP := dep.ServiceIPList[1].Address
+	rrIP := dep.ServiceIPList[1].Address.String()
 
 	big := `{"cluster_id":"c1","cluster_address":"` + strings.Repeat("a", 2<<20) + `","cluster_port":1}`
 	cases := []struct {
@@ -113,7 +115,7 @@ func TestBadRequests(t *testing.T) {
 		} else {
 			st, b = call(t, tc.method, tc.url, tc.body, tc.token)
 		}
-		var eb errorBody
+		var eb api.ErrorBody
 		if err := json.Unmarshal(b, &eb); err != nil {
 			t.Errorf("%s: answer %q is not an error body: %v", tc.name, b, err)
 			continue
@@ -141,7 +143,7 @@ func TestRejectedRequestsCounted(t *testing.T) {
 			url = base + "/api/node/register"
 		}
 		st, b := rawPost(t, url, big, "")
-		var eb errorBody
+		var eb api.ErrorBody
 		if err := json.Unmarshal(b, &eb); err != nil || st != 413 || eb.Code != "body_too_large" || !strings.Contains(eb.Error, "body") {
 			t.Errorf("%s: %d %s, want 413 body_too_large", url, st, b)
 		}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/oakwire/oakwire/api"
 )
 
 // TestConcurrentDeploysTwoReplicas fires 500 concurrent instance deploys
@@ -39,11 +41,11 @@ func checkConcurrentDeploys(t *testing.T, urls []string, token string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var d deployAnswer
+			var d api.ServiceIPs
 			mustCall(t, 200, "POST", urls[s%len(urls)]+"/api/net/service/deploy", svcBody(fmt.Sprintf("s%d", s), fmt.Sprintf("svc%d", s), ""), token, &d)
 			for _, ip := range d.ServiceIPList {
-				claim(ip.Address, fmt.Sprintf("s%d/%s", s, ip.IpType))
-				claim(ip.AddressV6, fmt.Sprintf("s%d/%s", s, ip.IpType))
+				claim(ip.Address.String(), fmt.Sprintf("s%d/%s", s, ip.IpType))
+				claim(ip.AddressV6.String(), fmt.Sprintf("s%d/%s", s, ip.IpType))
 			}
 		}()
 	}
@@ -61,10 +63,10 @@ func checkConcurrentDeploys(t *testing.T, urls []string, token string) {
 			if i%10 == 9 {
 				n-- // a repeat of an instance deployed concurrently: idempotent
 			}
-			var ia instanceAnswer
+			var ia api.InstanceAnswer
 			mustCall(t, 200, "POST", urls[i%len(urls)]+"/api/net/instance/deploy",
 				fmt.Sprintf(`{"_id":"s%d","instance_number":%d,"cluster_id":"c1"}`, s, n), token, &ia)
-			results <- res{who: fmt.Sprintf("s%d/%d", s, n), v4: ia.InstanceIP, v6: ia.InstanceIPv6}
+			results <- res{who: fmt.Sprintf("s%d/%d", s, n), v4: ia.InstanceIP.String(), v6: ia.InstanceIPv6.String()}
 		}()
 	}
 	wg.Wait()

@@ -3,6 +3,26 @@
 // service manager (node registration, the node-facing API, per-node change
 // streams and the watch), both as fasthttp handlers over Redis.
 //
+// # Layers
+//
+// A handler is decode → validate → store → encode. decodeBody reads the
+// request into a type of package api (the wire format, shared with the
+// clients) and checks its required fields; the handler validates the rest,
+// naming the field of any error; one store operation does the work; the
+// answer is an api type. Handlers are grouped by resource: root's in
+// rootclusters.go, rootservices.go, rootinstances.go, rootpools.go and
+// rootpeers.go, a cluster's in clusterservices.go, clusternodes.go,
+// clusterwatch.go and clusterpeers.go.
+//
+// The stores (rootStore: rootstore.go, servicestore.go, pending.go;
+// clusterStore: clusterstore.go; both: peerstore.go) are one typed Go
+// function per operation, usually one Lua script (rootscripts.go,
+// pendingscripts.go, peerscripts.go, clusterscripts.go), and return named
+// errors (errNoService, errNoNode, ...) instead of the scripts' reply
+// codes. They know nothing of HTTP.
+//
+// # State
+//
 // Every piece of state lives in Redis under a configurable key prefix, so
 // any number of replicas of a role serve as one and a restart loses
 // nothing. Multi-key changes are single Lua scripts; the root's keys share
@@ -19,7 +39,9 @@
 // passes them to its nodes through their watch (peerscripts.go,
 // rootpeers.go, clusterpeers.go; docs/design.md, "Peers across clusters").
 //
-// Errors are sentinel errors mapped to HTTP status codes in one table
-// (errors.go); answers are {"error": ..., "code": ...}. docs/api.md lists
-// every endpoint.
+// # Errors
+//
+// Every error is of a class of package api, whose one table gives its HTTP
+// status; errors.go gives the errors of ipam and Redis theirs. Answers are
+// {"error": ..., "code": ...}. docs/api.md lists every endpoint.
 package control

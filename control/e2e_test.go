@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/oakwire/oakwire/policy"
@@ -19,11 +20,11 @@ func svcBody(id, svc string, extra string) string {
 	return fmt.Sprintf(`{"_id":%q,"deployment_descriptor":{"app_name":"app","app_ns":"ns","microservice_name":%q,"microservice_namespace":"default"%s}}`, id, svc, extra)
 }
 
-func ipOf(t *testing.T, e deployAnswer, typ string) (netip.Addr, netip.Addr) {
+func ipOf(t *testing.T, e api.ServiceIPs, typ string) (netip.Addr, netip.Addr) {
 	t.Helper()
 	for _, s := range e.ServiceIPList {
 		if s.IpType == typ {
-			return netip.MustParseAddr(s.Address), netip.MustParseAddr(s.AddressV6)
+			return s.Address, s.AddressV6
 		}
 	}
 	t.Fatalf("no %s IP in %+v", typ, e)
@@ -53,7 +54,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// Deploy a service: one IP pair per policy, in the right ranges.
-	var dep deployAnswer
+	var dep api.ServiceIPs
 	mustCall(t, 200, "POST", rootURL+"/api/net/service/deploy", svcBody("svc1", "web", ""), tok, &dep)
 	if dep.JobName != "app.ns.web.default" {
 		t.Fatalf("job_name %q", dep.JobName)
@@ -73,14 +74,14 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("v6 service IPs %s %s outside %s / %s", rr6, cl6, rrP, clP)
 	}
 	// Idempotent: same _id again → same IPs.
-	var dep2 deployAnswer
+	var dep2 api.ServiceIPs
 	mustCall(t, 200, "POST", rootURL+"/api/net/service/deploy", svcBody("svc1", "web", ""), tok, &dep2)
 	if fmt.Sprint(dep2) != fmt.Sprint(dep) {
 		t.Errorf("redeploy changed the answer: %+v vs %+v", dep2, dep)
 	}
 
 	// Instances: idempotent.
-	var i0, i0b, i1 instanceAnswer
+	var i0, i0b, i1 api.InstanceAnswer
 	mustCall(t, 200, "POST", rootURL+"/api/net/instance/deploy", `{"_id":"svc1","instance_number":0,"cluster_id":"c1"}`, tok, &i0)
 	mustCall(t, 200, "POST", rootURL+"/api/net/instance/deploy", `{"_id":"svc1","instance_number":0,"cluster_id":"c1"}`, tok, &i0b)
 	mustCall(t, 200, "POST", rootURL+"/api/net/instance/deploy", `{"_id":"svc1","instance_number":1,"cluster_id":"c1"}`, tok, &i1)
@@ -90,29 +91,29 @@ func TestEndToEnd(t *testing.T) {
 	if i0.InstanceIP == i1.InstanceIP || i0.InstanceIPv6 == i1.InstanceIPv6 {
 		t.Errorf("instances share addresses: %+v %+v", i0, i1)
 	}
-	if !instP.Contains(netip.MustParseAddr(i0.InstanceIPv6)) || !plan.ServiceV4.Contains(netip.MustParseAddr(i0.InstanceIP)) {
+	if !instP.Contains(i0.InstanceIPv6) || !plan.ServiceV4.Contains(i0.InstanceIP) {
 		t.Errorf("instance IPs outside pools: %+v", i0)
 	}
 
 	// Nodes register through the cluster.
 	n1 := nodeclient.New(clURL, "node1", nodeclient.Options{Token: tok})
 	n2 := nodeclient.New(clURL, "node2", nodeclient.Options{Token: tok})
-	r1, err := n1.Register(ctx, "198.18.0.1", 0, &nodeclient.Location{Lat: 48.1, Long: 11.5})
+	r1, err := n1.Register(ctx, netip.MustParseAddr("198.18.0.1"), 0, &api.Location{Lat: 48.1, Long: 11.5})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, err := n2.Register(ctx, "198.18.0.2", 50200, nil)
+	r2, err := n2.Register(ctx, netip.MustParseAddr("198.18.0.2"), 50200, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r1.Subnet == r2.Subnet || !strings.HasSuffix(r1.Subnet, "/26") || !strings.HasSuffix(r1.SubnetV6, "/120") {
+	if r1.Subnet == r2.Subnet || r1.Subnet.Bits() != 26 || r1.SubnetV6.Bits() != 120 {
 		t.Fatalf("subnets %+v %+v", r1, r2)
 	}
-	r1b, err := n1.Register(ctx, "198.18.0.1", 0, nil)
+	r1b, err := n1.Register(ctx, netip.MustParseAddr("198.18.0.1"), 0, nil)
 	if err != nil || r1b.Subnet != r1.Subnet || r1b.SubnetV6 != r1.SubnetV6 {
 		t.Fatalf("re-register: %+v %v (first %+v)", r1b, err, r1)
 	}
-	if len(r2.Peers) != 1 || r2.Peers[0].IP != "198.18.0.1" || r2.Peers[0].Port != DefaultTunnelPort {
+	if len(r2.Peers) != 1 || r2.Peers[0].IP != netip.MustParseAddr("198.18.0.1") || r2.Peers[0].Port != api.DefaultTunnelPort {
 		t.Fatalf("node2 peers %+v", r2.Peers)
 	}
 
@@ -124,20 +125,20 @@ func TestEndToEnd(t *testing.T) {
 	if e.ID != "svc1" || len(e.InstanceList) != 2 || len(e.ServiceIPList) != 2 {
 		t.Fatalf("entry %+v", e)
 	}
-	for _, ip := range []string{rr4.String(), rr6.String(), cl4.String(), cl6.String(), i0.InstanceIP, i1.InstanceIPv6} {
+	for _, ip := range []netip.Addr{rr4, rr6, cl4, cl6, i0.InstanceIP, i1.InstanceIPv6} {
 		e2, err := n2.ResolveByIP(ctx, ip)
 		if err != nil || e2.ID != "svc1" {
 			t.Errorf("cluster resolve %s: %+v %v", ip, e2, err)
 		}
-		var re nodeclient.ServiceEntry
-		mustCall(t, 200, "GET", rootURL+"/api/net/service/ip/"+ip+"/instances", "", tok, &re)
+		var re api.ServiceEntry
+		mustCall(t, 200, "GET", rootURL+"/api/net/service/ip/"+ip.String()+"/instances", "", tok, &re)
 		if re.ID != "svc1" {
 			t.Errorf("root resolve %s: %+v", ip, re)
 		}
 	}
-	var re nodeclient.ServiceEntry
+	var re api.ServiceEntry
 	mustCall(t, 200, "GET", rootURL+"/api/net/service/app_ns_web_default/instances", "", tok, &re) // '_' form
-	if _, err := n1.ResolveByIP(ctx, "10.30.99.99"); err == nil {
+	if _, err := n1.ResolveByIP(ctx, netip.MustParseAddr("10.30.99.99")); err == nil {
 		t.Error("resolve of a free IP succeeded")
 	}
 
@@ -160,11 +161,11 @@ func TestEndToEnd(t *testing.T) {
 		since = w.Version
 	}
 	type result struct {
-		w   nodeclient.WatchResponse
+		w   api.WatchResponse
 		err error
 		at  time.Time
 	}
-	watchFor := func(since uint64, cond func(nodeclient.WatchResponse) bool) chan result {
+	watchFor := func(since uint64, cond func(api.WatchResponse) bool) chan result {
 		ch := make(chan result, 1)
 		go func() {
 			for {
@@ -178,11 +179,11 @@ func TestEndToEnd(t *testing.T) {
 		}()
 		return ch
 	}
-	hasNS := func(w nodeclient.WatchResponse) bool {
+	hasNS := func(w api.WatchResponse) bool {
 		for _, c := range w.Changes {
 			if c.Service != nil {
 				for _, in := range c.Service.InstanceList {
-					if in.InstanceNumber == 0 && in.NamespaceIP != "" {
+					if in.InstanceNumber == 0 && in.NamespaceIP.IsValid() {
 						return true
 					}
 				}
@@ -192,10 +193,10 @@ func TestEndToEnd(t *testing.T) {
 	}
 	got := watchFor(since, hasNS)
 	time.Sleep(50 * time.Millisecond) // the watch is waiting
-	nsIP := netip.MustParsePrefix(r2.Subnet).Addr().Next().Next()
-	ns6 := netip.MustParsePrefix(r2.SubnetV6).Addr().Next().Next()
+	nsIP := r2.Subnet.Addr().Next().Next()
+	ns6 := r2.SubnetV6.Addr().Next().Next()
 	start := time.Now()
-	if err := n2.ReportDeployed(ctx, "app.ns.web.default", 0, nsIP.String(), ns6.String()); err != nil {
+	if err := n2.ReportDeployed(ctx, "app.ns.web.default", 0, nsIP, ns6); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -207,13 +208,13 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("change delivered after %v, want within 1 s", d)
 		}
 		since = res.w.Version
-		var inst nodeclient.Instance
+		var inst api.Instance
 		for _, c := range res.w.Changes {
 			if c.Service != nil {
 				inst = c.Service.InstanceList[0]
 			}
 		}
-		if inst.NamespaceIP != nsIP.String() || inst.HostIP != "198.18.0.2" || inst.HostPort != 50200 {
+		if inst.NamespaceIP != nsIP || inst.HostIP != netip.MustParseAddr("198.18.0.2") || inst.HostPort != 50200 {
 			t.Errorf("delivered instance %+v", inst)
 		}
 		t.Logf("root change → node watch in %v", res.at.Sub(start))
@@ -222,7 +223,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	// root's own record
 	mustCall(t, 200, "GET", rootURL+"/api/net/service/app.ns.web.default/instances", "", tok, &re)
-	if re.InstanceList[0].NamespaceIP != nsIP.String() {
+	if re.InstanceList[0].NamespaceIP != nsIP {
 		t.Errorf("root entry %+v", re.InstanceList[0])
 	}
 	// Oakestra's net_deploy_status directly, and a wrong-host undeploy report
@@ -233,19 +234,19 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustCall(t, 200, "GET", rootURL+"/api/net/service/app.ns.web.default/instances", "", tok, &re)
-	if re.InstanceList[1].NamespaceIP == "" {
+	if !re.InstanceList[1].NamespaceIP.IsValid() {
 		t.Error("undeploy report of another node cleared the location")
 	}
 	if err := n2.ReportUndeployed(ctx, "app.ns.web.default", 1); err != nil {
 		t.Fatal(err)
 	}
 	mustCall(t, 200, "GET", rootURL+"/api/net/service/app.ns.web.default/instances", "", tok, &re)
-	if re.InstanceList[1].NamespaceIP != "" || re.InstanceList[1].InstanceIP != i1.InstanceIP {
+	if re.InstanceList[1].NamespaceIP.IsValid() || re.InstanceList[1].InstanceIP != i1.InstanceIP {
 		t.Errorf("after undeploy report: %+v (instance IPs must survive)", re.InstanceList[1])
 	}
 
 	// A new instance at root: delivered within 1 s too.
-	got = watchFor(since, func(w nodeclient.WatchResponse) bool {
+	got = watchFor(since, func(w api.WatchResponse) bool {
 		for _, c := range w.Changes {
 			if c.Service != nil && len(c.Service.InstanceList) == 3 {
 				return true
@@ -300,9 +301,9 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("current watcher: %+v %v", ws3, err)
 	}
 	// Peers change: a third node registers.
-	got = watchFor(ws.Version, func(w nodeclient.WatchResponse) bool { return len(w.Peers) == 2 })
+	got = watchFor(ws.Version, func(w api.WatchResponse) bool { return len(w.Peers) == 2 })
 	time.Sleep(50 * time.Millisecond)
-	if _, err := nodeclient.New(clURL, "node3", nodeclient.Options{Token: tok}).Register(ctx, "198.18.0.3", 0, nil); err != nil {
+	if _, err := nodeclient.New(clURL, "node3", nodeclient.Options{Token: tok}).Register(ctx, netip.MustParseAddr("198.18.0.3"), 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -336,7 +337,7 @@ func TestEndToEnd(t *testing.T) {
 	if len(del.Removed) != 10 {
 		t.Errorf("removed %v", del.Removed)
 	}
-	mustCall(t, 404, "GET", rootURL+"/api/net/service/ip/"+i0.InstanceIP+"/instances", "", tok, nil)
+	mustCall(t, 404, "GET", rootURL+"/api/net/service/ip/"+i0.InstanceIP.String()+"/instances", "", tok, nil)
 	mustCall(t, 200, "DELETE", rootURL+"/api/net/service/svc1", "", tok, nil)
 	mustCall(t, 404, "GET", rootURL+"/api/net/service/ip/"+rr4.String()+"/instances", "", tok, nil)
 	mustCall(t, 404, "GET", rootURL+"/api/net/service/app.ns.web.default/instances", "", tok, nil)
@@ -359,15 +360,15 @@ func TestOnePolicyAddressesAndQuarantine(t *testing.T) {
 	plan := ipam.Config{ServiceV4: netip.MustParsePrefix("10.30.0.0/29"), Quarantine: 700 * time.Millisecond}
 	_, rootURL := startRoot(t, rdb, rootOpts{policies: []string{"RR"}, plan: plan})
 	mustCall(t, 200, "POST", rootURL+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":1}`, "", nil)
-	var s deployAnswer
+	var s api.ServiceIPs
 	mustCall(t, 200, "POST", rootURL+"/api/net/service/deploy", svcBody("S", "s", ""), "", &s)
-	if len(s.ServiceIPList) != 1 || s.ServiceIPList[0].Address != "10.30.0.1" || s.ServiceIPList[0].AddressV6 != "fdff:2000::1" {
+	if len(s.ServiceIPList) != 1 || s.ServiceIPList[0].Address != netip.MustParseAddr("10.30.0.1") || s.ServiceIPList[0].AddressV6 != netip.MustParseAddr("fdff:2000::1") {
 		// RR keeps its registry kind (2) when it is the only enabled
 		// policy: its v6 range is fdff:2000::/21 whatever else is enabled.
 		t.Fatalf("service IPs %+v, want 10.30.0.1 / fdff:2000::1", s.ServiceIPList)
 	}
-	deploy := func(n int) (int, instanceAnswer) {
-		var ia instanceAnswer
+	deploy := func(n int) (int, api.InstanceAnswer) {
+		var ia api.InstanceAnswer
 		st, b := call(t, "POST", rootURL+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"S","instance_number":%d,"cluster_id":"c1"}`, n), "")
 		if st == 200 {
 			_ = jsonUnmarshal(b, &ia)
@@ -378,7 +379,7 @@ func TestOnePolicyAddressesAndQuarantine(t *testing.T) {
 	}
 	for n, want := range []string{"10.30.0.2", "10.30.0.3", "10.30.0.4", "10.30.0.5", "10.30.0.6"} {
 		st, ia := deploy(n)
-		if st != 200 || ia.InstanceIP != want {
+		if st != 200 || ia.InstanceIP.String() != want {
 			t.Fatalf("instance %d: %d %+v, want %s", n, st, ia, want)
 		}
 	}
@@ -391,7 +392,7 @@ func TestOnePolicyAddressesAndQuarantine(t *testing.T) {
 	}
 	time.Sleep(800 * time.Millisecond)
 	st, ia := deploy(5)
-	if st != 200 || ia.InstanceIP != "10.30.0.2" {
+	if st != 200 || ia.InstanceIP != netip.MustParseAddr("10.30.0.2") {
 		t.Fatalf("after quarantine: %d %+v, want 10.30.0.2 back", st, ia)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/internal/redistest"
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/redis/go-redis/v9"
@@ -100,13 +101,13 @@ func poolOwners(t *testing.T, rdb redis.UniversalClient, prefix string) []string
 }
 
 // poolOwner is the owner the pool records for addr ("" if free).
-func poolOwner(t *testing.T, rdb redis.UniversalClient, addr string) string {
+func poolOwner(t *testing.T, rdb redis.UniversalClient, addr netip.Addr) string {
 	t.Helper()
 	a, err := ipam.NewRedis(rdb, ipam.Config{}, DefaultPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := a.Owner(context.Background(), mustAddr(t, addr))
+	o, err := a.Owner(context.Background(), addr)
 	if err != nil {
 		return ""
 	}
@@ -128,21 +129,21 @@ func noPending(t *testing.T, rdb redis.UniversalClient, id string) {
 // want503 checks a 503 with the machine code of Redis unavailable.
 func want503(t *testing.T, what string, st int, b []byte) {
 	t.Helper()
-	var eb errorBody
+	var eb api.ErrorBody
 	_ = json.Unmarshal(b, &eb)
 	if st != 503 || eb.Code != "redis_unavailable" {
 		t.Fatalf("%s: %d %s, want 503 redis_unavailable", what, st, b)
 	}
 }
 
-func deployFixture(t *testing.T, R string, instances int) (deployAnswer, []instanceAnswer) {
+func deployFixture(t *testing.T, R string, instances int) (api.ServiceIPs, []api.InstanceAnswer) {
 	t.Helper()
 	mustCall(t, 200, "POST", R+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":9}`, "", nil)
-	var d deployAnswer
+	var d api.ServiceIPs
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("s1", "web", ""), "", &d)
-	var insts []instanceAnswer
+	var insts []api.InstanceAnswer
 	for n := range instances {
-		var ia instanceAnswer
+		var ia api.InstanceAnswer
 		mustCall(t, 200, "POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":"c1"}`, n), "", &ia)
 		insts = append(insts, ia)
 	}
@@ -178,7 +179,7 @@ func TestDeleteInstancesReleaseFails(t *testing.T) {
 		t.Errorf("after the retry deleted instances still hold %v", got)
 	}
 	for _, ia := range insts {
-		for _, a := range []string{ia.InstanceIP, ia.InstanceIPv6} {
+		for _, a := range []netip.Addr{ia.InstanceIP, ia.InstanceIPv6} {
 			if o := poolOwner(t, rdb, a); o != "" {
 				t.Errorf("%s still held by %s", a, o)
 			}
@@ -209,7 +210,7 @@ func TestDeleteInstancesRedisHangsBetweenSteps(t *testing.T) {
 		t.Errorf("503 after %v, want within %v", d, hungBound)
 	}
 
-	var ia instanceAnswer
+	var ia api.InstanceAnswer
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c1"}`, "", &ia)
 	got := poolOwners(t, rdb, "inst/s1/")
 	if len(got) != 1 || poolOwner(t, rdb, ia.InstanceIP) != got[0] || poolOwner(t, rdb, ia.InstanceIPv6) != got[0] {
@@ -239,7 +240,7 @@ func TestDeployServiceReplyLost(t *testing.T) {
 		t.Fatalf("held after the failed attempt: %v", held)
 	}
 
-	var d deployAnswer
+	var d api.ServiceIPs
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("s1", "web", ""), "", &d)
 	if got := poolOwners(t, rdb, "svc/s1/"); !slices.Equal(got, held) {
 		t.Errorf("pool owners after the retry %v, want the failed attempt's %v", got, held)
@@ -341,7 +342,7 @@ func TestDeployInstanceRedisHangsBeforeStore(t *testing.T) {
 		t.Fatalf("held after the failed attempt: %v", held)
 	}
 
-	var ia instanceAnswer
+	var ia api.InstanceAnswer
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c1"}`, "", &ia)
 	if got := poolOwners(t, rdb, "inst/s1/"); !slices.Equal(got, held) {
 		t.Errorf("pool owners after the retry %v, want the failed attempt's %v", got, held)
@@ -393,7 +394,7 @@ func TestLateReleaseSparesRedeployedInstance(t *testing.T) {
 		done <- st
 	}()
 	<-entered
-	var ia instanceAnswer
+	var ia api.InstanceAnswer
 	mustCall(t, 200, "POST", B+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c1"}`, "", &ia)
 	close(unblock)
 	if st := <-done; st != 200 {
@@ -404,20 +405,11 @@ func TestLateReleaseSparesRedeployedInstance(t *testing.T) {
 		t.Fatalf("pool owners %v; the redeployed instance's %s must be held by the only one", got, ia.InstanceIP)
 	}
 	var e struct {
-		InstanceList []instanceAnswer `json:"instance_list"`
+		InstanceList []api.InstanceAnswer `json:"instance_list"`
 	}
-	mustCall(t, 200, "GET", B+"/api/net/service/ip/"+ia.InstanceIP+"/instances", "", "", &e)
+	mustCall(t, 200, "GET", B+"/api/net/service/ip/"+ia.InstanceIP.String()+"/instances", "", "", &e)
 	if len(e.InstanceList) != 1 || e.InstanceList[0].InstanceIP != ia.InstanceIP {
 		t.Errorf("service by the new instance IP: %+v", e)
 	}
 	noPending(t, rdb, "s1")
-}
-
-func mustAddr(t *testing.T, s string) netip.Addr {
-	t.Helper()
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }

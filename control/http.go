@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/internal/version"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -35,9 +36,9 @@ type route struct {
 	h      handlerFunc
 }
 
-// api is what root and cluster share: routing, auth, metrics, health and
-// error answers.
-type api struct {
+// server is what root and cluster share: routing, auth, metrics, health
+// and error answers.
+type server struct {
 	log     *slog.Logger
 	rdb     redis.UniversalClient
 	token   []byte // "Bearer <token>", or nil when auth is off
@@ -48,11 +49,11 @@ type api struct {
 	metrics fasthttp.RequestHandler
 }
 
-func newAPI(log *slog.Logger, rdb redis.UniversalClient, token string) *api {
+func newServer(log *slog.Logger, rdb redis.UniversalClient, token string) *server {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &api{log: log, rdb: rdb, reg: prometheus.NewRegistry()}
+	a := &server{log: log, rdb: rdb, reg: prometheus.NewRegistry()}
 	if token != "" {
 		a.token = []byte("Bearer " + token)
 	}
@@ -70,7 +71,7 @@ func newAPI(log *slog.Logger, rdb redis.UniversalClient, token string) *api {
 }
 
 // handle registers pattern "METHOD /a/:x/b".
-func (a *api) handle(pattern string, h handlerFunc) {
+func (a *server) handle(pattern string, h handlerFunc) {
 	method, path, _ := strings.Cut(pattern, " ")
 	var segs []string
 	for _, s := range strings.Split(strings.Trim(path, "/"), "/") {
@@ -84,7 +85,7 @@ func (a *api) handle(pattern string, h handlerFunc) {
 
 // match finds the route of path; a path that matches only with another
 // method is ErrMethod. Parameters are copied strings.
-func (a *api) match(method, path string) (*route, []string, error) {
+func (a *server) match(method, path string) (*route, []string, error) {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	methodMiss := false
 	for i := range a.routes {
@@ -115,7 +116,7 @@ func (a *api) match(method, path string) (*route, []string, error) {
 		return r, params, nil
 	}
 	if methodMiss {
-		return nil, nil, newErr(ErrMethod, "method_not_allowed", "%s %s: method not allowed", method, path)
+		return nil, nil, newErr(api.ErrMethod, api.CodeMethodNotAllowed, "%s %s: method not allowed", method, path)
 	}
 	return nil, nil, notFoundf("%s %s: no such endpoint", method, path)
 }
@@ -123,7 +124,7 @@ func (a *api) match(method, path string) (*route, []string, error) {
 // serve is the fasthttp entry point. Every answer, including a request
 // fasthttp refused to read (NewServer passes those here), is counted in the
 // request metrics.
-func (a *api) serve(ctx *fasthttp.RequestCtx) {
+func (a *server) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	path := string(ctx.Path()) // a copy: nothing below keeps request bytes
 	method := string(ctx.Method())
@@ -148,7 +149,7 @@ func (a *api) serve(ctx *fasthttp.RequestCtx) {
 
 // dispatch answers one request and returns its metrics label ("" for
 // /metrics itself, which is not counted).
-func (a *api) dispatch(ctx *fasthttp.RequestCtx, method, path string) string {
+func (a *server) dispatch(ctx *fasthttp.RequestCtx, method, path string) string {
 	switch path {
 	case "/healthz":
 		ctx.SetContentType("text/plain")
@@ -167,7 +168,7 @@ func (a *api) dispatch(ctx *fasthttp.RequestCtx, method, path string) string {
 		return ""
 	}
 	if strings.HasPrefix(path, "/api/") && !a.authorized(ctx) {
-		a.writeErr(ctx, newErr(ErrUnauthorized, "unauthorized", "Authorization: missing or wrong bearer token"))
+		a.writeErr(ctx, newErr(api.ErrUnauthorized, api.CodeUnauthorized, "Authorization: missing or wrong bearer token"))
 		return "unauthorized"
 	}
 	name := "other"
@@ -192,16 +193,16 @@ type rejection struct {
 
 type rejectionKey struct{}
 
-// requestErr is fasthttp's reason for refusing a request as one of our
-// sentinel errors: its status comes from statusTable like every other.
+// requestErr is fasthttp's reason for refusing a request as an error of
+// its class: its status comes from the one table like every other.
 func requestErr(err error) error {
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		return newErr(ErrTooLarge, "body_too_large", "body: larger than %d bytes", MaxBody)
+		return newErr(api.ErrTooLarge, api.CodeBodyTooLarge, "body: larger than %d bytes", MaxBody)
 	}
-	return badf("bad_request", "request: %v", err)
+	return badf(api.CodeBadRequest, "request: %v", err)
 }
 
-func (a *api) authorized(ctx *fasthttp.RequestCtx) bool {
+func (a *server) authorized(ctx *fasthttp.RequestCtx) bool {
 	if a.token == nil {
 		return true
 	}
@@ -221,23 +222,18 @@ func detach(ctx, base context.Context) context.Context {
 	return ctx
 }
 
-func (a *api) ready(ctx context.Context) error {
+func (a *server) ready(ctx context.Context) error {
 	c, cancel := context.WithTimeout(detach(ctx, context.Background()), time.Second)
 	defer cancel()
 	return redisErr("readyz: ping", a.rdb.Ping(c).Err())
 }
 
-func (a *api) writeErr(ctx *fasthttp.RequestCtx, err error) {
+func (a *server) writeErr(ctx *fasthttp.RequestCtx, err error) {
 	status, code, msg := errStatus(err)
 	if status >= 500 {
 		a.log.Warn("request failed", "path", string(ctx.Path()), "status", status, "err", err)
 	}
-	writeJSON(ctx, status, errorBody{Error: msg, Code: code})
-}
-
-type errorBody struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
+	writeJSON(ctx, status, api.ErrorBody{Error: msg, Code: code})
 }
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
@@ -248,32 +244,6 @@ func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(append(b, '\n'))
-}
-
-// decodeBody unmarshals the request body into v, naming the field of a
-// type error.
-func decodeBody(ctx *fasthttp.RequestCtx, v any) error {
-	body := ctx.PostBody()
-	if len(body) == 0 {
-		return badf("bad_json", "body: empty, want a JSON object")
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &se):
-			return badf("bad_json", "body: malformed JSON at offset %d: %v", se.Offset, se)
-		case errors.As(err, &te):
-			field := te.Field
-			if field == "" {
-				field = "body"
-			}
-			return badf("bad_type", "%s: want %s, got JSON %s", field, te.Type, te.Value)
-		default:
-			return badf("bad_json", "body: %v", err)
-		}
-	}
-	return nil
 }
 
 // NewServer wraps a role's handler (a Root's or Cluster's Handler) in a
@@ -301,7 +271,7 @@ func NewServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 				// h is not one of ours: answer without it.
 				ctx.Response.Reset()
 				status, code, msg := errStatus(rej.err)
-				writeJSON(ctx, status, errorBody{Error: msg, Code: code})
+				writeJSON(ctx, status, api.ErrorBody{Error: msg, Code: code})
 			}
 		},
 		Logger: slogPrintf{log},

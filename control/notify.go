@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
@@ -51,26 +52,20 @@ func (c NotifyConfig) withDefaults() NotifyConfig {
 	return c
 }
 
-// jobUpdate is the body of POST /api/net/job/update.
-type jobUpdate struct {
-	JobName        string `json:"job_name"`
-	InstanceNumber int    `json:"instance_number"`
-	Type           string `json:"type"`
-}
-
 // notice is one notification to a cluster: a POST of body to path.
 type notice struct {
 	path string
 	body string
 }
 
-func (u jobUpdate) notice() notice {
+// jobNotice is a job update (POST /api/net/job/update).
+func jobNotice(u api.JobUpdate) notice {
 	b, _ := json.Marshal(u)
 	return notice{path: "/api/net/job/update", body: string(b)}
 }
 
 // peersPath is where root hints a cluster to fetch peers again
-// (peersHint).
+// (api.PeersHint).
 const peersPath = "/api/net/peers/update"
 
 // notifier delivers job updates and peer hints to clusters: one queue and
@@ -127,7 +122,7 @@ func newNotifier(cfg NotifyConfig, token string, log *slog.Logger, reg prometheu
 	return n
 }
 
-func clusterURL(ci clusterInfo) string {
+func clusterURL(ci api.Cluster) string {
 	a := ci.ClusterAddress
 	if strings.Contains(a, "://") {
 		u := strings.TrimRight(a, "/")
@@ -144,7 +139,7 @@ func clusterURL(ci clusterInfo) string {
 // enqueue queues u for ci. A peer hint already waiting behind the one in
 // flight is not queued twice: the cluster fetches the current state
 // whichever copy it acts on.
-func (n *notifier) enqueue(ci clusterInfo, u notice) {
+func (n *notifier) enqueue(ci api.Cluster, u notice) {
 	n.mu.Lock()
 	q := n.queues[ci.ClusterID]
 	if q == nil {
@@ -178,7 +173,7 @@ func (n *notifier) enqueue(ci clusterInfo, u notice) {
 // it registered with now. Updates queued while it was unreachable at the old
 // one are retried there at once, not after the backoff (nor only when the
 // next update is queued).
-func (n *notifier) retarget(ci clusterInfo) {
+func (n *notifier) retarget(ci api.Cluster) {
 	n.mu.Lock()
 	q := n.queues[ci.ClusterID]
 	n.mu.Unlock()

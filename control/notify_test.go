@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,7 @@ func TestUnreachableClusterDoesNotBlock(t *testing.T) {
 	mustCall(t, 200, "GET", R+"/api/net/service/app.ns.web.default/instances?cluster_id=dead", "", "", nil)
 
 	n := nodeclient.New(C, "n1", nodeclient.Options{})
-	reg, err := n.Register(ctx, "198.18.0.1", 0, nil)
+	reg, err := n.Register(ctx, netip.MustParseAddr("198.18.0.1"), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/oakwire/oakwire/api"
 )
 
 // fakeCluster is a cluster's job-update endpoint on loopback: it answers
@@ -21,7 +23,7 @@ type fakeCluster struct {
 	mu       sync.Mutex // guards fail, attempts, got
 	fail     int
 	attempts int
-	got      []jobUpdate
+	got      []api.JobUpdate
 }
 
 // serveFakeCluster serves a fakeCluster on addr ("127.0.0.1:port").
@@ -53,7 +55,7 @@ func serveFakeCluster(t *testing.T, addr string, fail int) *fakeCluster {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
-		var u jobUpdate
+		var u api.JobUpdate
 		if err := json.Unmarshal(b, &u); err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
@@ -65,10 +67,10 @@ func serveFakeCluster(t *testing.T, addr string, fail int) *fakeCluster {
 	return f
 }
 
-func (f *fakeCluster) received() ([]jobUpdate, int) {
+func (f *fakeCluster) received() ([]api.JobUpdate, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]jobUpdate(nil), f.got...), f.attempts
+	return append([]api.JobUpdate(nil), f.got...), f.attempts
 }
 
 // metricValue reads one series (name{labels} exactly as exposed) from a
@@ -142,7 +144,7 @@ func TestNotifyRetriesUntilClusterBack(t *testing.T) {
 	})
 	got, attempts := fc.received()
 	for n, u := range got {
-		if u != (jobUpdate{JobName: "app.ns.web.default", InstanceNumber: n, Type: "DEPLOYMENT"}) {
+		if u != (api.JobUpdate{JobName: "app.ns.web.default", InstanceNumber: n, Type: "DEPLOYMENT"}) {
 			t.Errorf("update %d: %+v", n, u)
 		}
 	}
@@ -186,7 +188,7 @@ func TestNotifyFollowsReregisteredCluster(t *testing.T) {
 		got, _ := fc.received()
 		return len(got) == 1
 	})
-	if got, _ := fc.received(); got[0] != (jobUpdate{JobName: "app.ns.web.default", InstanceNumber: 0, Type: "DEPLOYMENT"}) {
+	if got, _ := fc.received(); got[0] != (api.JobUpdate{JobName: "app.ns.web.default", InstanceNumber: 0, Type: "DEPLOYMENT"}) {
 		t.Errorf("update %+v", got[0])
 	}
 }

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/internal/redistest"
 	"github.com/redis/go-redis/v9"
@@ -22,13 +24,13 @@ import (
 // or, without one, the whole set of the answer.
 type peerWatch struct {
 	mu   sync.Mutex // guards set
-	set  map[string]nodeclient.Peer
+	set  map[string]api.Peer
 	errs int
 }
 
 func watchPeers(t *testing.T, c *nodeclient.Client) *peerWatch {
 	t.Helper()
-	w := &peerWatch{set: map[string]nodeclient.Peer{}}
+	w := &peerWatch{set: map[string]api.Peer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.Cleanup(func() { cancel(); <-done })
@@ -50,7 +52,7 @@ func watchPeers(t *testing.T, c *nodeclient.Client) *peerWatch {
 			}
 			for _, ch := range r.Changes {
 				switch {
-				case ch.Type != nodeclient.ChangePeers:
+				case ch.Type != api.ChangePeers:
 				case ch.PeerDelta != nil:
 					for _, p := range ch.PeerDelta.Del {
 						delete(w.set, p.ClusterID+"/"+p.NodeID)
@@ -69,8 +71,8 @@ func watchPeers(t *testing.T, c *nodeclient.Client) *peerWatch {
 	return w
 }
 
-func (w *peerWatch) replaceLocked(ps []nodeclient.Peer) {
-	w.set = map[string]nodeclient.Peer{}
+func (w *peerWatch) replaceLocked(ps []api.Peer) {
+	w.set = map[string]api.Peer{}
 	for _, p := range ps {
 		w.set[p.ClusterID+"/"+p.NodeID] = p
 	}
@@ -83,7 +85,7 @@ func (w *peerWatch) keys() []string {
 	return slices.Sorted(maps.Keys(w.set))
 }
 
-func (w *peerWatch) get(key string) (nodeclient.Peer, bool) {
+func (w *peerWatch) get(key string) (api.Peer, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	p, ok := w.set[key]
@@ -146,7 +148,7 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 	node := func(cid, id, ip string) *nodeclient.Client {
 		t.Helper()
 		n := nodeclient.New(cl[cid], id, nodeclient.Options{PeerDeltas: true})
-		if _, err := n.Register(ctx, ip, 0, nil); err != nil {
+		if _, err := n.Register(ctx, netip.MustParseAddr(ip), 0, nil); err != nil {
 			t.Fatalf("register %s in %s: %v", id, cid, err)
 		}
 		return n
@@ -166,22 +168,22 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("s1", "web", ""), "", nil)
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c2"}`, "", nil)
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":1,"cluster_id":"c1"}`, "", nil)
-	if err := n3.ReportDeployed(ctx, "app.ns.web.default", 0, "10.18.0.130", ""); err != nil {
+	if err := n3.ReportDeployed(ctx, "app.ns.web.default", 0, netip.MustParseAddr("10.18.0.130"), netip.Addr{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := n2.ReportDeployed(ctx, "app.ns.web.default", 1, "10.18.0.66", ""); err != nil {
+	if err := n2.ReportDeployed(ctx, "app.ns.web.default", 1, netip.MustParseAddr("10.18.0.66"), netip.Addr{}); err != nil {
 		t.Fatal(err)
 	}
 	within(t, time.Second, "c2's node in c1's peer sets", func() bool {
 		return eq(w1, "c1/n2", "c2/n3")() && eq(w2, "c1/n1", "c2/n3")()
 	})
 	within(t, time.Second, "c1's nodes in n3's peer set", eq(w3, "c1/n1", "c1/n2"))
-	if p, _ := w1.get("c2/n3"); p.IP != "198.18.0.3" || p.Port != DefaultTunnelPort {
+	if p, _ := w1.get("c2/n3"); p.IP != netip.MustParseAddr("198.18.0.3") || p.Port != api.DefaultTunnelPort {
 		t.Errorf("n1's peer c2/n3: %+v", p)
 	}
-	var pr nodeclient.PeersResponse
+	var pr api.PeersResponse
 	mustCall(t, 200, "GET", cl["c1"]+"/api/node/peers?node_id=n1", "", "", &pr)
-	if len(pr.Peers) != 2 || pr.Peers[1].ClusterID != "c2" || pr.Peers[1].IP != "198.18.0.3" {
+	if len(pr.Peers) != 2 || pr.Peers[1].ClusterID != "c2" || pr.Peers[1].IP != netip.MustParseAddr("198.18.0.3") {
 		t.Errorf("c1's GET /api/node/peers of n1: %+v", pr.Peers)
 	}
 
@@ -190,13 +192,13 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 	d0 := deltas("c1")
 	n4 := node("c2", "n4", "198.18.0.4")
 	within(t, time.Second, "n4 joining c2 reaches n1", eq(w1, "c1/n2", "c2/n3", "c2/n4"))
-	if _, err := n4.Register(ctx, "198.18.0.44", 50200, nil); err != nil {
+	if _, err := n4.Register(ctx, netip.MustParseAddr("198.18.0.44"), 50200, nil); err != nil {
 		t.Fatal(err)
 	}
 	within(t, time.Second, "n4's new endpoint reaches n1 and n2", func() bool {
 		p1, _ := w1.get("c2/n4")
 		p2, _ := w2.get("c2/n4")
-		return p1.IP == "198.18.0.44" && p1.Port == 50200 && p2 == p1
+		return p1.IP == netip.MustParseAddr("198.18.0.44") && p1.Port == 50200 && p2 == p1
 	})
 	if err := n4.Deregister(ctx); err != nil {
 		t.Fatal(err)
@@ -229,7 +231,7 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 	// Root's answer to c1: the one cluster linked with it, and its place
 	// in c1's sequence of views.
 	st, b := call(t, "GET", R+"/api/net/cluster/c1/peers", "", "")
-	var v peerView
+	var v api.PeerView
 	if st != 200 || jsonUnmarshal(b, &v) != nil || v.Generation == 0 || len(v.Clusters) != 1 || v.Clusters[0].ClusterID != "c2" {
 		t.Fatalf("root's peers of c1: %d %s", st, b)
 	}
@@ -245,7 +247,7 @@ func testPeersAcrossClusters(t *testing.T, rdb redis.UniversalClient) {
 		{"GET", "/api/net/cluster/c1/peers?of=c2,b%20d", "", "bad_id"},
 	} {
 		st, b := call(t, tc.method, R+tc.path, tc.body, "")
-		var eb errorBody
+		var eb api.ErrorBody
 		_ = jsonUnmarshal(b, &eb)
 		if eb.Code != tc.code || st/100 != 4 {
 			t.Errorf("%s %s %s: %d %s, want code %s", tc.method, tc.path, tc.body, st, b, tc.code)
@@ -274,9 +276,9 @@ func TestPeerViewOrder(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	ctx := context.Background()
-	view := func(gen uint64, ip string) peerView {
-		return peerView{Epoch: "e1", Generation: gen, Clusters: []clusterPeers{{ClusterID: "c2",
-			Nodes: []nodeclient.Peer{{NodeID: "n3", IP: ip, Port: DefaultTunnelPort}}}}}
+	view := func(gen uint64, ip string) api.PeerView {
+		return api.PeerView{Epoch: "e1", Generation: gen, Clusters: []api.ClusterPeers{{ClusterID: "c2",
+			Nodes: []api.Peer{{NodeID: "n3", IP: netip.MustParseAddr(ip), Port: api.DefaultTunnelPort}}}}}
 	}
 	if n, err := c.applyPeers(ctx, view(5, "198.18.0.3"), nil); err != nil || n != 1 {
 		t.Fatalf("apply gen 5: %d %v", n, err)
@@ -293,8 +295,8 @@ func TestPeerViewOrder(t *testing.T) {
 	if n, err := c.applyPeers(ctx, v, []string{"c2"}); err != nil || n != 1 {
 		t.Fatalf("apply another epoch: %d %v", n, err)
 	}
-	peers, err := c.peerList(ctx, "n1")
-	if err != nil || len(peers) != 1 || peers[0].IP != "198.18.0.6" || peers[0].ClusterID != "c2" {
+	peers, err := c.store.peerList(ctx, "n1")
+	if err != nil || len(peers) != 1 || peers[0].IP != netip.MustParseAddr("198.18.0.6") || peers[0].ClusterID != "c2" {
 		t.Fatalf("peer list %+v %v", peers, err)
 	}
 	// Root's deltas apply when they follow the version held; an old one is
@@ -307,8 +309,8 @@ func TestPeerViewOrder(t *testing.T) {
 	}
 	delta := func(epoch string, ver uint64, ip string) int {
 		t.Helper()
-		n, err := c.applyDelta(ctx, &peersDelta{ClusterID: "c2", Epoch: epoch, Version: ver,
-			Set: []nodeclient.Peer{{NodeID: "n3", IP: ip, Port: DefaultTunnelPort}}, Del: []string{"n4"}})
+		n, err := c.applyDelta(ctx, &api.EndpointsDelta{ClusterID: "c2", Epoch: epoch, Version: ver,
+			Set: []api.Peer{{NodeID: "n3", IP: netip.MustParseAddr(ip), Port: api.DefaultTunnelPort}}, Del: []string{"n4"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -330,7 +332,7 @@ func TestPeerViewOrder(t *testing.T) {
 	if n, err := c.applyPeers(ctx, v, nil); err != nil || n != 0 {
 		t.Fatalf("view at version 5 after delta 6: %d %v, want no change", n, err)
 	}
-	if peers, _ := c.peerList(ctx, "n1"); len(peers) != 1 || peers[0].IP != "198.18.0.7" {
+	if peers, _ := c.store.peerList(ctx, "n1"); len(peers) != 1 || peers[0].IP != netip.MustParseAddr("198.18.0.7") {
 		t.Fatalf("peer list after an older view %+v", peers)
 	}
 	// A scoped view without the cluster asked for: not linked any more.
@@ -338,7 +340,7 @@ func TestPeerViewOrder(t *testing.T) {
 	if n, err := c.applyPeers(ctx, v, []string{"c2"}); err != nil || n != 1 {
 		t.Fatalf("apply unlink: %d %v", n, err)
 	}
-	if peers, _ := c.peerList(ctx, "n1"); len(peers) != 0 {
+	if peers, _ := c.store.peerList(ctx, "n1"); len(peers) != 0 {
 		t.Fatalf("peer list after unlink %+v", peers)
 	}
 }
@@ -370,7 +372,7 @@ func BenchmarkPeerChange(b *testing.B) {
 			mustCall(b, 200, "POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s%d","instance_number":0,"cluster_id":%q}`, s, host), "", nil)
 			mustCall(b, 200, "GET", fmt.Sprintf("%s/api/net/service/app.ns.w%d.default/instances?cluster_id=b0", R, s), "", "", nil)
 		}
-		var v peerView
+		var v api.PeerView
 		mustCall(b, 200, "GET", R+"/api/net/cluster/b0/peers", "", "", &v)
 		if len(v.Clusters) != 10 {
 			b.Fatalf("b0 linked with %d clusters, want 10", len(v.Clusters))
@@ -389,20 +391,20 @@ func BenchmarkPeerChange(b *testing.B) {
 		b.Cleanup(func() { _ = c.Close() })
 		for i := range 1000 {
 			rec := fmt.Sprintf(`{"node_id":"n%d","node_ip":"198.18.%d.%d","tunnel_port":50103}`, i, i/250, i%250+1)
-			if err := rdb.HSet(ctx, c.kNodes(), fmt.Sprintf("n%d", i), rec).Err(); err != nil {
+			if err := rdb.HSet(ctx, c.store.kNodes(), fmt.Sprintf("n%d", i), rec).Err(); err != nil {
 				b.Fatal(err)
 			}
 		}
-		view := peerView{Epoch: "e", Generation: 1, Clusters: []clusterPeers{{ClusterID: "b0", Version: 1,
-			Nodes: []nodeclient.Peer{{NodeID: "m7", IP: "198.19.0.7", Port: DefaultTunnelPort}}}}}
+		view := api.PeerView{Epoch: "e", Generation: 1, Clusters: []api.ClusterPeers{{ClusterID: "b0", Version: 1,
+			Nodes: []api.Peer{{NodeID: "m7", IP: netip.MustParseAddr("198.19.0.7"), Port: api.DefaultTunnelPort}}}}}
 		if _, err := c.applyPeers(ctx, view, nil); err != nil {
 			b.Fatal(err)
 		}
 		b.ResetTimer()
 		for range b.N {
 			ver++
-			n, err := c.applyDelta(ctx, &peersDelta{ClusterID: "b0", Epoch: "e", Version: ver,
-				Set: []nodeclient.Peer{{NodeID: "m7", IP: fmt.Sprintf("198.19.%d.%d", ver/250%250, ver%250+1), Port: DefaultTunnelPort}}})
+			n, err := c.applyDelta(ctx, &api.EndpointsDelta{ClusterID: "b0", Epoch: "e", Version: ver,
+				Set: []api.Peer{{NodeID: "m7", IP: netip.MustParseAddr(fmt.Sprintf("198.19.%d.%d", ver/250%250, ver%250+1)), Port: api.DefaultTunnelPort}}})
 			if err != nil || n != 1 {
 				b.Fatalf("delta %d: %d %v", ver, n, err)
 			}
@@ -424,13 +426,13 @@ func TestHostCounts(t *testing.T) {
 	deploy := func(n int, cid string) {
 		mustCall(t, 200, "POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":%q}`, n, cid), "", nil)
 	}
-	counts := func() map[string]string { return rdb.HGetAll(ctx, r.kHosts("s1")).Val() }
+	counts := func() map[string]string { return rdb.HGetAll(ctx, r.store.kHosts("s1")).Val() }
 	want := func(what string, w map[string]string) {
 		t.Helper()
 		if got := counts(); !maps.Equal(got, w) {
 			t.Fatalf("%s: hosts %v, want %v", what, got, w)
 		}
-		if n, _ := rdb.SCard(ctx, r.kRehost()).Result(); n != 0 {
+		if n, _ := rdb.SCard(ctx, r.store.kRehost()).Result(); n != 0 {
 			t.Fatalf("%s: %d services left to rehost", what, n)
 		}
 	}
@@ -445,7 +447,7 @@ func TestHostCounts(t *testing.T) {
 	want("one deleted", map[string]string{"c1": "2", "c2": "1"})
 
 	// State from before the counts: counted from the records.
-	if err := rdb.Del(ctx, r.kHosts("s1"), DefaultPrefix+"{r}:hcl-built").Err(); err != nil {
+	if err := rdb.Del(ctx, r.store.kHosts("s1"), DefaultPrefix+"{r}:hcl-built").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.sweepRehost(ctx); err != nil {

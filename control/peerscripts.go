@@ -193,7 +193,7 @@ return endpointHints(tag, cid, {1})
 
 // rehost: KEYS hchg:<id>, int:<id>, rehost. ARGV tag, id. Hints both ends
 // of every pair the hosting changes recorded in hchg may link or unlink
-// (pending.go's instance scripts record them), and clears them. → {hints...}.
+// (pendingscripts.go's instance scripts record them), and clears them. → {hints...}.
 var rehostScript = redis.NewScript(luaLinks + `
 local tag, id = ARGV[1], ARGV[2]
 local changed = redis.call('SMEMBERS', KEYS[1])

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/internal/redistest"
 )
@@ -31,18 +33,18 @@ func TestRedisDownAndBack(t *testing.T) {
 	// nodes cached (and the cache survives the outage).
 	host, port, _ := strings.Cut(strings.TrimPrefix(C, "http://"), ":")
 	mustCall(t, 200, "POST", R+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"`+host+`","cluster_port":`+port+`}`, "", nil)
-	var d deployAnswer
+	var d api.ServiceIPs
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("s1", "web", ""), "", &d)
-	var i0 instanceAnswer
+	var i0 api.InstanceAnswer
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c1"}`, "", &i0)
 	n1 := nodeclient.New(C, "n1", nodeclient.Options{Timeout: 3 * time.Second})
-	if _, err := n1.Register(ctx, "198.18.0.1", 0, nil); err != nil {
+	if _, err := n1.Register(ctx, netip.MustParseAddr("198.18.0.1"), 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := n1.ResolveByName(ctx, "app.ns.web.default"); err != nil {
 		t.Fatal(err)
 	}
-	rrIP := d.ServiceIPList[0].Address
+	rrIP := d.ServiceIPList[0].Address.String()
 
 	requests := []struct{ method, url, body string }{
 		{"POST", R + "/api/net/instance/deploy", `{"_id":"s1","instance_number":1,"cluster_id":"c1"}`},
@@ -69,7 +71,7 @@ func TestRedisDownAndBack(t *testing.T) {
 				st, b := call(t, tc.method, tc.url, tc.body, "")
 				dur := time.Since(start)
 				t.Logf("Redis %s: %s %s: %d after %v", how, tc.method, tc.url, st, dur)
-				var eb errorBody
+				var eb api.ErrorBody
 				_ = json.Unmarshal(b, &eb)
 				if st != 503 || eb.Code != "redis_unavailable" || dur > time.Second {
 					t.Errorf("Redis %s: %s %s: %d %q after %v, want 503 redis_unavailable within 1 s: %s",
@@ -91,12 +93,12 @@ func TestRedisDownAndBack(t *testing.T) {
 		})
 		// The pre-outage service and instance survived, at root and through
 		// the cluster.
-		var e nodeclient.ServiceEntry
+		var e api.ServiceEntry
 		mustCall(t, 200, "GET", R+"/api/net/service/ip/"+rrIP+"/instances", "", "", &e)
 		if e.ID != "s1" || len(e.InstanceList) == 0 || e.InstanceList[0].InstanceIP != i0.InstanceIP {
 			t.Fatalf("after Redis %s: root has %+v", how, e)
 		}
-		got, err := n1.ResolveByIP(ctx, rrIP)
+		got, err := n1.ResolveByIP(ctx, netip.MustParseAddr(rrIP))
 		if err != nil || got.ID != "s1" || len(got.InstanceList) == 0 {
 			t.Fatalf("after Redis %s: node resolves %+v, %v", how, got, err)
 		}
@@ -121,7 +123,7 @@ func TestRedisDownAndBack(t *testing.T) {
 	}
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", svcBody("s2", "api", ""), "", nil)
 	waitFor(t, 3*time.Second, "node sees the 3 instances deployed after the outage", func() bool {
-		e, err := n1.ResolveByIP(ctx, rrIP)
+		e, err := n1.ResolveByIP(ctx, netip.MustParseAddr(rrIP))
 		return err == nil && len(e.InstanceList) == 3
 	})
 	// Whatever the outage cut half-way (the deploys sent to the hung server

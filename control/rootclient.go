@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/oakwire/oakwire/control/nodeclient"
-	"github.com/oakwire/oakwire/ipam"
+	"github.com/oakwire/oakwire/api"
 	"github.com/valyala/fasthttp"
 )
 
@@ -31,23 +31,15 @@ func newRootClient(base, token string, timeout time.Duration) *rootClient {
 			MaxIdleConnDuration: time.Minute, MaxConnsPerHost: 256}}
 }
 
-// sentinelOf maps a root answer's status back to a sentinel, so the
-// cluster answers its own callers consistently (one table, reversed).
-func sentinelOf(status int) error {
-	switch status {
-	case http.StatusBadRequest:
-		return ErrBadRequest
-	case http.StatusNotFound:
-		return ErrNotFound
-	case http.StatusConflict:
-		return ErrConflict
-	case http.StatusInsufficientStorage:
-		return ipam.ErrExhausted
-	case http.StatusUnauthorized:
-		return ErrUpstream // our token is wrong at root: not the caller's fault
-	default:
-		return ErrUpstream
+// classOf is the class of a root answer's status (the one table,
+// reversed), so the cluster answers its callers as root answered it;
+// except that root failing (5xx), or refusing our token (401: not the
+// caller's fault), is the upstream failing.
+func classOf(status int) error {
+	if status >= 500 || status == http.StatusUnauthorized {
+		return api.ErrUpstream
 	}
+	return api.ErrorFor(status)
 }
 
 func (rc *rootClient) do(ctx context.Context, method, path string, in, out any) error {
@@ -73,34 +65,34 @@ func (rc *rootClient) do(ctx context.Context, method, path string, in, out any) 
 		timeout = min(timeout, time.Until(d))
 	}
 	if err := rc.c.DoTimeout(req, resp, timeout); err != nil {
-		return newErr(ErrUpstream, "root_unreachable", "root %s %s: %v", method, path, err)
+		return newErr(api.ErrUpstream, api.CodeRootUnreachable, "root %s %s: %v", method, path, err)
 	}
 	if sc := resp.StatusCode(); sc/100 != 2 {
-		var eb errorBody
+		var eb api.ErrorBody
 		_ = json.Unmarshal(resp.Body(), &eb)
 		code := eb.Code
 		if sc >= 500 || sc == 401 {
-			code = "root_error"
+			code = api.CodeRootError
 		}
-		return newErr(sentinelOf(sc), code, "root: %s (%d)", eb.Error, sc)
+		return newErr(classOf(sc), code, "root: %s (%d)", eb.Error, sc)
 	}
 	if out != nil {
 		if err := json.Unmarshal(resp.Body(), out); err != nil {
-			return newErr(ErrUpstream, "root_error", "root %s %s: decode answer: %v", method, path, err)
+			return newErr(api.ErrUpstream, api.CodeRootError, "root %s %s: decode answer: %v", method, path, err)
 		}
 	}
 	return nil
 }
 
-func (rc *rootClient) serviceByJob(ctx context.Context, job, cid string) (nodeclient.ServiceEntry, error) {
-	var e nodeclient.ServiceEntry
+func (rc *rootClient) serviceByJob(ctx context.Context, job, cid string) (api.ServiceEntry, error) {
+	var e api.ServiceEntry
 	err := rc.do(ctx, "GET", "/api/net/service/"+url.PathEscape(job)+"/instances?cluster_id="+url.QueryEscape(cid), nil, &e)
 	return e, err
 }
 
-func (rc *rootClient) serviceByIP(ctx context.Context, ip, cid string) (nodeclient.ServiceEntry, error) {
-	var e nodeclient.ServiceEntry
-	err := rc.do(ctx, "GET", "/api/net/service/ip/"+url.PathEscape(ip)+"/instances?cluster_id="+url.QueryEscape(cid), nil, &e)
+func (rc *rootClient) serviceByIP(ctx context.Context, ip netip.Addr, cid string) (api.ServiceEntry, error) {
+	var e api.ServiceEntry
+	err := rc.do(ctx, "GET", "/api/net/service/ip/"+url.PathEscape(ip.String())+"/instances?cluster_id="+url.QueryEscape(cid), nil, &e)
 	return e, err
 }
 
@@ -108,8 +100,8 @@ func (rc *rootClient) dropInterest(ctx context.Context, job, cid string) error {
 	return rc.do(ctx, "DELETE", "/api/net/interest/"+url.PathEscape(job)+"?cluster_id="+url.QueryEscape(cid), nil, nil)
 }
 
-func (rc *rootClient) subnet(ctx context.Context, node string) (subnetAnswer, error) {
-	var s subnetAnswer
+func (rc *rootClient) subnet(ctx context.Context, node string) (api.Subnets, error) {
+	var s api.Subnets
 	err := rc.do(ctx, "GET", "/api/net/subnet?node_id="+url.QueryEscape(node), nil, &s)
 	return s, err
 }
@@ -118,22 +110,14 @@ func (rc *rootClient) releaseSubnet(ctx context.Context, node string) error {
 	return rc.do(ctx, "DELETE", "/api/net/subnet/"+url.PathEscape(node), nil, nil)
 }
 
-func (rc *rootClient) registerCluster(ctx context.Context, ci clusterInfo) error {
+func (rc *rootClient) registerCluster(ctx context.Context, ci api.Cluster) error {
 	return rc.do(ctx, "POST", "/api/net/cluster", ci, nil)
 }
 
-type statusOut struct {
-	InstanceNumber int    `json:"instance_number"`
-	NamespaceIP    string `json:"namespace_ip,omitempty"`
-	NamespaceIPv6  string `json:"namespace_ip_v6,omitempty"`
-	HostIP         string `json:"host_ip"`
-	HostPort       int    `json:"host_port"`
-}
-
-func (rc *rootClient) deployStatus(ctx context.Context, undeploy bool, jobID string, s statusOut) error {
+func (rc *rootClient) deployStatus(ctx context.Context, undeploy bool, jobID string, s api.InstanceStatus) error {
 	path := "/api/net/service/net_deploy_status"
 	if undeploy {
 		path = "/api/net/service/net_undeploy_status"
 	}
-	return rc.do(ctx, "POST", path, map[string]any{"job_id": jobID, "instances": []statusOut{s}}, nil)
+	return rc.do(ctx, "POST", path, api.DeployStatus{JobID: jobID, Instances: []api.InstanceStatus{s}}, nil)
 }

@@ -6,7 +6,9 @@ import "github.com/redis/go-redis/v9"
 // so it is atomic and replicas never see half of it. All keys of a script
 // share one hash tag ({r} for root state, {c:<id>} for a cluster's), and
 // keys built inside a script carry the same tag, so scripts run unchanged on
-// Redis Cluster.
+// Redis Cluster. Each is run by one store function (rootstore.go,
+// servicestore.go, peerstore.go, clusterstore.go), which turns its reply
+// codes into named errors.
 
 // luaInterested appends the JSON of every registered cluster interested in
 // the service (int set KEYS[2], clusters hash KEYS[3]) to out.

@@ -31,21 +31,26 @@ func TestWireGolden(t *testing.T) {
 	})
 	// settle waits until root delivered every notification: a cluster
 	// answers a job update only after it pushed the change to its nodes.
-	settle := func() {
-		within(t, 5*time.Second, "notifications delivered", func() bool {
-			n := root.notify
-			n.mu.Lock()
-			defer n.mu.Unlock()
-			for _, q := range n.queues {
-				q.mu.Lock()
-				busy := len(q.items) > 0
-				q.mu.Unlock()
-				if busy {
-					return false
-				}
+	busy := func() bool {
+		n := root.notify
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, q := range n.queues {
+			q.mu.Lock()
+			busy := len(q.items) > 0
+			q.mu.Unlock()
+			if busy {
+				return true
 			}
-			return true
-		})
+		}
+		return false
+	}
+	settle := func() {
+		for deadline := time.Now().Add(5 * time.Second); busy(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("notifications not delivered within 5 s")
+			}
+		}
 	}
 	mask := regexp.MustCompile(`"epoch":"[0-9a-f]+"`)
 	var out strings.Builder

@@ -91,7 +91,7 @@ func TestAcrossClusters(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, x := range e.InstanceList {
-			if x.InstanceNumber == 1 && (x.ClusterID != c.Cluster.ID || x.HostIP != c.IP().String() || x.InstanceIP != before.V4.String()) {
+			if x.InstanceNumber == 1 && (x.ClusterID != c.Cluster.ID || x.HostIP != c.IP() || x.InstanceIP != before.V4) {
 				t.Errorf("root's instance 1 after the move: %+v", x)
 			}
 		}

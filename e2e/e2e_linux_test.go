@@ -146,7 +146,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, x := range e.InstanceList {
-			if x.InstanceNumber == 0 && (x.InstanceIP != before.V4.String() || x.HostIP != c.IP().String() || x.NamespaceIP != moved.NSIP.V4.String()) {
+			if x.InstanceNumber == 0 && (x.InstanceIP != before.V4 || x.HostIP != c.IP() || x.NamespaceIP != moved.NSIP.V4) {
 				t.Errorf("root's instance 0 after move: %+v; want IP %v on %v at %v", x, before.V4, c.IP(), moved.NSIP.V4)
 			}
 		}

@@ -101,8 +101,8 @@ func TestHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(e.InstanceList) != 2 || e.InstanceList[0].NamespaceIP != i0.NSIP.V4.String() ||
-		e.InstanceList[0].HostIP != b.IP().String() || e.InstanceList[1].NamespaceIP != i1.NSIP.V4.String() {
+	if len(e.InstanceList) != 2 || e.InstanceList[0].NamespaceIP != i0.NSIP.V4 ||
+		e.InstanceList[0].HostIP != b.IP() || e.InstanceList[1].NamespaceIP != i1.NSIP.V4 {
 		t.Errorf("root's entry %+v; want instance 0 at %v on %v, 1 at %v", e.InstanceList, i0.NSIP.V4, b.IP(), i1.NSIP.V4)
 	}
 

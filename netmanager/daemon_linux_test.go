@@ -23,7 +23,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
@@ -78,12 +78,12 @@ type fakeCluster struct {
 	addr string
 	// beforeReport, when set before listen, runs first in every report
 	// handler (it may block: a slow cluster).
-	beforeReport func(r *http.Request, rep nodeclient.InstanceReport)
+	beforeReport func(r *http.Request, rep api.InstanceReport)
 
 	mu   sync.Mutex
-	regs []nodeclient.RegisterRequest
-	deps []nodeclient.InstanceReport
-	unds []nodeclient.InstanceReport
+	regs []api.RegisterRequest
+	deps []api.InstanceReport
+	unds []api.InstanceReport
 }
 
 func startFakeCluster(t *testing.T, ns string) *fakeCluster {
@@ -93,7 +93,7 @@ func startFakeCluster(t *testing.T, ns string) *fakeCluster {
 
 // startFakeClusterWith serves a fake cluster whose report handlers call
 // before first (nil: none).
-func startFakeClusterWith(t *testing.T, ns string, before func(*http.Request, nodeclient.InstanceReport)) *fakeCluster {
+func startFakeClusterWith(t *testing.T, ns string, before func(*http.Request, api.InstanceReport)) *fakeCluster {
 	t.Helper()
 	fc := &fakeCluster{beforeReport: before}
 	if err := testbed.Do(ns, func() error { return fc.listen(t, "127.0.0.1:0") }); err != nil {
@@ -112,17 +112,17 @@ func (fc *fakeCluster) listen(t *testing.T, addr string) error {
 	fc.addr = ln.Addr().String()
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/node/register", func(w http.ResponseWriter, r *http.Request) {
-		var req nodeclient.RegisterRequest
+		var req api.RegisterRequest
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		fc.mu.Lock()
 		fc.regs = append(fc.regs, req)
 		fc.mu.Unlock()
-		_ = json.NewEncoder(w).Encode(nodeclient.RegisterResponse{NodeID: req.NodeID,
-			SubnetAddr: "10.18.0.0", SubnetAddrV6: "fc00::", Subnet: "10.18.0.0/26", SubnetV6: "fc00::/120"})
+		_ = json.NewEncoder(w).Encode(api.RegisterResponse{NodeID: req.NodeID,
+			SubnetAddr: netip.MustParseAddr("10.18.0.0"), SubnetAddrV6: netip.MustParseAddr("fc00::"), Subnet: netip.MustParsePrefix("10.18.0.0/26"), SubnetV6: netip.MustParsePrefix("fc00::/120")})
 	})
-	report := func(list *[]nodeclient.InstanceReport) http.HandlerFunc {
+	report := func(list *[]api.InstanceReport) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			var rep nodeclient.InstanceReport
+			var rep api.InstanceReport
 			_ = json.NewDecoder(r.Body).Decode(&rep)
 			if fc.beforeReport != nil {
 				fc.beforeReport(r, rep)
@@ -401,7 +401,7 @@ func TestDaemon(t *testing.T) {
 			t.Fatalf("status %+v", s)
 		}
 		fc.mu.Lock()
-		if len(fc.regs) != 1 || fc.regs[0].NodeIP != nodeA.IP.String() || fc.regs[0].TunnelPort != 50103 {
+		if len(fc.regs) != 1 || fc.regs[0].NodeIP != nodeA.IP || fc.regs[0].TunnelPort != 50103 {
 			t.Errorf("cluster saw %+v", fc.regs)
 		}
 		fc.mu.Unlock()
@@ -475,7 +475,7 @@ func TestDaemon(t *testing.T) {
 			t.Errorf("c1 offloads: %v", err)
 		}
 		fc.mu.Lock()
-		if len(fc.deps) != 2 || fc.deps[0].JobName != "app.ns.svc1.sns" || fc.deps[0].NamespaceIP != "10.18.0.2" || fc.deps[0].NamespaceIPv6 != "fc00::2" {
+		if len(fc.deps) != 2 || fc.deps[0].JobName != "app.ns.svc1.sns" || fc.deps[0].NamespaceIP != netip.MustParseAddr("10.18.0.2") || fc.deps[0].NamespaceIPv6 != netip.MustParseAddr("fc00::2") {
 			t.Errorf("cluster reports %+v", fc.deps)
 		}
 		fc.mu.Unlock()
@@ -892,7 +892,7 @@ func TestDaemonSlowCluster(t *testing.T) {
 	slowDeploy, slowUndeploy := newGate(), newGate()
 	defer slowDeploy.open()
 	defer slowUndeploy.open()
-	fc := startFakeClusterWith(t, node.NS, func(r *http.Request, rep nodeclient.InstanceReport) {
+	fc := startFakeClusterWith(t, node.NS, func(r *http.Request, rep api.InstanceReport) {
 		switch {
 		case rep.JobName == "app.ns.hang.sns":
 			slowDeploy.hold(r)
@@ -1174,7 +1174,7 @@ func testDaemonXDPRollback(t *testing.T, offload string) {
 	c3 := emptyContainer(t, node, "c3")
 	var daemonPID atomic.Int64
 	during := make(chan string, 1)
-	fc := startFakeClusterWith(t, node.NS, func(_ *http.Request, rep nodeclient.InstanceReport) {
+	fc := startFakeClusterWith(t, node.NS, func(_ *http.Request, rep api.InstanceReport) {
 		if rep.JobName == "app.ns.fail.sns" {
 			// The port is attached when the report goes out: the view
 			// here shows what the rollback has to undo. (No call to

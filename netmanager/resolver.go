@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/api"
 )
 
 // Resolver resolves fast-path misses (SPEC §7.3 item 6): a destination in
@@ -201,7 +201,7 @@ func (r *Resolver) resolve(ctx context.Context, a netip.Addr) error {
 	e, err := r.src.ResolveIP(qctx, a)
 	cancel()
 	switch {
-	case errors.Is(err, nodeclient.ErrNotFound):
+	case errors.Is(err, api.ErrNotFound):
 		r.ctr.resolveNotFound.Inc()
 		r.finish(a, r.opt.Now().Add(r.opt.NegativeTTL))
 		return nil

@@ -2,6 +2,7 @@ package netmanager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -159,36 +160,35 @@ type nodeClientCluster struct{ c *nodeclient.Client }
 func (n *nodeClientCluster) Client() *nodeclient.Client { return n.c }
 
 func (n *nodeClientCluster) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error) {
-	r, err := n.c.Register(ctx, nodeIP.String(), tunnelPort, nil)
+	r, err := n.c.Register(ctx, nodeIP, tunnelPort, nil)
 	if err != nil {
 		return Registration{}, err
 	}
-	s4, err := parseSubnet(r.Subnet, r.SubnetAddr, 26)
+	s4, err := subnetOf(r.Subnet, r.SubnetAddr, 26)
 	if err != nil {
 		return Registration{}, fmt.Errorf("register: subnet: %w", err)
 	}
-	s6, err := parseSubnet(r.SubnetV6, r.SubnetAddrV6, 120)
+	s6, err := subnetOf(r.SubnetV6, r.SubnetAddrV6, 120)
 	if err != nil {
 		return Registration{}, fmt.Errorf("register: subnet_v6: %w", err)
 	}
 	return Registration{Subnets: ipam.SubnetPair{V4: s4, V6: s6}}, nil
 }
 
-// parseSubnet takes the prefix form, else the network address with the
+// subnetOf takes the prefix form, else the network address with the
 // node-subnet length.
-func parseSubnet(prefix, addr string, bits int) (netip.Prefix, error) {
-	if prefix != "" {
-		return netip.ParsePrefix(prefix)
+func subnetOf(prefix netip.Prefix, addr netip.Addr, bits int) (netip.Prefix, error) {
+	if prefix.IsValid() {
+		return prefix, nil
 	}
-	a, err := netip.ParseAddr(addr)
-	if err != nil {
-		return netip.Prefix{}, err
+	if !addr.IsValid() {
+		return netip.Prefix{}, errors.New("missing")
 	}
-	return netip.PrefixFrom(a, bits), nil
+	return netip.PrefixFrom(addr, bits), nil
 }
 
 func (n *nodeClientCluster) ReportDeployed(ctx context.Context, job string, instance int, nsIP4, nsIP6 netip.Addr) error {
-	return n.c.ReportDeployed(ctx, job, instance, nsIP4.String(), nsIP6.String())
+	return n.c.ReportDeployed(ctx, job, instance, nsIP4, nsIP6)
 }
 
 func (n *nodeClientCluster) ReportUndeployed(ctx context.Context, job string, instance int) error {

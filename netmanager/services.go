@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/policy"
@@ -38,10 +39,10 @@ type TableSink interface {
 type ServiceSource interface {
 	// ResolveIP returns the entry of the service owning addr (service or
 	// instance IP) and registers the node's interest in it. An unknown
-	// address is an error wrapping nodeclient.ErrNotFound.
-	ResolveIP(ctx context.Context, addr netip.Addr) (nodeclient.ServiceEntry, error)
+	// address is an error wrapping api.ErrNotFound.
+	ResolveIP(ctx context.Context, addr netip.Addr) (api.ServiceEntry, error)
 	// Watch long-polls for changes after version since of epoch.
-	Watch(ctx context.Context, epoch string, since uint64) (nodeclient.WatchResponse, error)
+	Watch(ctx context.Context, epoch string, since uint64) (api.WatchResponse, error)
 	// DropInterest stops changes of job being pushed to the node.
 	DropInterest(ctx context.Context, job string) error
 }
@@ -70,11 +71,11 @@ type clientSource struct {
 	wait time.Duration
 }
 
-func (s *clientSource) ResolveIP(ctx context.Context, addr netip.Addr) (nodeclient.ServiceEntry, error) {
-	return s.c.ResolveByIP(ctx, addr.String())
+func (s *clientSource) ResolveIP(ctx context.Context, addr netip.Addr) (api.ServiceEntry, error) {
+	return s.c.ResolveByIP(ctx, addr)
 }
 
-func (s *clientSource) Watch(ctx context.Context, epoch string, since uint64) (nodeclient.WatchResponse, error) {
+func (s *clientSource) Watch(ctx context.Context, epoch string, since uint64) (api.WatchResponse, error) {
 	return s.c.Watch(ctx, epoch, since, s.wait)
 }
 
@@ -184,13 +185,13 @@ type ServiceView struct {
 	pushMu sync.Mutex
 	// mu guards every field below.
 	mu       sync.Mutex
-	entries  map[string]nodeclient.ServiceEntry
+	entries  map[string]api.ServiceEntry
 	lastUsed map[string]time.Time
 	local    map[string]bool
 	// peers is the peer set by peerKey; peerList its sorted copy for the
 	// next push (nil: to be rebuilt).
-	peers    map[string]nodeclient.Peer
-	peerList []nodeclient.Peer
+	peers    map[string]api.Peer
+	peerList []api.Peer
 	byAddr   map[netip.Addr]string // every service and instance IP of entries → job
 	// seq counts watch applications; changed[job] is the seq of the last
 	// watch change (or removal) of job, so a resolve answer older than it
@@ -208,10 +209,10 @@ func NewServiceView(sink TableSink, o ServiceOptions) *ServiceView {
 	o.defaults()
 	return &ServiceView{
 		sink: sink, opt: o,
-		entries:      map[string]nodeclient.ServiceEntry{},
+		entries:      map[string]api.ServiceEntry{},
 		lastUsed:     map[string]time.Time{},
 		local:        map[string]bool{},
-		peers:        map[string]nodeclient.Peer{},
+		peers:        map[string]api.Peer{},
 		byAddr:       map[netip.Addr]string{},
 		changed:      map[string]uint64{},
 		pendingDrops: map[string]struct{}{},
@@ -228,7 +229,7 @@ func (v *ServiceView) Lookup(addr netip.Addr) (job string, ok bool) {
 }
 
 // Entry returns the entry of job.
-func (v *ServiceView) Entry(job string) (nodeclient.ServiceEntry, bool) {
+func (v *ServiceView) Entry(job string) (api.ServiceEntry, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	e, ok := v.entries[job]
@@ -307,7 +308,7 @@ func (v *ServiceView) SetLocalJobs(jobs []string) {
 }
 
 // Apply merges one entry (replacing the job's previous one) and pushes.
-func (v *ServiceView) Apply(e nodeclient.ServiceEntry) error {
+func (v *ServiceView) Apply(e api.ServiceEntry) error {
 	v.mu.Lock()
 	v.upsertLocked(e, v.opt.Now())
 	v.mu.Unlock()
@@ -323,7 +324,7 @@ func (v *ServiceView) Remove(job string) error {
 }
 
 // SetPeers replaces the peer set and pushes.
-func (v *ServiceView) SetPeers(peers []nodeclient.Peer) error {
+func (v *ServiceView) SetPeers(peers []api.Peer) error {
 	v.mu.Lock()
 	v.setPeersLocked(peers)
 	v.mu.Unlock()
@@ -332,15 +333,15 @@ func (v *ServiceView) SetPeers(peers []nodeclient.Peer) error {
 
 // peerKey identifies a peer in the set: its cluster and node id, as the
 // cluster's deltas name it; a peer without a node id by its endpoint.
-func peerKey(p nodeclient.Peer) string {
+func peerKey(p api.Peer) string {
 	if p.NodeID != "" {
 		return p.ClusterID + "/" + p.NodeID
 	}
-	return "@" + p.IP + ":" + strconv.Itoa(p.Port)
+	return "@" + p.IP.String() + ":" + strconv.Itoa(p.Port)
 }
 
-func (v *ServiceView) setPeersLocked(peers []nodeclient.Peer) {
-	v.peers = make(map[string]nodeclient.Peer, len(peers))
+func (v *ServiceView) setPeersLocked(peers []api.Peer) {
+	v.peers = make(map[string]api.Peer, len(peers))
 	for _, p := range peers {
 		v.peers[peerKey(p)] = p
 	}
@@ -349,7 +350,7 @@ func (v *ServiceView) setPeersLocked(peers []nodeclient.Peer) {
 
 // applyPeerDeltaLocked applies one peers change: Del first, then Set (a
 // delta never names a peer in both).
-func (v *ServiceView) applyPeerDeltaLocked(d *nodeclient.PeerDelta) {
+func (v *ServiceView) applyPeerDeltaLocked(d *api.PeerDelta) {
 	for _, p := range d.Del {
 		delete(v.peers, peerKey(p))
 	}
@@ -360,10 +361,10 @@ func (v *ServiceView) applyPeerDeltaLocked(d *nodeclient.PeerDelta) {
 }
 
 // peerListLocked is the peer set sorted by key.
-func (v *ServiceView) peerListLocked() []nodeclient.Peer {
+func (v *ServiceView) peerListLocked() []api.Peer {
 	if v.peerList == nil {
 		keys := slices.Sorted(maps.Keys(v.peers))
-		v.peerList = make([]nodeclient.Peer, len(keys))
+		v.peerList = make([]api.Peer, len(keys))
 		for i, k := range keys {
 			v.peerList[i] = v.peers[k]
 		}
@@ -373,14 +374,14 @@ func (v *ServiceView) peerListLocked() []nodeclient.Peer {
 
 // Replace replaces every entry and the peer set (a resync) and pushes.
 // Jobs that stay keep their last-use time.
-func (v *ServiceView) Replace(entries []nodeclient.ServiceEntry, peers []nodeclient.Peer) error {
+func (v *ServiceView) Replace(entries []api.ServiceEntry, peers []api.Peer) error {
 	v.mu.Lock()
 	v.replaceLocked(entries, peers)
 	v.mu.Unlock()
 	return v.Push()
 }
 
-func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []nodeclient.Peer) {
+func (v *ServiceView) replaceLocked(entries []api.ServiceEntry, peers []api.Peer) {
 	now := v.opt.Now()
 	v.seq++
 	keep := make(map[string]bool, len(entries))
@@ -405,7 +406,7 @@ func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []n
 // otherwise the changes in order (service: replace the entry; removed:
 // delete it; peers: apply its delta, or without one replace the peer set
 // with resp.Peers). It pushes once.
-func (v *ServiceView) ApplyWatch(resp nodeclient.WatchResponse) error {
+func (v *ServiceView) ApplyWatch(resp api.WatchResponse) error {
 	v.mu.Lock()
 	if resp.Resync {
 		v.replaceLocked(resp.Services, resp.Peers)
@@ -417,12 +418,12 @@ func (v *ServiceView) ApplyWatch(resp nodeclient.WatchResponse) error {
 	return v.Push()
 }
 
-func (v *ServiceView) applyChangesLocked(resp nodeclient.WatchResponse) {
+func (v *ServiceView) applyChangesLocked(resp api.WatchResponse) {
 	now := v.opt.Now()
 	v.seq++
 	for _, ch := range resp.Changes {
 		switch ch.Type {
-		case nodeclient.ChangeService:
+		case api.ChangeService:
 			if ch.Service == nil {
 				continue
 			}
@@ -431,10 +432,10 @@ func (v *ServiceView) applyChangesLocked(resp nodeclient.WatchResponse) {
 			}
 			v.upsertLocked(*ch.Service, now)
 			v.changed[ch.Service.JobName] = v.seq
-		case nodeclient.ChangeRemoved:
+		case api.ChangeRemoved:
 			v.deleteLocked(ch.JobName)
 			v.changed[ch.JobName] = v.seq
-		case nodeclient.ChangePeers:
+		case api.ChangePeers:
 			if ch.PeerDelta != nil {
 				v.applyPeerDeltaLocked(ch.PeerDelta)
 			} else {
@@ -464,7 +465,7 @@ func (v *ServiceView) pruneChangedLocked() {
 // mergeResolved merges a resolve answer obtained after watch position
 // startSeq, unless a watch change of the same job arrived meanwhile (the
 // watch's entry is newer). The job counts as used either way.
-func (v *ServiceView) mergeResolved(e nodeclient.ServiceEntry, startSeq uint64) error {
+func (v *ServiceView) mergeResolved(e api.ServiceEntry, startSeq uint64) error {
 	now := v.opt.Now()
 	v.mu.Lock()
 	if v.changed[e.JobName] > startSeq {
@@ -487,7 +488,7 @@ func (v *ServiceView) watchSeq() uint64 {
 }
 
 // upsertLocked stores e; a new job's idle clock starts at now. v.mu held.
-func (v *ServiceView) upsertLocked(e nodeclient.ServiceEntry, now time.Time) {
+func (v *ServiceView) upsertLocked(e api.ServiceEntry, now time.Time) {
 	if e.JobName == "" {
 		return
 	}
@@ -514,24 +515,24 @@ func (v *ServiceView) deleteLocked(job string) {
 	delete(v.lastUsed, job)
 }
 
-func entryAddrs(e nodeclient.ServiceEntry, f func(netip.Addr)) {
+func entryAddrs(e api.ServiceEntry, f func(netip.Addr)) {
 	for _, s := range e.ServiceIPList {
-		for _, a := range []string{s.Address, s.AddressV6} {
-			if ip, err := netip.ParseAddr(a); err == nil {
-				f(ip.Unmap())
+		for _, a := range []netip.Addr{s.Address, s.AddressV6} {
+			if a.IsValid() {
+				f(a.Unmap())
 			}
 		}
 	}
 	for _, in := range e.InstanceList {
-		for _, a := range []string{in.InstanceIP, in.InstanceIPv6} {
-			if ip, err := netip.ParseAddr(a); err == nil {
-				f(ip.Unmap())
+		for _, a := range []netip.Addr{in.InstanceIP, in.InstanceIPv6} {
+			if a.IsValid() {
+				f(a.Unmap())
 			}
 		}
 	}
 }
 
-func (v *ServiceView) indexLocked(e nodeclient.ServiceEntry) {
+func (v *ServiceView) indexLocked(e api.ServiceEntry) {
 	entryAddrs(e, func(a netip.Addr) {
 		if _, taken := v.byAddr[a]; !taken {
 			v.byAddr[a] = e.JobName
@@ -539,7 +540,7 @@ func (v *ServiceView) indexLocked(e nodeclient.ServiceEntry) {
 	})
 }
 
-func (v *ServiceView) unindexLocked(e nodeclient.ServiceEntry) {
+func (v *ServiceView) unindexLocked(e api.ServiceEntry) {
 	entryAddrs(e, func(a netip.Addr) {
 		if v.byAddr[a] == e.JobName {
 			delete(v.byAddr, a)
@@ -553,7 +554,7 @@ func (v *ServiceView) Push() error {
 	v.pushMu.Lock()
 	defer v.pushMu.Unlock()
 	v.mu.Lock()
-	entries := make([]nodeclient.ServiceEntry, 0, len(v.entries))
+	entries := make([]api.ServiceEntry, 0, len(v.entries))
 	for _, e := range v.entries {
 		entries = append(entries, e)
 	}
@@ -615,10 +616,6 @@ type ConvertStats struct {
 	NotRunning     int // instances without namespace IP or node
 }
 
-// DefaultTunnelPort is the node tunnel port assumed when an instance's
-// host_port is 0 (SPEC §1).
-const DefaultTunnelPort = 50103
-
 // ConvertEntries turns service entries into fastpath specs, sorted by job
 // and instance number. IpType maps to a registered policy name
 // (policy.Parse, case-insensitively; unknown types are skipped and
@@ -627,37 +624,24 @@ const DefaultTunnelPort = 50103
 // Port stay zero (the data plane marks its own instances). An address
 // claimed twice keeps its first owner in job order (fastpath.Builder
 // rejects duplicates).
-func ConvertEntries(entries []nodeclient.ServiceEntry) (SpecSet, ConvertStats) {
+func ConvertEntries(entries []api.ServiceEntry) (SpecSet, ConvertStats) {
 	var set SpecSet
 	var st ConvertStats
 	sorted := slices.Clone(entries)
-	slices.SortFunc(sorted, func(a, b nodeclient.ServiceEntry) int { return strings.Compare(a.JobName, b.JobName) })
+	slices.SortFunc(sorted, func(a, b api.ServiceEntry) int { return strings.Compare(a.JobName, b.JobName) })
 	used := map[netip.Addr]bool{}
-	// addr parses s; "" is no address; bad or duplicate ones are counted.
-	addr := func(s string) netip.Addr {
-		if s == "" {
-			return netip.Addr{}
+	// addr is a table key: an unset address is none; an address already
+	// used is counted and dropped.
+	addr := func(a netip.Addr) netip.Addr {
+		if !a.IsValid() {
+			return a
 		}
-		a, err := netip.ParseAddr(s)
-		if err != nil || used[a.Unmap()] {
+		if a = a.Unmap(); used[a] {
 			st.BadAddresses++
 			return netip.Addr{}
 		}
-		a = a.Unmap()
 		used[a] = true
 		return a
-	}
-	// ns parses a namespace IP (not a table key, so not deduplicated).
-	ns := func(s string) netip.Addr {
-		if s == "" {
-			return netip.Addr{}
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			st.BadAddresses++
-			return netip.Addr{}
-		}
-		return a.Unmap()
 	}
 	for i, e := range sorted {
 		if e.JobName == "" || (i > 0 && sorted[i-1].JobName == e.JobName) {
@@ -677,22 +661,18 @@ func ConvertEntries(entries []nodeclient.ServiceEntry) (SpecSet, ConvertStats) {
 		}
 		set.Services = append(set.Services, svc)
 		insts := slices.Clone(e.InstanceList)
-		slices.SortStableFunc(insts, func(a, b nodeclient.Instance) int { return cmp.Compare(a.InstanceNumber, b.InstanceNumber) })
+		slices.SortStableFunc(insts, func(a, b api.Instance) int { return cmp.Compare(a.InstanceNumber, b.InstanceNumber) })
 		for j, in := range insts {
 			if in.InstanceNumber < 0 || (j > 0 && insts[j-1].InstanceNumber == in.InstanceNumber) {
 				st.BadAddresses++
 				continue
 			}
-			n4, n6 := ns(in.NamespaceIP), ns(in.NamespaceIPv6)
-			host, herr := netip.ParseAddr(in.HostIP)
-			if in.HostIP != "" && herr != nil {
-				st.BadAddresses++
-			}
+			n4, n6, host := in.NamespaceIP.Unmap(), in.NamespaceIPv6.Unmap(), in.HostIP
 			port := in.HostPort
 			if port == 0 {
-				port = DefaultTunnelPort
+				port = api.DefaultTunnelPort
 			}
-			if herr != nil || (!n4.IsValid() && !n6.IsValid()) || port < 0 || port > 65535 {
+			if !host.IsValid() || (!n4.IsValid() && !n6.IsValid()) || port < 0 || port > 65535 {
 				st.NotRunning++
 				continue
 			}
@@ -708,16 +688,15 @@ func ConvertEntries(entries []nodeclient.ServiceEntry) (SpecSet, ConvertStats) {
 }
 
 // ConvertPeers turns the cluster's peer list into tunnel endpoints (port
-// 0 means DefaultTunnelPort), dropping and counting bad ones. A peer with
-// a public address (a node behind a NAT) is accepted from there too.
-func ConvertPeers(peers []nodeclient.Peer) (out []netip.AddrPort, bad int) {
+// 0 means api.DefaultTunnelPort), dropping and counting bad ones. A peer
+// with a public address (a node behind a NAT) is accepted from there too.
+func ConvertPeers(peers []api.Peer) (out []netip.AddrPort, bad int) {
 	out = make([]netip.AddrPort, 0, len(peers))
-	add := func(ip string, port int) {
-		a, err := netip.ParseAddr(ip)
+	add := func(a netip.Addr, port int) {
 		if port == 0 {
-			port = DefaultTunnelPort
+			port = api.DefaultTunnelPort
 		}
-		if err != nil || port < 0 || port > 65535 {
+		if !a.IsValid() || port < 0 || port > 65535 {
 			bad++
 			return
 		}
@@ -725,7 +704,7 @@ func ConvertPeers(peers []nodeclient.Peer) (out []netip.AddrPort, bad int) {
 	}
 	for _, p := range peers {
 		add(p.IP, p.Port)
-		if p.PublicIP != "" {
+		if p.PublicIP.IsValid() {
 			add(p.PublicIP, p.PublicPort)
 		}
 	}

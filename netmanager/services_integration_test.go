@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/internal/redistest"
@@ -53,8 +54,8 @@ func TestServicesAgainstControlPlane(t *testing.T) {
 
 	// A service with one instance, which node 2 runs.
 	var dep struct {
-		JobName       string                 `json:"job_name"`
-		ServiceIPList []nodeclient.ServiceIP `json:"service_ip_list"`
+		JobName       string          `json:"job_name"`
+		ServiceIPList []api.ServiceIP `json:"service_ip_list"`
 	}
 	post(t, rootURL+"/api/net/service/deploy",
 		`{"_id":"s1","deployment_descriptor":{"app_name":"app","app_ns":"ns","microservice_name":"web","microservice_namespace":"default"}}`, &dep)
@@ -62,13 +63,13 @@ func TestServicesAgainstControlPlane(t *testing.T) {
 	post(t, rootURL+"/api/net/instance/deploy", `{"_id":"s1","instance_number":1,"cluster_id":"c1"}`, nil)
 	n1 := nodeclient.New(clURL, "node1", nodeclient.Options{})
 	n2 := nodeclient.New(clURL, "node2", nodeclient.Options{})
-	if _, err := n1.Register(ctx, "198.18.0.1", 0, nil); err != nil {
+	if _, err := n1.Register(ctx, netip.MustParseAddr("198.18.0.1"), 0, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n2.Register(ctx, "198.18.0.2", 50200, nil); err != nil {
+	if _, err := n2.Register(ctx, netip.MustParseAddr("198.18.0.2"), 50200, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := n2.ReportDeployed(ctx, dep.JobName, 0, "10.18.0.66", "fc00::102"); err != nil {
+	if err := n2.ReportDeployed(ctx, dep.JobName, 0, netip.MustParseAddr("10.18.0.66"), netip.MustParseAddr("fc00::102")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -87,7 +88,7 @@ func TestServicesAgainstControlPlane(t *testing.T) {
 	var rr4 netip.Addr
 	for _, ip := range dep.ServiceIPList {
 		if ip.IpType == "RR" {
-			rr4 = netip.MustParseAddr(ip.Address)
+			rr4 = ip.Address
 		}
 	}
 	for range 100 {
@@ -107,7 +108,7 @@ func TestServicesAgainstControlPlane(t *testing.T) {
 	waitFor(t, "the unknown address", func() bool { return s.Stats().ResolveNotFound == 1 })
 
 	// Node 2 starts instance 1: node 1's watch brings it.
-	if err := n2.ReportDeployed(ctx, dep.JobName, 1, "10.18.0.67", "fc00::103"); err != nil {
+	if err := n2.ReportDeployed(ctx, dep.JobName, 1, netip.MustParseAddr("10.18.0.67"), netip.MustParseAddr("fc00::103")); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the watch to bring instance 1", func() bool {

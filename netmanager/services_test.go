@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/fastpath"
 )
@@ -92,7 +93,7 @@ func (s *fakeSink) peerSet() []netip.AddrPort {
 
 // watchStep is one scripted answer of the fake's Watch.
 type watchStep struct {
-	resp nodeclient.WatchResponse
+	resp api.WatchResponse
 	err  error
 }
 
@@ -104,7 +105,7 @@ type watchCall struct {
 // fakeSource is a scripted cluster.
 type fakeSource struct {
 	mu       sync.Mutex
-	resolve  func(ctx context.Context, a netip.Addr) (nodeclient.ServiceEntry, error)
+	resolve  func(ctx context.Context, a netip.Addr) (api.ServiceEntry, error)
 	queries  map[netip.Addr]int
 	script   []watchStep
 	calls    []watchCall
@@ -117,18 +118,18 @@ func newFakeSource() *fakeSource {
 	return &fakeSource{queries: map[netip.Addr]int{}, idle: make(chan struct{})}
 }
 
-func (f *fakeSource) ResolveIP(ctx context.Context, a netip.Addr) (nodeclient.ServiceEntry, error) {
+func (f *fakeSource) ResolveIP(ctx context.Context, a netip.Addr) (api.ServiceEntry, error) {
 	f.mu.Lock()
 	f.queries[a]++
 	fn := f.resolve
 	f.mu.Unlock()
 	if fn == nil {
-		return nodeclient.ServiceEntry{}, notFound()
+		return api.ServiceEntry{}, notFound()
 	}
 	return fn(ctx, a)
 }
 
-func (f *fakeSource) Watch(ctx context.Context, epoch string, since uint64) (nodeclient.WatchResponse, error) {
+func (f *fakeSource) Watch(ctx context.Context, epoch string, since uint64) (api.WatchResponse, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, watchCall{epoch, since})
 	if len(f.script) == 0 {
@@ -139,7 +140,7 @@ func (f *fakeSource) Watch(ctx context.Context, epoch string, since uint64) (nod
 		}
 		f.mu.Unlock()
 		<-ctx.Done()
-		return nodeclient.WatchResponse{}, ctx.Err()
+		return api.WatchResponse{}, ctx.Err()
 	}
 	st := f.script[0]
 	f.script = f.script[1:]
@@ -152,7 +153,7 @@ func (f *fakeSource) DropInterest(_ context.Context, job string) error {
 	defer f.mu.Unlock()
 	if f.dropErrs > 0 {
 		f.dropErrs--
-		return fmt.Errorf("DELETE interest: %w", nodeclient.ErrUnavailable)
+		return fmt.Errorf("DELETE interest: %w", api.ErrUnavailable)
 	}
 	f.drops = append(f.drops, job)
 	return nil
@@ -170,46 +171,46 @@ func notFound() error {
 
 // entry makes a running two-instance service with RR and Closest IPs;
 // base picks distinct addresses.
-func entry(job string, base int, instances ...int) nodeclient.ServiceEntry {
-	e := nodeclient.ServiceEntry{
+func entry(job string, base int, instances ...int) api.ServiceEntry {
+	e := api.ServiceEntry{
 		ID: "id-" + job, JobName: job,
-		ServiceIPList: []nodeclient.ServiceIP{
-			{IpType: "RR", Address: fmt.Sprintf("10.30.%d.1", base), AddressV6: fmt.Sprintf("fdff:2000::%x:1", base)},
-			{IpType: "Closest", Address: fmt.Sprintf("10.30.%d.2", base), AddressV6: fmt.Sprintf("fdff:1000::%x:2", base)},
+		ServiceIPList: []api.ServiceIP{
+			{IpType: "RR", Address: netip.MustParseAddr(fmt.Sprintf("10.30.%d.1", base)), AddressV6: netip.MustParseAddr(fmt.Sprintf("fdff:2000::%x:1", base))},
+			{IpType: "Closest", Address: netip.MustParseAddr(fmt.Sprintf("10.30.%d.2", base)), AddressV6: netip.MustParseAddr(fmt.Sprintf("fdff:1000::%x:2", base))},
 		},
 	}
 	for _, n := range instances {
-		e.InstanceList = append(e.InstanceList, nodeclient.Instance{
+		e.InstanceList = append(e.InstanceList, api.Instance{
 			InstanceNumber: n,
-			InstanceIP:     fmt.Sprintf("10.30.%d.%d", base, 10+n), InstanceIPv6: fmt.Sprintf("fdff::%x:%x", base, 10+n),
+			InstanceIP:     netip.MustParseAddr(fmt.Sprintf("10.30.%d.%d", base, 10+n)), InstanceIPv6: netip.MustParseAddr(fmt.Sprintf("fdff::%x:%x", base, 10+n)),
 			ClusterID:   "c1",
-			NamespaceIP: fmt.Sprintf("10.18.0.%d", 2+n), NamespaceIPv6: fmt.Sprintf("fc00::%x", 2+n),
-			HostIP: "198.18.0.2", HostPort: 50103,
+			NamespaceIP: netip.MustParseAddr(fmt.Sprintf("10.18.0.%d", 2+n)), NamespaceIPv6: netip.MustParseAddr(fmt.Sprintf("fc00::%x", 2+n)),
+			HostIP: netip.MustParseAddr("198.18.0.2"), HostPort: 50103,
 		})
 	}
 	return e
 }
 
 func TestConvertGolden(t *testing.T) {
-	e := nodeclient.ServiceEntry{
+	e := api.ServiceEntry{
 		ID: "s1", JobName: "app.ns.svc.sns",
-		ServiceIPList: []nodeclient.ServiceIP{
-			{IpType: "RR", Address: "10.30.0.1", AddressV6: "fdff:2000::1"},
-			{IpType: "closest", Address: "10.30.0.4", AddressV6: "fdff:1000::4"}, // Oakestra spells it lower-case
-			{IpType: "Geo", Address: "10.30.0.5", AddressV6: "fdff:3000::5"},     // unknown policy: ignored
+		ServiceIPList: []api.ServiceIP{
+			{IpType: "RR", Address: netip.MustParseAddr("10.30.0.1"), AddressV6: netip.MustParseAddr("fdff:2000::1")},
+			{IpType: "closest", Address: netip.MustParseAddr("10.30.0.4"), AddressV6: netip.MustParseAddr("fdff:1000::4")}, // Oakestra spells it lower-case
+			{IpType: "Geo", Address: netip.MustParseAddr("10.30.0.5"), AddressV6: netip.MustParseAddr("fdff:3000::5")},     // unknown policy: ignored
 		},
-		InstanceList: []nodeclient.Instance{
-			{InstanceNumber: 1, InstanceIP: "10.30.0.3", InstanceIPv6: "fdff::3", ClusterID: "c1",
-				NamespaceIP: "10.18.0.66", NamespaceIPv6: "fc00::102", HostIP: "198.18.0.2", HostPort: 50104},
-			{InstanceNumber: 0, InstanceIP: "10.30.0.2", InstanceIPv6: "fdff::2", ClusterID: "c1",
-				NamespaceIP: "10.18.0.2", NamespaceIPv6: "fc00::2", HostIP: "198.18.0.1", HostPort: 50103},
+		InstanceList: []api.Instance{
+			{InstanceNumber: 1, InstanceIP: netip.MustParseAddr("10.30.0.3"), InstanceIPv6: netip.MustParseAddr("fdff::3"), ClusterID: "c1",
+				NamespaceIP: netip.MustParseAddr("10.18.0.66"), NamespaceIPv6: netip.MustParseAddr("fc00::102"), HostIP: netip.MustParseAddr("198.18.0.2"), HostPort: 50104},
+			{InstanceNumber: 0, InstanceIP: netip.MustParseAddr("10.30.0.2"), InstanceIPv6: netip.MustParseAddr("fdff::2"), ClusterID: "c1",
+				NamespaceIP: netip.MustParseAddr("10.18.0.2"), NamespaceIPv6: netip.MustParseAddr("fc00::2"), HostIP: netip.MustParseAddr("198.18.0.1"), HostPort: 50103},
 			// Placed but not running: no namespace IP, no host.
-			{InstanceNumber: 2, InstanceIP: "10.30.0.6", InstanceIPv6: "fdff::6", ClusterID: "c1"},
+			{InstanceNumber: 2, InstanceIP: netip.MustParseAddr("10.30.0.6"), InstanceIPv6: netip.MustParseAddr("fdff::6"), ClusterID: "c1"},
 			// Namespace IPs but no host: not running either.
-			{InstanceNumber: 3, InstanceIP: "10.30.0.7", InstanceIPv6: "fdff::7", NamespaceIP: "10.18.0.3"},
+			{InstanceNumber: 3, InstanceIP: netip.MustParseAddr("10.30.0.7"), InstanceIPv6: netip.MustParseAddr("fdff::7"), NamespaceIP: netip.MustParseAddr("10.18.0.3")},
 		},
 	}
-	set, st := ConvertEntries([]nodeclient.ServiceEntry{e})
+	set, st := ConvertEntries([]api.ServiceEntry{e})
 	a := netip.MustParseAddr
 	want := SpecSet{
 		Services: []fastpath.ServiceSpec{{Job: "app.ns.svc.sns", IPs: []fastpath.PolicyIP{
@@ -237,7 +238,7 @@ func TestConvertGolden(t *testing.T) {
 	if err := v.Apply(e); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.SetPeers([]nodeclient.Peer{{IP: "198.18.0.2", Port: 50104}, {IP: "198.18.0.3"}, {IP: "bogus", Port: 1}}); err != nil {
+	if err := v.SetPeers([]api.Peer{{IP: netip.MustParseAddr("198.18.0.2"), Port: 50104}, {IP: netip.MustParseAddr("198.18.0.3")}, {Port: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(sink.svcs, want.Services) || !reflect.DeepEqual(sink.insts, want.Instances) {
@@ -268,8 +269,8 @@ func TestConvertSkipsDuplicateAddresses(t *testing.T) {
 	// whole table invalid: the first owner in job order keeps it.
 	x, y := entry("a.a.a.a", 1, 0), entry("b.b.b.b", 2, 0)
 	y.ServiceIPList[0].Address = x.ServiceIPList[0].Address
-	y.InstanceList[0].InstanceIP = "not-an-ip"
-	set, st := ConvertEntries([]nodeclient.ServiceEntry{y, x})
+	y.InstanceList[0].InstanceIP = x.InstanceList[0].InstanceIP
+	set, st := ConvertEntries([]api.ServiceEntry{y, x})
 	if st.BadAddresses != 2 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -278,7 +279,7 @@ func TestConvertSkipsDuplicateAddresses(t *testing.T) {
 	if _, err := b.Build(); err != nil {
 		t.Fatal(err)
 	}
-	if set.Services[0].Job != "a.a.a.a" || set.Services[0].IPs[0].V4 != netip.MustParseAddr(x.ServiceIPList[0].Address) {
+	if set.Services[0].Job != "a.a.a.a" || set.Services[0].IPs[0].V4 != x.ServiceIPList[0].Address {
 		t.Fatalf("first owner lost its address: %+v", set.Services)
 	}
 }
@@ -313,7 +314,7 @@ func TestMissNeverBlocks(t *testing.T) {
 	src := newFakeSource()
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
-	src.resolve = func(ctx context.Context, a netip.Addr) (nodeclient.ServiceEntry, error) {
+	src.resolve = func(ctx context.Context, a netip.Addr) (api.ServiceEntry, error) {
 		select {
 		case entered <- struct{}{}:
 		default:
@@ -322,7 +323,7 @@ func TestMissNeverBlocks(t *testing.T) {
 		case <-release:
 		case <-ctx.Done():
 		}
-		return nodeclient.ServiceEntry{}, notFound()
+		return api.ServiceEntry{}, notFound()
 	}
 	r, _ := startResolver(t, src, ServiceOptions{QueueLen: 4})
 	defer close(release)
@@ -391,13 +392,13 @@ func TestNegativeCacheBoundsQueries(t *testing.T) {
 func TestResolveMergesAndPushes(t *testing.T) {
 	src := newFakeSource()
 	e := entry("app.ns.svc.sns", 0, 0, 1)
-	src.resolve = func(context.Context, netip.Addr) (nodeclient.ServiceEntry, error) { return e, nil }
+	src.resolve = func(context.Context, netip.Addr) (api.ServiceEntry, error) { return e, nil }
 	r, sink := startResolver(t, src, ServiceOptions{})
-	svcIP := netip.MustParseAddr(e.ServiceIPList[0].AddressV6)
+	svcIP := e.ServiceIPList[0].AddressV6
 	r.Miss(svcIP)
 	waitFor(t, "the tables", func() bool { return len(sink.instances(e.JobName)) == 2 })
 	// Another address of the same service is known: no query.
-	inst := netip.MustParseAddr(e.InstanceList[1].InstanceIP)
+	inst := e.InstanceList[1].InstanceIP
 	r.Miss(inst)
 	waitFor(t, "the second miss", func() bool { return r.view.Stats().ResolveKnown == 1 })
 	if n := src.queryCount(inst); n != 0 {
@@ -412,12 +413,12 @@ func TestResolveErrorsBackOffAndRetry(t *testing.T) {
 	src := newFakeSource()
 	e := entry("app.ns.svc.sns", 0, 0)
 	fails := 3
-	src.resolve = func(context.Context, netip.Addr) (nodeclient.ServiceEntry, error) {
+	src.resolve = func(context.Context, netip.Addr) (api.ServiceEntry, error) {
 		src.mu.Lock()
 		defer src.mu.Unlock()
 		if fails > 0 {
 			fails--
-			return nodeclient.ServiceEntry{}, fmt.Errorf("GET: %w", nodeclient.ErrUnavailable)
+			return api.ServiceEntry{}, fmt.Errorf("GET: %w", api.ErrUnavailable)
 		}
 		return e, nil
 	}
@@ -432,7 +433,7 @@ func TestResolveErrorsBackOffAndRetry(t *testing.T) {
 		return c
 	}}
 	r, sink := startResolver(t, src, o)
-	ip := netip.MustParseAddr(e.ServiceIPList[0].Address)
+	ip := e.ServiceIPList[0].Address
 	r.Miss(ip)
 	waitFor(t, "the tables", func() bool { return len(sink.jobs()) == 1 })
 	mu.Lock()
@@ -450,8 +451,8 @@ func TestResolveErrorsBackOffAndRetry(t *testing.T) {
 
 func TestResolveGivesUpAfterAttempts(t *testing.T) {
 	src := newFakeSource()
-	src.resolve = func(context.Context, netip.Addr) (nodeclient.ServiceEntry, error) {
-		return nodeclient.ServiceEntry{}, errors.New("connection refused")
+	src.resolve = func(context.Context, netip.Addr) (api.ServiceEntry, error) {
+		return api.ServiceEntry{}, errors.New("connection refused")
 	}
 	o := ServiceOptions{after: func(time.Duration) <-chan time.Time {
 		c := make(chan time.Time, 1)
@@ -479,8 +480,8 @@ func TestStaleResolveLosesToWatch(t *testing.T) {
 	sink := &fakeSink{}
 	v := NewServiceView(sink, ServiceOptions{Logger: quietLog})
 	seq := v.watchSeq()
-	_ = v.ApplyWatch(nodeclient.WatchResponse{Epoch: "e", Version: 1, Changes: []nodeclient.Change{
-		{Version: 1, Type: nodeclient.ChangeService, JobName: "a.a.a.a", Service: ptr(entry("a.a.a.a", 1, 0, 1))}}})
+	_ = v.ApplyWatch(api.WatchResponse{Epoch: "e", Version: 1, Changes: []api.Change{
+		{Version: 1, Type: api.ChangeService, JobName: "a.a.a.a", Service: ptr(entry("a.a.a.a", 1, 0, 1))}}})
 	_ = v.mergeResolved(entry("a.a.a.a", 1, 0), seq)
 	if got := sink.instances("a.a.a.a"); !slices.Equal(got, []uint32{0, 1}) {
 		t.Fatalf("instances %v: stale resolve won", got)

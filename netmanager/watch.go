@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/api"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -78,7 +78,7 @@ func (v *ServiceView) RunWatch(ctx context.Context, src ServiceSource) {
 				errAt = v.opt.Now()
 				v.opt.Logger.Warn("cluster watch failed; backing off", "err", err)
 			}
-			if errors.Is(err, nodeclient.ErrNotFound) || errors.Is(err, nodeclient.ErrBadRequest) {
+			if errors.Is(err, api.ErrNotFound) || errors.Is(err, api.ErrBadRequest) {
 				have = false // the cluster does not know our position (or us): start over
 			}
 			backoff = nextBackoff(backoff)
@@ -182,7 +182,7 @@ func (v *ServiceView) dropInterest(ctx context.Context, src ServiceSource, job s
 	dctx, cancel := context.WithTimeout(ctx, v.opt.ResolveTimeout)
 	err := src.DropInterest(dctx, job)
 	cancel()
-	if err != nil && !errors.Is(err, nodeclient.ErrNotFound) {
+	if err != nil && !errors.Is(err, api.ErrNotFound) {
 		v.ctr.dropErrors.Inc()
 		v.opt.Logger.Warn("drop interest", "service", job, "err", err)
 		return

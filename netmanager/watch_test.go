@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/api"
 )
 
 // runWatch runs the view's watch loop over src's script until the script
@@ -42,36 +42,36 @@ func runWatch(t *testing.T, v *ServiceView, src *fakeSource) []time.Duration {
 	return waits
 }
 
-func svcChange(ver uint64, e nodeclient.ServiceEntry) nodeclient.Change {
-	return nodeclient.Change{Version: ver, Type: nodeclient.ChangeService, JobName: e.JobName, Service: &e}
+func svcChange(ver uint64, e api.ServiceEntry) api.Change {
+	return api.Change{Version: ver, Type: api.ChangeService, JobName: e.JobName, Service: &e}
 }
 
-func removed(ver uint64, job string) nodeclient.Change {
-	return nodeclient.Change{Version: ver, Type: nodeclient.ChangeRemoved, JobName: job}
+func removed(ver uint64, job string) api.Change {
+	return api.Change{Version: ver, Type: api.ChangeRemoved, JobName: job}
 }
 
 func TestWatchAppliesChangesInOrder(t *testing.T) {
 	src := newFakeSource()
 	a, b, c := "a.a.a.a", "b.b.b.b", "c.c.c.c"
 	src.script = []watchStep{
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 10, Resync: true,
-			Services: []nodeclient.ServiceEntry{entry(a, 1, 0), entry(b, 2, 0)},
-			Peers:    []nodeclient.Peer{{IP: "198.18.0.2", Port: 50103}}}},
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 10}}, // long poll timed out
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 15, Changes: []nodeclient.Change{
+		{resp: api.WatchResponse{Epoch: "e1", Version: 10, Resync: true,
+			Services: []api.ServiceEntry{entry(a, 1, 0), entry(b, 2, 0)},
+			Peers:    []api.Peer{{IP: netip.MustParseAddr("198.18.0.2"), Port: 50103}}}},
+		{resp: api.WatchResponse{Epoch: "e1", Version: 10}}, // long poll timed out
+		{resp: api.WatchResponse{Epoch: "e1", Version: 15, Changes: []api.Change{
 			svcChange(11, entry(a, 1, 0, 1)),
 			svcChange(12, entry(a, 1, 1, 2, 3)), // the later entry wins
 			removed(13, b),
 			svcChange(14, entry(c, 3, 0)),
-			{Version: 15, Type: nodeclient.ChangePeers},
-		}, Peers: []nodeclient.Peer{{IP: "198.18.0.3", Port: 50103}, {IP: "198.18.0.4", Port: 50104}}}},
+			{Version: 15, Type: api.ChangePeers},
+		}, Peers: []api.Peer{{IP: netip.MustParseAddr("198.18.0.3"), Port: 50103}, {IP: netip.MustParseAddr("198.18.0.4"), Port: 50104}}}},
 		// A resent change (at or before our position) is skipped: a stale
 		// entry of c must not come back.
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 17, Changes: []nodeclient.Change{
+		{resp: api.WatchResponse{Epoch: "e1", Version: 17, Changes: []api.Change{
 			svcChange(14, entry(c, 3, 7)),
 			removed(15, a), // not applied: 15 is ours already
 			svcChange(16, entry(b, 2, 5)),
-			{Version: 17, Type: nodeclient.ChangePeers}, // the peer set is now empty
+			{Version: 17, Type: api.ChangePeers}, // the peer set is now empty
 		}}},
 	}
 	sink := &fakeSink{}
@@ -107,18 +107,18 @@ func TestWatchResyncAndEpochChange(t *testing.T) {
 	src := newFakeSource()
 	a, b := "a.a.a.a", "b.b.b.b"
 	src.script = []watchStep{
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 3, Resync: true,
-			Services: []nodeclient.ServiceEntry{entry(a, 1, 0), entry(b, 2, 0)}}},
+		{resp: api.WatchResponse{Epoch: "e1", Version: 3, Resync: true,
+			Services: []api.ServiceEntry{entry(a, 1, 0), entry(b, 2, 0)}}},
 		// The cluster lost its state: a new epoch. Its changes mean nothing
 		// to us; the loop asks again without a position.
-		{resp: nodeclient.WatchResponse{Epoch: "e2", Version: 1, Changes: []nodeclient.Change{removed(1, a)}}},
-		{resp: nodeclient.WatchResponse{Epoch: "e2", Version: 1, Resync: true,
-			Services: []nodeclient.ServiceEntry{entry(b, 2, 4)},
-			Peers:    []nodeclient.Peer{{IP: "198.18.0.5", Port: 50103}}}},
+		{resp: api.WatchResponse{Epoch: "e2", Version: 1, Changes: []api.Change{removed(1, a)}}},
+		{resp: api.WatchResponse{Epoch: "e2", Version: 1, Resync: true,
+			Services: []api.ServiceEntry{entry(b, 2, 4)},
+			Peers:    []api.Peer{{IP: netip.MustParseAddr("198.18.0.5"), Port: 50103}}}},
 		// A gap in versions: resync again.
-		{resp: nodeclient.WatchResponse{Epoch: "e2", Version: 5, Changes: []nodeclient.Change{removed(5, b)}}},
-		{resp: nodeclient.WatchResponse{Epoch: "e2", Version: 5, Resync: true,
-			Services: []nodeclient.ServiceEntry{entry(a, 1, 9)}}},
+		{resp: api.WatchResponse{Epoch: "e2", Version: 5, Changes: []api.Change{removed(5, b)}}},
+		{resp: api.WatchResponse{Epoch: "e2", Version: 5, Resync: true,
+			Services: []api.ServiceEntry{entry(a, 1, 9)}}},
 	}
 	sink := &fakeSink{}
 	v := NewServiceView(sink, ServiceOptions{Logger: quietLog})
@@ -143,13 +143,13 @@ func TestWatchResyncAndEpochChange(t *testing.T) {
 
 func TestWatchBacksOffOnErrors(t *testing.T) {
 	src := newFakeSource()
-	down := watchStep{err: fmt.Errorf("GET /api/node/watch: %w", nodeclient.ErrUnavailable)}
+	down := watchStep{err: fmt.Errorf("GET /api/node/watch: %w", api.ErrUnavailable)}
 	src.script = []watchStep{
 		down, down, down, down, down, down, down, down,
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 2, Resync: true,
-			Services: []nodeclient.ServiceEntry{entry("a.a.a.a", 1, 0)}}},
+		{resp: api.WatchResponse{Epoch: "e1", Version: 2, Resync: true,
+			Services: []api.ServiceEntry{entry("a.a.a.a", 1, 0)}}},
 		down, // back to 100 ms after a success
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 3, Changes: []nodeclient.Change{removed(3, "a.a.a.a")}}},
+		{resp: api.WatchResponse{Epoch: "e1", Version: 3, Changes: []api.Change{removed(3, "a.a.a.a")}}},
 	}
 	sink := &fakeSink{}
 	v := NewServiceView(sink, ServiceOptions{Logger: quietLog})
@@ -199,7 +199,7 @@ func TestInterestExpiry(t *testing.T) {
 	ctx := context.Background()
 
 	clk.Add(6 * time.Minute)
-	v.TouchAddr(netip.MustParseAddr(entry(c, 3, 0).InstanceList[0].InstanceIPv6))
+	v.TouchAddr(entry(c, 3, 0).InstanceList[0].InstanceIPv6)
 	if n := v.ExpireIdle(ctx, src); n != 0 {
 		t.Fatalf("%d expired after 6 min", n)
 	}
@@ -270,7 +270,7 @@ func TestExpiryDoesNotDropReResolved(t *testing.T) {
 func TestServicesRun(t *testing.T) {
 	src := newFakeSource()
 	job := "app.ns.svc.sns"
-	src.resolve = func(context.Context, netip.Addr) (nodeclient.ServiceEntry, error) { return entry(job, 0, 0), nil }
+	src.resolve = func(context.Context, netip.Addr) (api.ServiceEntry, error) { return entry(job, 0, 0), nil }
 	sink := &fakeSink{}
 	s := NewServices(src, sink, ServiceOptions{Logger: quietLog})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -295,20 +295,20 @@ func TestServicesRun(t *testing.T) {
 // changed); one without a delta replaces the set with the answer's.
 func TestWatchAppliesPeerDeltas(t *testing.T) {
 	src := newFakeSource()
-	p := func(cid, node, ip string, port int) nodeclient.Peer {
-		return nodeclient.Peer{ClusterID: cid, NodeID: node, IP: ip, Port: port}
+	p := func(cid, node, ip string, port int) api.Peer {
+		return api.Peer{ClusterID: cid, NodeID: node, IP: netip.MustParseAddr(ip), Port: port}
 	}
-	gone := func(cid, node string) nodeclient.Peer { return nodeclient.Peer{ClusterID: cid, NodeID: node} }
-	delta := func(ver uint64, set, del []nodeclient.Peer) nodeclient.Change {
-		return nodeclient.Change{Version: ver, Type: nodeclient.ChangePeers, PeerDelta: &nodeclient.PeerDelta{Set: set, Del: del}}
+	gone := func(cid, node string) api.Peer { return api.Peer{ClusterID: cid, NodeID: node} }
+	delta := func(ver uint64, set, del []api.Peer) api.Change {
+		return api.Change{Version: ver, Type: api.ChangePeers, PeerDelta: &api.PeerDelta{Set: set, Del: del}}
 	}
 	src.script = []watchStep{
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 1, Resync: true,
-			Peers: []nodeclient.Peer{p("c1", "n2", "198.18.0.2", 50103)}}},
-		{resp: nodeclient.WatchResponse{Epoch: "e1", Version: 4, Changes: []nodeclient.Change{
-			delta(2, []nodeclient.Peer{p("c2", "n3", "198.18.0.3", 50103), p("c2", "n4", "198.18.0.4", 50103)}, nil),
-			delta(3, []nodeclient.Peer{p("c2", "n4", "198.18.0.44", 50200)}, nil), // n4 moved
-			delta(4, nil, []nodeclient.Peer{gone("c2", "n3"), gone("c9", "n3")}),  // an unknown one: nothing
+		{resp: api.WatchResponse{Epoch: "e1", Version: 1, Resync: true,
+			Peers: []api.Peer{p("c1", "n2", "198.18.0.2", 50103)}}},
+		{resp: api.WatchResponse{Epoch: "e1", Version: 4, Changes: []api.Change{
+			delta(2, []api.Peer{p("c2", "n3", "198.18.0.3", 50103), p("c2", "n4", "198.18.0.4", 50103)}, nil),
+			delta(3, []api.Peer{p("c2", "n4", "198.18.0.44", 50200)}, nil), // n4 moved
+			delta(4, nil, []api.Peer{gone("c2", "n3"), gone("c9", "n3")}),  // an unknown one: nothing
 		}}},
 	}
 	sink := &fakeSink{}

@@ -1,37 +1,30 @@
 // Package nodeclient is the Go client of the cluster service manager's
 // node-facing API (see docs/api.md): what a NetManager uses to register its
 // node, resolve service IPs and job names, report its instances, and watch
-// for changes. It also defines the JSON wire types shared with package
-// control.
+// for changes. The wire types and the error classes are package api's,
+// which the server (package control) shares; neither imports the other.
 package nodeclient
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oakwire/oakwire/api"
 )
 
-// Errors returned by the client; test them with errors.Is. An *APIError
-// carries the server's message and code and wraps one of these.
-var (
-	ErrBadRequest   = errors.New("bad request")
-	ErrUnauthorized = errors.New("unauthorized")
-	ErrNotFound     = errors.New("not found")
-	ErrConflict     = errors.New("conflict")
-	ErrUnavailable  = errors.New("unavailable")
-	ErrServer       = errors.New("server error")
-)
-
-// APIError is a non-2xx answer.
+// APIError is a non-2xx answer. It is of the class of its status
+// (api.ErrorFor): test it with errors.Is(err, api.ErrNotFound) and
+// friends. A cluster that cannot be reached is api.ErrUnavailable.
 type APIError struct {
 	Status  int
 	Code    string
@@ -42,23 +35,8 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("cluster: %d %s: %s", e.Status, e.Code, e.Message)
 }
 
-// Unwrap maps the status to the client's sentinel errors.
-func (e *APIError) Unwrap() error {
-	switch {
-	case e.Status == http.StatusBadRequest || e.Status == http.StatusRequestEntityTooLarge:
-		return ErrBadRequest
-	case e.Status == http.StatusUnauthorized:
-		return ErrUnauthorized
-	case e.Status == http.StatusNotFound:
-		return ErrNotFound
-	case e.Status == http.StatusConflict:
-		return ErrConflict
-	case e.Status == http.StatusServiceUnavailable || e.Status == http.StatusBadGateway:
-		return ErrUnavailable
-	default:
-		return ErrServer
-	}
-}
+// Unwrap is the class of the status.
+func (e *APIError) Unwrap() error { return api.ErrorFor(e.Status) }
 
 // Client talks to one cluster service manager on behalf of one node. It is
 // safe for concurrent use.
@@ -132,15 +110,15 @@ func (c *Client) do(ctx context.Context, timeout time.Duration, method, path str
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w: %w", method, path, ErrUnavailable, err)
+		return fmt.Errorf("%s %s: %w: %w", method, path, api.ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w: %w", method, path, ErrUnavailable, err)
+		return fmt.Errorf("%s %s: read answer: %w: %w", method, path, api.ErrUnavailable, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var eb ErrorBody
+		var eb api.ErrorBody
 		_ = json.Unmarshal(b, &eb)
 		if eb.Error == "" {
 			eb.Error = strings.TrimSpace(string(b))
@@ -156,11 +134,12 @@ func (c *Client) do(ctx context.Context, timeout time.Duration, method, path str
 }
 
 // Register registers the node (idempotent per node id) and returns its
-// subnets, peers and the watch position to start from.
-func (c *Client) Register(ctx context.Context, nodeIP string, tunnelPort int, loc *Location) (RegisterResponse, error) {
-	var r RegisterResponse
+// subnets, peers and the watch position to start from. tunnelPort 0 is
+// api.DefaultTunnelPort.
+func (c *Client) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int, loc *api.Location) (api.RegisterResponse, error) {
+	var r api.RegisterResponse
 	err := c.do(ctx, c.timeout, http.MethodPost, "/api/node/register",
-		RegisterRequest{NodeID: c.nodeID, NodeIP: nodeIP, TunnelPort: tunnelPort, Location: loc}, &r)
+		api.RegisterRequest{NodeID: c.nodeID, NodeIP: nodeIP, TunnelPort: tunnelPort, Location: loc}, &r)
 	return r, err
 }
 
@@ -171,27 +150,27 @@ func (c *Client) Deregister(ctx context.Context) error {
 
 // ResolveByIP returns the entry of the service that owns ip (a service IP
 // or an instance IP, v4 or v6) and registers the node's interest in it.
-func (c *Client) ResolveByIP(ctx context.Context, ip string) (ServiceEntry, error) {
-	var e ServiceEntry
-	q := url.Values{"node_id": {c.nodeID}, "ip": {ip}}
+func (c *Client) ResolveByIP(ctx context.Context, ip netip.Addr) (api.ServiceEntry, error) {
+	var e api.ServiceEntry
+	q := url.Values{"node_id": {c.nodeID}, "ip": {ip.String()}}
 	err := c.do(ctx, c.timeout, http.MethodGet, "/api/node/resolve?"+q.Encode(), nil, &e)
 	return e, err
 }
 
 // ResolveByName returns the entry of job (dotted job name) and registers
 // the node's interest in it.
-func (c *Client) ResolveByName(ctx context.Context, job string) (ServiceEntry, error) {
-	var e ServiceEntry
+func (c *Client) ResolveByName(ctx context.Context, job string) (api.ServiceEntry, error) {
+	var e api.ServiceEntry
 	q := url.Values{"node_id": {c.nodeID}, "job": {job}}
 	err := c.do(ctx, c.timeout, http.MethodGet, "/api/node/resolve?"+q.Encode(), nil, &e)
 	return e, err
 }
 
 // ReportDeployed tells the cluster that instance n of job now runs on this
-// node at the given namespace IPs.
-func (c *Client) ReportDeployed(ctx context.Context, job string, n int, nsIP, nsIPv6 string) error {
+// node at the given namespace IPs (nsIPv6 may be unset).
+func (c *Client) ReportDeployed(ctx context.Context, job string, n int, nsIP, nsIPv6 netip.Addr) error {
 	return c.do(ctx, c.timeout, http.MethodPost, "/api/node/instance/deployed",
-		InstanceReport{NodeID: c.nodeID, JobName: job, InstanceNumber: n, NamespaceIP: nsIP, NamespaceIPv6: nsIPv6}, nil)
+		api.InstanceReport{NodeID: c.nodeID, JobName: job, InstanceNumber: n, NamespaceIP: nsIP, NamespaceIPv6: nsIPv6}, nil)
 }
 
 // ReportUndeployed tells the cluster that instance n of job stopped on this
@@ -199,7 +178,7 @@ func (c *Client) ReportDeployed(ctx context.Context, job string, n int, nsIP, ns
 // location is cleared, and only if it is still this node.
 func (c *Client) ReportUndeployed(ctx context.Context, job string, n int) error {
 	return c.do(ctx, c.timeout, http.MethodPost, "/api/node/instance/undeployed",
-		InstanceReport{NodeID: c.nodeID, JobName: job, InstanceNumber: n}, nil)
+		api.InstanceReport{NodeID: c.nodeID, JobName: job, InstanceNumber: n}, nil)
 }
 
 // DropInterest stops changes of job being pushed to this node.
@@ -209,8 +188,8 @@ func (c *Client) DropInterest(ctx context.Context, job string) error {
 }
 
 // Peers returns the node's current peer set.
-func (c *Client) Peers(ctx context.Context) (PeersResponse, error) {
-	var r PeersResponse
+func (c *Client) Peers(ctx context.Context) (api.PeersResponse, error) {
+	var r api.PeersResponse
 	q := url.Values{"node_id": {c.nodeID}}
 	err := c.do(ctx, c.timeout, http.MethodGet, "/api/node/peers?"+q.Encode(), nil, &r)
 	return r, err
@@ -220,8 +199,8 @@ func (c *Client) Peers(ctx context.Context) (PeersResponse, error) {
 // epoch (empty: any) and returns them; an empty Changes with Resync unset
 // means the wait timed out. When Resync is set, replace all tables with
 // Services and Peers. With Options.PeerDeltas, peers changes carry deltas.
-func (c *Client) Watch(ctx context.Context, epoch string, since uint64, wait time.Duration) (WatchResponse, error) {
-	var r WatchResponse
+func (c *Client) Watch(ctx context.Context, epoch string, since uint64, wait time.Duration) (api.WatchResponse, error) {
+	var r api.WatchResponse
 	q := url.Values{"node_id": {c.nodeID}, "since": {strconv.FormatUint(since, 10)},
 		"timeout": {strconv.FormatFloat(wait.Seconds(), 'f', 3, 64)}}
 	if epoch != "" {

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control"
-	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/internal/redistest"
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/oakwire/oakwire/policy"
@@ -60,7 +60,7 @@ func TestNewPolicyGetsServiceIPs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var got nodeclient.ServiceEntry
+	var got api.ServiceEntry
 	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("deploy: %d %v", resp.StatusCode, err)
 	}
@@ -74,7 +74,7 @@ func TestNewPolicyGetsServiceIPs(t *testing.T) {
 	}
 	seen4 := map[netip.Addr]bool{}
 	for _, ip := range got.ServiceIPList {
-		v4, v6 := netip.MustParseAddr(ip.Address), netip.MustParseAddr(ip.AddressV6)
+		v4, v6 := ip.Address, ip.AddressV6
 		if !want[ip.IpType].Contains(v6) || !plan.ServiceV4.Contains(v4) || seen4[v4] {
 			t.Errorf("%s: %v / %v, want a fresh v4 in %v and v6 in %v", ip.IpType, v4, v6, plan.ServiceV4, want[ip.IpType])
 		}

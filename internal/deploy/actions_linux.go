@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/oakwire/oakwire/control/nodeclient"
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
@@ -39,20 +39,15 @@ func (d *Deployment) DeployService(ctx context.Context, id, job string) (*Servic
 	body := map[string]any{"_id": id, "deployment_descriptor": map[string]any{
 		"app_name": p[0], "app_ns": p[1], "microservice_name": p[2], "microservice_namespace": p[3]}}
 	var ans struct {
-		JobName string                 `json:"job_name"`
-		IPs     []nodeclient.ServiceIP `json:"service_ip_list"`
+		JobName string          `json:"job_name"`
+		IPs     []api.ServiceIP `json:"service_ip_list"`
 	}
 	if err := d.RootCall(ctx, "POST", "/api/net/service/deploy", body, &ans); err != nil {
 		return nil, fmt.Errorf("deploy service %s: %w", id, err)
 	}
 	s := &Service{ID: id, Job: ans.JobName, IPs: map[string]IPPair{}}
 	for _, ip := range ans.IPs {
-		v4, err4 := netip.ParseAddr(ip.Address)
-		v6, err6 := netip.ParseAddr(ip.AddressV6)
-		if err := errors.Join(err4, err6); err != nil {
-			return nil, fmt.Errorf("deploy service %s: %s IP: %w", id, ip.IpType, err)
-		}
-		s.IPs[ip.IpType] = IPPair{v4, v6}
+		s.IPs[ip.IpType] = IPPair{ip.Address, ip.AddressV6}
 	}
 	d.mu.Lock()
 	d.services[id] = s
@@ -76,8 +71,8 @@ func (d *Deployment) Instance(id string, n int) *Instance {
 
 // ServiceEntry is root's entry of a service (GET
 // /api/net/service/{job}/instances).
-func (d *Deployment) ServiceEntry(ctx context.Context, job string) (*nodeclient.ServiceEntry, error) {
-	var e nodeclient.ServiceEntry
+func (d *Deployment) ServiceEntry(ctx context.Context, job string) (*api.ServiceEntry, error) {
+	var e api.ServiceEntry
 	if err := d.RootCall(ctx, "GET", "/api/net/service/"+job+"/instances", nil, &e); err != nil {
 		return nil, err
 	}
