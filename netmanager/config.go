@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/oakwire/oakwire/api"
 )
 
 // Config is the daemon's configuration: every command-line flag of SPEC §8
@@ -90,7 +92,7 @@ type Config struct {
 // Defaults returns the configuration with every default filled in.
 func Defaults() Config {
 	return Config{
-		TunnelPort:  50103,
+		TunnelPort:  api.DefaultTunnelPort,
 		Socket:      "/etc/netmanager/netmanager.sock",
 		StateDir:    "/var/lib/netmanager",
 		MTU:         1450,
@@ -208,7 +210,7 @@ func (c *Config) Validate() error {
 	if c.NodeID == "" && c.Cluster != "" {
 		bad("node-id", "required with cluster")
 	}
-	if c.NodeID != "" && !validNodeID(c.NodeID) {
+	if c.NodeID != "" && !api.ValidID(c.NodeID) {
 		bad("node-id", "%q: 1-128 characters of letters, digits and . _ - :", c.NodeID)
 	}
 	if c.Uplink == "" {

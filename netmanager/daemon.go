@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/ipam"
 )
@@ -394,7 +395,7 @@ func (d *Daemon) registerLoop(ctx context.Context, id, addr string) {
 // Register registers the node id with the cluster at addr (POST
 // /register). Same id again: no-op. Another id: ErrConflict.
 func (d *Daemon) Register(ctx context.Context, id, addr string) error {
-	if !validNodeID(id) {
+	if !api.ValidID(id) {
 		return badRequest("bad_client_id", "client_id: %q: 1-128 characters of letters, digits and . _ - :", id)
 	}
 	if strings.TrimSpace(addr) == "" {

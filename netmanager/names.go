@@ -7,48 +7,18 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/oakwire/oakwire/api"
 )
 
-func isAlnum(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-}
-
-// normJob checks a job name (SPEC §3: app.appns.service.servicens, each
-// part ^[a-zA-Z0-9]{1,30}$; '_' accepted for '.') and returns it dotted.
+// normJob checks a job name (SPEC §3, api.ParseJob) and returns it
+// dotted.
 func normJob(s string) (string, error) {
-	if len(s) > 4*31 {
-		return "", fmt.Errorf("serviceName: longer than 123 characters")
+	job, err := api.ParseJob(s)
+	if err != nil {
+		return "", fmt.Errorf("serviceName: %w", err)
 	}
-	d := strings.ReplaceAll(s, "_", ".")
-	parts := strings.Split(d, ".")
-	if len(parts) != 4 {
-		return "", fmt.Errorf("serviceName %q: want 4 parts app.appns.service.servicens", s)
-	}
-	for _, p := range parts {
-		if len(p) < 1 || len(p) > 30 {
-			return "", fmt.Errorf("serviceName %q: part %q must match ^[a-zA-Z0-9]{1,30}$", s, p)
-		}
-		for i := 0; i < len(p); i++ {
-			if !isAlnum(p[i]) {
-				return "", fmt.Errorf("serviceName %q: part %q must match ^[a-zA-Z0-9]{1,30}$", s, p)
-			}
-		}
-	}
-	return d, nil
-}
-
-// validNodeID: 1–128 characters of [A-Za-z0-9._:-] (as the control plane).
-func validNodeID(s string) bool {
-	if s == "" || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !isAlnum(c) && c != '-' && c != '_' && c != '.' && c != ':' {
-			return false
-		}
-	}
-	return true
+	return job, nil
 }
 
 // PortMapping is one host port forwarded to a container port.

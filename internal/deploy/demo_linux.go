@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/oakwire/oakwire/api"
 )
 
 // RunDemo is `make demo` (SPEC §8): it starts a deployment of three nodes
@@ -66,7 +68,7 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	}()
 	p.line("Up in %v; namespaces %s-* (see `ip netns list` while it runs).", time.Since(start).Round(10*time.Millisecond), d.Bed.Prefix())
 
-	p.section("1. Nodes (underlay %v, tunnel UDP port 50103)", d.Ctl.Prefix)
+	p.section("1. Nodes (underlay %v, tunnel UDP port %d)", d.Ctl.Prefix, api.DefaultTunnelPort)
 	tw := p.table()
 	fmt.Fprintln(tw, "   node\tcluster\tunderlay IP\tcontainer subnets (v4, v6)\truns")
 	for _, n := range d.Nodes {
