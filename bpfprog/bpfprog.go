@@ -8,8 +8,8 @@ import (
 )
 
 // ErrNotSupported is returned on platforms without the generated little-endian
-// BPF object or without Linux.
-var ErrNotSupported = errors.New("bpfprog: not supported on this platform")
+// BPF object or without Linux; it is an errors.ErrUnsupported.
+var ErrNotSupported = fmt.Errorf("bpfprog: %w on this platform", errors.ErrUnsupported)
 
 // ErrTooManyPrefixes is returned when more service prefixes of one family are
 // set than the program's fixed array holds (MaxServicePrefixes).

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -15,7 +16,7 @@ import (
 // Sentinel errors of package dataplane.
 var (
 	// ErrNotSupported is returned on systems without AF_XDP (every OS but Linux).
-	ErrNotSupported = errors.New("dataplane: not supported on this system")
+	ErrNotSupported = fmt.Errorf("dataplane: %w on this system", errors.ErrUnsupported)
 	// ErrInvalidConfig wraps every Config and PortConfig validation failure.
 	ErrInvalidConfig = errors.New("dataplane: invalid config")
 	// ErrClosed is returned by calls on a closed Engine.

@@ -13,7 +13,7 @@ var (
 	ErrConflict      = errors.New("conflict")
 	ErrNotFound      = errors.New("not found")
 	ErrCluster       = errors.New("cluster unreachable")
-	ErrNotSupported  = errors.New("not supported on this OS")
+	ErrNotSupported  = fmt.Errorf("%w on this OS", errors.ErrUnsupported)
 	ErrTooLarge      = errors.New("body too large")
 )
 

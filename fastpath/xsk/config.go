@@ -8,7 +8,7 @@ import (
 // Sentinel errors of package xsk.
 var (
 	// ErrNotSupported is returned on systems without AF_XDP (every OS but Linux).
-	ErrNotSupported = errors.New("xsk: AF_XDP not supported on this system")
+	ErrNotSupported = fmt.Errorf("xsk: AF_XDP: %w on this system", errors.ErrUnsupported)
 	// ErrInvalidConfig wraps every Config validation failure.
 	ErrInvalidConfig = errors.New("xsk: invalid config")
 	// ErrClosed is returned by calls on a closed Socket or Poller.

@@ -14,8 +14,9 @@ import (
 
 // Errors callers can test with errors.Is.
 var (
-	// ErrNotSupported: the emulated deployment needs Linux.
-	ErrNotSupported = errors.New("deploy: needs Linux")
+	// ErrNotSupported: the emulated deployment needs Linux (an
+	// errors.ErrUnsupported).
+	ErrNotSupported = fmt.Errorf("deploy: needs Linux: %w", errors.ErrUnsupported)
 	// ErrNetManagerExited: a netmanager process exited while starting (for
 	// example because its data plane is not available); the error carries
 	// the tail of its log.

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"errors"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -33,5 +34,11 @@ func TestAskResultHelpers(t *testing.T) {
 	}
 	if got := r.Failures(); !strings.Contains(got, "flow 2 seq 1: i/o timeout") || r.FirstError() != "i/o timeout" {
 		t.Errorf("Failures %q, FirstError %q", got, r.FirstError())
+	}
+}
+
+func TestErrNotSupported(t *testing.T) {
+	if !errors.Is(ErrNotSupported, errors.ErrUnsupported) {
+		t.Error("ErrNotSupported is not an errors.ErrUnsupported")
 	}
 }
