@@ -3,10 +3,13 @@ package netmanager
 import (
 	"errors"
 	"fmt"
-	"net/http"
+
+	"github.com/oakwire/oakwire/api"
 )
 
-// Sentinel errors; the API maps them to status codes in httpStatus.
+// Sentinel errors; the API answers them as the classes of api's one status
+// table (httpStatus). They are the daemon's own, not api's: an error the
+// cluster answered (an api class) is ErrCluster to the daemon's callers.
 var (
 	ErrBadRequest    = errors.New("bad request")
 	ErrNotRegistered = errors.New("not registered")
@@ -35,25 +38,28 @@ func conflict(code, format string, a ...any) error {
 	return &apiError{kind: ErrConflict, code: code, msg: fmt.Sprintf(format, a...)}
 }
 
-// httpStatus is the one table from errors to HTTP status codes.
+// httpStatus gives err its class, and so its status in api's one table,
+// and its machine code.
 func httpStatus(err error) (int, string) {
-	code := "internal"
+	code := api.CodeInternal
 	if ae, ok := errors.AsType[*apiError](err); ok {
 		code = ae.code
 	}
+	var class error
 	switch {
 	case errors.Is(err, ErrTooLarge):
-		return http.StatusRequestEntityTooLarge, code
+		class = api.ErrTooLarge
 	case errors.Is(err, ErrBadRequest):
-		return http.StatusBadRequest, code
+		class = api.ErrBadRequest
 	case errors.Is(err, ErrNotRegistered):
-		return http.StatusConflict, "not_registered"
+		class, code = api.ErrConflict, "not_registered"
 	case errors.Is(err, ErrConflict):
-		return http.StatusConflict, code
+		class = api.ErrConflict
 	case errors.Is(err, ErrNotFound):
-		return http.StatusNotFound, code
+		class = api.ErrNotFound
 	case errors.Is(err, ErrCluster):
-		return http.StatusBadGateway, "cluster"
+		class, code = api.ErrUpstream, "cluster"
 	}
-	return http.StatusInternalServerError, code
+	status, _ := api.Status(class)
+	return status, code
 }
