@@ -4,8 +4,8 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
-	"time"
 
+	"github.com/oakwire/oakwire/internal/monotime"
 	"github.com/oakwire/oakwire/policy"
 )
 
@@ -694,9 +694,7 @@ func (p *Processor) untranslateICMPError(ctx *WorkerCtx, pkt []byte, q *Parsed) 
 	ctx.ev(EvIngressTranslated)
 }
 
-var epoch = time.Now()
-
-// Monotonic returns nanoseconds on the monotonic clock since process start:
-// the clock workers put in WorkerCtx.Now once per batch and the sweeper
-// passes to FlowTable.Sweep.
-func Monotonic() int64 { return int64(time.Since(epoch)) }
+// Monotonic returns nanoseconds on the monotonic clock since process start
+// (internal/monotime, the poller's clock too): the clock workers put in
+// WorkerCtx.Now once per batch and the sweeper passes to FlowTable.Sweep.
+func Monotonic() int64 { return monotime.Now() }

@@ -3,6 +3,8 @@ package xsk
 import (
 	"fmt"
 	"time"
+
+	"github.com/oakwire/oakwire/internal/monotime"
 )
 
 // Defaults for PollerConfig.
@@ -162,7 +164,5 @@ func (s *spinner) budget() int64 {
 	return min(2*s.avg, s.max)
 }
 
-// epoch is the base of the monotonic clock the poller reads.
-var epoch = time.Now()
-
-func nanotime() int64 { return int64(time.Since(epoch)) }
+// nanotime is the monotonic clock the poller reads, fastpath's too.
+func nanotime() int64 { return monotime.Now() }
