@@ -26,6 +26,8 @@ const (
 	// ModeNative attaches in driver (native) mode; fails where the driver
 	// has no native XDP.
 	ModeNative
+	// DefaultMode is the mode unless configured: the one place it is chosen.
+	DefaultMode = ModeGeneric
 )
 
 // String returns "generic" or "native".
@@ -39,9 +41,12 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
-// ParseMode accepts "generic" (or "skb") and "native" (or "drv", "driver").
+// ParseMode accepts "generic" (or "skb") and "native" (or "drv", "driver");
+// "" is DefaultMode.
 func ParseMode(s string) (Mode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "":
+		return DefaultMode, nil
 	case "generic", "skb":
 		return ModeGeneric, nil
 	case "native", "drv", "driver":

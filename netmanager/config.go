@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/oakwire/oakwire/api"
+	"github.com/oakwire/oakwire/bpfprog"
 )
 
 // Config is the daemon's configuration: every command-line flag of SPEC §8
@@ -56,7 +57,8 @@ type Config struct {
 	// MTU of containers' interfaces (1450 fits the tunnel in a 1500 underlay).
 	MTU int `yaml:"mtu"`
 	// XDPMode is how XDP programs attach: generic or native (with offload
-	// off; the kernel tier attaches TC programs instead).
+	// off; the kernel tier attaches TC programs instead). Default:
+	// bpfprog.DefaultMode.
 	XDPMode string `yaml:"xdp-mode"`
 	// Offload turns the kernel tier on or off: on, TC programs execute
 	// the flows the workers decided (TCP keeps its segmentation offloads,
@@ -98,7 +100,7 @@ func Defaults() Config {
 		MTU:         1450,
 		WorkerYield: "os",
 		WorkerSpin:  200 * time.Microsecond,
-		XDPMode:     "generic",
+		XDPMode:     bpfprog.DefaultMode.String(),
 		Offload:     "on",
 		BPFDir:      "/sys/fs/bpf/oakwire",
 		Quarantine:  60 * time.Second,
@@ -249,8 +251,8 @@ func (c *Config) Validate() error {
 	if c.MTU < 1280 || c.MTU > 65535 {
 		bad("mtu", "%d not in 1280-65535 (IPv6 needs 1280)", c.MTU)
 	}
-	if c.XDPMode != "generic" && c.XDPMode != "native" {
-		bad("xdp-mode", "%q: want generic or native", c.XDPMode)
+	if m, err := bpfprog.ParseMode(c.XDPMode); err != nil || m.String() != c.XDPMode {
+		bad("xdp-mode", "%q: want %v or %v", c.XDPMode, bpfprog.ModeGeneric, bpfprog.ModeNative)
 	}
 	if c.Offload != "on" && c.Offload != "off" {
 		bad("offload", "%q: want on or off", c.Offload)
