@@ -163,14 +163,19 @@ func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
 	return nil
 }
 
+// jobParams reads the path's job name and the query's cluster_id.
+func (r *Root) jobParams(ctx *fasthttp.RequestCtx, p []string) (job, cid string, err error) {
+	if job, err = normJob("job_name", p[0]); err != nil {
+		return "", "", err
+	}
+	cid, err = r.clusterParam(ctx)
+	return job, cid, err
+}
+
 // GET /api/net/service/{job_name}/instances[?cluster_id=]: the service
 // entry, recording the cluster's interest.
 func (r *Root) serviceByJob(ctx *fasthttp.RequestCtx, p []string) error {
-	job, err := normJob("job_name", p[0])
-	if err != nil {
-		return err
-	}
-	cid, err := r.clusterParam(ctx)
+	job, cid, err := r.jobParams(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -228,11 +233,7 @@ func (r *Root) serviceByIP(ctx *fasthttp.RequestCtx, p []string) error {
 // DELETE /api/net/interest/{job_name}?cluster_id=: the cluster's interest
 // goes.
 func (r *Root) dropInterest(ctx *fasthttp.RequestCtx, p []string) error {
-	job, err := normJob("job_name", p[0])
-	if err != nil {
-		return err
-	}
-	cid, err := r.clusterParam(ctx)
+	job, cid, err := r.jobParams(ctx, p)
 	if err != nil {
 		return err
 	}
