@@ -164,7 +164,9 @@ func NodeClientCluster(token string) ClusterFactory {
 type nodeClientCluster struct{ c *nodeclient.Client }
 
 // ServiceSource is the client's resolve, watch and interest calls.
-func (n *nodeClientCluster) ServiceSource() ServiceSource { return NewServiceSource(n.c, 30*time.Second) }
+func (n *nodeClientCluster) ServiceSource() ServiceSource {
+	return NewServiceSource(n.c, 30*time.Second)
+}
 
 func (n *nodeClientCluster) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error) {
 	r, err := n.c.Register(ctx, nodeIP.String(), tunnelPort, nil)
