@@ -1,8 +1,11 @@
 // Package dataplane is Oakwire's AF_XDP data plane engine: it ties the
 // steering programs (bpfprog), the per-packet logic (fastpath) and the
 // AF_XDP sockets (fastpath/xsk) into a running node data path (SPEC §7.3,
-// DESIGN.md "The data path"), and adapts it to the NetManager's
-// netmanager.Dataplane seam (NetManager).
+// DESIGN.md "The data path"), with its kernel tier (docs/design.md "The
+// kernel tier"). It knows nothing of the NetManager daemon: the daemon
+// owns the cluster client and the service feed and hands the engine
+// snapshots (SetServices); internal/nodeplane adapts the engine to the
+// daemon's netmanager.Dataplane.
 //
 // # API
 //

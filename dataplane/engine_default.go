@@ -27,7 +27,8 @@ func (e *Engine) SetServices([]fastpath.ServiceSpec, []fastpath.InstanceSpec, []
 	return ErrNotSupported
 }
 
-func onBPFFS(string) bool { return false }
+// OnBPFFS is false here.
+func OnBPFFS(string) bool { return false }
 
 // Teardown has nothing to remove here.
 func Teardown(string) error { return nil }

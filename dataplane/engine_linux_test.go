@@ -24,7 +24,6 @@ import (
 	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
-	"github.com/oakwire/oakwire/netmanager"
 )
 
 // listenIn runs listen inside namespace ns; the socket stays in ns.
@@ -244,27 +243,17 @@ func cpuTicks(tb testing.TB, pid int) int64 {
 
 // TestKillAndIdle: an idle engine uses under 2 % of a core; SIGKILL leaves
 // no XDP program attached (bpf_links die with the process); a restarted
-// engine serves again. Node A's engine is driven through the NetManager
-// adapter (netmanager.Dataplane), as the daemon does.
+// engine serves again.
 func TestKillAndIdle(t *testing.T) {
 	tp := newTopo(t)
 	spa := tp.spec(tp.a, 0, tp.client, tp.local)
-	spa.ViaNetManager = true
 	ea := tp.startEngine(t, tp.a, spa)
 	tp.startEngine(t, tp.b, tp.spec(tp.b, 0, tp.server))
 	if err := testbed.Ping(tp.client.NS, svcRemote4, 5, time.Second); err != nil {
 		t.Fatalf("ping before kill: %v", err)
 	}
-	if _, err := io.WriteString(ea.stdin, "nmstats\n"); err != nil {
-		t.Fatal(err)
-	}
-	var nms netmanager.DataplaneStats
-	if err := json.Unmarshal([]byte(<-ea.lines), &nms); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("netmanager view: mode %s, %d workers, %d sockets, tables %v", nms.Mode, nms.Workers, nms.Sockets, nms.Tables)
-	if nms.Mode != "xdp-generic" || nms.Sockets != 3 || nms.Tables["ports"] != 2 || nms.Counters["event_flow-new"] == 0 {
-		t.Errorf("netmanager stats: %+v", nms)
+	if s := ea.stats(t); s.Mode != "generic" || s.Sockets != 3 || s.Ports != 2 || s.Fast.Events[fastpath.EvFlowNew] == 0 {
+		t.Errorf("engine stats: mode %s, %d sockets, %d ports, events %v", s.Mode, s.Sockets, s.Ports, s.Fast.Events)
 	}
 	t.Run("idle-cpu", func(t *testing.T) {
 		if raceflag.Enabled {

@@ -30,7 +30,6 @@ import (
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/fastpath/xsk"
-	"github.com/oakwire/oakwire/netmanager"
 )
 
 // The test binary doubles as the engine process of an emulated node and as
@@ -61,8 +60,6 @@ type helperSpec struct {
 	YieldGo   bool
 	// Offload turns the kernel tier on (Config.Offload).
 	Offload bool
-	// ViaNetManager drives the engine through the NetManager adapter.
-	ViaNetManager bool
 	// Deferred services are withheld from the table until the Resolver is
 	// asked about one of their IPs.
 	Deferred []string
@@ -137,17 +134,7 @@ func runEngineHelper(specJSON string) int {
 		}
 		return fmt.Errorf("%v: unknown", ip)
 	})
-	// With ViaNetManager the engine is driven through the daemon's seam
-	// (netmanager.Dataplane), as cmd/netmanager does.
-	var nm *NetManager
-	if sp.ViaNetManager {
-		nm = &NetManager{Resolver: cfg.Resolver, CPUs: cfg.CPUs}
-		err = nm.Start(context.Background(), netmanager.NodeInfo{Uplink: sp.Uplink, NodeIP: sp.NodeIP,
-			TunnelPort: DefaultTunnelPort, Workers: sp.Workers, XDPMode: sp.Mode})
-		e = nm.Engine()
-	} else {
-		e, err = New(cfg)
-	}
+	e, err = New(cfg)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
@@ -161,10 +148,6 @@ func runEngineHelper(specJSON string) int {
 		mac, err := net.ParseMAC(p.ContMAC)
 		if err != nil {
 			return err
-		}
-		if nm != nil {
-			return nm.AddPort(netmanager.Port{Job: p.Job, Instance: int(p.Instance), HostIf: p.HostIf,
-				HostIndex: l.Attrs().Index, HostMAC: l.Attrs().HardwareAddr, ContMAC: mac, NSIP4: p.NS4, NSIP6: p.NS6})
 		}
 		csum := fastpath.CsumIncremental
 		if sp.Offload {
@@ -200,13 +183,6 @@ func runEngineHelper(specJSON string) int {
 		switch cmd {
 		case "stats":
 			b, _ := json.Marshal(e.Stats())
-			fmt.Println(string(b))
-		case "nmstats":
-			var st netmanager.DataplaneStats
-			if nm != nil {
-				st = nm.Stats()
-			}
-			b, _ := json.Marshal(st)
 			fmt.Println(string(b))
 		case "poison": // arg: "panic N", "bad N" or "off" (see setPoison)
 			kind, n, _ := strings.Cut(arg, " ")

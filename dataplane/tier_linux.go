@@ -712,9 +712,9 @@ func RemovePinned(dir string) error {
 	return nil
 }
 
-// onBPFFS reports whether path, or the nearest existing directory above
+// OnBPFFS reports whether path, or the nearest existing directory above
 // it, is on a bpffs (where pins can go).
-func onBPFFS(path string) bool {
+func OnBPFFS(path string) bool {
 	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
 		var st unix.Statfs_t
 		if err := unix.Statfs(p, &st); err == nil {

@@ -118,7 +118,7 @@ type Status struct {
 
 // Status returns the daemon's status.
 func (d *Daemon) Status() Status {
-	dps := d.dp.Stats()
+	dps := d.dataplaneStats()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.st == nil { // before Run loaded the state

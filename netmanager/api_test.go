@@ -24,6 +24,8 @@ import (
 
 type downCluster struct{}
 
+func (downCluster) ServiceSource() ServiceSource { return nil }
+
 func (downCluster) Register(context.Context, netip.Addr, int) (Registration, error) {
 	return Registration{}, errors.New("connection refused")
 }

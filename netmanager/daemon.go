@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oakwire/oakwire/api"
@@ -70,6 +71,12 @@ type Daemon struct {
 	// saves counts state file writes, so a rolled-back deploy can tell
 	// whether one happened while it was out of the lock.
 	saves uint64
+
+	// svcs is the service feed (view, resolver, watch) from the cluster
+	// into the data plane; nil until the data plane runs, or when the
+	// cluster has no node-facing API. stopSvcs ends it.
+	svcs     atomic.Pointer[Services]
+	stopSvcs context.CancelFunc
 }
 
 // pendingDeploy is a deploy between its local set-up and its commit.
@@ -163,6 +170,11 @@ func (d *Daemon) closeCollaborators() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
+	if d.stopSvcs != nil {
+		d.stopSvcs() // the feed's goroutines end; pushes into a closed data plane are refused
+		d.stopSvcs = nil
+		d.svcs.Store(nil)
+	}
 	if err := d.dp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("data plane close: %w", err))
 	}
@@ -307,6 +319,7 @@ func (d *Daemon) load() error {
 		kept = append(kept, c)
 	}
 	st.Containers = kept
+	d.syncLocalJobsLocked()
 	// nsIPs held by an owner with no container: a deploy that was waiting
 	// for the cluster when the daemon died, after another change had
 	// saved the state (Deploy). The deploy never happened; free them.
@@ -357,17 +370,80 @@ func (d *Daemon) setupNodeLocked() error {
 			NodeID: d.nodeID, Uplink: d.cfg.Uplink, NodeIP: d.cfg.nodeAddr(), TunnelPort: d.cfg.TunnelPort,
 			Subnets: sub, Gateway4: gw.V4, Gateway6: gw.V6, Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode,
 			WorkerYield: d.cfg.WorkerYield, WorkerSpin: d.cfg.WorkerSpin,
-			MTU: d.cfg.MTU, Cluster: d.cluster,
+			MTU:     d.cfg.MTU,
 			Offload: d.cfg.Offload == "on", PinPath: d.cfg.PinPath(d.nodeID),
-			FlowsFile: d.cfg.FlowsFile(),
+			FlowsFile: d.cfg.FlowsFile(), Miss: d.miss,
 		}
 		ni.WorkerCPUs, _ = ParseCPUList(d.cfg.WorkerCPUs) // validated
 		if err := d.dp.Start(d.ctx, ni); err != nil {
 			return fmt.Errorf("data plane start: %w", err)
 		}
 		d.dpStarted = true
+		d.startServicesLocked()
 	}
 	return nil
+}
+
+// startServicesLocked starts the service feed from the cluster into the
+// data plane (once: the data plane runs from now on). d.mu held.
+func (d *Daemon) startServicesLocked() {
+	if d.cluster == nil || d.svcs.Load() != nil {
+		return
+	}
+	src := d.cluster.ServiceSource()
+	if src == nil {
+		return
+	}
+	svcs := NewServices(src, d.dp, ServiceOptions{Logger: d.log})
+	svcs.View.SetLocalJobs(d.localJobsLocked())
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stopSvcs = cancel
+	d.svcs.Store(svcs)
+	go svcs.Run(ctx)
+}
+
+// miss hands an address the data plane does not know to the service feed;
+// it never blocks (NodeInfo.Miss).
+func (d *Daemon) miss(ip netip.Addr) {
+	if svcs := d.svcs.Load(); svcs != nil {
+		svcs.Miss(ip)
+	}
+}
+
+// localJobsLocked lists the jobs with an instance on this node (attached,
+// or being deployed): the node keeps its interest in them (SPEC §6).
+// d.mu held.
+func (d *Daemon) localJobsLocked() []string {
+	var jobs []string
+	for _, c := range d.nftContainersLocked() {
+		if !slices.Contains(jobs, c.Job) {
+			jobs = append(jobs, c.Job)
+		}
+	}
+	return jobs
+}
+
+// syncLocalJobsLocked tells the service feed which jobs run here.
+// d.mu held.
+func (d *Daemon) syncLocalJobsLocked() {
+	if svcs := d.svcs.Load(); svcs != nil {
+		svcs.View.SetLocalJobs(d.localJobsLocked())
+	}
+}
+
+// dataplaneStats is the data plane's stats with the service feed's
+// counters ("services_*").
+func (d *Daemon) dataplaneStats() DataplaneStats {
+	s := d.dp.Stats()
+	if svcs := d.svcs.Load(); svcs != nil {
+		if s.Counters == nil {
+			s.Counters = map[string]uint64{}
+		}
+		for k, v := range svcs.Stats().Counters() {
+			s.Counters["services_"+k] = v
+		}
+	}
+	return s
 }
 
 // registerLoop registers with the cluster, retrying with backoff, until it
@@ -580,6 +656,7 @@ func (d *Daemon) rollBackLocked(p *pendingDeploy) {
 	for i := len(p.undo) - 1; i >= 0; i-- {
 		p.undo[i]()
 	}
+	d.syncLocalJobsLocked()
 	d.metrics.deployErrors.Inc()
 }
 
@@ -660,6 +737,7 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 		return nil, fmt.Errorf("data plane add port %s: %w", c.HostIf, err)
 	}
 	p.undo = append(p.undo, func() { _ = d.dp.RemovePort(c.port()) })
+	d.syncLocalJobsLocked()
 	p.saves = d.saves
 	return p, nil
 }
@@ -732,6 +810,7 @@ func (d *Daemon) undeployLocked(job, owner string, instance int) (errs []error, 
 		return nil, errors.Join(append(errs, err)...)
 	}
 	st.Containers = slices.DeleteFunc(st.Containers, func(o *Container) bool { return o == c })
+	d.syncLocalJobsLocked()
 	if err := d.applyNftLocked(); err != nil {
 		errs = append(errs, err)
 	}

@@ -2,7 +2,10 @@ package netmanager
 
 import (
 	"context"
+	"net/netip"
 	"sync"
+
+	"github.com/oakwire/oakwire/fastpath"
 )
 
 // KernelOnly is the data plane of `dataplane: none`: it attaches nothing,
@@ -31,6 +34,12 @@ func (k *KernelOnly) RemovePort(p Port) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	delete(k.ports, p.HostIndex)
+	return nil
+}
+
+// SetServices has no table to fill: service IPs do not work without a
+// data plane.
+func (k *KernelOnly) SetServices([]fastpath.ServiceSpec, []fastpath.InstanceSpec, []netip.AddrPort) error {
 	return nil
 }
 

@@ -78,7 +78,7 @@ func (c dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.d.dp.Stats()
+	s := c.d.dataplaneStats()
 	for k, v := range s.Counters {
 		ch <- prometheus.MustNewConstMetric(dpCounterDesc, prometheus.CounterValue, float64(v), k)
 	}

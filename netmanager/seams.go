@@ -36,7 +36,11 @@ type NodeInfo struct {
 	// stop and the next start (so flows keep their instances).
 	FlowsFile string
 	MTU       int
-	Cluster   Cluster
+	// Miss, when set, takes the service-range addresses the data plane
+	// does not know (destinations, and tunnel sources): the daemon's
+	// service feed resolves them through the cluster and pushes the
+	// result with SetServices. It never blocks.
+	Miss func(netip.Addr)
 }
 
 // Port is one container attachment: a veth pair whose host side sits in
@@ -72,12 +76,14 @@ type DataplaneStats struct {
 }
 
 // Dataplane is the packet path the daemon drives (the AF_XDP fast path in
-// production). Calls are serialised by the daemon: Start once the node is
-// known, then AddPort/RemovePort as containers come and go (also for
-// containers re-adopted at start), Close on shutdown. Close must take the
-// data plane down (XDP links, sockets) but never touch containers'
-// interfaces or addresses.
+// production: internal/nodeplane). Calls are serialised by the daemon:
+// Start once the node is known, then AddPort/RemovePort as containers come
+// and go (also for containers re-adopted at start), SetServices whenever
+// the daemon's service view changes (it is a TableSink), Close on
+// shutdown. Close must take the data plane down (XDP links, sockets) but
+// never touch containers' interfaces or addresses.
 type Dataplane interface {
+	TableSink
 	Start(ctx context.Context, node NodeInfo) error
 	// AddPort attaches the data plane to a container port. An error makes
 	// the deploy fail and roll back.
@@ -125,6 +131,9 @@ type Registration struct {
 
 // Cluster is the daemon's view of its cluster service manager.
 type Cluster interface {
+	// ServiceSource is the cluster's node-facing service API (resolve,
+	// watch, drop interest) the daemon's service feed reads, or nil.
+	ServiceSource() ServiceSource
 	// Register registers (idempotently, per node id) and returns the
 	// node's subnets.
 	Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error)
@@ -155,9 +164,10 @@ func NodeClientCluster(token string) ClusterFactory {
 
 type nodeClientCluster struct{ c *nodeclient.Client }
 
-// Client exposes the underlying client (resolve, watch, peers) to the
-// data plane's wiring.
-func (n *nodeClientCluster) Client() *nodeclient.Client { return n.c }
+// ServiceSource is the client's resolve, watch and interest calls.
+func (n *nodeClientCluster) ServiceSource() ServiceSource {
+	return NewServiceSource(n.c, 30*time.Second)
+}
 
 func (n *nodeClientCluster) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error) {
 	r, err := n.c.Register(ctx, nodeIP, tunnelPort, nil)

@@ -56,16 +56,6 @@ func NewServiceSource(c *nodeclient.Client, wait time.Duration) ServiceSource {
 	return &clientSource{c: c, wait: wait}
 }
 
-// ServiceSourceFor returns the ServiceSource of a Cluster made by
-// NodeClientCluster, and false for any other Cluster.
-func ServiceSourceFor(cl Cluster, wait time.Duration) (ServiceSource, bool) {
-	n, ok := cl.(interface{ Client() *nodeclient.Client })
-	if !ok {
-		return nil, false
-	}
-	return NewServiceSource(n.Client(), wait), true
-}
-
 type clientSource struct {
 	c    *nodeclient.Client
 	wait time.Duration

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"log/slog"
 
-	"github.com/oakwire/oakwire/dataplane"
+	"github.com/oakwire/oakwire/internal/nodeplane"
 	"github.com/oakwire/oakwire/netmanager"
 )
 
@@ -18,7 +18,7 @@ func newDataplane(cfg netmanager.Config, log *slog.Logger) (netmanager.Dataplane
 	case "xdp":
 		// Fed from the cluster once the node is registered: watch,
 		// resolution of unknown service IPs, interest expiry.
-		return &dataplane.NetManager{Logger: log}, nil
+		return &nodeplane.Dataplane{Logger: log}, nil
 	}
 	return nil, errors.New("dataplane: want xdp or none")
 }
