@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/bpfprog"
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/fastpath/xsk"
@@ -27,8 +28,8 @@ var (
 	ErrNoPort = errors.New("dataplane: no such port")
 )
 
-// DefaultTunnelPort is the overlay's UDP port (SPEC §7.3).
-const DefaultTunnelPort = 50103
+// DefaultTunnelPort is the overlay's UDP port (SPEC §7.3): api's.
+const DefaultTunnelPort = api.DefaultTunnelPort
 
 // Resolver is the control side's hook for destinations in the service
 // ranges that the table does not know (SPEC §7.3 egress 6). The engine

@@ -84,10 +84,7 @@ func (d *Dataplane) Start(_ context.Context, node netmanager.NodeInfo) error {
 
 // config is the engine's configuration for node.
 func (d *Dataplane) config(node netmanager.NodeInfo) (dataplane.Config, error) {
-	mode, err := bpfprog.ParseMode(node.XDPMode)
-	if node.XDPMode == "" {
-		mode, err = bpfprog.ModeGeneric, nil
-	}
+	mode, err := bpfprog.ParseMode(node.XDPMode) // "": bpfprog.DefaultMode
 	if err != nil {
 		return dataplane.Config{}, err
 	}
