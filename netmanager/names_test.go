@@ -44,7 +44,7 @@ func TestParsePortMappings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []PortMapping{{8080, 80, "tcp"}, {5353, 53, "udp"}, {9000, 90, "tcp"}, {443, 443, "udp"}}
+	want := []PortMapping{{HostPort: 8080, ContainerPort: 80, Proto: "tcp"}, {HostPort: 5353, ContainerPort: 53, Proto: "udp"}, {HostPort: 9000, ContainerPort: 90, Proto: "tcp"}, {HostPort: 443, ContainerPort: 443, Proto: "udp"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v want %v", got, want)
 	}

@@ -190,6 +190,18 @@ type ServiceView struct {
 	pendingDrops map[string]struct{}
 	lastInsts    int // instances in the last push
 	lastBad      int // bad addresses in the last push
+	// origin says where each entry came from and at which change-stream
+	// version (GET /services); posEpoch/posVersion is the watch's
+	// position.
+	origin     map[string]entryOrigin
+	posEpoch   string
+	posVersion uint64
+}
+
+// entryOrigin is how an entry of the view arrived.
+type entryOrigin struct {
+	version uint64 // the change-stream version (0 for a resolve)
+	source  string // watch, resync or resolve
 }
 
 // NewServiceView returns an empty view pushing to sink.
@@ -204,6 +216,7 @@ func NewServiceView(sink TableSink, o ServiceOptions) *ServiceView {
 		byAddr:       map[netip.Addr]string{},
 		changed:      map[string]uint64{},
 		pendingDrops: map[string]struct{}{},
+		origin:       map[string]entryOrigin{},
 	}
 }
 
@@ -364,12 +377,12 @@ func (v *ServiceView) peerListLocked() []nodeclient.Peer {
 // Jobs that stay keep their last-use time.
 func (v *ServiceView) Replace(entries []nodeclient.ServiceEntry, peers []nodeclient.Peer) error {
 	v.mu.Lock()
-	v.replaceLocked(entries, peers)
+	v.replaceLocked(entries, peers, 0)
 	v.mu.Unlock()
 	return v.Push()
 }
 
-func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []nodeclient.Peer) {
+func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []nodeclient.Peer, version uint64) {
 	now := v.opt.Now()
 	v.seq++
 	keep := make(map[string]bool, len(entries))
@@ -385,6 +398,7 @@ func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []n
 	for _, e := range entries {
 		v.upsertLocked(e, now)
 		v.changed[e.JobName] = v.seq
+		v.origin[e.JobName] = entryOrigin{version, "resync"}
 	}
 	v.setPeersLocked(peers)
 	v.pruneChangedLocked()
@@ -397,7 +411,7 @@ func (v *ServiceView) replaceLocked(entries []nodeclient.ServiceEntry, peers []n
 func (v *ServiceView) ApplyWatch(resp nodeclient.WatchResponse) error {
 	v.mu.Lock()
 	if resp.Resync {
-		v.replaceLocked(resp.Services, resp.Peers)
+		v.replaceLocked(resp.Services, resp.Peers, resp.Version)
 		v.ctr.resyncs.Inc()
 	} else {
 		v.applyChangesLocked(resp)
@@ -420,6 +434,7 @@ func (v *ServiceView) applyChangesLocked(resp nodeclient.WatchResponse) {
 			}
 			v.upsertLocked(*ch.Service, now)
 			v.changed[ch.Service.JobName] = v.seq
+			v.origin[ch.Service.JobName] = entryOrigin{ch.Version, "watch"}
 		case nodeclient.ChangeRemoved:
 			v.deleteLocked(ch.JobName)
 			v.changed[ch.JobName] = v.seq
@@ -465,6 +480,7 @@ func (v *ServiceView) mergeResolved(e nodeclient.ServiceEntry, startSeq uint64) 
 	}
 	v.upsertLocked(e, now)
 	v.lastUsed[e.JobName] = now
+	v.origin[e.JobName] = entryOrigin{0, "resolve"}
 	v.mu.Unlock()
 	return v.Push()
 }
@@ -501,6 +517,7 @@ func (v *ServiceView) deleteLocked(job string) {
 		delete(v.entries, job)
 	}
 	delete(v.lastUsed, job)
+	delete(v.origin, job)
 }
 
 func entryAddrs(e nodeclient.ServiceEntry, f func(netip.Addr)) {
