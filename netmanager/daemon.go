@@ -330,6 +330,10 @@ func (d *Daemon) load() error {
 			if d.cluster != nil {
 				go d.reportGone(d.cluster, c.Job, c.Instance)
 			}
+			if c.Client && !slices.Contains(st.ClientReleases, c.Instance) {
+				// Its instance at root goes too (retryClientReleases).
+				st.ClientReleases = append(st.ClientReleases, c.Instance)
+			}
 			continue
 		}
 		if err := d.dp.AddPort(c.port()); err != nil {
@@ -752,7 +756,7 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	p.undo = append(p.undo, func() { _ = st.Subnets.Release(owner) })
 	c := &Container{
 		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: r.Netns,
-		ContainerID: r.ContainerID, Client: client,
+		ContainerID: r.ContainerID, Network: r.Network, Client: client,
 		HostIf: hostIfName(job, r.InstanceNumber), HostMAC: macJSON(hostMAC(pair.V4)),
 		ContIf: ifName, ContMAC: macJSON(containerMAC(pair.V4)),
 		NSIP4: pair.V4, NSIP6: pair.V6, MTU: d.cfg.MTU, PortMappings: maps,

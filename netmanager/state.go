@@ -47,10 +47,12 @@ type Container struct {
 	// Exactly one of PID and Netns was given at deploy.
 	PID   int    `json:"pid,omitempty"`
 	Netns string `json:"netns,omitempty"`
-	// ContainerID is the runtime's container id (CNI), if it gave one;
+	// ContainerID is the runtime's container id (CNI), if it gave one,
+	// and Network the CNI network's name;
 	// Client marks an instance of the node's client service, placed at
 	// root by the daemon and deleted there with the container.
 	ContainerID  string        `json:"container_id,omitempty"`
+	Network      string        `json:"network,omitempty"`
 	Client       bool          `json:"client,omitempty"`
 	HostIf       string        `json:"host_if"`
 	HostMAC      macJSON       `json:"host_mac"`

@@ -381,3 +381,26 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 	}
 	return &f, &s, nil
 }
+
+// NewNetns creates an empty named network namespace "<prefix>-<name>"
+// (lo up) for a container the test attaches itself (through a CNI
+// runtime), and returns its path; Close deletes it if DeleteNetns did not.
+func (d *Deployment) NewNetns(name string) (string, error) {
+	ns := d.Bed.Prefix() + "-" + name
+	if err := d.newNS(ns); err != nil {
+		return "", err
+	}
+	return "/run/netns/" + ns, nil
+}
+
+// DeleteNetns deletes a namespace NewNetns made (by its path).
+func (d *Deployment) DeleteNetns(path string) error {
+	return d.dropNS(filepath.Base(path))
+}
+
+// PlaceInstance places instance n of service id in node's cluster at
+// root (its instance IPs) without attaching anything: what an orchestrator
+// does before a runtime starts the container (through CNI).
+func (d *Deployment) PlaceInstance(ctx context.Context, id string, n int, node *Node) (IPPair, error) {
+	return d.rootInstance(ctx, id, n, node.Cluster.ID)
+}

@@ -29,6 +29,9 @@ type DeployRequest struct {
 	// IfName is the interface name inside the container (CNI_IFNAME);
 	// empty: the daemon's container-if.
 	IfName string `json:"ifName,omitempty"`
+	// Network is the CNI network the attachment belongs to (its name),
+	// so a garbage collection of one network leaves others alone.
+	Network string `json:"network,omitempty"`
 	// Client asks for a client-only container: no ServiceName or
 	// InstanceNumber; the daemon places it as a new instance of its
 	// node's client service, so it can reach service IPs.
@@ -114,6 +117,7 @@ type ContainerInfo struct {
 	PID          int           `json:"pid,omitempty"`
 	Netns        string        `json:"netns,omitempty"`
 	ContainerID  string        `json:"container_id,omitempty"`
+	Network      string        `json:"network,omitempty"`
 	Client       bool          `json:"client,omitempty"`
 	HostIf       string        `json:"host_if"`
 	HostMAC      string        `json:"host_mac"`
