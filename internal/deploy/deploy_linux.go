@@ -844,17 +844,17 @@ func (d *Deployment) NodeCall(ctx context.Context, n *Node, method, path string,
 
 // NodeStatus is the part of netmanager's GET /status the harness reads.
 type NodeStatus struct {
-	NodeID     string `json:"node_id"`
-	Registered bool   `json:"registered"`
-	Confirmed  bool   `json:"cluster_confirmed"`
-	LastError  string `json:"last_error"`
-	NodeIP     string `json:"node_ip"`
-	Subnet     string `json:"subnet"`
-	SubnetV6   string `json:"subnet_v6"`
-	Gateway    string `json:"gateway"`
-	GatewayV6  string `json:"gateway_v6"`
+	NodeID     string            `json:"node_id"`
+	Registered bool              `json:"registered"`
+	Confirmed  bool              `json:"cluster_confirmed"`
+	LastError  string            `json:"last_error"`
+	NodeIP     string            `json:"node_ip"`
+	Subnet     string            `json:"subnet"`
+	SubnetV6   string            `json:"subnet_v6"`
+	Gateway    string            `json:"gateway"`
+	GatewayV6  string            `json:"gateway_v6"`
 	Containers []StatusContainer `json:"containers"`
-	Dataplane struct {
+	Dataplane  struct {
 		Mode     string            `json:"mode"`
 		Tables   map[string]int    `json:"tables"`
 		Counters map[string]uint64 `json:"counters"`
