@@ -755,7 +755,7 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	}
 	p.undo = append(p.undo, func() { _ = st.Subnets.Release(owner) })
 	c := &Container{
-		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: r.Netns,
+		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: netnsName(r.Netns),
 		ContainerID: r.ContainerID, Network: r.Network, Client: client,
 		HostIf: hostIfName(job, r.InstanceNumber), HostMAC: macJSON(hostMAC(pair.V4)),
 		ContIf: ifName, ContMAC: macJSON(containerMAC(pair.V4)),
@@ -786,6 +786,18 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	d.syncLocalJobsLocked()
 	p.saves = d.saves
 	return p, nil
+}
+
+// netnsName is how the state and /status name a netns path: a caller's
+// descriptor (/proc/PID/fd/N, gone with the call) by its namespace
+// ("net:[4026532345]").
+func netnsName(path string) string {
+	if strings.HasPrefix(path, "/proc/") && strings.Contains(path, "/fd/") {
+		if l, err := os.Readlink(path); err == nil {
+			return l
+		}
+	}
+	return path
 }
 
 // notRegisteredLocked is the error of a deploy before registration.

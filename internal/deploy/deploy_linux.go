@@ -75,6 +75,7 @@ type Deployment struct {
 	services  map[string]*Service
 	instances map[instKey]*Instance
 	ctrNS     []string // container namespaces made and not yet deleted
+	podmans   []*Podman
 	clientN   int
 	closed    bool
 }
@@ -172,6 +173,9 @@ func Build(ctx context.Context, dir string) error {
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+"/",
 		"./cmd/servicemanager", "./cmd/netmanager", "./cmd/owload", "./cmd/oakwire-cni")
 	cmd.Dir = root
+	// Static, like the Makefile's: owload also runs in container images
+	// that hold nothing else (Podman).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build: go build: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -571,13 +575,21 @@ func (d *Deployment) DumpLogs(w io.Writer, n int) {
 // Up made it). Idempotent.
 func (d *Deployment) Close() error {
 	d.mu.Lock()
+	pms := d.podmans
+	d.podmans = nil
+	d.mu.Unlock()
+	var perrs []error
+	for _, p := range pms { // their containers first (CNI DEL, while netmanagers run)
+		perrs = append(perrs, p.Close())
+	}
+	d.mu.Lock()
 	d.closed = true
 	procs := d.procs
 	d.procs = nil
 	ctrs := d.ctrNS
 	d.ctrNS = nil
 	d.mu.Unlock()
-	var errs []error
+	errs := perrs
 	for _, p := range procs {
 		if !p.exited() {
 			_ = p.cmd.Process.Kill()
