@@ -404,3 +404,19 @@ func (d *Deployment) DeleteNetns(path string) error {
 func (d *Deployment) PlaceInstance(ctx context.Context, id string, n int, node *Node) (IPPair, error) {
 	return d.rootInstance(ctx, id, n, node.Cluster.ID)
 }
+
+// NetManagerCLI runs `netmanager ARGS --socket <n's socket>` (status,
+// flows, drops, services: the operator's view of node n) and returns its
+// standard output.
+func (d *Deployment) NetManagerCLI(ctx context.Context, n *Node, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.Bin("netmanager"), append(args, "--socket", n.Socket)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("netmanager %s on %s: %w: %s", strings.Join(args, " "), n.Name, err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
