@@ -157,7 +157,7 @@ func TestCNI(t *testing.T) {
 	}
 	warmNS(t, d, nsC, netip.AddrPortFrom(svc.RR().V4, deploy.EchoUDPPort))
 	for _, proto := range []string{"udp", "tcp"} {
-		ask := askNS(t, d, nsC, proto, netip.AddrPortFrom(svc.RR().V4, uint16(echoPort(proto))), 3)
+		ask := askNS(t, d, nsC, proto, netipAddrPort(svc.RR().V4, proto), 3)
 		if ask.Answered != ask.Sent || ask.ByTag()[web0.Tag()] != ask.Sent {
 			t.Errorf("client-only container → %s %v: %d/%d answered by %v (%s)", proto, svc.RR().V4, ask.Answered, ask.Sent, ask.ByTag(), ask.FirstError())
 		}
@@ -326,11 +326,4 @@ func warmNS(t *testing.T, d *deploy.Deployment, nsPath string, dst netip.AddrPor
 		}
 	}
 	t.Fatalf("no answer from %v to %s within 10 s", dst, nsPath)
-}
-
-func echoPort(proto string) int {
-	if proto == "tcp" {
-		return deploy.EchoTCPPort
-	}
-	return deploy.EchoUDPPort
 }

@@ -13,18 +13,20 @@ import (
 // from the data plane's flow listing (Dataplane.Flows) by sampling it
 // every flowSampleEvery.
 //
-// Labels: service (job name), instance (instance number) and direction:
-// "out" for packets local containers sent on flows to that instance (a
-// client's requests; a server's replies to the client's instance), "in"
-// for packets local containers received from it through the tunnel. The
-// pair (service, instance) always names the remote end, so on a client's
-// node the counters show how flows spread over a service's instances.
+// Labels: service (job name), instance_number (not "instance", which
+// Prometheus gives every scraped series: the target) and direction: "out"
+// for packets local containers sent on flows to that instance (a client's
+// requests; a server's replies to the client's instance), "in" for packets
+// local containers received from it through the tunnel. The pair (service,
+// instance_number) always names the remote end, so on a client's node the
+// counters show how flows spread over a service's instances.
 //
-// Bounds: at most ServiceMetricsMax (service, instance, direction) series
-// (configuration `service-metrics-max`, default 500) exist at once; flows
-// of further ones count in the series service="_other", instance="_other".
-// A series with no live flow for flowSeriesIdle is dropped (a counter that
-// comes back starts from 0, which rate() reads as a reset).
+// Bounds: at most ServiceMetricsMax (service, instance_number, direction)
+// series (configuration `service-metrics-max`, default 500) exist at once;
+// flows of further ones count in the series service="_other",
+// instance_number="_other". A series with no live flow for flowSeriesIdle
+// is dropped (a counter that comes back starts from 0, which rate() reads
+// as a reset).
 //
 // What is counted: flows (both tiers; a flow shorter than a sample is
 // missed) and, for packets and bytes, what the kernel tier executed, read
@@ -43,16 +45,16 @@ const (
 var (
 	svcFlowsDesc = prometheus.NewDesc("oakwire_service_flows_total",
 		"Flows seen per remote service instance and direction (both tiers, sampled every 2 s).",
-		[]string{"service", "instance", "direction"}, nil)
+		[]string{"service", "instance_number", "direction"}, nil)
 	svcActiveDesc = prometheus.NewDesc("oakwire_service_active_flows",
 		"Live flows per remote service instance and direction at the last sample.",
-		[]string{"service", "instance", "direction"}, nil)
+		[]string{"service", "instance_number", "direction"}, nil)
 	svcPacketsDesc = prometheus.NewDesc("oakwire_service_packets_total",
 		"Packets the kernel tier carried per remote service instance and direction (the AF_XDP workers do not count per flow).",
-		[]string{"service", "instance", "direction"}, nil)
+		[]string{"service", "instance_number", "direction"}, nil)
 	svcBytesDesc = prometheus.NewDesc("oakwire_service_bytes_total",
 		"Bytes the kernel tier carried per remote service instance and direction (the AF_XDP workers do not count per flow).",
-		[]string{"service", "instance", "direction"}, nil)
+		[]string{"service", "instance_number", "direction"}, nil)
 	svcSeriesDesc = prometheus.NewDesc("oakwire_service_metrics_series",
 		"Series of the oakwire_service_* metrics in use, and their limit (service-metrics-max).",
 		[]string{"kind"}, nil)
