@@ -200,8 +200,11 @@ func renderFlows(w io.Writer, fs []localapi.Flow) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", f.Proto, f.Src, f.Dst, dir, cmp.Or(f.Job, f.Service, "-"), inst, tier,
 			f.Packets, f.Bytes, (time.Duration(f.IdleMS) * time.Millisecond).String())
 	}
-	fmt.Fprintf(tw, "%d flow(s); packets and bytes are the kernel tier's (the AF_XDP workers do not count per flow)\n", len(fs))
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%d flow(s); packets and bytes are the kernel tier's (the AF_XDP workers do not count per flow)\n", len(fs))
+	return err
 }
 
 // dropCounter says whether a data-plane counter counts dropped packets:
