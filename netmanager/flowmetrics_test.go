@@ -26,7 +26,7 @@ func byJob(f Flow) (string, int, bool) {
 type statsReg struct{ s *flowStats }
 
 func (r statsReg) Describe(ch chan<- *prometheus.Desc) { r.s.describe(ch) }
-func (r statsReg) Collect(ch chan<- prometheus.Metric)  { r.s.collect(ch) }
+func (r statsReg) Collect(ch chan<- prometheus.Metric) { r.s.collect(ch) }
 
 func value(t *testing.T, s *flowStats, metric, svc, inst, dir string) float64 {
 	t.Helper()
