@@ -51,7 +51,6 @@ func testRestartKeepsFlows(t *testing.T, offload string, sig syscall.Signal) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var insts []*deploy.Instance
 	for i, n := range []*deploy.Node{b, c} {
 		in, err := d.DeployInstance(ctx, "web1", i, n)
 		if err != nil {
@@ -59,7 +58,6 @@ func testRestartKeepsFlows(t *testing.T, offload string, sig syscall.Signal) {
 		}
 		serveTCPEcho(t, in.NS, restartTCPPort)
 		serveUDPName(t, in.NS, restartUDPPort, in.Tag())
-		insts = append(insts, in)
 	}
 	cl, err := d.AddClient(ctx, a)
 	if err != nil {
