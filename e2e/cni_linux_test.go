@@ -96,16 +96,8 @@ func askNS(t *testing.T, d *deploy.Deployment, nsPath, proto string, dst netip.A
 // named as a service instance through CNI_ARGS reached at its instance IP,
 // DEL after a netmanager restart, GC, and a missing or hung netmanager.
 func TestCNI(t *testing.T) {
-	d, err := up(t, deploy.Options{Nodes: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, a, b, svc := upWeb(t)
 	ctx := context.Background()
-	a, b := d.Node("a"), d.Node("b")
-	svc, err := d.DeployService(ctx, "web", "demo.ns.web.default")
-	if err != nil {
-		t.Fatal(err)
-	}
 	web0 := deployEcho(t, d, "web", 0, b)
 	rt := newCNIRuntime(t, conflist(t, a.Socket, nil))
 	cni, list := rt.cni, rt.list

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/oakwire/oakwire/internal/deploy"
 )
 
 // TestOperatorView: a node's operator view with real traffic: `netmanager
@@ -22,16 +20,8 @@ import (
 // dashboard (configs/grafana-dashboard.json) queries present on the
 // running daemon.
 func TestOperatorView(t *testing.T) {
-	d, err := up(t, deploy.Options{Nodes: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, a, b, svc := upWeb(t)
 	ctx := context.Background()
-	a, b := d.Node("a"), d.Node("b")
-	svc, err := d.DeployService(ctx, "web", "demo.ns.web.default")
-	if err != nil {
-		t.Fatal(err)
-	}
 	web0 := deployEcho(t, d, "web", 0, b)
 	cl := addClient(t, d, a)
 	warmNS(t, d, "/run/netns/"+cl.NS, netipAddrPort(svc.RR().V4, "udp"))

@@ -24,16 +24,8 @@ func TestPodman(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "podman")
 	testenv.RequireBinary(t, "nsenter")
-	d, err := up(t, deploy.Options{Nodes: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, a, b, svc := upWeb(t)
 	ctx := context.Background()
-	a, b := d.Node("a"), d.Node("b")
-	svc, err := d.DeployService(ctx, "web", "demo.ns.web.default")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := d.PlaceInstance(ctx, "web", 0, b); err != nil {
 		t.Fatal(err)
 	}
