@@ -2,6 +2,7 @@ package netmanager
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -198,6 +199,12 @@ func (d *Daemon) deployClient(ctx context.Context, r DeployRequest) (DeployRespo
 		d.mu.Unlock()
 		return DeployResponse{}, conflict("client_unsupported",
 			"client: this node places client-only containers only with root and cluster-id in its configuration")
+	}
+	if r.ContainerID != "" { // before placing anything at root
+		if _, _, err := d.byContainerLocked(r.ContainerID, cmp.Or(r.IfName, d.cfg.ContainerIf)); err == nil {
+			d.mu.Unlock()
+			return DeployResponse{}, conflict("already_deployed", "containerId %s ifName %s: already attached", r.ContainerID, cmp.Or(r.IfName, d.cfg.ContainerIf))
+		}
 	}
 	id, job := clientIDs(d.nodeID)
 	n := d.reserveClientLocked(job)
