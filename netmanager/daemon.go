@@ -187,6 +187,10 @@ loop:
 }
 
 func (d *Daemon) closeCollaborators() error {
+	// A flow sample in flight reads the data plane: let it end first (Run's
+	// tick, which starts them, has stopped).
+	d.flowStats.sampling.Lock()
+	defer d.flowStats.sampling.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
