@@ -257,12 +257,17 @@ func (d *Deployment) Command(ctx context.Context, inst *Instance, argv ...string
 func (d *Deployment) Exec(ctx context.Context, timeout time.Duration, inst *Instance, argv ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := d.Command(ctx, inst, argv...)
+	return output(d.Command(ctx, inst, argv...), strings.Join(argv, " ")+" in "+inst.NS)
+}
+
+// output runs cmd and returns its standard output; its error names what
+// and carries the standard error.
+func output(cmd *exec.Cmd, what string) ([]byte, error) {
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return out, fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), inst.NS, err, strings.TrimSpace(stderr.String()))
+		return out, fmt.Errorf("%s: %w: %s", what, err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
 }
@@ -412,11 +417,5 @@ func (d *Deployment) NetManagerCLI(ctx context.Context, n *Node, args ...string)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, d.Bin("netmanager"), append(args, "--socket", n.Socket)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("netmanager %s on %s: %w: %s", strings.Join(args, " "), n.Name, err, strings.TrimSpace(stderr.String()))
-	}
-	return out, nil
+	return output(cmd, "netmanager "+strings.Join(args, " ")+" on "+n.Name)
 }

@@ -121,8 +121,8 @@ func (p *Podman) importImage(ctx context.Context, owload string) error {
 	if err = errors.Join(err, f.Close()); err != nil {
 		return fmt.Errorf("podman image: %w", err)
 	}
-	if out, err := p.Run(ctx, time.Minute, nil, "import", tarPath, PodmanImage); err != nil {
-		return fmt.Errorf("podman import: %w: %s", err, out)
+	if _, err := p.Run(ctx, time.Minute, nil, "import", tarPath, PodmanImage); err != nil {
+		return err
 	}
 	return nil
 }
@@ -142,18 +142,11 @@ func (p *Podman) Command(ctx context.Context, env []string, args ...string) *exe
 }
 
 // Run runs Command bounded by timeout and returns its standard output
-// (with standard error on failure).
+// (its standard error is in the error).
 func (p *Podman) Run(ctx context.Context, timeout time.Duration, env []string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := p.Command(ctx, env, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return append(out, stderr.String()...), fmt.Errorf("podman %s: %w", strings.Join(args, " "), err)
-	}
-	return out, nil
+	return output(p.Command(ctx, env, args...), "podman "+strings.Join(args, " "))
 }
 
 // Close removes every container (which detaches them from the overlay:
@@ -163,10 +156,7 @@ func (p *Podman) Close() error {
 	if p.holder == nil || p.holder.exited() {
 		return nil
 	}
-	out, err := p.Run(context.Background(), time.Minute, nil, "rm", "-a", "-f", "-t", "0")
-	if err != nil {
-		err = fmt.Errorf("%w: %s", err, out)
-	}
+	_, err := p.Run(context.Background(), time.Minute, nil, "rm", "-a", "-f", "-t", "0")
 	p.holder.stop(syscall.SIGKILL, 0)
 	return err
 }
