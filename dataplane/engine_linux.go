@@ -90,8 +90,11 @@ type Engine struct {
 
 	// Kernel tier (Config.Offload): the loaded tier, its manager, the
 	// links of the uplink and the punt device.
-	tier    *bpfprog.Tier
-	tm      *tierMgr
+	tier *bpfprog.Tier
+	tm   *tierMgr
+	// tmLive is tm as the workers see it: they run before startTier
+	// has the manager ready, so they take it from here once it is.
+	tmLive  atomic.Pointer[tierMgr]
 	tierUp  link.Link
 	puntTC  link.Link
 	puntXDP link.Link
@@ -310,6 +313,7 @@ func (e *Engine) startTier() (err error) {
 	if err := e.tm.adopt(); err != nil {
 		e.log.Warn("dataplane: kernel tier: flows of the previous daemon", "err", err)
 	}
+	e.tmLive.Store(e.tm)
 	if e.tierUp, err = e.tier.AttachUplink(e.uplinkIdx); err != nil {
 		return err
 	}

@@ -128,8 +128,7 @@ func (w *worker) processPunt(ws *wsock, n int) {
 
 // tierRound runs after the round's frames went out: it publishes the
 // round's decisions and opens the gates it may.
-func (w *worker) tierRound(ws *wsock) {
-	m := w.e.tm
+func (w *worker) tierRound(m *tierMgr, ws *wsock) {
 	now := fastpath.Monotonic()
 	for i := range w.cands {
 		c := &w.cands[i]

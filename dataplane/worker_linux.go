@@ -303,8 +303,8 @@ func (w *worker) round() bool {
 		w.processBatch(ws, n, owners)
 	}
 	w.flush()
-	if w.e.tm != nil && (len(w.cands) > 0 || len(w.tpend) > 0) {
-		w.tierRound(w.punt)
+	if m := w.e.tmLive.Load(); m != nil && (len(w.cands) > 0 || len(w.tpend) > 0) {
+		w.tierRound(m, w.punt)
 	}
 	for _, ws := range w.socks {
 		if want := ws.fillTarget - ws.inKernel; want > 0 {

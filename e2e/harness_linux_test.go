@@ -175,6 +175,21 @@ func TestHarness(t *testing.T) {
 	}
 }
 
+// upWeb starts a deployment of two nodes (a, b) with service web
+// (demo.ns.web.default) deployed at root, for t.
+func upWeb(t *testing.T) (d *deploy.Deployment, a, b *deploy.Node, svc *deploy.Service) {
+	t.Helper()
+	d, err := up(t, deploy.Options{Nodes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err = d.DeployService(context.Background(), "web", "demo.ns.web.default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, d.Node("a"), d.Node("b"), svc
+}
+
 // deployEcho places instance n of service id on node and starts its echo
 // servers.
 func deployEcho(t *testing.T, d *deploy.Deployment, id string, n int, node *deploy.Node) *deploy.Instance {

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/oakwire/oakwire/internal/version"
+	"github.com/oakwire/oakwire/netmanager/localapi"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -25,6 +28,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("POST /docker/undeploy", d.handleUndeploy)
 	mux.HandleFunc("GET /status", d.handleStatus)
 	mux.HandleFunc("GET /flows", d.handleFlows)
+	mux.HandleFunc("GET /services", d.handleServices)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }
@@ -91,29 +95,9 @@ func (d *Daemon) handleUndeploy(w http.ResponseWriter, r *http.Request) {
 
 // Status is GET /status.
 type Status struct {
-	NodeID     string            `json:"node_id"`
-	Registered bool              `json:"registered"`
-	Confirmed  bool              `json:"cluster_confirmed"`
-	Cluster    string            `json:"cluster"`
-	LastError  string            `json:"last_error,omitempty"`
-	Uplink     string            `json:"uplink"`
-	NodeIP     string            `json:"node_ip"`
-	TunnelPort int               `json:"tunnel_port"`
-	Subnet     string            `json:"subnet"`
-	SubnetV6   string            `json:"subnet_v6"`
-	Gateway    string            `json:"gateway"`
-	GatewayV6  string            `json:"gateway_v6"`
-	GatewayDev string            `json:"gateway_dev"`
-	Workers    int               `json:"workers"`
-	XDPMode    string            `json:"xdp_mode"`
-	MTU        int               `json:"mtu"`
-	Uptime     string            `json:"uptime"`
-	Containers []*Container      `json:"containers"`
-	Deploying  []string          `json:"deploying,omitempty"` // job/instance of deploys waiting for the cluster
-	Quarantine int               `json:"quarantined_ns_ips"`
-	Dataplane  DataplaneStats    `json:"dataplane"`
-	Counters   map[string]uint64 `json:"counters"`
-	Build      version.Info      `json:"build"`
+	localapi.StatusBase
+	Containers []*Container `json:"containers"`
+	Build      version.Info `json:"build"`
 }
 
 // Status returns the daemon's status.
@@ -122,24 +106,26 @@ func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.st == nil { // before Run loaded the state
-		return Status{Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, Dataplane: dps, Build: d.build}
+		return Status{StatusBase: localapi.StatusBase{Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, Dataplane: dps}, Build: d.build}
 	}
-	s := Status{
+	s := Status{StatusBase: localapi.StatusBase{
 		NodeID: d.nodeID, Registered: d.st.Subnets != nil, Confirmed: d.confirmed,
 		Cluster: d.clusterAddressLocked(), LastError: d.lastErr,
 		Uplink: d.cfg.Uplink, NodeIP: d.cfg.NodeIP, TunnelPort: d.cfg.TunnelPort,
 		Workers: d.cfg.Workers, XDPMode: d.cfg.XDPMode, MTU: d.cfg.MTU,
 		Uptime:     time.Since(d.started).Round(time.Second).String(),
-		Containers: append([]*Container{}, d.st.Containers...),
 		Quarantine: len(d.st.Quarantine),
 		Dataplane:  dps,
-		Build:      d.build,
 		Counters: map[string]uint64{
 			"deploys":              d.metrics.deploys.Value(),
 			"deploy_errors":        d.metrics.deployErrors.Value(),
 			"undeploys":            d.metrics.undeploys.Value(),
 			"cluster_report_error": d.metrics.reportErrors.Value(),
+			"client_releases":      uint64(len(d.st.ClientReleases)),
 		},
+	},
+		Containers: append([]*Container{}, d.st.Containers...),
+		Build:      d.build,
 	}
 	for o := range d.deploying {
 		s.Deploying = append(s.Deploying, o)
@@ -156,12 +142,88 @@ func (d *Daemon) Status() Status {
 	return s
 }
 
-func (d *Daemon) handleFlows(w http.ResponseWriter, _ *http.Request) {
+// handleFlows is GET /flows[?service=JOB|IP][&instance=N|IP]: the data
+// plane's live flows, each with the instance IP of the instance it chose
+// (from the node's service table), filtered by service (job name, or any
+// of its service or instance IPs) and by instance (number or instance IP).
+func (d *Daemon) handleFlows(w http.ResponseWriter, r *http.Request) {
+	fs := d.flows()
+	svc, inst := r.URL.Query().Get("service"), r.URL.Query().Get("instance")
+	if svc != "" || inst != "" {
+		match, err := d.flowFilter(svc, inst)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		fs = slices.DeleteFunc(fs, func(f Flow) bool { return !match(f) })
+	}
+	writeJSON(w, http.StatusOK, fs)
+}
+
+// flows lists the data plane's flows with their chosen instance's IP.
+func (d *Daemon) flows() []Flow {
 	fs := d.dp.Flows()
 	if fs == nil {
 		fs = []Flow{}
 	}
-	writeJSON(w, http.StatusOK, fs)
+	if svcs := d.svcs.Load(); svcs != nil {
+		for i := range fs {
+			f := &fs[i]
+			if f.Instance == nil || f.Job == "" {
+				continue
+			}
+			dst, err := netip.ParseAddrPort(f.Dst)
+			if a, ok := svcs.View.InstanceIP(f.Job, int(*f.Instance), err == nil && dst.Addr().Is6()); ok {
+				f.InstanceIP = a.String()
+			}
+		}
+	}
+	return fs
+}
+
+// flowFilter builds the match of GET /flows's query.
+func (d *Daemon) flowFilter(svc, inst string) (func(Flow) bool, error) {
+	job := ""
+	if svc != "" {
+		if a, err := netip.ParseAddr(svc); err == nil {
+			if svcs := d.svcs.Load(); svcs != nil {
+				job, _ = svcs.View.Lookup(a)
+			}
+			if job == "" {
+				job = "\x00" // an address the node does not know: nothing matches
+			}
+		} else if job, err = normJob(svc); err != nil {
+			return nil, badRequest("bad_service", "service: %v", err)
+		}
+	}
+	num, instIP := -1, ""
+	if inst != "" {
+		if n, err := strconv.Atoi(inst); err == nil && n >= 0 {
+			num = n
+		} else if a, err := netip.ParseAddr(inst); err == nil {
+			instIP = a.Unmap().String()
+		} else {
+			return nil, badRequest("bad_instance", "instance: %q: want an instance number or IP", inst)
+		}
+	}
+	return func(f Flow) bool {
+		if job != "" && f.Job != job {
+			return false
+		}
+		if num >= 0 && (f.Instance == nil || int(*f.Instance) != num) {
+			return false
+		}
+		return instIP == "" || f.InstanceIP == instIP
+	}, nil
+}
+
+// handleServices is GET /services: the service table the node holds.
+func (d *Daemon) handleServices(w http.ResponseWriter, _ *http.Request) {
+	t := localapi.Services{Services: []localapi.ServiceInfo{}}
+	if svcs := d.svcs.Load(); svcs != nil {
+		t = svcs.View.Table()
+	}
+	writeJSON(w, http.StatusOK, t)
 }
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) {

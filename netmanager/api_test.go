@@ -163,7 +163,7 @@ func TestNftRuleset(t *testing.T) {
 	cfg.Uplink, cfg.NodeIP = "ul0", "198.18.0.1"
 	sub := ipam.SubnetPair{V4: netip.MustParsePrefix("10.18.0.64/26"), V6: netip.MustParsePrefix("fc00::100/120")}
 	c := &Container{Job: "a.b.c.d", Instance: 2, HostIf: hostIfName("a.b.c.d", 2), NSIP4: netip.MustParseAddr("10.18.0.66"), NSIP6: netip.MustParseAddr("fc00::102"),
-		PortMappings: []PortMapping{{8080, 80, "tcp"}}}
+		PortMappings: []PortMapping{{HostPort: 8080, ContainerPort: 80, Proto: "tcp"}}}
 	got := nftRuleset(&cfg, sub, []*Container{c})
 	for _, want := range []string{
 		"table inet oakwire\ndelete table inet oakwire\ntable inet oakwire {",

@@ -37,6 +37,13 @@ type Config struct {
 	// Cluster is the cluster service manager (host, host:port or URL).
 	// Empty: wait for POST /register.
 	Cluster string `yaml:"cluster"`
+	// Root is the root service manager (host:port or URL) and ClusterID
+	// this node's cluster there: with both, a deploy that names no
+	// service (a CNI ADD without one) places the container as an instance
+	// of the node's client service at root (clientsvc.go). Empty: such
+	// deploys are refused.
+	Root      string `yaml:"root"`
+	ClusterID string `yaml:"cluster-id"`
 	// Socket is the path of the local API's unix socket.
 	Socket string `yaml:"socket"`
 	// StateDir holds the state file (state.json).
@@ -72,6 +79,10 @@ type Config struct {
 	// Quarantine is how long a freed namespace IP stays unused (SPEC §2);
 	// 0 disables it.
 	Quarantine time.Duration `yaml:"quarantine"`
+	// ServiceMetricsMax bounds the (service, instance, direction) series
+	// of the oakwire_service_* metrics; flows beyond it count under
+	// service="_other" (flowmetrics.go).
+	ServiceMetricsMax int `yaml:"service-metrics-max"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log-level"`
 	// Insecure allows running without OAKWIRE_TOKEN (logs a warning).
@@ -94,21 +105,22 @@ type Config struct {
 // Defaults returns the configuration with every default filled in.
 func Defaults() Config {
 	return Config{
-		TunnelPort:  api.DefaultTunnelPort,
-		Socket:      "/etc/netmanager/netmanager.sock",
-		StateDir:    "/var/lib/netmanager",
-		MTU:         1450,
-		WorkerYield: "os",
-		WorkerSpin:  200 * time.Microsecond,
-		XDPMode:     bpfprog.DefaultMode.String(),
-		Offload:     "on",
-		BPFDir:      "/sys/fs/bpf/oakwire",
-		Quarantine:  60 * time.Second,
-		LogLevel:    "info",
-		Dataplane:   "xdp",
-		ContainerIf: "eth0",
-		PlatformV4:  "10.16.0.0/12",
-		PlatformV6:  "fc00::/7",
+		TunnelPort:        api.DefaultTunnelPort,
+		Socket:            "/etc/netmanager/netmanager.sock",
+		StateDir:          "/var/lib/netmanager",
+		MTU:               1450,
+		WorkerYield:       "os",
+		WorkerSpin:        200 * time.Microsecond,
+		XDPMode:           bpfprog.DefaultMode.String(),
+		Offload:           "on",
+		BPFDir:            "/sys/fs/bpf/oakwire",
+		Quarantine:        60 * time.Second,
+		LogLevel:          "info",
+		ServiceMetricsMax: 500,
+		Dataplane:         "xdp",
+		ContainerIf:       "eth0",
+		PlatformV4:        "10.16.0.0/12",
+		PlatformV6:        "fc00::/7",
 	}
 }
 
@@ -134,6 +146,8 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeIP, "node-ip", c.NodeIP, "node's underlay IP (tunnel endpoint)")
 	fs.IntVar(&c.TunnelPort, "tunnel-port", c.TunnelPort, "UDP port of the overlay tunnel")
 	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "cluster service manager (host:port or URL); empty: wait for POST /register")
+	fs.StringVar(&c.Root, "root", c.Root, "root service manager (host:port or URL) for client-only containers; empty: refused")
+	fs.StringVar(&c.ClusterID, "cluster-id", c.ClusterID, "this node's cluster id at root (with --root)")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "unix socket of the local API")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the state file")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "data-plane workers (0: half the CPUs, at least one)")
@@ -145,6 +159,7 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Offload, "offload", c.Offload, "kernel tier for decided flows: on or off")
 	fs.StringVar(&c.BPFDir, "bpf-dir", c.BPFDir, "bpffs directory where the kernel tier pins its links and flows (per node id)")
 	fs.DurationVar(&c.Quarantine, "quarantine", c.Quarantine, "how long a freed namespace IP stays unused (0: none)")
+	fs.IntVar(&c.ServiceMetricsMax, "service-metrics-max", c.ServiceMetricsMax, "most (service, instance, direction) series of the oakwire_service_* metrics")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "run without OAKWIRE_TOKEN")
 	fs.StringVar(&c.Dataplane, "dataplane", c.Dataplane, "data plane: xdp or none (kernel routing only)")
@@ -225,6 +240,12 @@ func (c *Config) Validate() error {
 	} else if a, err := netip.ParseAddr(c.NodeIP); err != nil || a.Zone() != "" || a.IsUnspecified() {
 		bad("node-ip", "%q is not an IP address", c.NodeIP)
 	}
+	if c.Root != "" && c.ClusterID == "" {
+		bad("cluster-id", "required with root")
+	}
+	if c.ClusterID != "" && !api.ValidID(c.ClusterID) {
+		bad("cluster-id", "%q: 1-128 characters of letters, digits and . _ - :", c.ClusterID)
+	}
 	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
 		bad("tunnel-port", "%d not in 1-65535", c.TunnelPort)
 	}
@@ -262,6 +283,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Quarantine < 0 {
 		bad("quarantine", "%v is negative", c.Quarantine)
+	}
+	if c.ServiceMetricsMax < 1 || c.ServiceMetricsMax > 100000 {
+		bad("service-metrics-max", "%d not in 1-100000", c.ServiceMetricsMax)
 	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		bad("log-level", "%v", err)

@@ -1,6 +1,7 @@
 package netmanager
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/ipam"
+	"github.com/oakwire/oakwire/netmanager/localapi"
 )
 
 // Options are the daemon's collaborators. Dataplane and NewCluster are
@@ -77,6 +79,19 @@ type Daemon struct {
 	// cluster has no node-facing API. stopSvcs ends it.
 	svcs     atomic.Pointer[Services]
 	stopSvcs context.CancelFunc
+
+	// root places client-only containers (nil: refused); clientReserved
+	// holds the client instance numbers being deployed (d.mu);
+	// releasing is set while a goroutine retries st.ClientReleases.
+	root           clientRoot
+	clientReserved map[int]bool
+	releasing      atomic.Bool
+	releaseAt      time.Time // next retry of st.ClientReleases (d.mu)
+
+	// flowStats turns the data plane's flows into per-service counters
+	// (/metrics); lastSample is guarded by flowStats.sampling.
+	flowStats  *flowStats
+	lastSample time.Time
 }
 
 // pendingDeploy is a deploy between its local set-up and its commit.
@@ -105,7 +120,11 @@ func New(o Options) (*Daemon, error) {
 		o.Build = version.Get()
 	}
 	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, build: o.Build, started: time.Now(),
-		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}}
+		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}, clientReserved: map[int]bool{}}
+	if o.Config.Root != "" {
+		d.root = newHTTPRoot(o.Config.Root, o.Config.Token)
+	}
+	d.flowStats = newFlowStats(o.Config.ServiceMetricsMax)
 	d.metrics = newMetrics(d)
 	return d, nil
 }
@@ -155,6 +174,8 @@ loop:
 			return fmt.Errorf("api: %w", err)
 		case <-tick.C:
 			d.expireQuarantine()
+			d.retryClientReleases()
+			d.sampleFlows()
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -167,6 +188,10 @@ loop:
 }
 
 func (d *Daemon) closeCollaborators() error {
+	// A flow sample in flight reads the data plane: let it end first (Run's
+	// tick, which starts them, has stopped).
+	d.flowStats.sampling.Lock()
+	defer d.flowStats.sampling.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
@@ -309,6 +334,10 @@ func (d *Daemon) load() error {
 			d.releaseLocked(ownerOf(c.Job, c.Instance), c.NSIP4)
 			if d.cluster != nil {
 				go d.reportGone(d.cluster, c.Job, c.Instance)
+			}
+			if c.Client && !slices.Contains(st.ClientReleases, c.Instance) {
+				// Its instance at root goes too (retryClientReleases).
+				st.ClientReleases = append(st.ClientReleases, c.Instance)
 			}
 			continue
 		}
@@ -557,23 +586,12 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 	return nil
 }
 
-// DeployRequest is POST /container/deploy (Oakestra's fields plus netns).
-type DeployRequest struct {
-	PID            int    `json:"pid"`
-	ServiceName    string `json:"serviceName"`
-	InstanceNumber int    `json:"instanceNumber"`
-	PortMappings   string `json:"portMappings"`
-	// Netns is the path of a named network namespace (our extension),
-	// instead of PID.
-	Netns string `json:"netns"`
-}
+// DeployRequest is POST /container/deploy (Oakestra's fields plus ours:
+// netns, containerId, ifName, client).
+type DeployRequest = localapi.DeployRequest
 
 // DeployResponse is its answer.
-type DeployResponse struct {
-	ServiceName string `json:"serviceName"`
-	NsAddress   string `json:"nsAddress"`
-	NsAddressV6 string `json:"nsAddressv6"`
-}
+type DeployResponse = localapi.DeployResponse
 
 // Deploy attaches a container. On any error nothing is left behind.
 //
@@ -584,6 +602,15 @@ type DeployResponse struct {
 // (d.deploying) across the call; once the cluster answered, the deploy is
 // committed to the state file, or rolled back completely, under d.mu.
 func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployResponse, err error) {
+	if r.Client {
+		return d.deployClient(ctx, r)
+	}
+	return d.deploy(ctx, r, false)
+}
+
+// deploy is Deploy of a named instance; client marks an instance of the
+// node's client service (deployClient).
+func (d *Daemon) deploy(ctx context.Context, r DeployRequest, client bool) (resp DeployResponse, err error) {
 	job, err := normJob(r.ServiceName)
 	if err != nil {
 		return resp, badRequest("bad_name", "%v", err)
@@ -603,10 +630,16 @@ func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployRespon
 	if err != nil {
 		return resp, badRequest("bad_port_mappings", "%v", err)
 	}
+	if r.IfName != "" && !validIfName(r.IfName) {
+		return resp, badRequest("bad_if_name", "ifName: %q is not an interface name", r.IfName)
+	}
+	if r.ContainerID != "" && !validContainerID(r.ContainerID) {
+		return resp, badRequest("bad_container_id", "containerId: %q: 1-256 characters of letters, digits and . _ -, starting with a letter or digit", r.ContainerID)
+	}
 	owner := ownerOf(job, r.InstanceNumber)
 
 	d.mu.Lock()
-	p, err := d.setUpDeployLocked(job, owner, r, maps)
+	p, err := d.setUpDeployLocked(job, owner, r, maps, client)
 	cl := d.cluster
 	d.mu.Unlock()
 	if err != nil {
@@ -647,8 +680,21 @@ func (d *Daemon) Deploy(ctx context.Context, r DeployRequest) (resp DeployRespon
 	}
 	d.metrics.deploys.Inc()
 	d.log.Info("deployed", "service", job, "instance", r.InstanceNumber, "veth", c.HostIf,
-		"ns_ip", c.NSIP4, "ns_ip6", c.NSIP6, "ports", r.PortMappings)
-	return DeployResponse{ServiceName: job, NsAddress: c.NSIP4.String(), NsAddressV6: c.NSIP6.String()}, nil
+		"ns_ip", c.NSIP4, "ns_ip6", c.NSIP6, "ports", r.PortMappings, "container_id", c.ContainerID)
+	gw := d.st.Subnets.Gateway()
+	resp = DeployResponse{ServiceName: job, NsAddress: c.NSIP4.String(), NsAddressV6: c.NSIP6.String(),
+		InstanceNumber: c.Instance, IfName: c.ContIf, MAC: net.HardwareAddr(c.ContMAC).String(),
+		HostIf: c.HostIf, HostMAC: net.HardwareAddr(c.HostMAC).String(),
+		Gateway: gw.V4.String(), GatewayV6: gw.V6.String(), MTU: c.MTU}
+	if svcs := d.svcs.Load(); svcs != nil {
+		if a, ok := svcs.View.InstanceIP(job, c.Instance, false); ok {
+			resp.InstanceIP = a.String()
+		}
+		if a, ok := svcs.View.InstanceIP(job, c.Instance, true); ok {
+			resp.InstanceIPv6 = a.String()
+		}
+	}
+	return resp, nil
 }
 
 // rollBackLocked undoes a deploy's set-up in reverse order. d.mu held.
@@ -664,14 +710,10 @@ func (d *Daemon) rollBackLocked(p *pendingDeploy) {
 // sets the container up on the node (nsIPs, veth, port mappings, data
 // plane port) and reserves it in d.deploying. On error it has undone
 // everything. d.mu held.
-func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []PortMapping) (_ *pendingDeploy, err error) {
+func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []PortMapping, client bool) (_ *pendingDeploy, err error) {
 	st := d.st
 	if st.Subnets == nil {
-		msg := "node not registered with a cluster: POST /register first"
-		if d.lastErr != "" {
-			msg += " (last attempt: " + d.lastErr + ")"
-		}
-		return nil, &apiError{kind: ErrNotRegistered, code: "not_registered", msg: msg}
+		return nil, d.notRegisteredLocked()
 	}
 	if c := d.findLocked(job, r.InstanceNumber); c != nil {
 		return nil, conflict("already_deployed", "serviceName %s instance %d: already deployed (%s)", job, r.InstanceNumber, c.NSIP4)
@@ -682,6 +724,14 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	if d.undeploying[owner] {
 		return nil, conflict("undeploy_in_progress", "serviceName %s instance %d: its undeploy is still reporting to the cluster", job, r.InstanceNumber)
 	}
+	ifName := cmp.Or(r.IfName, d.cfg.ContainerIf)
+	if r.ContainerID != "" {
+		for _, c := range d.nftContainersLocked() {
+			if c.ContainerID == r.ContainerID && c.ContIf == ifName {
+				return nil, conflict("already_deployed", "containerId %s ifName %s: already attached as %s", r.ContainerID, ifName, ownerOf(c.Job, c.Instance))
+			}
+		}
+	}
 	for _, m := range maps {
 		for _, c := range d.nftContainersLocked() {
 			if slices.ContainsFunc(c.PortMappings, func(o PortMapping) bool { return o.HostPort == m.HostPort && o.Proto == m.Proto }) {
@@ -689,7 +739,7 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 			}
 		}
 	}
-	nsh, err := openNetns(r.PID, r.Netns)
+	nsh, err := openNetns(r.PID, r.Netns, r.NetnsInode)
 	if err != nil {
 		return nil, err
 	}
@@ -710,9 +760,10 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	}
 	p.undo = append(p.undo, func() { _ = st.Subnets.Release(owner) })
 	c := &Container{
-		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: r.Netns,
+		Job: job, Instance: r.InstanceNumber, PID: r.PID, Netns: netnsName(r.Netns),
+		ContainerID: r.ContainerID, Network: r.Network, Client: client,
 		HostIf: hostIfName(job, r.InstanceNumber), HostMAC: macJSON(hostMAC(pair.V4)),
-		ContIf: d.cfg.ContainerIf, ContMAC: macJSON(containerMAC(pair.V4)),
+		ContIf: ifName, ContMAC: macJSON(containerMAC(pair.V4)),
 		NSIP4: pair.V4, NSIP6: pair.V6, MTU: d.cfg.MTU, PortMappings: maps,
 		Deployed: time.Now().UTC(),
 	}
@@ -742,6 +793,28 @@ func (d *Daemon) setUpDeployLocked(job, owner string, r DeployRequest, maps []Po
 	return p, nil
 }
 
+// netnsName is how the state and /status name a netns path: a caller's
+// descriptor (/proc/PID/fd/N, gone with the call) by its namespace
+// ("net:[4026532345]").
+func netnsName(path string) string {
+	if strings.HasPrefix(path, "/proc/") && strings.Contains(path, "/fd/") {
+		if l, err := os.Readlink(path); err == nil {
+			return l
+		}
+	}
+	return path
+}
+
+// notRegisteredLocked is the error of a deploy before registration.
+// d.mu held.
+func (d *Daemon) notRegisteredLocked() error {
+	msg := "node not registered with a cluster: POST /register first"
+	if d.lastErr != "" {
+		msg += " (last attempt: " + d.lastErr + ")"
+	}
+	return &apiError{kind: ErrNotRegistered, code: "not_registered", msg: msg}
+}
+
 func (d *Daemon) findLocked(job string, instance int) *Container {
 	for _, c := range d.st.Containers {
 		if c.Job == job && c.Instance == instance {
@@ -752,10 +825,7 @@ func (d *Daemon) findLocked(job string, instance int) *Container {
 }
 
 // UndeployRequest is POST /container/undeploy and /docker/undeploy.
-type UndeployRequest struct {
-	ServiceName    string `json:"serviceName"`
-	InstanceNumber int    `json:"instanceNumber"`
-}
+type UndeployRequest = localapi.UndeployRequest
 
 // Undeploy detaches a container: data plane, veth, port mappings, nsIPs
 // (into quarantine), state, then tells the cluster. Like Deploy's, the
@@ -763,12 +833,27 @@ type UndeployRequest struct {
 // (d.undeploying) until it is done, so a new deploy of it cannot report
 // "deployed" to the cluster ahead of this "undeployed".
 func (d *Daemon) Undeploy(ctx context.Context, r UndeployRequest) error {
-	job, err := normJob(r.ServiceName)
+	var job string
+	var err error
+	d.mu.Lock()
+	switch {
+	case r.ServiceName == "" && r.ContainerID != "":
+		job, r.InstanceNumber, err = d.byContainerLocked(r.ContainerID, r.IfName)
+	default:
+		job, err = normJob(r.ServiceName)
+		if err != nil {
+			err = badRequest("bad_name", "%v", err)
+		}
+	}
 	if err != nil {
-		return badRequest("bad_name", "%v", err)
+		d.mu.Unlock()
+		return err
 	}
 	owner := ownerOf(job, r.InstanceNumber)
-	d.mu.Lock()
+	var client bool
+	if c := d.findLocked(job, r.InstanceNumber); c != nil {
+		client = c.Client
+	}
 	errs, err := d.undeployLocked(job, owner, r.InstanceNumber)
 	cl := d.cluster
 	if err == nil && cl != nil {
@@ -789,7 +874,25 @@ func (d *Daemon) Undeploy(ctx context.Context, r UndeployRequest) error {
 		delete(d.undeploying, owner)
 		d.mu.Unlock()
 	}
+	if client {
+		d.releaseClient(ctx, r.InstanceNumber)
+	}
 	return errors.Join(errs...)
+}
+
+// byContainerLocked finds the attachment of a runtime's container (any
+// interface when ifName is empty). d.mu held.
+func (d *Daemon) byContainerLocked(id, ifName string) (string, int, error) {
+	if d.st == nil {
+		return "", 0, &apiError{kind: ErrNotFound, code: "not_deployed", msg: "containerId " + id + ": not attached on this node"}
+	}
+	for _, c := range d.nftContainersLocked() {
+		if c.ContainerID == id && (ifName == "" || c.ContIf == ifName) {
+			return c.Job, c.Instance, nil
+		}
+	}
+	return "", 0, &apiError{kind: ErrNotFound, code: "not_deployed",
+		msg: fmt.Sprintf("containerId %s ifName %q: not attached on this node", id, ifName)}
 }
 
 // undeployLocked is Undeploy's local part. err: nothing was undeployed;

@@ -9,6 +9,13 @@
 // Cluster, so the AF_XDP fast path and the cluster client plug in without
 // this package knowing them.
 //
+// The API's wire types live in netmanager/localapi (standard library
+// only), with a client of the socket that the CNI plugin (cmd/oakwire-cni)
+// and the operator's subcommands (`netmanager status|flows|drops|services`)
+// use. Containers a runtime attaches without naming a service become
+// instances of the node's client service at root (clientsvc.go); the data
+// plane's flows are sampled into per-service counters (flowmetrics.go).
+//
 // Gateway design: the node subnet's gateway (.1/26 and ::1/120) lives on a
 // dummy link "ow0" in the node namespace. Containers get their nsIPs as
 // /32 and /128 on a point-to-point veth, a default route "via gateway

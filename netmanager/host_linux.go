@@ -172,8 +172,17 @@ func runNft(stdin string, args ...string) error {
 }
 
 // openNetns opens the container's network namespace by pid or by path and
-// checks it is a network namespace other than the daemon's own.
-func openNetns(pid int, path string) (netns.NsHandle, error) {
+// checks it is a network namespace other than the daemon's own, and, when
+// inode is not 0, the one with that inode.
+//
+// A path is opened in the daemon's mount namespace. A runtime in another
+// one (podman under `ip netns exec`, a unit with PrivateTmp, a runtime
+// that mounts its netns files privately) makes netns files the daemon
+// sees as empty files, or not at all: such a caller passes a descriptor
+// of its own instead (/proc/PID/fd/N, which resolves in any mount
+// namespace), with the inode it expects so a descriptor of another
+// process (a caller in another PID namespace) is refused.
+func openNetns(pid int, path string, inode uint64) (netns.NsHandle, error) {
 	var h netns.NsHandle
 	var err error
 	var what string
@@ -199,7 +208,14 @@ func openNetns(pid int, path string) (netns.NsHandle, error) {
 	t, err := unix.IoctlRetInt(int(h), unix.NS_GET_NSTYPE)
 	if err != nil || t != unix.CLONE_NEWNET {
 		h.Close()
-		return -1, badRequest("unknown_netns", "%s: not a network namespace", what)
+		return -1, badRequest("unknown_netns", "%s: not a network namespace (a netns file mounted where the daemon does not see it?)", what)
+	}
+	if inode != 0 {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(h), &st); err != nil || st.Ino != inode {
+			h.Close()
+			return -1, badRequest("unknown_netns", "%s: not the network namespace with inode %d", what, inode)
+		}
 	}
 	self, err := netns.Get()
 	if err == nil {

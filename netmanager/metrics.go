@@ -56,9 +56,15 @@ func newMetrics(d *Daemon) *metrics {
 			}
 			return 1
 		}))
-	m.reg.MustRegister(dataplaneCollector{d}, d.build.Collector())
+	m.reg.MustRegister(dataplaneCollector{d}, flowStatsCollector{d.flowStats}, d.build.Collector())
 	return m
 }
+
+// flowStatsCollector exports the per-service counters (flowmetrics.go).
+type flowStatsCollector struct{ s *flowStats }
+
+func (c flowStatsCollector) Describe(ch chan<- *prometheus.Desc) { c.s.describe(ch) }
+func (c flowStatsCollector) Collect(ch chan<- prometheus.Metric) { c.s.collect(ch) }
 
 // dataplaneCollector exports DataplaneStats.
 type dataplaneCollector struct{ d *Daemon }

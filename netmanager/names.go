@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/oakwire/oakwire/api"
+	"github.com/oakwire/oakwire/netmanager/localapi"
 )
 
 // normJob checks a job name (SPEC §3, api.ParseJob) and returns it
@@ -21,16 +22,32 @@ func normJob(s string) (string, error) {
 	return job, nil
 }
 
-// PortMapping is one host port forwarded to a container port.
-type PortMapping struct {
-	HostPort      uint16 `json:"host_port"`
-	ContainerPort uint16 `json:"container_port"`
-	Proto         string `json:"proto"` // tcp or udp
+// validIfName: an interface name the kernel takes (IFNAMSIZ, no '/',
+// ':' or white space, not "." or "..").
+func validIfName(s string) bool {
+	return s != "" && len(s) <= 15 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n")
 }
 
-func (m PortMapping) String() string {
-	return fmt.Sprintf("%d:%d/%s", m.HostPort, m.ContainerPort, m.Proto)
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
+
+// validContainerID: a runtime's container id as CNI allows it
+// (^[a-zA-Z0-9][a-zA-Z0-9_.-]*$), at most 256 characters.
+func validContainerID(s string) bool {
+	if s == "" || len(s) > 256 || !isAlnum(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// PortMapping is one host port forwarded to a container port.
+type PortMapping = localapi.PortMapping
 
 // ParsePortMappings parses Oakestra's "8080:80/tcp;5353:53/udp". A mapping
 // without "/proto" is tcp; "80/udp" alone maps a port to itself. Empty is

@@ -31,7 +31,7 @@ func TestParsePortMappings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []PortMapping{{8080, 80, "tcp"}, {5353, 53, "udp"}, {9000, 90, "tcp"}, {443, 443, "udp"}}
+	want := []PortMapping{{HostPort: 8080, ContainerPort: 80, Proto: "tcp"}, {HostPort: 5353, ContainerPort: 53, Proto: "udp"}, {HostPort: 9000, ContainerPort: 90, Proto: "tcp"}, {HostPort: 443, ContainerPort: 443, Proto: "udp"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v want %v", got, want)
 	}
@@ -64,6 +64,46 @@ func TestDerivedNames(t *testing.T) {
 	for _, m := range [][]byte{containerMAC(a), hostMAC(a)} {
 		if m[0]&1 != 0 || m[0]&2 == 0 {
 			t.Fatalf("%x: want locally administered unicast", m)
+		}
+	}
+}
+
+func TestClientIDs(t *testing.T) {
+	for _, c := range []struct{ node, id, job string }{
+		{"a", "oakwire-client-a", "oakwire.a.client.default"},
+		{"node7", "oakwire-client-node7", "oakwire.node7.client.default"},
+		{"edge-1.example", "oakwire-client-edge-1.example", ""},
+	} {
+		id, job := clientIDs(c.node)
+		if id != c.id {
+			t.Errorf("clientIDs(%q) id %q, want %q", c.node, id, c.id)
+		}
+		if c.job != "" && job != c.job {
+			t.Errorf("clientIDs(%q) job %q, want %q", c.node, job, c.job)
+		}
+		if _, err := normJob(job); err != nil {
+			t.Errorf("clientIDs(%q) job %q: %v", c.node, job, err)
+		}
+	}
+	_, j1 := clientIDs("edge-1")
+	_, j2 := clientIDs("edge1-")
+	if j1 == j2 {
+		t.Errorf("node ids edge-1 and edge1- share the client job %q", j1)
+	}
+	if id, _ := clientIDs(strings.Repeat("n", 128)); len(id) > 128 {
+		t.Errorf("client _id of a 128-character node id is %d characters", len(id))
+	}
+}
+
+func TestValidContainerIDAndIfName(t *testing.T) {
+	for s, want := range map[string]bool{"313f85acb91c": true, "a_b.c-d": true, "": false, "-x": false, "a/b": false, strings.Repeat("a", 257): false} {
+		if validContainerID(s) != want {
+			t.Errorf("validContainerID(%q) = %v", s, !want)
+		}
+	}
+	for s, want := range map[string]bool{"eth0": true, "net1": true, "": false, "..": false, "a/b": false, "eth0:1": false, "abcdefghijklmnop": false} {
+		if validIfName(s) != want {
+			t.Errorf("validIfName(%q) = %v", s, !want)
 		}
 	}
 }

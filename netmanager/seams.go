@@ -10,6 +10,7 @@ import (
 
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/ipam"
+	"github.com/oakwire/oakwire/netmanager/localapi"
 )
 
 // NodeInfo is what the data plane needs to know about the node. It is
@@ -62,18 +63,7 @@ type Port struct {
 }
 
 // DataplaneStats is what /status and /metrics show of the data plane.
-type DataplaneStats struct {
-	Mode    string `json:"mode"`
-	Workers int    `json:"workers"`
-	CPUs    []int  `json:"cpus,omitempty"` // worker pinning (empty: none)
-	Yield   string `json:"yield,omitempty"`
-	// UplinkRxQueues is how many uplink RX queues have an AF_XDP socket
-	// (one per queue, up to dataplane.MaxUplinkQueues).
-	UplinkRxQueues int               `json:"uplink_rx_queues,omitempty"`
-	Sockets        int               `json:"sockets"`
-	Tables         map[string]int    `json:"tables"`   // table name → entries
-	Counters       map[string]uint64 `json:"counters"` // counter name (drop reasons, rx, tx) → value
-}
+type DataplaneStats = localapi.DataplaneStats
 
 // Dataplane is the packet path the daemon drives (the AF_XDP fast path in
 // production: internal/nodeplane). Calls are serialised by the daemon:
@@ -99,30 +89,7 @@ type Dataplane interface {
 }
 
 // Flow is one live flow of the data plane (GET /flows, netmanager flows).
-type Flow struct {
-	Proto string `json:"proto"` // tcp, udp, icmp, or the protocol number
-	// Src and Dst as the flow arrives: from a container, or out of the
-	// tunnel (Ingress).
-	Src     string `json:"src"`
-	Dst     string `json:"dst"`
-	Ingress bool   `json:"ingress,omitempty"`
-	// Service is the service IP the client addressed and Job its service
-	// (service flows; a reply's restored source on ingress).
-	Service string `json:"service,omitempty"`
-	Job     string `json:"job,omitempty"`
-	// Instance is the instance number the flow's policy chose.
-	Instance *uint32 `json:"instance,omitempty"`
-	// Tier is "kernel" when the kernel tier executes the flow, else
-	// "workers"; Pending: handed to the kernel, gate not open yet.
-	Tier    string `json:"tier"`
-	Pending bool   `json:"pending,omitempty"`
-	// Packets and Bytes the kernel tier executed (the workers do not
-	// count per flow).
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
-	IdleMS  int64  `json:"idle_ms"`
-	Closing bool   `json:"closing,omitempty"` // TCP FIN or RST seen
-}
+type Flow = localapi.Flow
 
 // Registration is the cluster's answer to Register.
 type Registration struct {

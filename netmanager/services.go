@@ -192,6 +192,18 @@ type ServiceView struct {
 	pendingDrops map[string]struct{}
 	lastInsts    int // instances in the last push
 	lastBad      int // bad addresses in the last push
+	// origin says where each entry came from and at which change-stream
+	// version (GET /services); posEpoch/posVersion is the watch's
+	// position.
+	origin     map[string]entryOrigin
+	posEpoch   string
+	posVersion uint64
+}
+
+// entryOrigin is how an entry of the view arrived.
+type entryOrigin struct {
+	version uint64 // the change-stream version (0 for a resolve)
+	source  string // watch, resync or resolve
 }
 
 // NewServiceView returns an empty view pushing to sink.
@@ -206,6 +218,7 @@ func NewServiceView(sink TableSink, o ServiceOptions) *ServiceView {
 		byAddr:       map[netip.Addr]string{},
 		changed:      map[string]uint64{},
 		pendingDrops: map[string]struct{}{},
+		origin:       map[string]entryOrigin{},
 	}
 }
 
@@ -366,12 +379,12 @@ func (v *ServiceView) peerListLocked() []api.Peer {
 // Jobs that stay keep their last-use time.
 func (v *ServiceView) Replace(entries []api.ServiceEntry, peers []api.Peer) error {
 	v.mu.Lock()
-	v.replaceLocked(entries, peers)
+	v.replaceLocked(entries, peers, 0)
 	v.mu.Unlock()
 	return v.Push()
 }
 
-func (v *ServiceView) replaceLocked(entries []api.ServiceEntry, peers []api.Peer) {
+func (v *ServiceView) replaceLocked(entries []api.ServiceEntry, peers []api.Peer, version uint64) {
 	now := v.opt.Now()
 	v.seq++
 	keep := make(map[string]bool, len(entries))
@@ -387,6 +400,7 @@ func (v *ServiceView) replaceLocked(entries []api.ServiceEntry, peers []api.Peer
 	for _, e := range entries {
 		v.upsertLocked(e, now)
 		v.changed[e.JobName] = v.seq
+		v.origin[e.JobName] = entryOrigin{version, "resync"}
 	}
 	v.setPeersLocked(peers)
 	v.pruneChangedLocked()
@@ -399,7 +413,7 @@ func (v *ServiceView) replaceLocked(entries []api.ServiceEntry, peers []api.Peer
 func (v *ServiceView) ApplyWatch(resp api.WatchResponse) error {
 	v.mu.Lock()
 	if resp.Resync {
-		v.replaceLocked(resp.Services, resp.Peers)
+		v.replaceLocked(resp.Services, resp.Peers, resp.Version)
 		v.ctr.resyncs.Inc()
 	} else {
 		v.applyChangesLocked(resp)
@@ -422,6 +436,7 @@ func (v *ServiceView) applyChangesLocked(resp api.WatchResponse) {
 			}
 			v.upsertLocked(*ch.Service, now)
 			v.changed[ch.Service.JobName] = v.seq
+			v.origin[ch.Service.JobName] = entryOrigin{ch.Version, "watch"}
 		case api.ChangeRemoved:
 			v.deleteLocked(ch.JobName)
 			v.changed[ch.JobName] = v.seq
@@ -467,6 +482,7 @@ func (v *ServiceView) mergeResolved(e api.ServiceEntry, startSeq uint64) error {
 	}
 	v.upsertLocked(e, now)
 	v.lastUsed[e.JobName] = now
+	v.origin[e.JobName] = entryOrigin{0, "resolve"}
 	v.mu.Unlock()
 	return v.Push()
 }
@@ -503,6 +519,7 @@ func (v *ServiceView) deleteLocked(job string) {
 		delete(v.entries, job)
 	}
 	delete(v.lastUsed, job)
+	delete(v.origin, job)
 }
 
 func entryAddrs(e api.ServiceEntry, f func(netip.Addr)) {

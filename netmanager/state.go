@@ -34,6 +34,10 @@ type State struct {
 	// Quarantine: nsIPv4 → time until which it stays unused (held in
 	// Subnets by the owner quarantineOwner(addr)).
 	Quarantine map[netip.Addr]time.Time `json:"quarantine,omitempty"`
+	// ClientReleases are instances of the node's client service whose
+	// container went but whose delete at root did not go through yet
+	// (retried; their numbers are not reused meanwhile).
+	ClientReleases []int `json:"client_releases,omitempty"`
 }
 
 // Container is one attached container.
@@ -41,8 +45,15 @@ type Container struct {
 	Job      string `json:"service"`
 	Instance int    `json:"instance"`
 	// Exactly one of PID and Netns was given at deploy.
-	PID          int           `json:"pid,omitempty"`
-	Netns        string        `json:"netns,omitempty"`
+	PID   int    `json:"pid,omitempty"`
+	Netns string `json:"netns,omitempty"`
+	// ContainerID is the runtime's container id (CNI), if it gave one,
+	// and Network the CNI network's name;
+	// Client marks an instance of the node's client service, placed at
+	// root by the daemon and deleted there with the container.
+	ContainerID  string        `json:"container_id,omitempty"`
+	Network      string        `json:"network,omitempty"`
+	Client       bool          `json:"client,omitempty"`
 	HostIf       string        `json:"host_if"`
 	HostMAC      macJSON       `json:"host_mac"`
 	ContIf       string        `json:"container_if"`

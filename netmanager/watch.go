@@ -116,6 +116,7 @@ func (v *ServiceView) RunWatch(ctx context.Context, src ServiceSource) {
 			_ = v.ApplyWatch(resp) // a refused table is counted by Push
 		}
 		epoch, since, have = resp.Epoch, resp.Version, true
+		v.setPosition(epoch, since)
 	}
 }
 

@@ -18,6 +18,11 @@ have_cmd ip           || need+=(iproute2)
 have_cmd ethtool      || need+=(ethtool)
 have_cmd iptables     || need+=(iptables)
 have_cmd nft          || need+=(nftables)
+# podman (CNI backend) runs real containers on oakwire-cni in e2e's
+# TestPodman; containernetworking-plugins is its CNI plugin set.
+have_cmd podman       || need+=(podman)
+have_pkg containernetworking-plugins || need+=(containernetworking-plugins)
+have_cmd nsenter      || need+=(util-linux)
 # systemd-analyze: the packaging tests verify the units with it.
 have_cmd systemd-analyze || need+=(systemd)
 

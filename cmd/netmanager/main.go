@@ -3,12 +3,14 @@
 //	netmanager [--config FILE] --node-id ID --uplink IFACE --node-ip IP [--tunnel-port 50103]
 //	  --cluster URL [--socket PATH] [--state-dir DIR] [--workers N] [...]
 //	netmanager teardown [--config FILE] [--socket PATH] [--state-dir DIR]
+//	netmanager status|flows|drops|services [--socket PATH | --config FILE] [--json] [...]
 //	netmanager --version
 //
 // Every flag is also a key of the YAML file (configs/netmanager.yaml);
 // flags win over the file. SIGTERM/SIGINT stop the API and the data plane
 // and leave containers attached; a restart re-adopts them. `teardown`
-// removes everything the daemon set up on the node. --version (or
+// removes everything the daemon set up on the node. status, flows, drops
+// and services ask the running daemon over its socket (cli.go). --version (or
 // `version`) prints the build: version, commit, Go, and the SHA-256 of
 // each embedded BPF object.
 package main
@@ -37,6 +39,16 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if args := os.Args[1:]; isCLI(args) {
+		if err := runCLI(ctx, args[0], args[1:], os.Stdout, os.Stderr); err != nil {
+			if !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintf(os.Stderr, "netmanager %s: %v\n", args[0], err)
+			}
+			stop()
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "netmanager:", err)

@@ -252,12 +252,17 @@ func (d *Deployment) Command(ctx context.Context, inst *Instance, argv ...string
 func (d *Deployment) Exec(ctx context.Context, timeout time.Duration, inst *Instance, argv ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := d.Command(ctx, inst, argv...)
+	return output(d.Command(ctx, inst, argv...), strings.Join(argv, " ")+" in "+inst.NS)
+}
+
+// output runs cmd and returns its standard output; its error names what
+// and carries the standard error.
+func output(cmd *exec.Cmd, what string) ([]byte, error) {
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return out, fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), inst.NS, err, strings.TrimSpace(stderr.String()))
+		return out, fmt.Errorf("%s: %w: %s", what, err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
 }
@@ -375,4 +380,37 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 		return &f, nil, fmt.Errorf("udpsink: %w: %q", err, b)
 	}
 	return &f, &s, nil
+}
+
+// NewNetns creates an empty named network namespace "<prefix>-<name>"
+// (lo up) for a container the test attaches itself (through a CNI
+// runtime), and returns its path; Close deletes it if DeleteNetns did not.
+func (d *Deployment) NewNetns(name string) (string, error) {
+	ns := d.Bed.Prefix() + "-" + name
+	if err := d.newNS(ns); err != nil {
+		return "", err
+	}
+	return "/run/netns/" + ns, nil
+}
+
+// DeleteNetns deletes a namespace NewNetns made (by its path).
+func (d *Deployment) DeleteNetns(path string) error {
+	return d.dropNS(filepath.Base(path))
+}
+
+// PlaceInstance places instance n of service id in node's cluster at
+// root (its instance IPs) without attaching anything: what an orchestrator
+// does before a runtime starts the container (through CNI).
+func (d *Deployment) PlaceInstance(ctx context.Context, id string, n int, node *Node) (IPPair, error) {
+	return d.rootInstance(ctx, id, n, node.Cluster.ID)
+}
+
+// NetManagerCLI runs `netmanager ARGS --socket <n's socket>` (status,
+// flows, drops, services: the operator's view of node n) and returns its
+// standard output.
+func (d *Deployment) NetManagerCLI(ctx context.Context, n *Node, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.Bin("netmanager"), append(args, "--socket", n.Socket)...)
+	return output(cmd, "netmanager "+strings.Join(args, " ")+" on "+n.Name)
 }

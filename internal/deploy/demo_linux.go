@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -208,6 +209,11 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 			r.Answers[0].Peer, client.IP.V4, r.Answers[0].From)
 	}
 
+	p.line("   Node a's view, `netmanager flows --service %s` (its local API; first lines):", web.Job)
+	if err := d.showFlows(ctx, p, a, web.Job, insts); err != nil {
+		fail("%v", err)
+	}
+
 	p.section("5. Closest: the instance nearest the client's node")
 	for _, ip := range []netip.Addr{closest.V4, closest.V6} {
 		r, err := d.Ask(ctx, client, "udp", echoAddr(ip, "udp"), 6, 1, time.Second)
@@ -354,6 +360,52 @@ func (d *Deployment) warm(ctx context.Context, from *Instance, ip netip.Addr) er
 			return fmt.Errorf("%v: no answer within 5 s (%s)", ip, r.FirstError())
 		}
 	}
+}
+
+// showFlows prints the first lines of `netmanager flows --service job`
+// on n and checks that the listing names, for each flow, the instance it
+// chose among insts.
+func (d *Deployment) showFlows(ctx context.Context, p *printer, n *Node, job string, insts []*Instance) error {
+	out, err := d.NetManagerCLI(ctx, n, "flows", "--service", job)
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	const show = 7
+	for i, l := range lines {
+		if i == show && len(lines) > show+1 {
+			p.line("     ... %d more", len(lines)-show-1)
+			p.line("     %s", lines[len(lines)-1])
+			break
+		}
+		p.line("     %s", l)
+	}
+	js, err := d.NetManagerCLI(ctx, n, "flows", "--service", job, "--json")
+	if err != nil {
+		return err
+	}
+	var flows []struct {
+		Instance   *int   `json:"instance"`
+		InstanceIP string `json:"instance_ip"`
+	}
+	if err := json.Unmarshal(js, &flows); err != nil {
+		return fmt.Errorf("netmanager flows --json: %w", err)
+	}
+	per := map[string]int{}
+	for _, f := range flows {
+		for _, in := range insts {
+			if f.Instance != nil && *f.Instance == in.Number && (f.InstanceIP == in.IP.V4.String() || f.InstanceIP == in.IP.V6.String()) {
+				per[in.Tag()]++
+			}
+		}
+	}
+	p.line("   flows listed per chosen instance: %s", fmtCounts(per))
+	for _, in := range insts {
+		if per[in.Tag()] == 0 {
+			return fmt.Errorf("netmanager flows on %s lists no flow that chose %s", n.Name, in.Tag())
+		}
+	}
+	return nil
 }
 
 func echoAddr(ip netip.Addr, proto string) netip.AddrPort {

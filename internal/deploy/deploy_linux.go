@@ -75,6 +75,7 @@ type Deployment struct {
 	services  map[string]*Service
 	instances map[instKey]*Instance
 	ctrNS     []string // container namespaces made and not yet deleted
+	podmans   []*Podman
 	clientN   int
 	closed    bool
 }
@@ -154,9 +155,9 @@ type serverSpec struct {
 	port int
 }
 
-// Build compiles servicemanager, netmanager and owload into dir (go build,
-// from the module containing this package's source or the working
-// directory).
+// Build compiles servicemanager, netmanager, owload and oakwire-cni into
+// dir (go build, from the module containing this package's source or the
+// working directory).
 func Build(ctx context.Context, dir string) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -170,8 +171,11 @@ func Build(ctx context.Context, dir string) error {
 		return fmt.Errorf("build: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+"/",
-		"./cmd/servicemanager", "./cmd/netmanager", "./cmd/owload")
+		"./cmd/servicemanager", "./cmd/netmanager", "./cmd/owload", "./cmd/oakwire-cni")
 	cmd.Dir = root
+	// Static, like the Makefile's: owload also runs in container images
+	// that hold nothing else (Podman).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build: go build: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -264,7 +268,7 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	d.bin = o.BinDir
 	if d.bin == "" {
 		d.bin = filepath.Join(d.WorkDir, "bin")
-		d.logf("building servicemanager, netmanager, owload")
+		d.logf("building servicemanager, netmanager, owload, oakwire-cni")
 		if err := Build(ctx, d.bin); err != nil {
 			return d, err
 		}
@@ -363,6 +367,7 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		n.args = []string{filepath.Join(d.bin, "netmanager"),
 			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
 			"--cluster", n.Cluster.URL, "--socket", n.Socket, "--state-dir", n.StateDir,
+			"--root", d.RootURL, "--cluster-id", n.Cluster.ID,
 			"--dataplane", o.Dataplane, "--bpf-dir", d.BPFDir}
 		if o.Offload != "" {
 			n.args = append(n.args, "--offload", o.Offload)
@@ -570,13 +575,21 @@ func (d *Deployment) DumpLogs(w io.Writer, n int) {
 // Up made it). Idempotent.
 func (d *Deployment) Close() error {
 	d.mu.Lock()
+	pms := d.podmans
+	d.podmans = nil
+	d.mu.Unlock()
+	var perrs []error
+	for _, p := range pms { // their containers first (CNI DEL, while netmanagers run)
+		perrs = append(perrs, p.Close())
+	}
+	d.mu.Lock()
 	d.closed = true
 	procs := d.procs
 	d.procs = nil
 	ctrs := d.ctrNS
 	d.ctrNS = nil
 	d.mu.Unlock()
-	var errs []error
+	errs := perrs
 	for _, p := range procs {
 		if !p.exited() {
 			_ = p.cmd.Process.Kill()
@@ -843,27 +856,32 @@ func (d *Deployment) NodeCall(ctx context.Context, n *Node, method, path string,
 
 // NodeStatus is the part of netmanager's GET /status the harness reads.
 type NodeStatus struct {
-	NodeID     string `json:"node_id"`
-	Registered bool   `json:"registered"`
-	Confirmed  bool   `json:"cluster_confirmed"`
-	LastError  string `json:"last_error"`
-	NodeIP     string `json:"node_ip"`
-	Subnet     string `json:"subnet"`
-	SubnetV6   string `json:"subnet_v6"`
-	Gateway    string `json:"gateway"`
-	GatewayV6  string `json:"gateway_v6"`
-	Containers []struct {
-		Job      string `json:"service"`
-		Instance int    `json:"instance"`
-		Netns    string `json:"netns"`
-		NSIP     string `json:"ns_ip"`
-		NSIP6    string `json:"ns_ip6"`
-	} `json:"containers"`
-	Dataplane struct {
+	NodeID     string            `json:"node_id"`
+	Registered bool              `json:"registered"`
+	Confirmed  bool              `json:"cluster_confirmed"`
+	LastError  string            `json:"last_error"`
+	NodeIP     string            `json:"node_ip"`
+	Subnet     string            `json:"subnet"`
+	SubnetV6   string            `json:"subnet_v6"`
+	Gateway    string            `json:"gateway"`
+	GatewayV6  string            `json:"gateway_v6"`
+	Containers []StatusContainer `json:"containers"`
+	Dataplane  struct {
 		Mode     string            `json:"mode"`
 		Tables   map[string]int    `json:"tables"`
 		Counters map[string]uint64 `json:"counters"`
 	} `json:"dataplane"`
+}
+
+// StatusContainer is one container of NodeStatus.
+type StatusContainer struct {
+	Job         string `json:"service"`
+	Instance    int    `json:"instance"`
+	Netns       string `json:"netns"`
+	ContainerID string `json:"container_id"`
+	Client      bool   `json:"client"`
+	NSIP        string `json:"ns_ip"`
+	NSIP6       string `json:"ns_ip6"`
 }
 
 // Status is n's netmanager GET /status.
