@@ -105,13 +105,29 @@ local function assign(p, i, o)
 end
 -- next_unused returns the lowest never-used index (p.hi+1 if none) and
 -- the stored hint, as read.
+local function unused(p, n)
+  local s = num(n)
+  return redis.call('HEXISTS', p.h, 'i:' .. s) == 0 and redis.call('HEXISTS', p.h, 'r:' .. s) == 0
+end
 local function next_unused(p)
   local hint = redis.call('HGET', p.h, 'next')
   local n = tonumber(hint or p.lo)
   if n < p.lo then n = p.lo end
+  if p.ranges then
+    -- A shard's pool (shard.go): only the indexes of its blocks.
+    for _, r in ipairs(p.ranges) do
+      if n <= r[2] then
+        if n < r[1] then n = r[1] end
+        while n <= r[2] do
+          if unused(p, n) then return n, hint end
+          n = n + 1
+        end
+      end
+    end
+    return p.hi + 1, hint
+  end
   while n <= p.hi do
-    local s = num(n)
-    if redis.call('HEXISTS', p.h, 'i:' .. s) == 0 and redis.call('HEXISTS', p.h, 'r:' .. s) == 0 then break end
+    if unused(p, n) then break end
     n = n + 1
   end
   return n, hint
