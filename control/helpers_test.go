@@ -94,6 +94,8 @@ type rootOpts struct {
 	alloc func(ipam.Allocator) ipam.Allocator
 	// sweep and stale set RootConfig.Sweep and staleAfter (0: defaults).
 	sweep, stale time.Duration
+	// fault fails the store after a named step (rootStore.hook).
+	fault func(step string) error
 }
 
 func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, string) {
@@ -124,6 +126,7 @@ func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, stri
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.store.fault = o.fault
 	t.Cleanup(func() { _ = r.Close() })
 	return r, serveOn(t, listen(t), r.Handler())
 }

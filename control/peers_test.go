@@ -412,9 +412,9 @@ func BenchmarkPeerChange(b *testing.B) {
 	})
 }
 
-// TestHostCounts: root counts each service's instances per cluster as
-// instances are deployed, moved and deleted, and counts them from the
-// records for a state from before the counts.
+// TestHostCounts: root counts each service's instances per cluster in its
+// shard as instances are deployed, moved and deleted, and the link graph
+// holds the clusters hosting it, with no link change left to copy.
 func TestHostCounts(t *testing.T) {
 	_, rdb := startRedis(t)
 	r, R := startRoot(t, rdb, rootOpts{sweep: -1})
@@ -426,14 +426,20 @@ func TestHostCounts(t *testing.T) {
 	deploy := func(n int, cid string) {
 		mustCall(t, 200, "POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":%q}`, n, cid), "", nil)
 	}
-	counts := func() map[string]string { return rdb.HGetAll(ctx, r.store.kHosts("s1")).Val() }
 	want := func(what string, w map[string]string) {
 		t.Helper()
-		if got := counts(); !maps.Equal(got, w) {
+		if got := rdb.HGetAll(ctx, r.store.st("s1")+"hcl:s1").Val(); !maps.Equal(got, w) {
 			t.Fatalf("%s: hosts %v, want %v", what, got, w)
 		}
-		if n, _ := rdb.SCard(ctx, r.store.kRehost()).Result(); n != 0 {
-			t.Fatalf("%s: %d services left to rehost", what, n)
+		graph := map[string]string{}
+		for c := range w {
+			graph[c] = "1"
+		}
+		if got := rdb.HGetAll(ctx, r.store.kHosts("s1")).Val(); !maps.Equal(got, graph) {
+			t.Fatalf("%s: link graph hosts %v, want %v", what, got, graph)
+		}
+		if n, _ := rdb.SCard(ctx, r.store.st("s1")+"links").Result(); n != 0 {
+			t.Fatalf("%s: %d services with link changes left", what, n)
 		}
 	}
 	for n := range 3 {
@@ -445,15 +451,6 @@ func TestHostCounts(t *testing.T) {
 	want("moved", map[string]string{"c1": "2", "c2": "2"})
 	mustCall(t, 200, "DELETE", R+"/api/net/s1/1", "", "", nil)
 	want("one deleted", map[string]string{"c1": "2", "c2": "1"})
-
-	// State from before the counts: counted from the records.
-	if err := rdb.Del(ctx, r.store.kHosts("s1"), DefaultPrefix+"{r}:hcl-built").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.sweepRehost(ctx); err != nil {
-		t.Fatal(err)
-	}
-	want("counted from the records", map[string]string{"c1": "2", "c2": "1"})
 	mustCall(t, 200, "DELETE", R+"/api/net/s1/-1", "", "", nil)
 	want("all deleted", map[string]string{})
 }

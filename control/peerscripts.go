@@ -3,14 +3,15 @@ package control
 import "github.com/redis/go-redis/v9"
 
 // The cross-cluster peer registry (docs/design.md, "Peers across
-// clusters"). Root's keys, all under the {r} tag like the rest of root's
-// state, so every script below runs on one slot:
+// clusters"). Root's keys of it, all under the tag {r}, so every script
+// below runs on one slot:
 //
 //	ep:<cid>    hash  node id → endpoint JSON {node_id, ip, port[, public_ip, public_port]}
 //	epv:<cid>   int   version of ep:<cid>, raised with every change of it
-//	hcl:<id>    hash  cluster → instances of service id placed there (instance cluster_id)
-//	hchg:<id>   set   clusters that started or stopped hosting service id, not yet hinted
-//	rehost      set   service ids with an hchg to hint (rehostScript)
+//	int:<id>    set   clusters interested in service id   } the link graph: a copy of
+//	cint:<cid>  set   services cluster cid is interested in } the shards' int:<id> and
+//	hcl:<id>    hash  cluster → 1 if it hosts service id    } hcl:<id> (rootstore.go),
+//	lv          hash  service id → version of its links copied } kept by syncLinks
 //	pgen:<cid>  int   generation of cid's peer view: raised with every hint to cid
 //	epoch       str   random id of root's Redis state (a lost state restarts pgen, epv)
 //
@@ -191,22 +192,34 @@ if was == 1 then return {0} end
 return endpointHints(tag, cid, {1})
 `)
 
-// rehost: KEYS hchg:<id>, int:<id>, rehost. ARGV tag, id. Hints both ends
-// of every pair the hosting changes recorded in hchg may link or unlink
-// (pendingscripts.go's instance scripts record them), and clears them. → {hints...}.
-var rehostScript = redis.NewScript(luaLinks + `
-local tag, id = ARGV[1], ARGV[2]
-local changed = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], id)
+// syncLinks: KEYS int:<id>, hcl:<id>, lv. ARGV tag, id, version, then
+// (cluster, interested 0|1, hosts 0|1) for each cluster whose relation to
+// service id changed in its shard. Copies a newer relation into the link
+// graph and hints both ends of every link that appears or goes (an older
+// version, from a replica that was slower, is ignored). → {hints...}.
+var syncLinksScript = redis.NewScript(luaLinks + `
+local tag, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if ver <= tonumber(redis.call('HGET', KEYS[3], id) or '-1') then return {} end
+redis.call('HSET', KEYS[3], id, ARGV[3])
 local hints = {}
-if #changed > 0 then
-  local int = redis.call('SMEMBERS', KEYS[2])
-  for _, b in ipairs(changed) do
-    for _, a in ipairs(int) do
-      if a ~= b then
-        hint(hints, a, b)
-        hint(hints, b, a)
+for i = 4, #ARGV, 3 do
+  local c, wantInt, wantHost = ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2] == '1'
+  local isInt = redis.call('SISMEMBER', KEYS[1], c) == 1
+  if wantInt and not isInt then
+    interestHints(tag, c, id, hints)
+    redis.call('SADD', KEYS[1], c)
+    redis.call('SADD', tag .. 'cint:' .. c, id)
+  elseif isInt and not wantInt then
+    redis.call('SREM', KEYS[1], c)
+    redis.call('SREM', tag .. 'cint:' .. c, id)
+    interestHints(tag, c, id, hints)
+  end
+  if wantHost ~= (redis.call('HEXISTS', KEYS[2], c) == 1) then
+    if wantHost then redis.call('HSET', KEYS[2], c, 1) else redis.call('HDEL', KEYS[2], c) end
+    for _, a in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+      if a ~= c then
+        hint(hints, a, c)
+        hint(hints, c, a)
       end
     end
   end
@@ -214,44 +227,38 @@ end
 return hintReply(tag, hints, {})
 `)
 
-// recountHosts: KEYS svc:<id>, hcl:<id>, hchg:<id>, rehost. ARGV id.
-// Recounts the service's instances per cluster from its records (for a
-// state from before hcl existed) and records the clusters whose hosting
-// that changes. → 1.
-var recountHostsScript = redis.NewScript(`
-local want = {}
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 2) == 'i:' then
-    local ok, inst = pcall(cjson.decode, redis.call('HGET', KEYS[1], f))
-    if ok and type(inst) == 'table' and type(inst.cluster_id) == 'string' and inst.cluster_id ~= '' then
-      want[inst.cluster_id] = (want[inst.cluster_id] or 0) + 1
-    end
-  end
+// deleteCluster: KEYS clusters, cint:<cid>, ep:<cid>. ARGV cluster id, int
+// key prefix, key tag. The clusters linked with it are hinted: its nodes
+// leave their peer sets. → {0} unknown, {1, {services it was interested
+// in}, hints...} deleted (with its interests in the link graph and its
+// endpoints; the shards' copies of its interests are the caller's).
+var deleteClusterScript = redis.NewScript(luaLinks + `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {0} end
+local hints = {}
+for a in pairs(linkset(ARGV[3], ARGV[1])) do hint(hints, a, ARGV[1]) end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local svcs = redis.call('SMEMBERS', KEYS[2])
+for _, s in ipairs(svcs) do
+  redis.call('SREM', ARGV[2] .. s, ARGV[1])
 end
-local function changed(c)
-  redis.call('SADD', KEYS[3], c)
-  redis.call('SADD', KEYS[4], ARGV[1])
-end
-for _, c in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if not want[c] then
-    redis.call('HDEL', KEYS[2], c)
-    changed(c)
-  end
-end
-for c, n in pairs(want) do
-  if redis.call('HEXISTS', KEYS[2], c) == 0 then changed(c) end
-  redis.call('HSET', KEYS[2], c, n)
-end
-return 1
+redis.call('DEL', KEYS[2], KEYS[3])
+return hintReply(ARGV[3], hints, {1, svcs})
 `)
 
-// dropInterest: KEYS int:<id>, cint:<cid>. ARGV tag, id, cid.
-// → {hints...}.
-var dropInterestScript = redis.NewScript(luaLinks + `
-local tag, id, cid = ARGV[1], ARGV[2], ARGV[3]
-redis.call('SREM', KEYS[1], cid)
-if redis.call('SREM', KEYS[2], id) == 0 then return {} end
-local hints = {}
-interestHints(tag, cid, id, hints)
-return hintReply(tag, hints, {})
+// claimJob: KEYS jobs. ARGV job, id. → {1} the job is id's now, {0} it
+// was already, {-2, holder} another id holds it.
+var claimJobScript = redis.NewScript(`
+local h = redis.call('HGET', KEYS[1], ARGV[1])
+if h == ARGV[2] then return {0} end
+if h then return {-2, h} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1}
+`)
+
+// swapJob: KEYS jobs. ARGV job, expected holder, new holder ("" : drop).
+// → 1 if the holder was the expected one (and is now the new one).
+var swapJobScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1
 `)

@@ -100,47 +100,6 @@ func (s *rootStore) peerView(c context.Context, cid string, scope []string) (api
 	return v, nil
 }
 
-// rehost returns the hints for what the recorded changes of the clusters
-// hosting service id link or unlink, and clears them.
-func (s *rootStore) rehost(c context.Context, id string) ([]hint, error) {
-	res, err := rehostScript.Run(c, s.rdb, []string{s.kHostChanges(id), s.kInt(id), s.kRehost()}, s.tag, id).Slice()
-	if err != nil {
-		return nil, redisErr("rehost", err)
-	}
-	return hintsOf(res), nil
-}
-
-// kCounted marks a state whose hosting counts are built.
-func (s *rootStore) kCounted() string { return s.tag + "hcl-built" }
-
-// uncounted reports whether the hosting counts are not built yet (state
-// from before them) and then lists every service.
-func (s *rootStore) uncounted(c context.Context) (bool, []string, error) {
-	have, err := s.rdb.Exists(c, s.kCounted()).Result()
-	if err != nil || have == 1 {
-		return false, nil, redisErr("rehost: services", err)
-	}
-	ids, err := s.rdb.HVals(c, s.kJobs()).Result()
-	return true, ids, redisErr("rehost: services", err)
-}
-
-// recountHosts counts service id's instances per cluster from its records.
-func (s *rootStore) recountHosts(c context.Context, id string) error {
-	keys := []string{s.kSvc(id), s.kHosts(id), s.kHostChanges(id), s.kRehost()}
-	return redisErr("rehost: count", recountHostsScript.Run(c, s.rdb, keys, id).Err())
-}
-
-// markCounted records that the hosting counts are built.
-func (s *rootStore) markCounted(c context.Context) error {
-	return redisErr("rehost: marker", s.rdb.Set(c, s.kCounted(), "1", 0).Err())
-}
-
-// rehostPending lists the services with hosting changes not hinted yet.
-func (s *rootStore) rehostPending(c context.Context) ([]string, error) {
-	ids, err := s.rdb.SMembers(c, s.kRehost()).Result()
-	return ids, redisErr("rehost: list", err)
-}
-
 // A cluster's keys of the endpoints it holds of the clusters root links it
 // with, in the cluster's slot:
 //

@@ -6,59 +6,61 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/redis/go-redis/v9"
 )
 
-// Changes that span the root's records and the address pool.
+// Changes that span slots.
 //
-// The root's keys carry the hash tag {r}, the pool's (package ipam) the tag
-// {svcpool}: two slots, so on Redis Cluster no one script can change both.
-// Deploying or deleting a service or an instance is therefore two-phase,
-// with the intent recorded in the root's slot, in the same script as the
-// record change, before the pool is touched:
+// An instance's record and its addresses live in its service's shard, so
+// deploying, moving or deleting one is a single script. A service's record
+// sits in its shard, its job name in the index under {r}, and a custom
+// service IP may lie in a block another shard holds (ipam.Shards.Place):
+// creating or deleting a service is therefore a sequence of scripts, with
+// its intent recorded in the shard, in the same script as the record
+// check, before anything else is touched:
 //
 //   - deploy: prepare (one script) checks the request and records an
-//     allocation intent "a:<slot>" for each pool owner it is about to use;
-//     then ipam.Alloc; then commit (one script) stores the record and drops
-//     the intent. A retry of a failed deploy finds the intent and re-uses its
-//     owner, so it gets the same addresses (Alloc is idempotent per owner).
-//   - delete: one script removes the records and records a pending free
-//     "f:<owner>" for each owner they held; then ipam.Release; then finish
-//     (one script) drops the pending frees that were released.
+//     allocation intent "a:<slot>" for each pool owner it is about to use
+//     and where its addresses will be; then the job name is claimed in the
+//     index; then the addresses are allocated (ipam.Shards.AllocIn, one
+//     script per shard); then commit (one script) stores the record and
+//     drops the intents. A retry of a failed deploy finds the intent and
+//     re-uses its owner, so it gets the same addresses (allocation is
+//     idempotent per owner). A deploy refused after allocating (a custom
+//     address taken, another id's record) undoes its allocations without
+//     quarantine: no record ever held them.
+//   - delete: one script removes the record, releases the service IPs its
+//     shard holds and records a pending free "f:<owner>" for any held
+//     elsewhere; then those are released and the pending frees dropped;
+//     the job name goes last.
 //
-// If Redis goes away between the phases the request fails (503) and the
+// If Redis goes away between the steps the request fails (503) and the
 // intent stays. Every later deploy or delete of the same service, and its
 // retry, first finishes the service's pending frees (and turns allocation
 // intents older than staleAfter into pending frees); a background sweep
-// (RootConfig.Sweep) does the same for services nobody touches again. So no
-// address stays held by a record that is gone, and none is freed while a
-// record holds it. (What can still leak: an allocation that reaches Redis
-// only after its intent was cancelled by a delete or reclaimed as stale,
-// sent by a replica that then dies before its commit, which would have
-// freed it.)
+// (RootConfig.Sweep) walks every shard's "pending" set and does the same
+// for services nobody touches again. A job name left in the index by a
+// failed deploy or delete is taken over by the next deploy of that name
+// whose holder has no record of it and no fresh intent (claimJob).
 //
 // Pool owners carry a random generation, "inst/<id>/<n>/<gen>" and
 // "svc/<id>/<policy>/<gen>", stored in the record ("owner" in an instance,
 // "owners" in a service's meta). A release that lands late (a replica that
-// stalled between the phases) therefore frees only the generation it was
+// stalled between the steps) therefore frees only the generation it was
 // meant for, never the addresses of an instance deployed again under the
 // same number. Records written before generations existed have none; their
 // owners are "inst/<id>/<n>" and "svc/<id>/<policy>".
 //
-// Keys, all in the root's slot:
-//
-//	pend:<id>  hash   a:i:<n>      "<stamp> <owner>" instance n being deployed
-//	                  a:p:<policy> "<stamp> <owner>" service IP being deployed
-//	                  f:<owner>    "<stamp>" owner whose pair is to be freed
-//	pending    set    ids whose pend hash is not empty (for the sweep)
-//
+// Keys, in the service's shard: pend:<id> and pending (pendingscripts.go).
 // A stamp is the server's TIME as "<seconds>.<microseconds>": it dates an
 // intent for staleness, and identifies a pending free so finish drops only
-// the one it released.
+// the one it freed.
 
 // newOwner returns a pool owner of a new generation under base
 // ("inst/<id>/<n>" or "svc/<id>/<policy>").
@@ -77,13 +79,11 @@ func (s *rootStore) staleArg() string {
 	return strconv.FormatFloat(s.staleAfter.Seconds(), 'f', 3, 64)
 }
 
-// reply is a pending-state script's reply, {code, payload, frees,
-// clusters...}, after step finished its frees: rest is the clusters
-// interested in the service.
+// reply is a pending-state script's reply, {code, payload, frees}, after
+// step finished its frees.
 type reply struct {
 	code    int64
 	payload any
-	rest    []any
 }
 
 // str is the payload as a string.
@@ -92,11 +92,12 @@ func (r reply) str() string { s, _ := r.payload.(string); return s }
 // list is the payload as a list.
 func (r reply) list() []any { l, _ := r.payload.([]any); return l }
 
-// step runs one pending-state script of service id, then finishes the
-// frees it hands back (what this call, or an earlier half-finished one,
-// left to release). what names the step in errors.
-func (s *rootStore) step(c context.Context, sc *redis.Script, id, what string, keys []string, args ...any) (reply, error) {
-	res, err := sc.Run(c, s.rdb, keys, args...).Slice()
+// step runs one pending-state script of service id (ARGV as given, the
+// service's record as KEYS), then finishes the frees it hands back (what
+// this call, or an earlier half-finished one, left to free). what names
+// the step in errors.
+func (s *rootStore) step(c context.Context, sc *redis.Script, id, what string, args ...any) (reply, error) {
+	res, err := sc.Run(c, s.rdb, []string{s.kSvc(id)}, args...).Slice()
 	if err != nil {
 		return reply{}, redisErr(what, err)
 	}
@@ -111,38 +112,77 @@ func (s *rootStore) step(c context.Context, sc *redis.Script, id, what string, k
 	if err := s.finish(c, id, frees); err != nil {
 		return reply{}, fmt.Errorf("%s: %w", what, err)
 	}
-	return reply{code: code, payload: res[1], rest: res[3:]}, nil
+	return reply{code: code, payload: res[1]}, nil
 }
 
-// finish releases the pool pairs of service id's pending frees (owner,
-// stamp pairs, as the scripts return them) and then drops them. On failure
-// they stay pending for the next call or the sweep.
+// finish frees the pairs of service id's pending frees (owner, value
+// pairs, as the scripts return them) where they are, and then drops them.
+// On failure they stay pending for the next call or the sweep.
 func (s *rootStore) finish(c context.Context, id string, frees []any) error {
 	if len(frees) == 0 {
 		return nil
 	}
-	owners := make([]string, 0, len(frees)/2)
-	args := make([]any, 0, 1+len(frees))
-	args = append(args, id)
+	type group struct {
+		shard int
+		undo  bool
+	}
+	groups := map[group][]string{}
+	args := make([]any, 0, 2+len(frees))
+	args = append(args, s.st(id), id)
 	for i := 0; i+1 < len(frees); i += 2 {
 		o, _ := frees[i].(string)
-		owners = append(owners, o)
-		args = append(args, frees[i], frees[i+1])
+		v, _ := frees[i+1].(string)
+		f := strings.Fields(v) // stamp, mode, where4, where6
+		undo := len(f) > 1 && f[1] == "u"
+		seen := map[int]bool{}
+		for _, w := range f[min(2, len(f)):] {
+			k, err := s.where(c, w)
+			if err != nil {
+				return fmt.Errorf("free %s: %w", o, err)
+			}
+			if k >= 0 && !seen[k] {
+				seen[k] = true
+				groups[group{k, undo}] = append(groups[group{k, undo}], o)
+			}
+		}
+		args = append(args, o, v)
 	}
-	if err := s.alloc.Release(c, owners); err != nil {
-		return fmt.Errorf("release %d pending: %w", len(owners), err)
+	if err := s.hook("free"); err != nil {
+		return err
 	}
-	if err := finishFreesScript.Run(c, s.rdb, []string{s.kPend(id), s.kPending()}, args...).Err(); err != nil {
-		return redisErr("drop released pending", err)
+	for g, owners := range groups {
+		if err := s.pool.FreeIn(c, g.shard, g.undo, owners); err != nil {
+			return fmt.Errorf("free %d pending: %w", len(owners), err)
+		}
+	}
+	if err := finishFreesScript.Run(c, s.rdb, []string{s.kPend(id)}, args...).Err(); err != nil {
+		return redisErr("drop freed pending", err)
 	}
 	return nil
+}
+
+// where reads a placement token: a shard number, or an address whose
+// block's shard holds it (-1: none, or no address).
+func (s *rootStore) where(c context.Context, w string) (int, error) {
+	if k, err := strconv.Atoi(w); err == nil {
+		return k, nil
+	}
+	a, err := netip.ParseAddr(w)
+	if err != nil {
+		return -1, nil
+	}
+	k, _, _, err := s.pool.Locate(c, a)
+	if errors.Is(err, ipam.ErrOutOfPool) || errors.Is(err, ipam.ErrBadRequest) {
+		return -1, nil
+	}
+	return k, err
 }
 
 // definite reports whether an allocation error says nothing was allocated
 // (a refusal), as opposed to not knowing (Redis unreachable, a timeout: the
 // script may have run).
 func definite(err error) bool {
-	if errors.Is(err, ipam.ErrUnavailable) {
+	if errors.Is(err, ipam.ErrUnavailable) || errors.Is(err, errRedis) {
 		return false
 	}
 	for _, s := range []error{ipam.ErrConflict, ipam.ErrExhausted, ipam.ErrOutOfPool, ipam.ErrBadRequest, ipam.ErrNotFound} {
@@ -155,19 +195,25 @@ func definite(err error) bool {
 
 // afterAllocErr handles an allocation for owners (of slots, the pend hash
 // fields without "a:") that failed with err. A definite refusal abandons the
-// intents (freeing what an earlier attempt may have allocated for them), so
-// the request leaves nothing behind; otherwise they stay, for a retry to
-// re-use or the sweep to reclaim. It returns what the caller returns.
+// intents, so the request leaves nothing behind; otherwise they stay, for a
+// retry to re-use or the sweep to reclaim. It returns what the caller
+// returns.
 func (s *rootStore) afterAllocErr(c context.Context, id string, slots, owners []string, err error) error {
 	if !definite(err) {
 		return err
 	}
-	args := make([]any, 0, 1+2*len(slots))
-	args = append(args, id)
+	return s.abandon(c, id, slots, owners, err)
+}
+
+// abandon drops the intents of a deploy refused with err, undoing what it
+// (or an earlier attempt) allocated for them, and returns err.
+func (s *rootStore) abandon(c context.Context, id string, slots, owners []string, err error) error {
+	args := make([]any, 0, 2+2*len(slots))
+	args = append(args, s.st(id), id)
 	for i := range slots {
 		args = append(args, slots[i], owners[i])
 	}
-	frees, aerr := abandonIntentsScript.Run(c, s.rdb, []string{s.kPend(id), s.kPending()}, args...).Slice()
+	frees, aerr := abandonIntentsScript.Run(c, s.rdb, []string{s.kPend(id)}, args...).Slice()
 	if aerr != nil {
 		return errors.Join(err, redisErr("abandon allocation intents", aerr))
 	}
@@ -177,40 +223,61 @@ func (s *rootStore) afterAllocErr(c context.Context, id string, slots, owners []
 	return err
 }
 
-// pendingIDs lists the services with pending state.
-func (s *rootStore) pendingIDs(c context.Context) ([]string, error) {
-	ids, err := s.rdb.SMembers(c, s.kPending()).Result()
-	return ids, redisErr("sweep: list", err)
-}
-
 // sweepService finishes service id's pending frees, after turning its
 // allocation intents older than staleAfter into pending frees.
 func (s *rootStore) sweepService(c context.Context, id string) error {
-	frees, err := sweepServiceScript.Run(c, s.rdb, []string{s.kPend(id), s.kPending()}, id, s.staleArg()).Slice()
+	frees, err := sweepServiceScript.Run(c, s.rdb, []string{s.kPend(id)}, s.st(id), id, s.staleArg()).Slice()
 	if err != nil {
 		return redisErr("collect pending", err)
 	}
 	return s.finish(c, id, frees)
 }
 
+// shardWork lists, per shard, the services with pending state and those
+// with link changes not copied yet.
+func (s *rootStore) shardWork(c context.Context) (pending, links []string, err error) {
+	n := s.pool.Count()
+	pipe := s.rdb.Pipeline()
+	pc, lc := make([]*redis.StringSliceCmd, n), make([]*redis.StringSliceCmd, n)
+	for k := range n {
+		pc[k] = pipe.SMembers(c, s.pool.Tag(k)+"pending")
+		lc[k] = pipe.SMembers(c, s.pool.Tag(k)+"links")
+	}
+	if _, err := pipe.Exec(c); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, redisErr("sweep: list", err)
+	}
+	for k := range n {
+		pending = append(pending, pc[k].Val()...)
+		links = append(links, lc[k].Val()...)
+	}
+	return pending, links, nil
+}
+
 // sweep finishes the pending state of every service that has some: pending
 // frees are released, allocation intents older than staleAfter reclaimed,
-// hosting sets left stale recomputed (rootpeers.go).
+// link changes copied to the link graph (and their hints sent).
 func (r *Root) sweep(ctx context.Context) error {
 	c, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	ids, err := r.store.pendingIDs(c)
+	if err := r.store.ready(c); err != nil {
+		return err
+	}
+	pending, links, err := r.store.shardWork(c)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	if err := r.sweepRehost(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	for _, id := range ids {
+	for _, id := range pending {
 		if err := r.store.sweepService(c, id); err != nil {
 			errs = append(errs, fmt.Errorf("sweep %s: %w", id, err))
 		}
+	}
+	for _, id := range links {
+		hints, err := r.store.syncLinks(c, id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sweep links of %s: %w", id, err))
+		}
+		r.sendHints(hints)
 	}
 	return errors.Join(errs...)
 }
@@ -218,21 +285,16 @@ func (r *Root) sweep(ctx context.Context) error {
 // sweeper runs sweep every period until ctx ends.
 func (r *Root) sweeper(ctx context.Context, period time.Duration) {
 	defer r.wg.Done()
-	// Hosting counts first thing: a root upgraded over older state counts
-	// them before its clusters rely on them.
-	if err := r.sweepRehost(ctx); err != nil && ctx.Err() == nil {
-		r.log.Warn("count hosting clusters", "err", err)
-	}
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
+		if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("sweep pending changes", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		if err := r.sweep(ctx); err != nil && ctx.Err() == nil {
-			r.log.Warn("sweep pending changes", "err", err)
 		}
 	}
 }

@@ -67,6 +67,14 @@ type RootConfig struct {
 	Sweep time.Duration
 	Log   *slog.Logger
 
+	// Shards is the number of shards root's services are spread over
+	// (default DefaultShards); BlockV4 and BlockV6 the sizes of the address
+	// blocks a shard claims (default ipam.DefaultBlockV4, DefaultBlockV6).
+	// All three are part of the key layout: every replica must agree, and
+	// a root refuses a Redis that holds another (docs/design.md).
+	Shards           int
+	BlockV4, BlockV6 int
+
 	// staleAfter overrides how old an allocation intent must be to count as
 	// abandoned (tests; default max(10 × Timeout, 30 s)).
 	staleAfter time.Duration
@@ -118,6 +126,9 @@ func (c RootConfig) withDefaults() RootConfig {
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
 	}
+	if c.Shards == 0 {
+		c.Shards = DefaultShards
+	}
 	if c.Sweep == 0 {
 		c.Sweep = 10 * time.Second
 	}
@@ -146,17 +157,22 @@ type Root struct {
 	workerV6Lo, workerV6Hi netip.Addr
 }
 
-// NewRoot returns the root service manager over rdb and alloc. Close stops
-// its notifier.
+// NewRoot returns the root service manager over rdb; alloc hands out the
+// worker subnets, the service and instance IPs are the shards' (rootstore.go).
+// Close stops its notifier.
 func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*Root, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	pool, err := ipam.NewShards(rdb, cfg.IPAM, cfg.Prefix, cfg.Shards, cfg.BlockV4, cfg.BlockV6)
+	if err != nil {
+		return nil, fmt.Errorf("root config: %w", err)
+	}
 	r := &Root{
 		server: newServer(cfg.Log, rdb, cfg.Token),
 		cfg:    cfg,
-		store:  &rootStore{rdb: rdb, alloc: alloc, tag: cfg.Prefix + "{r}:", staleAfter: cfg.staleAfter},
+		store:  newRootStore(rdb, alloc, pool, cfg.Prefix, cfg.staleAfter),
 	}
 	r.policies, _ = cfg.policyIDs()
 	first, _ := cfg.IPAM.SubnetAt(0)

@@ -113,11 +113,7 @@ func (r *Root) deployStatus(ctx *fasthttp.RequestCtx, undeploy bool) error {
 	id := in.JobID
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	m, err := r.store.meta(c, id)
-	if err != nil {
-		return statusErr(err, id)
-	}
-	n, to, err := r.store.setStatus(c, id, list, undeploy)
+	job, n, to, err := r.store.setStatus(c, id, list, undeploy)
 	if err != nil {
 		return statusErr(err, id)
 	}
@@ -126,9 +122,9 @@ func (r *Root) deployStatus(ctx *fasthttp.RequestCtx, undeploy bool) error {
 		typ = api.TypeUndeployment
 	}
 	for _, st := range list {
-		r.notifyClusters(to, m.JobName, st.Number, typ)
+		r.notifyClusters(to, job, st.Number, typ)
 	}
-	writeJSON(ctx, 200, api.StatusAnswer{JobID: id, JobName: m.JobName, Updated: n})
+	writeJSON(ctx, 200, api.StatusAnswer{JobID: id, JobName: job, Updated: n})
 	return nil
 }
 

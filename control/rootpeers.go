@@ -31,50 +31,11 @@ func (r *Root) sendDeltaHints(hints []hint, delta *api.EndpointsDelta) {
 	}
 }
 
-// rehost hints what a change of the clusters hosting service id links or
-// unlinks. A failure leaves the change recorded (hchg, rehost: written
-// with it) for the sweep.
+// rehost copies what changed of service id's links (its hosting clusters,
+// its interested ones) to the link graph and hints the links that makes or
+// ends. A failure leaves the change recorded in the shard for the sweep.
 func (r *Root) rehost(c context.Context, id string) {
-	hints, err := r.store.rehost(c, id)
-	if err != nil {
-		r.log.Warn("rehost; the sweep retries", "service", id, "err", err)
-		return
-	}
-	r.sendHints(hints)
-}
-
-// sweepRehost hints the hosting changes a failure left. The first sweep of
-// a root whose Redis has no hosting counts yet (state from before them)
-// counts every service's instances first. Each step has the request
-// budget.
-func (r *Root) sweepRehost(ctx context.Context) error {
-	step := func(f func(c context.Context) error) error {
-		c, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-		defer cancel()
-		return f(c)
-	}
-	var ids []string
-	var uncounted bool
-	if err := step(func(c context.Context) (err error) { uncounted, ids, err = r.store.uncounted(c); return err }); err != nil {
-		return err
-	}
-	for _, id := range ids {
-		if err := step(func(c context.Context) error { return r.store.recountHosts(c, id) }); err != nil {
-			return err
-		}
-	}
-	if uncounted {
-		if err := step(r.store.markCounted); err != nil {
-			return err
-		}
-	}
-	if err := step(func(c context.Context) (err error) { ids, err = r.store.rehostPending(c); return err }); err != nil {
-		return err
-	}
-	for _, id := range ids {
-		_ = step(func(c context.Context) error { r.rehost(c, id); return nil })
-	}
-	return nil
+	r.sendHints(r.store.linksChanged(c, id))
 }
 
 // endpointIn validates one reported endpoint (field prefixes the JSON

@@ -84,7 +84,7 @@ func (r *Root) availableIP(ctx *fasthttp.RequestCtx, _ []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	a, err := r.store.alloc.Peek(c, kind, fam)
+	a, err := r.store.peek(c, kind, fam)
 	if err != nil {
 		return fmt.Errorf("preview: %w", err)
 	}

@@ -2,7 +2,6 @@ package control
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"strings"
 
@@ -150,7 +149,8 @@ func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	m, err := r.store.deleteService(c, id)
+	m, hints, err := r.store.deleteService(c, id)
+	r.sendHints(hints)
 	switch {
 	case errors.Is(err, errNoService):
 		return notFoundf("_id: no service %q", id)
@@ -215,18 +215,13 @@ func (r *Root) serviceByIP(ctx *fasthttp.RequestCtx, p []string) error {
 	c, cancel := r.ctx(ctx)
 	defer cancel()
 	free := notFoundf("ip: %s belongs to no service or instance", a)
-	owner, err := r.store.alloc.Owner(c, a)
-	if errors.Is(err, ipam.ErrNotFound) {
-		return free
-	} else if err != nil {
-		return fmt.Errorf("get service by ip: %w", err)
-	}
-	// owners are svc/<id>/<policy>[/<gen>] or inst/<id>/<n>[/<gen>]
-	parts := strings.Split(owner, "/")
-	if len(parts) < 3 {
+	id, err := r.store.ownerOf(c, a)
+	if err != nil {
+		return err
+	} else if id == "" {
 		return free
 	}
-	e, hints, err := r.store.service(c, parts[1], cid)
+	e, hints, err := r.store.service(c, id, cid, "")
 	return r.answerEntry(ctx, e, hints, err, cid, free)
 }
 

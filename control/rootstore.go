@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oakwire/oakwire/api"
@@ -15,18 +19,52 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// rootStore is root's state: its records in Redis, all under the hash tag
-// {r} (rootscripts.go, pendingscripts.go, peerscripts.go), and the address
-// pools (ipam). Each method is one operation with typed arguments and
-// results, usually one script; failures are the named errors below or
-// Redis's (redisErr). It knows nothing of HTTP: handlers name the request
-// fields in their answers.
+// rootStore is root's state in Redis, spread over hash slots so that a
+// Redis Cluster's masters share it (docs/design.md, "Root's state over
+// hash slots"):
+//
+//   - Services live in shards: service id's shard is crc32(id) mod the
+//     shard count (DefaultShards), and its keys carry the shard's tag
+//     ipam.ShardTag ("<prefix>{s<k>}:"). Under it: svc:<id> (hash: "meta",
+//     "job" and the instances "i:<n>"), int:<id> (interested clusters),
+//     hcl:<id> (cluster → instances there), pend:<id> and pending
+//     (pending.go), lchg:<id>, lver:<id> and links (link changes not yet
+//     copied to the link graph), and the shard's address pools (ipam).
+//     Deploying, moving and deleting an instance, a lookup with its
+//     interest, a deploy status: each is one script on the shard.
+//   - Root-wide state under {r}: registered clusters, the job name index
+//     (jobs: job → id), the peer registry and the link graph (int, cint,
+//     hcl: peerscripts.go), the layout marker (layout.go).
+//   - The pools' block registry under {pool} (ipam.Shards).
+//
+// A change that spans slots (creating or deleting a service: its shard and
+// the job index; a new block; a link change: its shard and the link graph)
+// is a sequence of scripts, each on one slot, in an order that a failure
+// between them leaves nothing visible half-written (pending.go).
+//
+// Each method is one operation with typed arguments and results; failures
+// are the named errors below or Redis's (redisErr). It knows nothing of
+// HTTP: handlers name the request fields in their answers.
 type rootStore struct {
 	rdb        redis.UniversalClient
-	alloc      ipam.Allocator
-	tag        string        // prefix + "{r}:"
+	alloc      ipam.Allocator // worker subnets
+	pool       *ipam.Shards   // service and instance IPs
+	tag        string         // prefix + "{r}:"
+	prefix     string
 	staleAfter time.Duration // how old an allocation intent is abandoned
+
+	jobs     sync.Map // job name → service id (verified by every lookup's script)
+	clusters clusterCache
+	checked  atomic.Bool // layout checked (layout.go)
+	checkMu  sync.Mutex  // one layout check at a time
+
+	// fault, in tests, fails a multi-step change after the named step.
+	fault func(step string) error
 }
+
+// DefaultShards is the number of shards of root's services. It is part of
+// the key layout: every replica must use the same (layout.go checks).
+const DefaultShards = 64
 
 // Named errors of root's store. Handlers turn them into answers naming the
 // request field; each is of the class it is answered with.
@@ -79,20 +117,27 @@ type hint struct {
 	scope   string
 }
 
-func (s *rootStore) kSvc(id string) string         { return s.tag + "svc:" + id }
-func (s *rootStore) kInt(id string) string         { return s.tag + "int:" + id }
-func (s *rootStore) kCint(cid string) string       { return s.tag + "cint:" + cid }
-func (s *rootStore) kJobs() string                 { return s.tag + "jobs" }
-func (s *rootStore) kClusters() string             { return s.tag + "clusters" }
-func (s *rootStore) kPend(id string) string        { return s.tag + "pend:" + id }
-func (s *rootStore) kPending() string              { return s.tag + "pending" }
-func (s *rootStore) kEndpoints(cid string) string  { return s.tag + "ep:" + cid }
-func (s *rootStore) kHosts(id string) string       { return s.tag + "hcl:" + id }
-func (s *rootStore) kHostChanges(id string) string { return s.tag + "hchg:" + id }
-func (s *rootStore) kRehost() string               { return s.tag + "rehost" }
-func (s *rootStore) instanceKeys(id string) []string {
-	return []string{s.kSvc(id), s.kInt(id), s.kClusters(), s.kPend(id), s.kPending(), s.kHosts(id), s.kHostChanges(id), s.kRehost()}
+func newRootStore(rdb redis.UniversalClient, alloc ipam.Allocator, pool *ipam.Shards, prefix string, stale time.Duration) *rootStore {
+	return &rootStore{rdb: rdb, alloc: alloc, pool: pool, prefix: prefix, tag: prefix + "{r}:", staleAfter: stale}
 }
+
+// shard is the shard of service id; st its tag.
+func (s *rootStore) shard(id string) int {
+	return int(crc32.ChecksumIEEE([]byte(id)) % uint32(s.pool.Count()))
+}
+func (s *rootStore) st(id string) string { return s.pool.Tag(s.shard(id)) }
+
+func (s *rootStore) kSvc(id string) string        { return s.st(id) + "svc:" + id }
+func (s *rootStore) kShardInt(id string) string   { return s.st(id) + "int:" + id }
+func (s *rootStore) kPend(id string) string       { return s.st(id) + "pend:" + id }
+func (s *rootStore) kLinkChg(id string) string    { return s.st(id) + "lchg:" + id }
+func (s *rootStore) kInt(id string) string        { return s.tag + "int:" + id }
+func (s *rootStore) kHosts(id string) string      { return s.tag + "hcl:" + id }
+func (s *rootStore) kCint(cid string) string      { return s.tag + "cint:" + cid }
+func (s *rootStore) kJobs() string                { return s.tag + "jobs" }
+func (s *rootStore) kClusters() string            { return s.tag + "clusters" }
+func (s *rootStore) kLinkVer() string             { return s.tag + "lv" }
+func (s *rootStore) kEndpoints(cid string) string { return s.tag + "ep:" + cid }
 
 // hintsOf parses a script's hints: (cluster JSON, scope) pairs.
 func hintsOf(res []any) []hint {
@@ -108,20 +153,6 @@ func hintsOf(res []any) []hint {
 	return out
 }
 
-// clustersOf parses a script's list of cluster JSONs (the clusters
-// interested in a service).
-func clustersOf(res []any) []api.Cluster {
-	var out []api.Cluster
-	for _, c := range res {
-		s, _ := c.(string)
-		var ci api.Cluster
-		if json.Unmarshal([]byte(s), &ci) == nil {
-			out = append(out, ci)
-		}
-	}
-	return out
-}
-
 // code is a script reply's status code.
 func code(res []any) int64 {
 	if len(res) == 0 {
@@ -129,6 +160,90 @@ func code(res []any) int64 {
 	}
 	c, _ := res[0].(int64)
 	return c
+}
+
+func strAt(res []any, i int) string {
+	if i >= len(res) {
+		return ""
+	}
+	s, _ := res[i].(string)
+	return s
+}
+
+// clusterCache holds registered clusters for a short while: every deploy
+// checks its cluster and every change notifies clusters, and a replica
+// need not read them from the root's slot each time. A cluster another
+// replica deleted may be served for up to clusterTTL more.
+type clusterCache struct {
+	mu sync.RWMutex // guards m
+	m  map[string]cachedCluster
+}
+
+type cachedCluster struct {
+	c  api.Cluster
+	at time.Time
+}
+
+const clusterTTL = 2 * time.Second
+
+func (cc *clusterCache) get(cid string) (api.Cluster, bool) {
+	cc.mu.RLock()
+	e, ok := cc.m[cid]
+	cc.mu.RUnlock()
+	if !ok || time.Since(e.at) > clusterTTL {
+		return api.Cluster{}, false
+	}
+	return e.c, true
+}
+
+func (cc *clusterCache) put(ci api.Cluster) {
+	cc.mu.Lock()
+	if cc.m == nil {
+		cc.m = map[string]cachedCluster{}
+	}
+	cc.m[ci.ClusterID] = cachedCluster{c: ci, at: time.Now()}
+	cc.mu.Unlock()
+}
+
+func (cc *clusterCache) drop(cid string) {
+	cc.mu.Lock()
+	delete(cc.m, cid)
+	cc.mu.Unlock()
+}
+
+// clustersOf returns the registered clusters among ids.
+func (s *rootStore) clustersOf(c context.Context, ids []string) ([]api.Cluster, error) {
+	out := make([]api.Cluster, 0, len(ids))
+	var miss []string
+	for _, id := range ids {
+		if ci, ok := s.clusters.get(id); ok {
+			out = append(out, ci)
+		} else {
+			miss = append(miss, id)
+		}
+	}
+	if len(miss) == 0 {
+		return out, nil
+	}
+	vals, err := s.rdb.HMGet(c, s.kClusters(), miss...).Result()
+	if err != nil {
+		return out, redisErr("clusters", err)
+	}
+	for _, v := range vals {
+		js, _ := v.(string)
+		var ci api.Cluster
+		if js != "" && json.Unmarshal([]byte(js), &ci) == nil {
+			s.clusters.put(ci)
+			out = append(out, ci)
+		}
+	}
+	return out, nil
+}
+
+// registered reports whether cluster cid is registered.
+func (s *rootStore) registered(c context.Context, cid string) (bool, error) {
+	cs, err := s.clustersOf(c, []string{cid})
+	return len(cs) == 1, err
 }
 
 // registerCluster stores ci. A cluster that was not registered becomes
@@ -139,12 +254,14 @@ func (s *rootStore) registerCluster(c context.Context, ci api.Cluster) ([]hint, 
 	if err != nil {
 		return nil, redisErr("register cluster", err)
 	}
+	s.clusters.put(ci)
 	return hintsOf(res[1:]), nil
 }
 
 // deleteCluster removes a cluster with its interests and endpoints; the
 // hints are for the clusters linked with it. errNoCluster.
 func (s *rootStore) deleteCluster(c context.Context, cid string) ([]hint, error) {
+	s.clusters.drop(cid)
 	res, err := deleteClusterScript.Run(c, s.rdb, []string{s.kClusters(), s.kCint(cid), s.kEndpoints(cid)},
 		cid, s.tag+"int:", s.tag).Slice()
 	if err != nil {
@@ -153,73 +270,67 @@ func (s *rootStore) deleteCluster(c context.Context, cid string) ([]hint, error)
 	if code(res) == 0 {
 		return nil, errNoCluster
 	}
-	return hintsOf(res[1:]), nil
+	// The shards' copies of its interests; what is left (a failure here)
+	// is only ever read through the registered clusters.
+	svcs, _ := res[1].([]any)
+	if len(svcs) > 0 {
+		pipe := s.rdb.Pipeline()
+		for _, v := range svcs {
+			id, _ := v.(string)
+			pipe.SRem(c, s.kShardInt(id), cid)
+		}
+		if _, err := pipe.Exec(c); err != nil {
+			return hintsOf(res[2:]), redisErr("delete cluster: interests", err)
+		}
+	}
+	return hintsOf(res[2:]), nil
 }
 
 // service returns the entry of service id. With cid, it records cluster
-// cid's interest in it (which may link clusters: hints). errNoService,
-// errNoCluster.
-func (s *rootStore) service(c context.Context, id, cid string) (api.ServiceEntry, []hint, error) {
-	if cid == "" {
-		m, err := s.rdb.HGetAll(c, s.kSvc(id)).Result()
-		if err != nil {
-			return api.ServiceEntry{}, nil, redisErr("get service", err)
-		}
-		if m["meta"] == "" {
-			return api.ServiceEntry{}, nil, errNoService
-		}
-		var fields []any
-		for k, v := range m {
-			fields = append(fields, k, v)
-		}
-		e, err := entryFromFields(fields)
-		return e, nil, err
+// cid's interest in it (which may link clusters: hints). With job, the
+// service must be that job's. errNoService, errNoCluster.
+func (s *rootStore) service(c context.Context, id, cid, job string) (api.ServiceEntry, []hint, error) {
+	if err := s.ready(c); err != nil {
+		return api.ServiceEntry{}, nil, err
 	}
-	res, err := getServiceScript.Run(c, s.rdb, []string{s.kSvc(id), s.kInt(id), s.kCint(cid), s.kClusters()}, id, cid, s.tag).Slice()
-	return s.entryReply(res, err)
-}
-
-// serviceByJob is service, by job name.
-func (s *rootStore) serviceByJob(c context.Context, job, cid string) (api.ServiceEntry, []hint, error) {
-	res, err := resolveJobScript.Run(c, s.rdb, []string{s.kJobs(), s.kClusters()}, job, cid, s.tag).Slice()
-	return s.entryReply(res, err)
-}
-
-// entryReply reads the reply of getService or resolveJob.
-func (s *rootStore) entryReply(res []any, err error) (api.ServiceEntry, []hint, error) {
+	if cid != "" {
+		if ok, err := s.registered(c, cid); err != nil {
+			return api.ServiceEntry{}, nil, err
+		} else if !ok {
+			return api.ServiceEntry{}, nil, errNoCluster
+		}
+	}
+	res, err := getServiceScript.Run(c, s.rdb, []string{s.kSvc(id)}, s.st(id), id, cid, job).Slice()
 	if err != nil {
 		return api.ServiceEntry{}, nil, redisErr("get service", err)
 	}
-	switch code(res) {
-	case -1:
+	if code(res) != 1 {
 		return api.ServiceEntry{}, nil, errNoService
-	case -2:
-		return api.ServiceEntry{}, nil, errNoCluster
 	}
-	fields, _ := res[1].([]any)
-	e, err := entryFromFields(fields)
-	return e, hintsOf(res[2:]), err
+	e, err := entryFromFlat(res)
+	if err != nil {
+		return e, nil, err
+	}
+	var hints []hint
+	if res[1] == int64(1) {
+		hints = s.linksChanged(c, id)
+	}
+	return e, hints, nil
 }
 
-// entryFromFields builds a service entry from the service hash (field,
-// value, field, value…).
-func entryFromFields(fields []any) (api.ServiceEntry, error) {
-	var e api.ServiceEntry
-	e.InstanceList = []api.Instance{}
-	for i := 0; i+1 < len(fields); i += 2 {
-		k, _ := fields[i].(string)
-		v, _ := fields[i+1].(string)
-		if k == "meta" {
-			var m serviceMeta
-			if err := json.Unmarshal([]byte(v), &m); err != nil {
-				return e, fmt.Errorf("service entry: meta: %w", err)
-			}
-			e.ID, e.JobName, e.ServiceIPList = m.ID, m.JobName, m.ServiceIPList
-			continue
-		}
-		var inst api.Instance
-		if err := json.Unmarshal([]byte(v), &inst); err != nil {
-			return e, fmt.Errorf("service entry: %s: %w", k, err)
+// entryFromFlat builds a service entry from getService's reply.
+func entryFromFlat(res []any) (api.ServiceEntry, error) {
+	e := api.ServiceEntry{ID: strAt(res, 2), JobName: strAt(res, 3), InstanceList: []api.Instance{}}
+	nips, _ := res[4].(int64)
+	i := 5
+	for range nips {
+		e.ServiceIPList = append(e.ServiceIPList, api.ServiceIP{IpType: strAt(res, i), Address: addr(strAt(res, i+1)), AddressV6: addr(strAt(res, i+2))})
+		i += 3
+	}
+	for ; i+8 <= len(res); i += 8 {
+		inst, err := instanceFromFlat(res[i : i+8])
+		if err != nil {
+			return e, err
 		}
 		e.InstanceList = append(e.InstanceList, inst)
 	}
@@ -227,35 +338,128 @@ func entryFromFields(fields []any) (api.ServiceEntry, error) {
 	return e, nil
 }
 
-// serviceID returns the id of the service named job. errNoService.
+// instanceFromFlat reads an instance's 8 flat values (inst_flat).
+func instanceFromFlat(v []any) (api.Instance, error) {
+	n, err := strconv.Atoi(strAt(v, 0))
+	if err != nil {
+		return api.Instance{}, fmt.Errorf("service entry: instance number %q", strAt(v, 0))
+	}
+	port, _ := strconv.Atoi(strAt(v, 7))
+	return api.Instance{InstanceNumber: n, InstanceIP: addr(strAt(v, 1)), InstanceIPv6: addr(strAt(v, 2)),
+		ClusterID: strAt(v, 3), NamespaceIP: addr(strAt(v, 4)), NamespaceIPv6: addr(strAt(v, 5)),
+		HostIP: addr(strAt(v, 6)), HostPort: port}, nil
+}
+
+// addr parses a stored address ("" and garbage: none).
+func addr(s string) netip.Addr {
+	a, _ := netip.ParseAddr(s)
+	return a
+}
+
+// serviceID returns the id of the service named job (the index may name
+// one being created or deleted: lookups check the record). errNoService.
 func (s *rootStore) serviceID(c context.Context, job string) (string, error) {
+	if id, ok := s.jobs.Load(job); ok {
+		return id.(string), nil
+	}
 	id, err := s.rdb.HGet(c, s.kJobs(), job).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", errNoService
+	} else if err != nil {
+		return "", redisErr("service id", err)
 	}
-	return id, redisErr("service id", err)
+	s.jobs.Store(job, id)
+	return id, nil
 }
 
-// meta returns the record of service id. errNoService.
-func (s *rootStore) meta(c context.Context, id string) (serviceMeta, error) {
-	var m serviceMeta
-	b, err := s.rdb.HGet(c, s.kSvc(id), "meta").Result()
-	if errors.Is(err, redis.Nil) {
-		return m, errNoService
-	} else if err != nil {
-		return m, redisErr("read service", err)
+// serviceByJob is service, by job name.
+func (s *rootStore) serviceByJob(c context.Context, job, cid string) (api.ServiceEntry, []hint, error) {
+	if err := s.ready(c); err != nil {
+		return api.ServiceEntry{}, nil, err
 	}
-	return m, json.Unmarshal([]byte(b), &m)
+	for try := 0; ; try++ {
+		id, err := s.serviceID(c, job)
+		if err != nil {
+			return api.ServiceEntry{}, nil, err
+		}
+		e, hints, err := s.service(c, id, cid, job)
+		if errors.Is(err, errNoService) && try == 0 {
+			// The cached id may be stale (the job deleted and created again).
+			s.jobs.Delete(job)
+			continue
+		}
+		return e, hints, err
+	}
+}
+
+// ownerOf returns the pool owner of a service or instance IP, and the id
+// of the service it belongs to ("" if none).
+func (s *rootStore) ownerOf(c context.Context, a netip.Addr) (string, error) {
+	if err := s.ready(c); err != nil {
+		return "", err
+	}
+	owner, err := s.pool.Owner(c, a)
+	if errors.Is(err, ipam.ErrNotFound) {
+		return "", nil
+	} else if err != nil {
+		return "", fmt.Errorf("get service by ip: %w", err)
+	}
+	// owners are svc/<id>/<policy>[/<gen>] or inst/<id>/<n>[/<gen>]
+	parts := strings.Split(owner, "/")
+	if len(parts) < 3 {
+		return "", nil
+	}
+	return parts[1], nil
 }
 
 // dropInterest forgets cluster cid's interest in service id; the hints
 // are for the links that ends.
 func (s *rootStore) dropInterest(c context.Context, id, cid string) ([]hint, error) {
-	res, err := dropInterestScript.Run(c, s.rdb, []string{s.kInt(id), s.kCint(cid)}, s.tag, id, cid).Slice()
+	n, err := dropInterestScript.Run(c, s.rdb, []string{s.kShardInt(id)}, s.st(id), id, cid).Int()
 	if err != nil {
 		return nil, redisErr("drop interest", err)
 	}
-	return hintsOf(res), nil
+	if n == 0 {
+		return nil, nil
+	}
+	return s.linksChanged(c, id), nil
+}
+
+// linksChanged copies what changed of service id's links to the link
+// graph and returns the hints; a failure leaves the change recorded in
+// the shard for the sweep.
+func (s *rootStore) linksChanged(c context.Context, id string) []hint {
+	hints, err := s.syncLinks(c, id)
+	if err != nil {
+		return nil
+	}
+	return hints
+}
+
+// syncLinks copies the link changes recorded in service id's shard to the
+// link graph (peerscripts.go) and drops them there.
+func (s *rootStore) syncLinks(c context.Context, id string) ([]hint, error) {
+	st, err := linkStateScript.Run(c, s.rdb, []string{s.kLinkChg(id)}, s.st(id), id).Slice()
+	if err != nil || len(st) == 0 {
+		return nil, redisErr("links: state", err)
+	}
+	ver := strAt(st, 0)
+	args := []any{s.tag, id, ver}
+	for i := 1; i+2 < len(st); i += 3 {
+		args = append(args, st[i], st[i+1], st[i+2])
+	}
+	var hints []hint
+	if len(args) > 3 {
+		res, err := syncLinksScript.Run(c, s.rdb, []string{s.kInt(id), s.kHosts(id), s.kLinkVer()}, args...).Slice()
+		if err != nil {
+			return nil, redisErr("links: copy", err)
+		}
+		hints = hintsOf(res)
+	}
+	if err := linkDoneScript.Run(c, s.rdb, []string{s.kLinkChg(id)}, s.st(id), id, ver).Err(); err != nil {
+		return hints, redisErr("links: done", err)
+	}
+	return hints, nil
 }
 
 // instanceStatus is where an instance runs: set for a deploy status,
@@ -274,11 +478,15 @@ func (e *noInstanceError) Error() string { return "no instance " + e.Number }
 func (e *noInstanceError) Unwrap() error { return errNoInstance }
 
 // setStatus records where the instances of service id run (undeploy: no
-// longer run, if still at that host), all or none, and returns how many
-// changed and the clusters interested in the service. errNoService,
-// *noInstanceError.
-func (s *rootStore) setStatus(c context.Context, id string, list []instanceStatus, undeploy bool) (int, []api.Cluster, error) {
-	script, args := deployStatusScript, make([]any, 0, 5*len(list))
+// longer run, if still at that host), all or none, and returns the
+// service's job name, how many changed and the clusters interested in the
+// service. errNoService, *noInstanceError.
+func (s *rootStore) setStatus(c context.Context, id string, list []instanceStatus, undeploy bool) (string, int, []api.Cluster, error) {
+	if err := s.ready(c); err != nil {
+		return "", 0, nil, err
+	}
+	script, args := deployStatusScript, make([]any, 0, 2+5*len(list))
+	args = append(args, s.st(id), id)
 	for _, st := range list {
 		field := "i:" + strconv.Itoa(st.Number)
 		if undeploy {
@@ -290,18 +498,38 @@ func (s *rootStore) setStatus(c context.Context, id string, list []instanceStatu
 	if undeploy {
 		script = undeployStatusScript
 	}
-	res, err := script.Run(c, s.rdb, []string{s.kSvc(id), s.kInt(id), s.kClusters()}, args...).Slice()
+	res, err := script.Run(c, s.rdb, []string{s.kSvc(id)}, args...).Slice()
 	if err != nil {
-		return 0, nil, redisErr("deploy status: store", err)
+		return "", 0, nil, redisErr("deploy status: store", err)
 	}
 	switch n := code(res); {
 	case n == -1:
-		return 0, nil, errNoService
+		return "", 0, nil, errNoService
 	case n == -2:
-		f, _ := res[1].(string)
-		return 0, nil, &noInstanceError{Number: strings.TrimPrefix(f, "i:")}
+		return "", 0, nil, &noInstanceError{Number: strings.TrimPrefix(strAt(res, 1), "i:")}
 	case n > 0:
-		return int(n), clustersOf(res[1:]), nil
+		to, err := s.clustersOf(c, stringsOf(res[2:]))
+		return strAt(res, 1), int(n), to, err
 	}
-	return 0, nil, nil
+	return strAt(res, 1), 0, nil, nil
+}
+
+// stringsOf is a reply's list of strings.
+func stringsOf(v []any) []string {
+	out := make([]string, 0, len(v))
+	for _, x := range v {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// peek previews an address the next allocation of kind in family fam
+// could get (ipam.Shards.Peek).
+func (s *rootStore) peek(c context.Context, kind ipam.Kind, fam int) (netip.Addr, error) {
+	if err := s.ready(c); err != nil {
+		return netip.Addr{}, err
+	}
+	return s.pool.Peek(c, kind, fam)
 }

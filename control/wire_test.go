@@ -93,7 +93,7 @@ func TestWireGolden(t *testing.T) {
 	step("POST", C+"/api/node/register", `{"node_id":"n2","node_ip":"198.18.0.2","tunnel_port":50200}`)
 	step("GET", C+"/api/node/resolve?node_id=n1&job="+job, "")
 	step("GET", C+"/api/node/resolve?node_id=n2&ip=10.30.5.5", "")
-	step("GET", C+"/api/node/resolve?node_id=n2&ip=10.30.0.3", "")
+	step("GET", C+"/api/node/resolve?node_id=n2&ip=10.30.0.2", "") // svc3's RR IP
 	step("POST", C+"/api/node/instance/deployed", `{"node_id":"n2","job_name":"`+job+`","instance_number":0,"namespace_ip":"10.18.0.130","namespace_ip_v6":"fc00::202"}`)
 	step("GET", C+"/api/node/watch?node_id=n1&since=0&timeout=0", "")
 	step("GET", C+"/api/node/watch?node_id=n1&since=1&timeout=0&peers=delta", "")

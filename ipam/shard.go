@@ -119,8 +119,8 @@ func (s *Shards) Layout() string {
 // Plan is the address plan.
 func (s *Shards) Plan() Config { return s.pl.cfg }
 
-// Blocks reports the block size of pool name ("4" or "6.<kind>").
-func (s *Shards) blockSize(pool string) uint64 {
+// BlockSize is the block size of pool ("4" or "6.<kind>"), in indexes.
+func (s *Shards) BlockSize(pool string) uint64 {
 	if pool == "4" {
 		return s.b4
 	}
@@ -130,8 +130,9 @@ func (s *Shards) blockSize(pool string) uint64 {
 // Claim gives shard k a block of pool ("4" or "6.<kind>", as LuaShard
 // names it) when it has adopted all the registry gave it (have blocks),
 // and returns the shard's block list for shard_adopt. ErrExhausted: no
-// block left.
-func (s *Shards) Claim(ctx context.Context, k int, pool string, have int) (string, error) {
+// block left. try counts the claims of the same allocation: a shard whose
+// new blocks others keep filling first gets more at once.
+func (s *Shards) Claim(ctx context.Context, k int, pool string, have, try int) (string, error) {
 	key, ok := s.reg[pool]
 	if !ok {
 		return "", fmt.Errorf("claim block of pool %q: %w", pool, ErrBadRequest)
@@ -140,7 +141,7 @@ func (s *Shards) Claim(ctx context.Context, k int, pool string, have int) (strin
 	if pool != "4" {
 		nb = s.nb6
 	}
-	v, err := scriptClaim.Run(ctx, s.c, []string{key}, k, have, nb, "").Slice()
+	v, err := scriptClaim.Run(ctx, s.c, []string{key}, k, have, nb, "", min(1<<min(try, 3), 8)).Slice()
 	if err != nil {
 		return "", fmt.Errorf("claim block of pool %s: %w", pool, storeErr(err))
 	}
@@ -158,8 +159,8 @@ func (s *Shards) Claim(ctx context.Context, k int, pool string, have int) (strin
 // k's if no shard holds it. It returns the holder and, when that is k, the
 // list to adopt.
 func (s *Shards) claimOf(ctx context.Context, k int, pool string, i uint64) (int, string, error) {
-	b := i / s.blockSize(pool)
-	v, err := scriptClaim.Run(ctx, s.c, []string{s.reg[pool]}, k, 0, 0, strconv.FormatUint(b, 10)).Slice()
+	b := i / s.BlockSize(pool)
+	v, err := scriptClaim.Run(ctx, s.c, []string{s.reg[pool]}, k, 0, 0, strconv.FormatUint(b, 10), 1).Slice()
 	if err != nil {
 		return 0, "", fmt.Errorf("claim block %d of pool %s: %w", b, pool, storeErr(err))
 	}
@@ -189,7 +190,7 @@ func (s *Shards) remember(pool string, b uint64, k int) {
 // holderOf returns the shard holding the block of index i of pool, or -1
 // when no shard does.
 func (s *Shards) holderOf(ctx context.Context, pool string, i uint64) (int, error) {
-	b := i / s.blockSize(pool)
+	b := i / s.BlockSize(pool)
 	key := pool + "/" + strconv.FormatUint(b, 10)
 	s.mu.RLock()
 	k, ok := s.holder[key]
@@ -269,7 +270,7 @@ func (s *Shards) AllocIn(ctx context.Context, k int, fams string, reqs []Request
 		args = append(args, q.Owner, strconv.Itoa(int(q.Kind)), c4, c6, fams)
 	}
 	key := s.Tag(k) + "po" // routes the script to the shard's slot
-	for range maxClaims {
+	for try := range maxClaims {
 		v, err := scriptShardAlloc.Run(ctx, s.c, []string{key}, args...).Slice()
 		if err != nil {
 			return nil, fmt.Errorf("alloc %s: %w", reqs[0].Owner, storeErr(err))
@@ -293,7 +294,8 @@ func (s *Shards) AllocIn(ctx context.Context, k int, fams string, reqs []Request
 		var list string
 		switch code {
 		case codeExhausted:
-			list, err = s.Claim(ctx, k, pool, s.adopted(args[2], args[3], pool))
+			have, _ := v[3].(int64)
+			list, err = s.Claim(ctx, k, pool, int(have), try)
 		case codeForeign:
 			// A custom address of a block the registry may have given k
 			// (Place) that k has not adopted yet.
@@ -319,17 +321,7 @@ func (s *Shards) AllocIn(ctx context.Context, k int, fams string, reqs []Request
 
 // maxClaims bounds the claims of one allocation (others may fill a block
 // between the claim and the allocation).
-const maxClaims = 8
-
-// adopted returns how many blocks of pool the last adopt list named (0 for
-// none: the claim then tells whether the shard missed some).
-func (s *Shards) adopted(name, list any, pool string) int {
-	if n, _ := name.(string); n != pool {
-		return 0
-	}
-	l, _ := list.(string)
-	return len(strings.Fields(l))
-}
+const maxClaims = 16
 
 func (s *Shards) pairs(reqs []Request, v []any) ([]Pair, error) {
 	out := make([]Pair, len(reqs))

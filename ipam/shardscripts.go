@@ -14,10 +14,11 @@ const codeForeign = 4
 //
 //	shard_cfg(s)                       the numbers of Shards.LuaArg
 //	shard_adopt(tag, name, list, cfg)  take over the registry's list of the shard's blocks of pool name
+//	shard_blocks(tag, name)            how many blocks of pool name the shard has adopted
 //	shard_alloc(tag, cfg, o, kind, c4, c6, fams, now)
 //	                                   allocate owner o's pair (fams: '46', '4' or '6'); → {['4']=i4, ['6']=i6}
 //	                                   or nil, code, pool name (codeExhausted: claim a block of that pool)
-//	shard_release(tag, o, now)         free o's pair into quarantine; → true if o held one
+//	shard_release(tag, o, now)         free o's pair into quarantine; → the families o held here ('46', '4', '6', '')
 //	shard_unalloc(tag, o)              undo o's allocation, without quarantine; → true if o held one
 //	v4text(cfg, i), v6text(cfg, kind, i) the addresses of indexes
 //
@@ -52,6 +53,11 @@ local function shard_pool(tag, name, cfg)
     end
   end
   return p
+end
+local function shard_blocks(tag, name)
+  local n = 0
+  for _ in string.gmatch(redis.call('HGET', tag .. 'p' .. name, 'blocks') or '', '%d+') do n = n + 1 end
+  return n
 end
 local function in_ranges(p, i)
   for _, r in ipairs(p.ranges) do
@@ -105,13 +111,14 @@ end
 local function shard_release(tag, o, now)
   local own = tag .. 'po'
   local kind = hget(own, o)
-  if not kind then return false end
+  if not kind then return '' end
+  local fams = ''
   for _, name in ipairs({'4', '6.' .. kind}) do
     local h = tag .. 'p' .. name
-    release(pool(h, h .. 'z', 0, 0, 0), o, now)
+    if release(pool(h, h .. 'z', 0, 0, 0), o, now) then fams = fams .. string.sub(name, 1, 1) end
   end
   hdel(own, o)
-  return true
+  return fams
 end
 local function shard_unalloc(tag, o)
   local own = tag .. 'po'
@@ -174,7 +181,8 @@ end
 //	KEYS[1]  the pool's registry hash: "next" (scan hint), "b:<n>" → shard
 //	         holding block n, "s:<k>" → shard k's blocks, ascending
 //	ARGV     shard, number of blocks the shard has adopted, number of
-//	         blocks of the pool, block wanted ("" : any)
+//	         blocks of the pool, block wanted ("" : any), how many blocks
+//	         to claim (any: more when the shard is contended)
 //
 // Reply {0, list} (shard's blocks, space separated), {1} no block left,
 // {2, holder} the wanted block is another shard's.
@@ -183,21 +191,27 @@ local k, have, nb, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local cur = redis.call('HGET', KEYS[1], 's:' .. k) or ''
 local list = {}
 for w in string.gmatch(cur, '%d+') do list[#list + 1] = tonumber(w) end
-local n
 if want == '' then
   if #list > have then return {0, cur} end
-  n = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
-  while n < nb and redis.call('HEXISTS', KEYS[1], 'b:' .. string.format('%.0f', n)) == 1 do n = n + 1 end
-  if n >= nb then return {1} end
-  redis.call('HSET', KEYS[1], 'next', string.format('%.0f', n + 1))
+  local n = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+  local got = 0
+  for _ = 1, tonumber(ARGV[5]) do
+    while n < nb and redis.call('HEXISTS', KEYS[1], 'b:' .. string.format('%.0f', n)) == 1 do n = n + 1 end
+    if n >= nb then break end
+    redis.call('HSET', KEYS[1], 'b:' .. string.format('%.0f', n), k)
+    list[#list + 1] = n
+    n = n + 1
+    got = got + 1
+  end
+  if got == 0 then return {1} end
+  redis.call('HSET', KEYS[1], 'next', string.format('%.0f', n))
 else
   local h = redis.call('HGET', KEYS[1], 'b:' .. want)
   if h == k then return {0, cur} end
   if h then return {2, h} end
-  n = tonumber(want)
+  redis.call('HSET', KEYS[1], 'b:' .. want, k)
+  list[#list + 1] = tonumber(want)
 end
-redis.call('HSET', KEYS[1], 'b:' .. string.format('%.0f', n), k)
-list[#list + 1] = n
 table.sort(list)
 local s = {}
 for i, v in ipairs(list) do s[i] = string.format('%.0f', v) end
@@ -213,7 +227,7 @@ return {0, cur}
 //	      custom v6 index or "", families ("46", "4" or "6")
 //
 // Reply {0, i4_1, i6_1, …} ("" for a family not asked) or {code, request
-// number, pool name}.
+// number, pool name, blocks of that pool the shard has}.
 var scriptShardAlloc = redis.NewScript(LuaShard + `
 local tag, cfg = ARGV[1], shard_cfg(ARGV[2])
 if ARGV[3] ~= '' then shard_adopt(tag, ARGV[3], ARGV[4], cfg) end
@@ -228,7 +242,7 @@ for b = 5, #ARGV, 5 do
   local got, e, name = shard_alloc(tag, cfg, ARGV[b], ARGV[b + 1], c4, c6, ARGV[b + 4], now)
   if not got then
     rollback()
-    return {e, r, name}
+    return {e, r, name, shard_blocks(tag, name)}
   end
   out[#out + 1] = got['4'] or ''
   out[#out + 1] = got['6'] or ''
@@ -243,7 +257,7 @@ var scriptShardFree = redis.NewScript(LuaShard + `
 local tag, now, n = ARGV[1], now_ms(), 0
 for i = 3, #ARGV do
   local ok
-  if ARGV[2] == 'u' then ok = shard_unalloc(tag, ARGV[i]) else ok = shard_release(tag, ARGV[i], now) end
+  if ARGV[2] == 'u' then ok = shard_unalloc(tag, ARGV[i]) else ok = shard_release(tag, ARGV[i], now) ~= '' end
   if ok then n = n + 1 end
 end
 return n
