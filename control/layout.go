@@ -236,7 +236,7 @@ func (s *rootStore) migrate(c context.Context) error {
 		// short is redone).
 		pipe.Del(c, s.prefix+"{pool}:reg"+name)
 		for k := range s.pool.Count() {
-			pipe.Del(c, s.pool.Tag(k)+"p"+name, s.pool.Tag(k)+"p"+name+"z")
+			pipe.Del(c, s.pool.Tag(k)+"p"+name, s.pool.Tag(k)+"p"+name+"z", s.pool.Tag(k)+"p"+name+"b")
 		}
 	}
 	for k := range s.pool.Count() {
@@ -280,11 +280,14 @@ func (s *rootStore) migrate(c context.Context) error {
 			for i, b := range bl {
 				strs[i] = strconv.FormatUint(b, 10)
 			}
-			list := strings.Join(strs, " ")
-			pipe.HSet(c, reg, "s:"+strconv.Itoa(k), list)
+			pipe.Del(c, reg+":s:"+strconv.Itoa(k))
+			pipe.RPush(c, reg+":s:"+strconv.Itoa(k), strs)
 			h := s.pool.Tag(k) + "p" + name
 			lo := bl[0] * bsize(name)
-			pipe.HSet(c, h, "blocks", list, "next", strconv.FormatUint(lo, 10))
+			for _, b := range bl {
+				pipe.ZAdd(c, h+"b", redis.Z{Score: float64(b), Member: strconv.FormatUint(b, 10)})
+			}
+			pipe.HSet(c, h, "next", strconv.FormatUint(lo, 10))
 			if ps.seq != "" {
 				pipe.HSet(c, h, "seq", ps.seq)
 			}

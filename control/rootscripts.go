@@ -65,41 +65,35 @@ end
 var deployInstanceScript = redis.NewScript(luaShard + `
 local id, n, cid, owner = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local svc = KEYS[1]
-local job = redis.call('HGET', svc, 'job')
+local field = 'i:' .. n
+local v = redis.call('HMGET', svc, 'job', field)
+local job, cur = v[1], v[2]
 if not job then return {-1} end
 local cfg = shard_cfg(ARGV[2])
 if ARGV[7] ~= '' then shard_adopt(T, ARGV[7], ARGV[8], cfg) end
-local field = 'i:' .. n
-local cur = redis.call('HGET', svc, field)
-local code = 1
 if cur then
-  local inst = cjson.decode(cur)
-  if inst.cluster_id == cid then
-    code = 0
-  else
-    host(id, inst.cluster_id, -1)
-    host(id, cid, 1)
-    inst.cluster_id = cid
-    cur = cjson.encode(inst)
-    redis.call('HSET', svc, field, cur)
-  end
-else
-  local got, e, name = shard_alloc(T, cfg, owner, '0', nil, nil, '46', now_ms())
-  if not got then
-    rollback()
-    if e == E_EXHAUSTED then return {-3, e, name, shard_blocks(T, name)} end
-    return {-4, e}
-  end
-  cur = cjson.encode({instance_number = tonumber(n), instance_ip = v4text(cfg, got['4']),
-    instance_ip_v6 = v6text(cfg, 0, got['6']), cluster_id = cid, namespace_ip = '',
-    namespace_ip_v6 = '', host_ip = '', host_port = 0, owner = owner})
-  redis.call('HSET', svc, field, cur)
+  local out = {0, 0, job}
+  local inst = inst_flat(out, cur)
+  if inst.cluster_id == cid then return out end
+  host(id, inst.cluster_id, -1)
   host(id, cid, 1)
+  inst.cluster_id = cid
+  redis.call('HSET', svc, field, cjson.encode(inst))
+  out[1], out[2], out[7] = 1, linked, cid
+  return interested(id, out)
 end
-local out = {code, linked, job}
-inst_flat(out, cur)
-if code == 1 then interested(id, out) end
-return out
+local got, e, name = shard_alloc_new(T, cfg, owner, '0', now_ms())
+if not got then
+  rollback()
+  if e == E_EXHAUSTED then return {-3, e, name, shard_blocks(T, name)} end
+  return {-4, e}
+end
+local a4, a6 = v4text(cfg, got['4']), v6text(cfg, 0, got['6'])
+redis.call('HSET', svc, field, cjson.encode({instance_number = tonumber(n), instance_ip = a4,
+  instance_ip_v6 = a6, cluster_id = cid, namespace_ip = '', namespace_ip_v6 = '', host_ip = '',
+  host_port = 0, owner = owner}))
+host(id, cid, 1)
+return interested(id, {1, linked, job, n, a4, a6, cid, '', '', '', '0'})
 `)
 
 // deleteInstances: KEYS svc:<id>. ARGV tag, id, instance number or "-1".

@@ -113,18 +113,27 @@ local function next_unused(p)
   local hint = redis.call('HGET', p.h, 'next')
   local n = tonumber(hint or p.lo)
   if n < p.lo then n = p.lo end
-  if p.ranges then
-    -- A shard's pool (shard.go): only the indexes of its blocks.
-    for _, r in ipairs(p.ranges) do
-      if n <= r[2] then
-        if n < r[1] then n = r[1] end
-        while n <= r[2] do
-          if unused(p, n) then return n, hint end
+  if p.bkey then
+    -- A shard's pool (shard.go): only the indexes of its blocks, from the
+    -- block of the hint upward, a few blocks per read.
+    local from = math.floor(n / p.b)
+    while true do
+      local bl = redis.call('ZRANGEBYSCORE', p.bkey, from, '+inf', 'LIMIT', 0, 8)
+      if #bl == 0 then return p.hi + 1, hint end
+      for _, w in ipairs(bl) do
+        local b = tonumber(w)
+        local rlo, rhi = math.max(b * p.b, p.lo), math.min(b * p.b + p.b - 1, p.hi)
+        if n < rlo then n = rlo end
+        while n <= rhi do
+          if unused(p, n) then
+            p.nend = rhi
+            return n, hint
+          end
           n = n + 1
         end
+        from = b + 1
       end
     end
-    return p.hi + 1, hint
   end
   while n <= p.hi do
     if unused(p, n) then break end
@@ -163,6 +172,10 @@ local function alloc(p, o, c, now)
   local n, hint = next_unused(p)
   if n <= p.hi then
     hset_known(p.h, 'next', num(n + 1), hint)
+    if p.nend then
+      -- the end of the hint's block, for shard_take
+      hset(p.h, 'nend', num(p.nend))
+    end
     local i = num(n)
     assign(p, i, o)
     return i

@@ -127,9 +127,9 @@ func (s *Shards) BlockSize(pool string) uint64 {
 	return s.b6
 }
 
-// Claim gives shard k a block of pool ("4" or "6.<kind>", as LuaShard
+// Claim gives shard k blocks of pool ("4" or "6.<kind>", as LuaShard
 // names it) when it has adopted all the registry gave it (have blocks),
-// and returns the shard's block list for shard_adopt. ErrExhausted: no
+// and returns the blocks it has not adopted, for shard_adopt. ErrExhausted: no
 // block left. try counts the claims of the same allocation: a shard whose
 // new blocks others keep filling first gets more at once.
 func (s *Shards) Claim(ctx context.Context, k int, pool string, have, try int) (string, error) {
@@ -141,7 +141,11 @@ func (s *Shards) Claim(ctx context.Context, k int, pool string, have, try int) (
 	if pool != "4" {
 		nb = s.nb6
 	}
-	v, err := scriptClaim.Run(ctx, s.c, []string{key}, k, have, nb, "", min(1<<min(try, 3), 8)).Slice()
+	// A shard that holds many blocks is a busy one: it gets more at once
+	// (an eighth of what it has, at most 16), and more again when others
+	// keep filling its new blocks first.
+	count := min(max(have/8, 1)<<min(try, 3), 16)
+	v, err := scriptClaim.Run(ctx, s.c, []string{key}, k, have, nb, "", count).Slice()
 	if err != nil {
 		return "", fmt.Errorf("claim block of pool %s: %w", pool, storeErr(err))
 	}

@@ -18,22 +18,24 @@ const codeForeign = 4
 //	shard_alloc(tag, cfg, o, kind, c4, c6, fams, now)
 //	                                   allocate owner o's pair (fams: '46', '4' or '6'); → {['4']=i4, ['6']=i6}
 //	                                   or nil, code, pool name (codeExhausted: claim a block of that pool)
+//	shard_alloc_new(tag, cfg, o, kind, now) shard_alloc for a new owner, without a custom address: fewer calls
 //	shard_release(tag, o, now)         free o's pair into quarantine; → the families o held here ('46', '4', '6', '')
 //	shard_unalloc(tag, o)              undo o's allocation, without quarantine; → true if o held one
 //	v4text(cfg, i), v6text(cfg, kind, i) the addresses of indexes
 //
 // A pool name is '4' (the shared IPv4 pool) or '6.<kind>'. Keys, all under
-// the shard's tag: p<name> (pool hash, as in luaLib, plus "blocks": the
-// shard's block numbers, ascending), p<name>z (released zset), po (owner →
-// kind).
+// the shard's tag: p<name> (pool hash, as in luaLib), p<name>z (released
+// zset), p<name>b (zset of the shard's blocks, scored by number), po
+// (owner → kind).
 const LuaShard = luaLib + `
 local E_FOREIGN = 4
 local function shard_cfg(s)
-  local t = {}
-  for w in string.gmatch(s, '%S+') do t[#t + 1] = w end
-  return {q = tonumber(t[1]), lo4 = tonumber(t[2]), hi4 = tonumber(t[3]), lo6 = tonumber(t[4]),
-    hi6 = tonumber(t[5]), b4 = tonumber(t[6]), b6 = tonumber(t[7]), base4 = tonumber(t[8]),
-    h1 = tonumber(t[9]), h2 = tonumber(t[10])}
+  -- one match, not a loop: string work is most of a short script's time
+  local q, lo4, hi4, lo6, hi6, b4, b6, base4, h1, h2 = string.match(s,
+    '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  return {q = tonumber(q), lo4 = tonumber(lo4), hi4 = tonumber(hi4), lo6 = tonumber(lo6),
+    hi6 = tonumber(hi6), b4 = tonumber(b4), b6 = tonumber(b6), base4 = tonumber(base4),
+    h1 = tonumber(h1), h2 = tonumber(h2)}
 end
 local function pool_dims(name, cfg)
   if name == '4' then return cfg.lo4, cfg.hi4, cfg.b4 end
@@ -43,48 +45,25 @@ local function shard_pool(tag, name, cfg)
   local h = tag .. 'p' .. name
   local lo, hi, b = pool_dims(name, cfg)
   local p = pool(h, h .. 'z', lo, hi, cfg.q)
-  p.ranges = {}
-  local bl = redis.call('HGET', h, 'blocks')
-  if bl then
-    for w in string.gmatch(bl, '%d+') do
-      local n = tonumber(w)
-      local rlo, rhi = math.max(n * b, lo), math.min(n * b + b - 1, hi)
-      if rlo <= rhi then p.ranges[#p.ranges + 1] = {rlo, rhi} end
-    end
-  end
+  p.bkey, p.b = h .. 'b', b
   return p
 end
 local function shard_blocks(tag, name)
-  local n = 0
-  for _ in string.gmatch(redis.call('HGET', tag .. 'p' .. name, 'blocks') or '', '%d+') do n = n + 1 end
-  return n
+  return redis.call('ZCARD', tag .. 'p' .. name .. 'b')
 end
 local function in_ranges(p, i)
-  for _, r in ipairs(p.ranges) do
-    if i >= r[1] and i <= r[2] then return true end
-  end
-  return false
+  return redis.call('ZSCORE', p.bkey, num(math.floor(i / p.b))) ~= false
 end
 local function shard_adopt(tag, name, list, cfg)
   local h = tag .. 'p' .. name
-  local set, all, low = {}, {}, nil
-  for w in string.gmatch(redis.call('HGET', h, 'blocks') or '', '%d+') do
-    set[w] = true
-    all[#all + 1] = tonumber(w)
-  end
+  local low
   for w in string.gmatch(list, '%d+') do
-    if not set[w] then
-      set[w] = true
+    if redis.call('ZADD', h .. 'b', 'NX', w, w) == 1 then
       local n = tonumber(w)
-      all[#all + 1] = n
       if not low or n < low then low = n end
     end
   end
   if not low then return end
-  table.sort(all)
-  local s = {}
-  for i, n in ipairs(all) do s[i] = num(n) end
-  redis.call('HSET', h, 'blocks', table.concat(s, ' '))
   -- never-used indexes of the new blocks may lie below the hint
   local lo, _, b = pool_dims(name, cfg)
   local start = math.max(low * b, lo)
@@ -106,6 +85,46 @@ local function shard_alloc(tag, cfg, o, kind, c4, c6, fams, now)
     out[f] = i
   end
   if not held then hset(own, o, kind) end
+  return out
+end
+-- shard_take is the short way to a never-used index of pool p for an
+-- owner that holds nothing (a new generation): the index at the hint, when
+-- it lies in the hint's block and is unused. nil: take the general way
+-- (alloc). Two reads and one write, where alloc makes about seven calls.
+local function shard_take(p, o)
+  local v = redis.call('HMGET', p.h, 'next', 'nend')
+  local n, nend = tonumber(v[1]), tonumber(v[2])
+  for _ = 1, 4 do
+    if not n or not nend or n > nend then return nil end
+    local s = num(n)
+    local f = redis.call('HMGET', p.h, 'i:' .. s, 'r:' .. s)
+    if not f[1] and not f[2] then
+      undo[#undo + 1] = {'h', p.h, 'i:' .. s, false}
+      undo[#undo + 1] = {'h', p.h, 'o:' .. o, false}
+      undo[#undo + 1] = {'h', p.h, 'next', v[1]}
+      redis.call('HSET', p.h, 'i:' .. s, o, 'o:' .. o, s, 'next', num(n + 1))
+      return s
+    end
+    n = n + 1
+  end
+  return nil
+end
+-- shard_alloc_new is shard_alloc ('46', no custom address) for an owner
+-- that holds nothing: an instance's new generation.
+local function shard_alloc_new(tag, cfg, o, kind, now)
+  local out = {}
+  for _, name in ipairs({'4', '6.' .. kind}) do
+    local p = shard_pool(tag, name, cfg)
+    local i = shard_take(p, o)
+    if not i then
+      local e
+      i, e = alloc(p, o, nil, now)
+      if not i then return nil, e, name end
+    end
+    out[string.sub(name, 1, 1)] = i
+  end
+  undo[#undo + 1] = {'h', tag .. 'po', o, false}
+  redis.call('HSET', tag .. 'po', o, kind)
   return out
 end
 local function shard_release(tag, o, now)
@@ -175,49 +194,47 @@ local function v6text(cfg, kind, i)
 end
 `
 
-// scriptClaim gives a shard a block of a pool, or hands it the blocks the
+// scriptClaim gives a shard blocks of a pool, or hands it the blocks the
 // registry gave it that it has not adopted yet.
 //
 //	KEYS[1]  the pool's registry hash: "next" (scan hint), "b:<n>" → shard
-//	         holding block n, "s:<k>" → shard k's blocks, ascending
+//	         holding block n; <KEYS[1]>:s:<k> is a list of shard k's
+//	         blocks in the order they were given, so a shard that adopted
+//	         the first have gets the rest, however many it holds
 //	ARGV     shard, number of blocks the shard has adopted, number of
 //	         blocks of the pool, block wanted ("" : any), how many blocks
-//	         to claim (any: more when the shard is contended)
+//	         to claim (any)
 //
-// Reply {0, list} (shard's blocks, space separated), {1} no block left,
-// {2, holder} the wanted block is another shard's.
+// Reply {0, list} (the blocks the shard has not adopted, space
+// separated), {1} no block left, {2, holder} the wanted block is another
+// shard's.
 var scriptClaim = redis.NewScript(`
 local k, have, nb, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local cur = redis.call('HGET', KEYS[1], 's:' .. k) or ''
-local list = {}
-for w in string.gmatch(cur, '%d+') do list[#list + 1] = tonumber(w) end
+local lk = KEYS[1] .. ':s:' .. k
+local function rest() return {0, table.concat(redis.call('LRANGE', lk, have, -1), ' ')} end
 if want == '' then
-  if #list > have then return {0, cur} end
+  if redis.call('LLEN', lk) > have then return rest() end
   local n = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
   local got = 0
   for _ = 1, tonumber(ARGV[5]) do
     while n < nb and redis.call('HEXISTS', KEYS[1], 'b:' .. string.format('%.0f', n)) == 1 do n = n + 1 end
     if n >= nb then break end
-    redis.call('HSET', KEYS[1], 'b:' .. string.format('%.0f', n), k)
-    list[#list + 1] = n
+    local w = string.format('%.0f', n)
+    redis.call('HSET', KEYS[1], 'b:' .. w, k)
+    redis.call('RPUSH', lk, w)
     n = n + 1
     got = got + 1
   end
   if got == 0 then return {1} end
   redis.call('HSET', KEYS[1], 'next', string.format('%.0f', n))
-else
-  local h = redis.call('HGET', KEYS[1], 'b:' .. want)
-  if h == k then return {0, cur} end
-  if h then return {2, h} end
-  redis.call('HSET', KEYS[1], 'b:' .. want, k)
-  list[#list + 1] = tonumber(want)
+  return rest()
 end
-table.sort(list)
-local s = {}
-for i, v in ipairs(list) do s[i] = string.format('%.0f', v) end
-cur = table.concat(s, ' ')
-redis.call('HSET', KEYS[1], 's:' .. k, cur)
-return {0, cur}
+local h = redis.call('HGET', KEYS[1], 'b:' .. want)
+if h == k then return {0, want} end
+if h then return {2, h} end
+redis.call('HSET', KEYS[1], 'b:' .. want, k)
+redis.call('RPUSH', lk, want)
+return {0, want}
 `)
 
 // scriptShardAlloc allocates a batch in one shard, all or nothing.
