@@ -172,7 +172,7 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 	r := &Root{
 		server: newServer(cfg.Log, rdb, cfg.Token),
 		cfg:    cfg,
-		store:  newRootStore(rdb, alloc, pool, cfg.Prefix, cfg.staleAfter),
+		store:  newRootStore(rdb, alloc, pool, cfg.Prefix, cfg.staleAfter, cfg.Timeout),
 	}
 	r.policies, _ = cfg.policyIDs()
 	first, _ := cfg.IPAM.SubnetAt(0)
@@ -218,6 +218,7 @@ func (r *Root) Close() error {
 	r.stop()
 	r.wg.Wait()
 	r.notify.close()
+	r.store.hot.close()
 	return nil
 }
 

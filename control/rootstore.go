@@ -53,6 +53,7 @@ type rootStore struct {
 	prefix     string
 	staleAfter time.Duration // how old an allocation intent is abandoned
 
+	hot      *batcher // the scripts of deploys and lookups, batched (batch.go)
 	jobs     sync.Map // job name → service id (verified by every lookup's script)
 	clusters clusterCache
 	checked  atomic.Bool // layout checked (layout.go)
@@ -117,8 +118,9 @@ type hint struct {
 	scope   string
 }
 
-func newRootStore(rdb redis.UniversalClient, alloc ipam.Allocator, pool *ipam.Shards, prefix string, stale time.Duration) *rootStore {
-	return &rootStore{rdb: rdb, alloc: alloc, pool: pool, prefix: prefix, tag: prefix + "{r}:", staleAfter: stale}
+func newRootStore(rdb redis.UniversalClient, alloc ipam.Allocator, pool *ipam.Shards, prefix string, stale, timeout time.Duration) *rootStore {
+	return &rootStore{rdb: rdb, alloc: alloc, pool: pool, prefix: prefix, tag: prefix + "{r}:", staleAfter: stale,
+		hot: newBatcher(rdb, timeout)}
 }
 
 // shard is the shard of service id; st its tag.
@@ -300,7 +302,7 @@ func (s *rootStore) service(c context.Context, id, cid, job string) (api.Service
 			return api.ServiceEntry{}, nil, errNoCluster
 		}
 	}
-	res, err := getServiceScript.Run(c, s.rdb, []string{s.kSvc(id)}, s.st(id), id, cid, job).Slice()
+	res, err := s.hot.run(c, getServiceScript, []string{s.kSvc(id)}, s.st(id), id, cid, job)
 	if err != nil {
 		return api.ServiceEntry{}, nil, redisErr("get service", err)
 	}

@@ -338,7 +338,7 @@ func (s *rootStore) deployInstance(c context.Context, id string, n int, cid stri
 	keys := []string{s.kSvc(id)}
 	args := []any{s.pool.Tag(k), s.pool.LuaArg(), id, strconv.Itoa(n), cid, newOwner(instOwnerBase(id, n)), "", ""}
 	for try := range maxClaims {
-		res, err := deployInstanceScript.Run(c, s.rdb, keys, args...).Slice()
+		res, err := s.hot.run(c, deployInstanceScript, keys, args...)
 		if err != nil {
 			return instanceChange{}, redisErr("deploy instance", err)
 		}
