@@ -91,13 +91,18 @@ func BenchmarkControlPlane(b *testing.B) {
 		if err := benchDo("POST", R+"/api/net/cluster", `{"cluster_id":"c1","cluster_address":"127.0.0.1","cluster_port":9}`); err != nil {
 			b.Fatal(err)
 		}
-		if err := benchDo("POST", R+"/api/net/service/deploy", svcBody("s1", "web", "")); err != nil {
-			b.Fatal(err)
+		// Spread over services, as an orchestrator's deploys are (and as
+		// perf's control section measures): root shards by service.
+		const services = 256
+		for s := range services {
+			if err := benchDo("POST", R+"/api/net/service/deploy", svcBody(fmt.Sprintf("s%d", s), fmt.Sprintf("web%d", s), "")); err != nil {
+				b.Fatal(err)
+			}
 		}
 		b.ResetTimer()
 		t0 := time.Now()
 		lat := benchRun(b, n, func(i int) error {
-			return benchDo("POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s1","instance_number":%d,"cluster_id":"c1"}`, i))
+			return benchDo("POST", R+"/api/net/instance/deploy", fmt.Sprintf(`{"_id":"s%d","instance_number":%d,"cluster_id":"c1"}`, i%services, i/services))
 		})
 		el := time.Since(t0)
 		b.StopTimer()

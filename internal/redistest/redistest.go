@@ -160,11 +160,54 @@ type Cluster struct {
 // cluster_state:ok.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
-	bin := testenv.RequireBinary(tb, "redis-server")
-	cli := testenv.RequireBinary(tb, "redis-cli")
+	testenv.RequireBinary(tb, "redis-server")
+	testenv.RequireBinary(tb, "redis-cli")
+	c, err := startCluster(func() string { return tb.TempDir() }, tb)
+	if c != nil {
+		tb.Cleanup(c.Stop)
+	}
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return c
+}
+
+// StartClusterProcess is StartCluster outside a test (the benchmark
+// suite): the masters keep their files under dir. The caller must call
+// Stop, also when it fails part way (it then stops what it started).
+func StartClusterProcess(dir string) (*Cluster, error) {
+	n := 0
+	c, err := startCluster(func() string {
+		n++
+		d := filepath.Join(dir, strconv.Itoa(n))
+		_ = os.MkdirAll(d, 0o755)
+		return d
+	}, nil)
+	if err != nil && c != nil {
+		c.Stop()
+	}
+	return c, err
+}
+
+// Stop kills every master.
+func (c *Cluster) Stop() {
+	for _, s := range c.servers {
+		s.Stop()
+	}
+}
+
+func startCluster(tempDir func() string, tb testing.TB) (*Cluster, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("needs redis-server on PATH: %w", err)
+	}
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		return nil, fmt.Errorf("needs redis-cli on PATH: %w", err)
+	}
 	c := &Cluster{}
 	for i := range 3 {
-		dir := tb.TempDir()
+		dir := tempDir()
 		var lastErr error
 		var s *Server
 		for range 10 {
@@ -190,9 +233,8 @@ func StartCluster(tb testing.TB) *Cluster {
 			_ = os.Remove(filepath.Join(dir, "nodes.conf"))
 		}
 		if s == nil {
-			tb.Fatalf("redistest: start cluster node %d: %v", i, lastErr)
+			return c, fmt.Errorf("start cluster node %d: %w", i, lastErr)
 		}
-		tb.Cleanup(s.Stop)
 		c.servers = append(c.servers, s)
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
@@ -200,7 +242,7 @@ func StartCluster(tb testing.TB) *Cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
-		tb.Fatalf("redistest: redis-cli --cluster create: %v: %s", err, lastLines(string(out), 10))
+		return c, fmt.Errorf("redis-cli --cluster create: %w: %s", err, lastLines(string(out), 10))
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for _, s := range c.servers {
@@ -210,12 +252,12 @@ func StartCluster(tb testing.TB) *Cluster {
 				break
 			}
 			if time.Now().After(deadline) {
-				tb.Fatalf("redistest: cluster node %s not ok: %v: %s", s.Addr, err, info)
+				return c, fmt.Errorf("cluster node %s not ok: %v: %s", s.Addr, err, info)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	return c
+	return c, nil
 }
 
 // Addrs returns the masters' "127.0.0.1:port" addresses.
