@@ -583,6 +583,7 @@ func (e *Engine) AddPort(pc PortConfig) (id fastpath.PortID, err error) {
 		return 0, fmt.Errorf("port %d: socket: %w", pc.Ifindex, err)
 	}
 	e.ports[id] = p
+	e.publishPortsLocked()
 	e.setOwner(int32(id), wi)
 	if err := p.objs.RegisterXSK(0, p.sock.Fd()); err != nil {
 		return 0, fmt.Errorf("port %d: xskmap: %w", pc.Ifindex, err)
@@ -814,6 +815,9 @@ func (e *Engine) rebuildLocked() error {
 	}
 	e.tables.Swap(t)
 	e.wantNeigh = hops
+	if e.slow != nil {
+		e.slow.tableChanged() // held packets may be known now
+	}
 	if e.tm != nil {
 		e.tm.changed() // withdraw the executed flows the change made wrong
 	}

@@ -41,6 +41,14 @@ func listenIn[T any](tb testing.TB, ns string, listen func() (T, error)) T {
 // server sees them from wantSrc and that the replies come from dst.
 func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port int) {
 	t.Helper()
+	checkUDPTries(t, client, server, dst, wantSrc, port)
+}
+
+// checkUDPTries is checkUDP returning how many datagrams the client sent
+// until one was answered.
+func checkUDPTries(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port int) int {
+	t.Helper()
+	tries := 0
 	srv := listenIn(t, server.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{Port: port}) })
 	defer srv.Close()
 	cli := listenIn(t, client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
@@ -63,6 +71,7 @@ func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port i
 	}()
 	buf := make([]byte, 2048)
 	for try := 0; ; try++ {
+		tries++
 		msg := fmt.Appendf(nil, "hello %d", try)
 		if _, err := cli.WriteToUDPAddrPort(msg, netip.AddrPortFrom(dst, uint16(port))); err != nil {
 			t.Fatal(err)
@@ -86,6 +95,7 @@ func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port i
 	if got := <-seen; got != wantSrc {
 		t.Errorf("server saw source %v, want the client's instance IP %v", got, wantSrc)
 	}
+	return tries
 }
 
 // checkTCP opens a real TCP connection from client to dst:port, sends
@@ -324,10 +334,11 @@ func (p *engineProc) command(tb testing.TB, line string) {
 }
 
 // TestResolveAndPortLifecycle: an unknown service IP goes to the Resolver
-// once (the packets that hit it are dropped, never waited on) and works
-// once the resolver pushed the service; an unresolvable IP is cached
-// negatively; removing a port detaches only that port, and adding it back
-// restores it.
+// once, and the packet that hit it waits in the slow path until the
+// resolver pushed the service, then goes on (the first datagram is
+// answered); an unresolvable IP is cached negatively and its held packets
+// expire, counted; removing a port detaches only that port, and adding it
+// back restores it.
 func TestResolveAndPortLifecycle(t *testing.T) {
 	tp := newTopo(t)
 	spa := tp.spec(tp.a, 0, tp.client, tp.local)
@@ -335,12 +346,22 @@ func TestResolveAndPortLifecycle(t *testing.T) {
 	ea := tp.startEngine(t, tp.a, spa)
 	tp.startEngine(t, tp.b, tp.spec(tp.b, 0, tp.server))
 
-	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7020)
+	if tries := checkUDPTries(t, tp.client, tp.server, svcRemote4, instClient4, 7020); tries != 1 {
+		t.Errorf("the first datagram to a service IP being resolved was lost: answered after %d", tries)
+	}
 	unknown := mustAddr("10.30.99.99")
 	if err := testbed.Ping(tp.client.NS, unknown, 3, 200*time.Millisecond); err == nil {
 		t.Error("unknown service IP answered")
 	}
 	s := ea.stats(t)
+	for i := 0; i < 100 && s.Counters["slow_held_expired"] < 3; i++ { // heldTTL after the pings
+		time.Sleep(100 * time.Millisecond)
+		s = ea.stats(t)
+	}
+	if s.Counters["slow_replayed"] != 1 || s.Counters["slow_held_expired"] != 3 {
+		t.Errorf("held packets: replayed %d (want the first datagram), expired %d (want the 3 pings)",
+			s.Counters["slow_replayed"], s.Counters["slow_held_expired"])
+	}
 	t.Logf("resolver counters: %v", nonZero(s.Counters))
 	if got := s.Counters["resolve_calls"]; got != 2 {
 		t.Errorf("resolve_calls = %d, want 2 (the deferred service once, the unknown IP once)", got)

@@ -22,13 +22,20 @@ import (
 type slowBatch struct {
 	n      int
 	reason [batch]fastpath.DropReason
+	from   [batch]int32 // the PortID it came in on; fromUplink: the uplink
 	lens   [batch]int
 	buf    [batch][slotSize]byte
 }
 
+// fromUplink marks a slow-path packet that came in on the uplink.
+const fromUplink = -1
+
 // slowPath handles what workers cannot: sending to a next hop whose MAC is
 // unknown (through a kernel UDP socket, which resolves it) and asking the
-// Resolver about unknown service IPs (asynchronously, negatively cached).
+// Resolver about unknown service IPs and sources (asynchronously,
+// negatively cached). The packets that asked are held until the answer
+// changes the table, then processed and sent (held.go), so a connection's
+// first packet is not lost to the lookup.
 type slowPath struct {
 	e         *Engine
 	free, q   chan *slowBatch
@@ -37,6 +44,10 @@ type slowPath struct {
 	resolveQ  chan netip.Addr
 	done      chan struct{}
 	wg        sync.WaitGroup
+
+	// Owned by run: the held packets and what replays them.
+	held      heldSet
+	tableKick chan struct{}
 
 	// mu guards neg.
 	mu  sync.Mutex
@@ -63,6 +74,11 @@ func newSlowPath(e *Engine) (*slowPath, error) {
 		resolveQ:  make(chan netip.Addr, 64),
 		done:      make(chan struct{}),
 		neg:       map[netip.Addr]time.Time{},
+		tableKick: make(chan struct{}, 1),
+	}
+	if err := s.held.open(); err != nil {
+		_ = conn.Close()
+		return nil, err
 	}
 	for range e.cfg.SlowBatches {
 		s.free <- new(slowBatch)
@@ -73,8 +89,9 @@ func newSlowPath(e *Engine) (*slowPath, error) {
 	return s, nil
 }
 
-// toSlow copies pkt into the worker's current slow batch; never blocks.
-func (w *worker) toSlow(pkt []byte, r fastpath.DropReason) {
+// toSlow copies pkt, which came in on port from (fromUplink: the uplink),
+// into the worker's current slow batch; never blocks.
+func (w *worker) toSlow(pkt []byte, r fastpath.DropReason, from int32) {
 	if w.sb == nil {
 		select {
 		case w.sb = <-w.e.slow.free:
@@ -91,6 +108,7 @@ func (w *worker) toSlow(pkt []byte, r fastpath.DropReason) {
 	}
 	b.lens[b.n] = copy(b.buf[b.n][:], pkt)
 	b.reason[b.n] = r
+	b.from[b.n] = from
 	b.n++
 	w.cnt[cSlowQueued]++
 	if b.n == batch {
@@ -111,21 +129,37 @@ func (s *slowPath) submit(w *worker, b *slowBatch) {
 }
 
 func (s *slowPath) run() {
+	expire := time.NewTicker(heldTick)
+	defer expire.Stop()
+	defer s.held.close()
 	for {
 		select {
 		case <-s.done:
 			return
 		case b := <-s.q:
 			for i := range b.n {
-				s.handle(b.buf[i][:b.lens[i]], b.reason[i])
+				s.handle(b.buf[i][:b.lens[i]], b.reason[i], b.from[i])
 			}
 			b.n = 0
 			s.free <- b
+		case <-s.tableKick:
+			s.replay(time.Now())
+		case now := <-expire.C:
+			s.replay(now)
 		}
 	}
 }
 
-func (s *slowPath) handle(pkt []byte, r fastpath.DropReason) {
+// tableChanged tells the slow path a new table is in: held packets may
+// now be known. Never blocks.
+func (s *slowPath) tableChanged() {
+	select {
+	case s.tableKick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *slowPath) handle(pkt []byte, r fastpath.DropReason, from int32) {
 	switch r {
 	case fastpath.ReasonNoNeighbor:
 		dst, payload, ok := tunnelPayload(pkt)
@@ -148,29 +182,35 @@ func (s *slowPath) handle(pkt []byte, r fastpath.DropReason) {
 			s.malformed.Add(1)
 			return
 		}
-		s.resolve(dst)
+		if s.resolve(dst) {
+			s.hold(pkt, dst, from)
+		}
 	case fastpath.ReasonUnknownSource:
 		var outer, inner fastpath.Parsed
 		if !fastpath.TunnelInner(pkt, &outer, &inner) {
 			s.malformed.Add(1)
 			return
 		}
-		s.resolve(inner.Src)
+		if s.resolve(inner.Src) {
+			s.hold(pkt, inner.Src, from)
+		}
 	}
 }
 
-// resolve asks the Resolver about dst unless it was asked recently.
-func (s *slowPath) resolve(dst netip.Addr) {
+// resolve asks the Resolver about dst unless it was asked recently. It
+// reports whether there is a Resolver (whose answer, a new table, may
+// still come).
+func (s *slowPath) resolve(dst netip.Addr) bool {
 	if s.e.cfg.Resolver == nil {
 		s.resolveSuppressed.Add(1)
-		return
+		return false
 	}
 	now := time.Now()
 	s.mu.Lock()
 	if until, ok := s.neg[dst]; ok && now.Before(until) {
 		s.mu.Unlock()
 		s.resolveSuppressed.Add(1)
-		return
+		return true
 	}
 	if len(s.neg) > 4096 {
 		for a, until := range s.neg {
@@ -186,6 +226,7 @@ func (s *slowPath) resolve(dst netip.Addr) {
 	default:
 		s.resolveQueueFull.Add(1)
 	}
+	return true
 }
 
 func (s *slowPath) resolveLoop() {
@@ -218,6 +259,11 @@ func (s *slowPath) counters() map[string]uint64 {
 		"resolve_errors":     s.resolveErrors.Load(),
 		"resolve_suppressed": s.resolveSuppressed.Load(),
 		"resolve_queue_full": s.resolveQueueFull.Load(),
+		"slow_held":          s.held.held.Load(),
+		"slow_held_full":     s.held.full.Load(),
+		"slow_held_expired":  s.held.expired.Load(),
+		"slow_replayed":      s.held.replayed.Load(),
+		"slow_replay_failed": s.held.failed.Load(),
 	}
 }
 

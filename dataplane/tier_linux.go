@@ -775,10 +775,18 @@ func (e *Engine) Flows() []FlowInfo {
 		}
 	}
 	mono := fastpath.Monotonic()
+	t := e.tables.Load()
 	e.flows.Range(func(r fastpath.FlowRecord) bool {
 		proto, src, dst := r.Fwd.Unpack()
 		if seen[[2]netip.AddrPort{src, dst}] {
 			return true
+		}
+		if t != nil {
+			if _, ok := t.ChosenInstanceIP(dst.Addr(), r.Inst); !ok {
+				// Its instance left (or the service did): its next
+				// packet chooses again, so it goes nowhere now.
+				return true
+			}
 		}
 		out = append(out, FlowInfo{Proto: proto, Src: src, Dst: dst, Service: dst.Addr(),
 			Instance: r.Inst, HasInstance: true, Idle: time.Duration(max(0, mono-r.Last))})
