@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/oakwire/oakwire/fastpath"
@@ -340,11 +342,21 @@ func (p *engineProc) command(tb testing.TB, line string) {
 // expire, counted; removing a port detaches only that port, and adding it
 // back restores it.
 func TestResolveAndPortLifecycle(t *testing.T) {
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { resolveAndPortLifecycle(t, offload) })
+	}
+}
+
+func resolveAndPortLifecycle(t *testing.T, offload bool) {
 	tp := newTopo(t)
-	spa := tp.spec(tp.a, 0, tp.client, tp.local)
+	if offload {
+		containerOffloads(t, tp)
+	}
+	spa, spb := tp.spec(tp.a, 0, tp.client, tp.local), tp.spec(tp.b, 0, tp.server)
 	spa.Deferred = []string{"app.server"}
+	spa.Offload, spb.Offload = offload, offload
 	ea := tp.startEngine(t, tp.a, spa)
-	tp.startEngine(t, tp.b, tp.spec(tp.b, 0, tp.server))
+	tp.startEngine(t, tp.b, spb)
 
 	if tries := checkUDPTries(t, tp.client, tp.server, svcRemote4, instClient4, 7020); tries != 1 {
 		t.Errorf("the first datagram to a service IP being resolved was lost: answered after %d", tries)
@@ -374,11 +386,11 @@ func TestResolveAndPortLifecycle(t *testing.T) {
 	}
 
 	ea.command(t, "remove "+tp.local.HostIf)
-	if xdpAttached(t, tp.a.NS, tp.local.HostIf) {
-		t.Error("XDP still on the removed port")
+	if portAttached(t, tp.a.NS, tp.local.HostIf, offload) {
+		t.Error("program still on the removed port")
 	}
-	if !xdpAttached(t, tp.a.NS, tp.client.HostIf) {
-		t.Error("XDP gone from the other port")
+	if !portAttached(t, tp.a.NS, tp.client.HostIf, offload) {
+		t.Error("program gone from the other port")
 	}
 	if err := testbed.Ping(tp.client.NS, svcLocal4, 2, 300*time.Millisecond); err == nil {
 		t.Error("service on the removed port answered")
@@ -389,8 +401,44 @@ func TestResolveAndPortLifecycle(t *testing.T) {
 		t.Errorf("ping after re-adding the port: %v", err)
 	}
 	checkUDP(t, tp.client, tp.local, svcLocal6, instCli6, 7022)
-	if s := ea.stats(t); s.Ports != 2 || s.Sockets != 3 {
-		t.Errorf("after remove+add: %d ports, %d sockets, want 2 and 3", s.Ports, s.Sockets)
+	if s := ea.stats(t); s.Ports != 2 || !offload && s.Sockets != 3 {
+		t.Errorf("after remove+add: %d ports, %d sockets, want 2 and (without the kernel tier) 3", s.Ports, s.Sockets)
+	}
+}
+
+// portAttached reports whether the data plane's program is on host veth
+// name in ns: xdp_port, or with the kernel tier tc_port (tcx ingress).
+func portAttached(tb testing.TB, ns, name string, offload bool) bool {
+	tb.Helper()
+	if !offload {
+		return xdpAttached(tb, ns, name)
+	}
+	var on bool
+	err := testbed.Handle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		return testbed.Do(ns, func() error {
+			r, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+			on = err == nil && len(r.Programs) > 0
+			return err
+		})
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return on
+}
+
+// containerOffloads turns the containers' offloads on (TSO, GSO, TX
+// checksum): what the netmanager leaves them with the kernel tier.
+func containerOffloads(t *testing.T, tp *topo) {
+	t.Helper()
+	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
+		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
+			t.Fatalf("ethtool: %v: %s", err, out)
+		}
 	}
 }
 
@@ -704,17 +752,38 @@ func innerUDP4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte 
 // goes out through the kernel's UDP socket, which makes the kernel resolve
 // the next hop (DESIGN.md "Neighbours and the uplink"); the request is
 // answered and later packets take the fast path once the MAC is learnt.
+// With the kernel tier, bpf_redirect_neigh resolves it from the start.
 func TestNeighbourFallback(t *testing.T) {
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { neighbourFallback(t, offload) })
+	}
+}
+
+func neighbourFallback(t *testing.T, offload bool) {
 	tp := newTopo(t)
+	if offload {
+		containerOffloads(t, tp)
+	}
 	for _, n := range []*testbed.Node{tp.a, tp.b} {
 		if out, err := testbed.Run(5*time.Second, n.NS, "ip", "neigh", "flush", "dev", n.Uplink); err != nil {
 			t.Fatalf("neigh flush: %v: %s", err, out)
 		}
 	}
-	ea := tp.startEngine(t, tp.a, tp.spec(tp.a, 1, tp.client))
-	tp.startEngine(t, tp.b, tp.spec(tp.b, 1, tp.server))
+	spa, spb := tp.spec(tp.a, 1, tp.client), tp.spec(tp.b, 1, tp.server)
+	spa.Offload, spb.Offload = offload, offload
+	ea := tp.startEngine(t, tp.a, spa)
+	tp.startEngine(t, tp.b, spb)
 	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7101)
 	s := ea.stats(t)
+	if offload {
+		// The workers' frames leave through the punt device, whose
+		// tc_punt sends with bpf_redirect_neigh: the kernel resolves the
+		// next hop itself and nothing needs the fallback.
+		if s.Counters["tier_out_uplink"] == 0 || s.Counters["slow_kernel_sent"] != 0 {
+			t.Errorf("want frames out through the punt device's redirect_neigh, none through the fallback: %v", nonZero(s.Counters))
+		}
+		return
+	}
 	if s.Counters["slow_kernel_sent"] == 0 {
 		t.Errorf("no packet went through the kernel fallback: %v", nonZero(s.Counters))
 	}
@@ -740,11 +809,7 @@ func TestNeighbourFallback(t *testing.T) {
 // rest through the kernel, and counters that say which tier carried what.
 func TestOverlayTier(t *testing.T) {
 	tp := newTopo(t)
-	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
-		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
-			t.Fatalf("ethtool: %v: %s", err, out)
-		}
-	}
+	containerOffloads(t, tp)
 	spa, spb := tp.spec(tp.a, 2, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
 	spa.Offload, spb.Offload = true, true
 	ea := tp.startEngine(t, tp.a, spa)
@@ -783,11 +848,7 @@ func TestOverlayTier(t *testing.T) {
 func tierTopo(t *testing.T) (*topo, *engineProc, *engineProc) {
 	t.Helper()
 	tp := newTopo(t)
-	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
-		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
-			t.Fatalf("ethtool: %v: %s", err, out)
-		}
-	}
+	containerOffloads(t, tp)
 	spa, spb := tp.spec(tp.a, 1, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
 	spa.Offload, spb.Offload = true, true
 	return tp, tp.startEngine(t, tp.a, spa), tp.startEngine(t, tp.b, spb)
