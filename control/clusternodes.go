@@ -246,7 +246,7 @@ func (c *Cluster) reportIn(ctx context.Context, in *api.InstanceReport, undeploy
 	if err != nil {
 		return "", st, err
 	}
-	st = api.InstanceStatus{InstanceNumber: in.InstanceNumber, HostIP: rec.NodeIP, HostPort: rec.TunnelPort}
+	st = api.InstanceStatus{InstanceNumber: in.InstanceNumber, HostIP: rec.NodeIP, HostPort: api.Int(rec.TunnelPort)}
 	if undeploy {
 		return job, st, nil
 	}

@@ -99,7 +99,12 @@ type Config struct {
 	PlatformV6 string `yaml:"platform-v6"`
 
 	// Token is OAKWIRE_TOKEN from the environment; never in the file.
-	Token string `yaml:"-"`
+	// NodeToken (OAKWIRE_NODE_TOKEN) and OrchestratorToken
+	// (OAKWIRE_ORCHESTRATOR_TOKEN), where the control hosts use per-role
+	// tokens, win over it towards the cluster and root respectively.
+	Token             string `yaml:"-"`
+	NodeToken         string `yaml:"-"`
+	OrchestratorToken string `yaml:"-"`
 }
 
 // Defaults returns the configuration with every default filled in.
@@ -204,6 +209,8 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		return Config{}, err
 	}
 	cfg.Token = getenv("OAKWIRE_TOKEN")
+	cfg.NodeToken = getenv("OAKWIRE_NODE_TOKEN")
+	cfg.OrchestratorToken = getenv("OAKWIRE_ORCHESTRATOR_TOKEN")
 	return cfg, nil
 }
 
@@ -290,7 +297,7 @@ func (c *Config) Validate() error {
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		bad("log-level", "%v", err)
 	}
-	if c.Token == "" && !c.Insecure {
+	if c.ClusterToken() == "" && !c.Insecure {
 		bad("insecure", "OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without a token")
 	}
 	if c.Dataplane != "xdp" && c.Dataplane != "none" {
@@ -352,4 +359,23 @@ func (c *Config) platforms() (netip.Prefix, netip.Prefix) {
 	p4, _ := netip.ParsePrefix(c.PlatformV4)
 	p6, _ := netip.ParsePrefix(c.PlatformV6)
 	return p4, p6
+}
+
+// ClusterToken is the bearer token towards the cluster: the node role's,
+// else OAKWIRE_TOKEN.
+func (c *Config) ClusterToken() string {
+	if c.NodeToken != "" {
+		return c.NodeToken
+	}
+	return c.Token
+}
+
+// RootToken is the bearer token towards root (client-only containers are
+// placed through its orchestrator API): the orchestrator role's, else
+// OAKWIRE_TOKEN.
+func (c *Config) RootToken() string {
+	if c.OrchestratorToken != "" {
+		return c.OrchestratorToken
+	}
+	return c.Token
 }

@@ -122,7 +122,7 @@ func New(o Options) (*Daemon, error) {
 	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, build: o.Build, started: time.Now(),
 		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}, clientReserved: map[int]bool{}}
 	if o.Config.Root != "" {
-		d.root = newHTTPRoot(o.Config.Root, o.Config.Token)
+		d.root = newHTTPRoot(o.Config.Root, o.Config.RootToken())
 	}
 	d.flowStats = newFlowStats(o.Config.ServiceMetricsMax)
 	d.metrics = newMetrics(d)
@@ -134,7 +134,7 @@ func New(o Options) (*Daemon, error) {
 // On return the API and the data plane are down; containers stay attached.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.ctx = ctx
-	if d.cfg.Insecure && d.cfg.Token == "" {
+	if d.cfg.Insecure && d.cfg.ClusterToken() == "" {
 		d.log.Warn("running without OAKWIRE_TOKEN (--insecure): cluster calls are unauthenticated")
 	}
 	defer func() {
