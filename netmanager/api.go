@@ -26,6 +26,8 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("POST /container/deploy", d.handleDeploy)
 	mux.HandleFunc("POST /container/undeploy", d.handleUndeploy)
 	mux.HandleFunc("POST /docker/undeploy", d.handleUndeploy)
+	mux.HandleFunc("POST /unikernel/deploy", d.handleUnikernelDeploy)
+	mux.HandleFunc("POST /unikernel/undeploy", d.handleUnikernelUndeploy)
 	mux.HandleFunc("GET /status", d.handleStatus)
 	mux.HandleFunc("GET /flows", d.handleFlows)
 	mux.HandleFunc("GET /services", d.handleServices)
@@ -121,6 +123,7 @@ func (d *Daemon) Status() Status {
 			"deploy_errors":        d.metrics.deployErrors.Value(),
 			"undeploys":            d.metrics.undeploys.Value(),
 			"cluster_report_error": d.metrics.reportErrors.Value(),
+			"node_ip_changes":      d.metrics.nodeIPChanges.Value(),
 			"client_releases":      uint64(len(d.st.ClientReleases)),
 		},
 	},

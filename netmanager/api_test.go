@@ -26,7 +26,7 @@ type downCluster struct{}
 
 func (downCluster) ServiceSource() ServiceSource { return nil }
 
-func (downCluster) Register(context.Context, netip.Addr, int) (Registration, error) {
+func (downCluster) Register(context.Context, Endpoint) (Registration, error) {
 	return Registration{}, errors.New("connection refused")
 }
 func (downCluster) ReportDeployed(context.Context, string, int, netip.Addr, netip.Addr) error {
