@@ -19,6 +19,7 @@ import (
 
 	"github.com/oakwire/oakwire/internal/deploy"
 	"github.com/oakwire/oakwire/internal/testbed"
+	"github.com/oakwire/oakwire/internal/testenv"
 )
 
 // TestOakestraReplay replays every call Oakestra's own components make to
@@ -36,6 +37,7 @@ import (
 // Oakestra sends no bearer token; the replay adds Oakwire's (docs/api.md
 // says how to run Oakestra's components against an authenticated root).
 func TestOakestraReplay(t *testing.T) {
+	testenv.RequireBinary(t, "nsenter")
 	d, err := up(t, deploy.Options{Nodes: 2, Dataplane: "none"})
 	if err != nil {
 		t.Fatal(err)

@@ -132,6 +132,7 @@ func TestRegisterBareHostAndNodeIPChange(t *testing.T) {
 func TestUnikernel(t *testing.T) {
 	bed := testbed.NewT(t)
 	testenv.RequireBinary(t, "nft")
+	testenv.RequireBinary(t, "nsenter")
 	node, err := bed.AddNode("a")
 	if err != nil {
 		t.Fatal(err)

@@ -59,3 +59,22 @@ func (d *Deployment) registerOakestra(ctx context.Context, n *Node) error {
 		}
 	}
 }
+
+// RestartNetManagerWith stops n's netmanager (SIGTERM), starts it again
+// with extra flags after its own (a flag given again wins: --node-ip,
+// --public-ip) and waits until it is registered. The flags stay for later
+// restarts.
+func (d *Deployment) RestartNetManagerWith(ctx context.Context, n *Node, extra ...string) error {
+	d.StopNetManager(n)
+	n.mu.Lock()
+	p := n.proc
+	n.mu.Unlock()
+	if !p.exited() {
+		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.cmd.Process.Pid)
+	}
+	n.args = append(n.args, extra...)
+	if err := d.startNetManager(n); err != nil {
+		return err
+	}
+	return d.waitNetManager(ctx, n)
+}
