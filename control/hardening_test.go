@@ -2,6 +2,7 @@ package control
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -146,6 +147,15 @@ func TestMappedIPv4Refused(t *testing.T) {
 	_, rdb := startRedis(t)
 	_, R := startRoot(t, rdb, rootOpts{sweep: -1})
 	_, C := startCluster(t, rdb, R, clusterOpts{id: "c1"})
+	// The cluster's start-up (registration, first peer sync) writes in
+	// the background: let it finish before comparing snapshots.
+	waitRegistered(t, R, "c1", "")
+	for i := 0; rdb.Exists(context.Background(), DefaultPrefix+"{c:c1}:xgen").Val() == 0; i++ {
+		if i == 200 {
+			t.Fatal("the cluster's first peer sync did not happen")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	mustCall(t, 200, "POST", R+"/api/net/service/deploy", `{"_id":"s1","deployment_descriptor":{"app_name":"a","app_ns":"n","microservice_name":"w","microservice_namespace":"d"}}`, "", nil)
 	mustCall(t, 200, "POST", R+"/api/net/instance/deploy", `{"_id":"s1","instance_number":0,"cluster_id":"c1"}`, "", nil)
 	for _, tc := range []struct{ name, url, body, field string }{
