@@ -123,6 +123,7 @@ func TestRegisterBareHostAndNodeIPChange(t *testing.T) {
 	if s := d.status(); s.NodeIP != next.String() || s.Counters["node_ip_changes"] != 1 {
 		t.Errorf("a second address moved the node IP: %s, %d changes", s.NodeIP, s.Counters["node_ip_changes"])
 	}
+	d.stop() // a clean exit (under -race: no race in the daemon)
 }
 
 // TestUnikernel: POST /unikernel/deploy makes the instance's namespace
@@ -214,6 +215,7 @@ func TestUnikernel(t *testing.T) {
 	if code, b := d.call("POST", "/unikernel/undeploy", fmt.Sprintf(`{"serviceName":%q,"instanceNumber":0}`, job)); code != 404 {
 		t.Errorf("undeploy again: %d %s", code, b)
 	}
+	d.stop()
 }
 
 func TestPickNodeIP(t *testing.T) {
