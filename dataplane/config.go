@@ -34,8 +34,9 @@ const DefaultTunnelPort = api.DefaultTunnelPort
 // Resolver is the control side's hook for destinations in the service
 // ranges that the table does not know (SPEC §7.3 egress 6). The engine
 // calls Resolve from its slow-path goroutine, never from a worker, at most
-// once per address until the answer or NegativeTTL passes; the packet that
-// caused it is dropped and counted. An implementation asks the cluster and
+// once per address until the answer or NegativeTTL passes; the packets
+// that caused it wait in the slow path (a few per address, at most 3 s)
+// and go on once a new table knows them. An implementation asks the cluster and
 // pushes what it learns through Engine.SetServices; a non-nil error or an
 // address that stays unknown is cached negatively for NegativeTTL.
 type Resolver interface {

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/oakwire/oakwire/fastpath"
@@ -41,6 +43,14 @@ func listenIn[T any](tb testing.TB, ns string, listen func() (T, error)) T {
 // server sees them from wantSrc and that the replies come from dst.
 func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port int) {
 	t.Helper()
+	checkUDPTries(t, client, server, dst, wantSrc, port)
+}
+
+// checkUDPTries is checkUDP returning how many datagrams the client sent
+// until one was answered.
+func checkUDPTries(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port int) int {
+	t.Helper()
+	tries := 0
 	srv := listenIn(t, server.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{Port: port}) })
 	defer srv.Close()
 	cli := listenIn(t, client.NS, func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) })
@@ -63,6 +73,7 @@ func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port i
 	}()
 	buf := make([]byte, 2048)
 	for try := 0; ; try++ {
+		tries++
 		msg := fmt.Appendf(nil, "hello %d", try)
 		if _, err := cli.WriteToUDPAddrPort(msg, netip.AddrPortFrom(dst, uint16(port))); err != nil {
 			t.Fatal(err)
@@ -86,6 +97,7 @@ func checkUDP(t *testing.T, client, server *ctr, dst, wantSrc netip.Addr, port i
 	if got := <-seen; got != wantSrc {
 		t.Errorf("server saw source %v, want the client's instance IP %v", got, wantSrc)
 	}
+	return tries
 }
 
 // checkTCP opens a real TCP connection from client to dst:port, sends
@@ -324,23 +336,44 @@ func (p *engineProc) command(tb testing.TB, line string) {
 }
 
 // TestResolveAndPortLifecycle: an unknown service IP goes to the Resolver
-// once (the packets that hit it are dropped, never waited on) and works
-// once the resolver pushed the service; an unresolvable IP is cached
-// negatively; removing a port detaches only that port, and adding it back
-// restores it.
+// once, and the packet that hit it waits in the slow path until the
+// resolver pushed the service, then goes on (the first datagram is
+// answered); an unresolvable IP is cached negatively and its held packets
+// expire, counted; removing a port detaches only that port, and adding it
+// back restores it.
 func TestResolveAndPortLifecycle(t *testing.T) {
-	tp := newTopo(t)
-	spa := tp.spec(tp.a, 0, tp.client, tp.local)
-	spa.Deferred = []string{"app.server"}
-	ea := tp.startEngine(t, tp.a, spa)
-	tp.startEngine(t, tp.b, tp.spec(tp.b, 0, tp.server))
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { resolveAndPortLifecycle(t, offload) })
+	}
+}
 
-	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7020)
+func resolveAndPortLifecycle(t *testing.T, offload bool) {
+	tp := newTopo(t)
+	if offload {
+		containerOffloads(t, tp)
+	}
+	spa, spb := tp.spec(tp.a, 0, tp.client, tp.local), tp.spec(tp.b, 0, tp.server)
+	spa.Deferred = []string{"app.server"}
+	spa.Offload, spb.Offload = offload, offload
+	ea := tp.startEngine(t, tp.a, spa)
+	tp.startEngine(t, tp.b, spb)
+
+	if tries := checkUDPTries(t, tp.client, tp.server, svcRemote4, instClient4, 7020); tries != 1 {
+		t.Errorf("the first datagram to a service IP being resolved was lost: answered after %d", tries)
+	}
 	unknown := mustAddr("10.30.99.99")
 	if err := testbed.Ping(tp.client.NS, unknown, 3, 200*time.Millisecond); err == nil {
 		t.Error("unknown service IP answered")
 	}
 	s := ea.stats(t)
+	for i := 0; i < 100 && s.Counters["slow_held_expired"] < 3; i++ { // heldTTL after the pings
+		time.Sleep(100 * time.Millisecond)
+		s = ea.stats(t)
+	}
+	if s.Counters["slow_replayed"] != 1 || s.Counters["slow_held_expired"] != 3 {
+		t.Errorf("held packets: replayed %d (want the first datagram), expired %d (want the 3 pings)",
+			s.Counters["slow_replayed"], s.Counters["slow_held_expired"])
+	}
 	t.Logf("resolver counters: %v", nonZero(s.Counters))
 	if got := s.Counters["resolve_calls"]; got != 2 {
 		t.Errorf("resolve_calls = %d, want 2 (the deferred service once, the unknown IP once)", got)
@@ -353,11 +386,11 @@ func TestResolveAndPortLifecycle(t *testing.T) {
 	}
 
 	ea.command(t, "remove "+tp.local.HostIf)
-	if xdpAttached(t, tp.a.NS, tp.local.HostIf) {
-		t.Error("XDP still on the removed port")
+	if portAttached(t, tp.a.NS, tp.local.HostIf, offload) {
+		t.Error("program still on the removed port")
 	}
-	if !xdpAttached(t, tp.a.NS, tp.client.HostIf) {
-		t.Error("XDP gone from the other port")
+	if !portAttached(t, tp.a.NS, tp.client.HostIf, offload) {
+		t.Error("program gone from the other port")
 	}
 	if err := testbed.Ping(tp.client.NS, svcLocal4, 2, 300*time.Millisecond); err == nil {
 		t.Error("service on the removed port answered")
@@ -368,8 +401,44 @@ func TestResolveAndPortLifecycle(t *testing.T) {
 		t.Errorf("ping after re-adding the port: %v", err)
 	}
 	checkUDP(t, tp.client, tp.local, svcLocal6, instCli6, 7022)
-	if s := ea.stats(t); s.Ports != 2 || s.Sockets != 3 {
-		t.Errorf("after remove+add: %d ports, %d sockets, want 2 and 3", s.Ports, s.Sockets)
+	if s := ea.stats(t); s.Ports != 2 || !offload && s.Sockets != 3 {
+		t.Errorf("after remove+add: %d ports, %d sockets, want 2 and (without the kernel tier) 3", s.Ports, s.Sockets)
+	}
+}
+
+// portAttached reports whether the data plane's program is on host veth
+// name in ns: xdp_port, or with the kernel tier tc_port (tcx ingress).
+func portAttached(tb testing.TB, ns, name string, offload bool) bool {
+	tb.Helper()
+	if !offload {
+		return xdpAttached(tb, ns, name)
+	}
+	var on bool
+	err := testbed.Handle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		return testbed.Do(ns, func() error {
+			r, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+			on = err == nil && len(r.Programs) > 0
+			return err
+		})
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return on
+}
+
+// containerOffloads turns the containers' offloads on (TSO, GSO, TX
+// checksum): what the netmanager leaves them with the kernel tier.
+func containerOffloads(t *testing.T, tp *topo) {
+	t.Helper()
+	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
+		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
+			t.Fatalf("ethtool: %v: %s", err, out)
+		}
 	}
 }
 
@@ -683,17 +752,38 @@ func innerUDP4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte 
 // goes out through the kernel's UDP socket, which makes the kernel resolve
 // the next hop (DESIGN.md "Neighbours and the uplink"); the request is
 // answered and later packets take the fast path once the MAC is learnt.
+// With the kernel tier, bpf_redirect_neigh resolves it from the start.
 func TestNeighbourFallback(t *testing.T) {
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { neighbourFallback(t, offload) })
+	}
+}
+
+func neighbourFallback(t *testing.T, offload bool) {
 	tp := newTopo(t)
+	if offload {
+		containerOffloads(t, tp)
+	}
 	for _, n := range []*testbed.Node{tp.a, tp.b} {
 		if out, err := testbed.Run(5*time.Second, n.NS, "ip", "neigh", "flush", "dev", n.Uplink); err != nil {
 			t.Fatalf("neigh flush: %v: %s", err, out)
 		}
 	}
-	ea := tp.startEngine(t, tp.a, tp.spec(tp.a, 1, tp.client))
-	tp.startEngine(t, tp.b, tp.spec(tp.b, 1, tp.server))
+	spa, spb := tp.spec(tp.a, 1, tp.client), tp.spec(tp.b, 1, tp.server)
+	spa.Offload, spb.Offload = offload, offload
+	ea := tp.startEngine(t, tp.a, spa)
+	tp.startEngine(t, tp.b, spb)
 	checkUDP(t, tp.client, tp.server, svcRemote4, instClient4, 7101)
 	s := ea.stats(t)
+	if offload {
+		// The workers' frames leave through the punt device, whose
+		// tc_punt sends with bpf_redirect_neigh: the kernel resolves the
+		// next hop itself and nothing needs the fallback.
+		if s.Counters["tier_out_uplink"] == 0 || s.Counters["slow_kernel_sent"] != 0 {
+			t.Errorf("want frames out through the punt device's redirect_neigh, none through the fallback: %v", nonZero(s.Counters))
+		}
+		return
+	}
 	if s.Counters["slow_kernel_sent"] == 0 {
 		t.Errorf("no packet went through the kernel fallback: %v", nonZero(s.Counters))
 	}
@@ -719,11 +809,7 @@ func TestNeighbourFallback(t *testing.T) {
 // rest through the kernel, and counters that say which tier carried what.
 func TestOverlayTier(t *testing.T) {
 	tp := newTopo(t)
-	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
-		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
-			t.Fatalf("ethtool: %v: %s", err, out)
-		}
-	}
+	containerOffloads(t, tp)
 	spa, spb := tp.spec(tp.a, 2, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
 	spa.Offload, spb.Offload = true, true
 	ea := tp.startEngine(t, tp.a, spa)
@@ -762,11 +848,7 @@ func TestOverlayTier(t *testing.T) {
 func tierTopo(t *testing.T) (*topo, *engineProc, *engineProc) {
 	t.Helper()
 	tp := newTopo(t)
-	for _, c := range []*ctr{tp.client, tp.local, tp.server} {
-		if out, err := testbed.Run(5*time.Second, c.NS, "ethtool", "-K", c.IfName, "tx", "on", "tso", "on", "gso", "on"); err != nil {
-			t.Fatalf("ethtool: %v: %s", err, out)
-		}
-	}
+	containerOffloads(t, tp)
 	spa, spb := tp.spec(tp.a, 1, tp.client, tp.local), tp.spec(tp.b, 1, tp.server)
 	spa.Offload, spb.Offload = true, true
 	return tp, tp.startEngine(t, tp.a, spa), tp.startEngine(t, tp.b, spb)

@@ -22,13 +22,20 @@ import (
 type slowBatch struct {
 	n      int
 	reason [batch]fastpath.DropReason
+	from   [batch]int32 // the PortID it came in on; fromUplink: the uplink
 	lens   [batch]int
 	buf    [batch][slotSize]byte
 }
 
+// fromUplink marks a slow-path packet that came in on the uplink.
+const fromUplink = -1
+
 // slowPath handles what workers cannot: sending to a next hop whose MAC is
 // unknown (through a kernel UDP socket, which resolves it) and asking the
-// Resolver about unknown service IPs (asynchronously, negatively cached).
+// Resolver about unknown service IPs and sources (asynchronously,
+// negatively cached). The packets that asked are held until the answer
+// changes the table, then processed and sent (held.go), so a connection's
+// first packet is not lost to the lookup.
 type slowPath struct {
 	e         *Engine
 	free, q   chan *slowBatch
@@ -37,6 +44,10 @@ type slowPath struct {
 	resolveQ  chan netip.Addr
 	done      chan struct{}
 	wg        sync.WaitGroup
+
+	// Owned by run: the held packets and what replays them.
+	held      heldSet
+	tableKick chan struct{}
 
 	// mu guards neg.
 	mu  sync.Mutex
@@ -63,6 +74,11 @@ func newSlowPath(e *Engine) (*slowPath, error) {
 		resolveQ:  make(chan netip.Addr, 64),
 		done:      make(chan struct{}),
 		neg:       map[netip.Addr]time.Time{},
+		tableKick: make(chan struct{}, 1),
+	}
+	if err := s.held.open(); err != nil {
+		_ = conn.Close()
+		return nil, err
 	}
 	for range e.cfg.SlowBatches {
 		s.free <- new(slowBatch)
@@ -73,8 +89,9 @@ func newSlowPath(e *Engine) (*slowPath, error) {
 	return s, nil
 }
 
-// toSlow copies pkt into the worker's current slow batch; never blocks.
-func (w *worker) toSlow(pkt []byte, r fastpath.DropReason) {
+// toSlow copies pkt, which came in on port from (fromUplink: the uplink),
+// into the worker's current slow batch; never blocks.
+func (w *worker) toSlow(pkt []byte, r fastpath.DropReason, from int32) {
 	if w.sb == nil {
 		select {
 		case w.sb = <-w.e.slow.free:
@@ -91,6 +108,7 @@ func (w *worker) toSlow(pkt []byte, r fastpath.DropReason) {
 	}
 	b.lens[b.n] = copy(b.buf[b.n][:], pkt)
 	b.reason[b.n] = r
+	b.from[b.n] = from
 	b.n++
 	w.cnt[cSlowQueued]++
 	if b.n == batch {
@@ -111,21 +129,37 @@ func (s *slowPath) submit(w *worker, b *slowBatch) {
 }
 
 func (s *slowPath) run() {
+	expire := time.NewTicker(heldTick)
+	defer expire.Stop()
+	defer s.held.close()
 	for {
 		select {
 		case <-s.done:
 			return
 		case b := <-s.q:
 			for i := range b.n {
-				s.handle(b.buf[i][:b.lens[i]], b.reason[i])
+				s.handle(b.buf[i][:b.lens[i]], b.reason[i], b.from[i])
 			}
 			b.n = 0
 			s.free <- b
+		case <-s.tableKick:
+			s.replay(time.Now())
+		case now := <-expire.C:
+			s.replay(now)
 		}
 	}
 }
 
-func (s *slowPath) handle(pkt []byte, r fastpath.DropReason) {
+// tableChanged tells the slow path a new table is in: held packets may
+// now be known. Never blocks.
+func (s *slowPath) tableChanged() {
+	select {
+	case s.tableKick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *slowPath) handle(pkt []byte, r fastpath.DropReason, from int32) {
 	switch r {
 	case fastpath.ReasonNoNeighbor:
 		dst, payload, ok := tunnelPayload(pkt)
@@ -148,29 +182,35 @@ func (s *slowPath) handle(pkt []byte, r fastpath.DropReason) {
 			s.malformed.Add(1)
 			return
 		}
-		s.resolve(dst)
+		if s.resolve(dst) {
+			s.hold(pkt, dst, from)
+		}
 	case fastpath.ReasonUnknownSource:
 		var outer, inner fastpath.Parsed
 		if !fastpath.TunnelInner(pkt, &outer, &inner) {
 			s.malformed.Add(1)
 			return
 		}
-		s.resolve(inner.Src)
+		if s.resolve(inner.Src) {
+			s.hold(pkt, inner.Src, from)
+		}
 	}
 }
 
-// resolve asks the Resolver about dst unless it was asked recently.
-func (s *slowPath) resolve(dst netip.Addr) {
+// resolve asks the Resolver about dst unless it was asked recently. It
+// reports whether there is a Resolver (whose answer, a new table, may
+// still come).
+func (s *slowPath) resolve(dst netip.Addr) bool {
 	if s.e.cfg.Resolver == nil {
 		s.resolveSuppressed.Add(1)
-		return
+		return false
 	}
 	now := time.Now()
 	s.mu.Lock()
 	if until, ok := s.neg[dst]; ok && now.Before(until) {
 		s.mu.Unlock()
 		s.resolveSuppressed.Add(1)
-		return
+		return true
 	}
 	if len(s.neg) > 4096 {
 		for a, until := range s.neg {
@@ -186,6 +226,7 @@ func (s *slowPath) resolve(dst netip.Addr) {
 	default:
 		s.resolveQueueFull.Add(1)
 	}
+	return true
 }
 
 func (s *slowPath) resolveLoop() {
@@ -218,6 +259,11 @@ func (s *slowPath) counters() map[string]uint64 {
 		"resolve_errors":     s.resolveErrors.Load(),
 		"resolve_suppressed": s.resolveSuppressed.Load(),
 		"resolve_queue_full": s.resolveQueueFull.Load(),
+		"slow_held":          s.held.held.Load(),
+		"slow_held_full":     s.held.full.Load(),
+		"slow_held_expired":  s.held.expired.Load(),
+		"slow_replayed":      s.held.replayed.Load(),
+		"slow_replay_failed": s.held.failed.Load(),
 	}
 }
 
@@ -231,59 +277,27 @@ func (s *slowPath) close() error {
 	return nil
 }
 
-// tunnelPayload parses an encapsulated frame (Ethernet, outer IPv4 or IPv6
-// without options or extension headers — we wrote it — and UDP) and returns
-// the outer destination and the UDP payload.
+// tunnelPayload parses an encapsulated frame (fastpath's header views:
+// Ethernet, outer IPv4 or IPv6, UDP) and returns the outer destination and
+// the UDP payload.
 func tunnelPayload(b []byte) (netip.AddrPort, []byte, bool) {
-	if len(b) < fastpath.EthernetLen {
+	var p fastpath.Parsed
+	if p.Decode(b) != fastpath.ReasonNone || p.Proto != fastpath.ProtoUDP || !p.HasPorts || p.End-p.L4Off < fastpath.UDPLen {
 		return netip.AddrPort{}, nil, false
 	}
-	ip := b[fastpath.EthernetLen:]
-	var dst netip.Addr
-	var udp []byte
-	switch binary.BigEndian.Uint16(b[12:]) {
-	case fastpath.EtherTypeIPv4:
-		if len(ip) < 20 || ip[9] != fastpath.ProtoUDP {
-			return netip.AddrPort{}, nil, false
-		}
-		hl := int(ip[0]&0xf) * 4
-		if len(ip) < hl+8 {
-			return netip.AddrPort{}, nil, false
-		}
-		dst = netip.AddrFrom4([4]byte(ip[16:20]))
-		udp = ip[hl:]
-	case fastpath.EtherTypeIPv6:
-		if len(ip) < 48 || ip[6] != fastpath.ProtoUDP {
-			return netip.AddrPort{}, nil, false
-		}
-		dst = netip.AddrFrom16([16]byte(ip[24:40]))
-		udp = ip[40:]
-	default:
-		return netip.AddrPort{}, nil, false
-	}
+	udp := b[p.L4Off:p.End]
 	l := int(binary.BigEndian.Uint16(udp[4:]))
-	if l < 8 || l > len(udp) {
+	if l < fastpath.UDPLen || l > len(udp) {
 		return netip.AddrPort{}, nil, false
 	}
-	return netip.AddrPortFrom(dst, binary.BigEndian.Uint16(udp[2:])), udp[8:l], true
+	return netip.AddrPortFrom(p.Dst, p.DstPort), udp[fastpath.UDPLen:l], true
 }
 
-// frameDst returns the IP destination of an Ethernet frame (one VLAN tag
-// tolerated, like the processor).
+// frameDst returns the IP destination of an Ethernet frame.
 func frameDst(b []byte) (netip.Addr, bool) {
-	if len(b) < fastpath.EthernetLen {
+	var p fastpath.Parsed
+	if p.Decode(b) != fastpath.ReasonNone {
 		return netip.Addr{}, false
 	}
-	et, off := binary.BigEndian.Uint16(b[12:]), fastpath.EthernetLen
-	if (et == 0x8100 || et == 0x88a8) && len(b) >= off+4 {
-		et, off = binary.BigEndian.Uint16(b[16:]), off+4
-	}
-	ip := b[off:]
-	switch {
-	case et == fastpath.EtherTypeIPv4 && len(ip) >= 20:
-		return netip.AddrFrom4([4]byte(ip[16:20])), true
-	case et == fastpath.EtherTypeIPv6 && len(ip) >= 40:
-		return netip.AddrFrom16([16]byte(ip[24:40])), true
-	}
-	return netip.Addr{}, false
+	return p.Dst, true
 }

@@ -60,10 +60,12 @@ func (w *worker) processPunt(ws *wsock, n int) {
 		}
 		flags, from := pkt[1], int(binary.BigEndian.Uint32(pkt[2:6]))
 		var c tierCapture
+		port := int32(fromUplink)
 		if from == e.uplinkIdx {
 			c = captureIngress(pkt, from, &w.tp, &w.tq)
 			e.proc.Ingress(w.wctx, w.frames[i:i+1], w.verd[i:i+1])
 		} else if id, ok := e.portByIfindex(from); ok {
+			port = int32(id)
 			c = captureEgress(pkt, from, &w.tp)
 			e.proc.Egress(w.wctx, id, w.frames[i:i+1], w.verd[i:i+1])
 		} else {
@@ -110,7 +112,7 @@ func (w *worker) processPunt(ws *wsock, n int) {
 			ws.pend = append(ws.pend, xsk.Desc{Addr: base + uint64(v.Off), Len: uint32(v.Len)})
 		case fastpath.ActSlowPath:
 			if verdictOK(v, len(buf)) {
-				w.toSlow(buf[v.Off:v.Off+v.Len], v.Reason)
+				w.toSlow(buf[v.Off:v.Off+v.Len], v.Reason, port)
 			} else {
 				w.cnt[cBadVerdict]++
 			}

@@ -406,7 +406,11 @@ func (w *worker) process(ws *wsock, n int, owners []int16) {
 		case fastpath.ActTxUplink:
 			w.send(ws, base, buf, v, uplinkID, owners)
 		case fastpath.ActSlowPath:
-			w.toSlow(buf[v.Off:v.Off+v.Len], v.Reason)
+			from := int32(ws.port)
+			if ws.uplink {
+				from = fromUplink
+			}
+			w.toSlow(buf[v.Off:v.Off+v.Len], v.Reason, from)
 			s.FreeFrame(base)
 		case fastpath.ActPass:
 			// Steered by XDP but not ours: the frame is already out of

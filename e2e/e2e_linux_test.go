@@ -11,15 +11,23 @@ import (
 
 	"github.com/oakwire/oakwire/internal/deploy"
 	"github.com/oakwire/oakwire/internal/testenv"
+	"github.com/oakwire/oakwire/netmanager/localapi"
 )
 
 // TestEndToEnd is issue 6's acceptance test (SPEC §7 end to end): real
 // redis-server, root and cluster service managers, three nodes each running
 // netmanager with the AF_XDP data plane, containers attached through the
 // unix-socket API. Service "web" has instances on B and C; the client is on
-// A. Subtests run in order and build on each other.
+// A. Subtests run in order and build on each other. All of it runs with
+// the kernel tier (netmanager's default) and without it (--offload off).
 func TestEndToEnd(t *testing.T) {
-	d, err := up(t, deploy.Options{Dataplane: "xdp"})
+	for _, offload := range []string{"on", "off"} {
+		t.Run("offload="+offload, func(t *testing.T) { endToEnd(t, offload) })
+	}
+}
+
+func endToEnd(t *testing.T, offload string) {
+	d, err := up(t, deploy.Options{Dataplane: "xdp", Offload: offload})
 	if err != nil {
 		skipIfNoXDP(t, err)
 		t.Fatal(err)
@@ -129,6 +137,54 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("UndeployRemovesItsFlows", func(t *testing.T) {
+		// Flows to an instance, executed by the kernel tier (with it on),
+		// are gone from node a within 1 s of the undeploy, and new flows
+		// go to the instances that remain.
+		i4 := echo(4, c)
+		mine := func() (n, kernel int) {
+			for _, f := range nodeFlows(t, d, a) {
+				if f.Job == web.Job && f.Instance != nil && *f.Instance == 4 {
+					n++
+					if f.Tier == "kernel" && !f.Pending {
+						kernel++
+					}
+				}
+			}
+			return n, kernel
+		}
+		poll(t, 5*time.Second, func() (bool, string) {
+			r := ask(t, d, client, "udp", rr.V4, 8, 3, 300*time.Millisecond)
+			n, kernel := mine()
+			return r.FlowsByTag()[i4.Tag()] > 0 && n > 0 && (offload == "off" || kernel > 0),
+				fmt.Sprintf("flows to %s: answered %v, on a %d (kernel tier %d)", i4.Tag(), r.FlowsByTag(), n, kernel)
+		})
+		if err := d.UndeployInstance(ctx, "web1", 4); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for {
+			began := time.Since(start)
+			if n, kernel := mine(); kernel == 0 && (offload == "on" || n == 0) {
+				if began > time.Second {
+					t.Fatalf("flows to the undeployed %s left node a only %v after the undeploy returned", i4.Tag(), began.Round(time.Millisecond))
+				}
+				t.Logf("flows to %s gone from a %v after the undeploy returned (%d left in the worker pool's table)", i4.Tag(), began.Round(time.Millisecond), n)
+				break
+			}
+			if began > time.Second {
+				n, kernel := mine()
+				t.Fatalf("1 s after the undeploy node a still has %d flows to %s (%d in the kernel tier)", n, i4.Tag(), kernel)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		r := ask(t, d, client, "udp", rr.V4, 8, 2, time.Second)
+		checkAnswered(t, r, "RR after undeploy")
+		if r.FlowsByTag()[i4.Tag()] != 0 {
+			t.Errorf("new flows went to the undeployed %s: %v", i4.Tag(), r.FlowsByTag())
+		}
+	})
+
 	t.Run("Move", func(t *testing.T) {
 		before := i0.IP
 		moved, err := d.MoveInstance(ctx, "web1", 0, c)
@@ -209,6 +265,16 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// nodeFlows is node n's GET /flows.
+func nodeFlows(t *testing.T, d *deploy.Deployment, n *deploy.Node) []localapi.Flow {
+	t.Helper()
+	var fs []localapi.Flow
+	if err := d.NodeCall(context.Background(), n, "GET", "/flows", nil, &fs); err != nil {
+		t.Fatal(err)
+	}
+	return fs
 }
 
 // checkAnswered fails the test unless every request of r was answered. The

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
-	"sync"
 
 	"github.com/oakwire/oakwire/internal/testbed"
 )
@@ -49,6 +47,13 @@ type Describer interface {
 	Describe() map[string]string
 }
 
+// ProcessOwner is optionally implemented by a Dataplane that runs
+// processes of its own (Oakwire's daemons): the CPU-per-packet measure
+// counts their CPU time.
+type ProcessOwner interface {
+	PIDs() []int
+}
+
 // Counterer is optionally implemented by a Dataplane to report its own
 // counters (drop reasons, socket statistics) for a round; the suite calls
 // Counters after Teardown and puts the result into the round's report.
@@ -56,49 +61,25 @@ type Counterer interface {
 	Counters() map[string]uint64
 }
 
-var (
-	regMu sync.Mutex
-	// registry maps a dataplane name to its constructor; guarded by regMu.
-	registry = map[string]func() Dataplane{
-		"routed": func() Dataplane { return &Routed{} },
-		"kernel": func() Dataplane { return &Kernel{} },
+// Dataplanes are the names the suite measures: routing without overlay,
+// the kernel overlay (flannel VXLAN + kube-proxy), Oakwire with its kernel
+// tier (netmanager's default) and Oakwire with the AF_XDP worker pool
+// alone.
+var Dataplanes = []string{"routed", "kernel", OakwireName, OakwireAFXDPName}
+
+// isOakwire reports whether name is one of Oakwire's dataplanes.
+func isOakwire(name string) bool { return name == OakwireName || name == OakwireAFXDPName }
+
+// newDataplane returns a fresh dataplane of name (one of Dataplanes) for
+// one round.
+func newDataplane(name string, cfg *Config) Dataplane {
+	switch name {
+	case "routed":
+		return &Routed{}
+	case "kernel":
+		return &Kernel{}
 	}
-)
-
-// OakwireName is the name the AF_XDP dataplane registers under; the report
-// computes the ratios oakwire/kernel and oakwire/routed against it.
-const OakwireName = "oakwire"
-
-// Register makes a dataplane available to the suite under name. newDP is
-// called once per round for a fresh value. This is the registration point
-// of the AF_XDP dataplane: cmd/netbench calls
-//
-//	perf.Register(perf.OakwireName, func() perf.Dataplane { return ... })
-//
-// before running the suite. Registering a name twice replaces it.
-func Register(name string, newDP func() Dataplane) {
-	regMu.Lock()
-	defer regMu.Unlock()
-	registry[name] = newDP
-}
-
-// Registered lists the registered dataplane names, sorted.
-func Registered() []string {
-	regMu.Lock()
-	defer regMu.Unlock()
-	var names []string
-	for n := range registry {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
-
-func lookup(name string) (func() Dataplane, bool) {
-	regMu.Lock()
-	defer regMu.Unlock()
-	f, ok := registry[name]
-	return f, ok
+	return &Oakwire{Offload: name == OakwireName, Settings: cfg.Oakwire, BinDir: cfg.BinDir}
 }
 
 // Ports are the server's ports, the same on the service IP.

@@ -4,12 +4,12 @@
 // container on node A and a server container on node B, runs bounded load
 // tools inside the containers, and writes a report (Markdown, JSON, PNG).
 //
-// Dataplanes implement Dataplane. Two peers are built in: "routed" (plain
-// IP routing, no overlay, no NAT: the limit) and "kernel" (flannel-shaped
-// VXLAN plus kube-proxy-shaped iptables DNAT: what Kubernetes users run).
-// The AF_XDP dataplane registers itself with Register under the name
-// "oakwire"; until it does, the report says so and prints its ratios as
-// "n/a".
+// Dataplanes implement Dataplane; the suite knows four (Dataplanes):
+// "routed" (plain IP routing, no overlay, no NAT: the limit), "kernel"
+// (flannel-shaped VXLAN plus kube-proxy-shaped iptables DNAT: what
+// Kubernetes users run), and Oakwire as an operator deploys it, the real
+// daemons with their defaults (Oakwire): "oakwire" (kernel tier on, the
+// default) and "oakwire-afxdp" (the AF_XDP worker pool alone).
 //
 // The method copies DESIGN.md: 64-byte UDP with sendmmsg/recvmmsg batches of
 // 64 and a large receive buffer, warm-up packets and a pause before the

@@ -21,11 +21,15 @@ import (
 
 // FloodMeasure is one UDP flood: what the sender sent and the sink got.
 type FloodMeasure struct {
-	Sender       FloodResult `json:"sender"`
-	Sink         SinkResult  `json:"sink"`
-	SentPPS      float64     `json:"sent_pps"`
-	DeliveredPPS float64     `json:"delivered_pps"`
-	LossPct      float64     `json:"loss_pct"`
+	Sender FloodResult `json:"sender"`
+	Sink   SinkResult  `json:"sink"`
+	// SenderCPU and SinkCPU are the tools' CPU time (rusage: user and
+	// system), in ns.
+	SenderCPU    time.Duration `json:"sender_cpu_ns"`
+	SinkCPU      time.Duration `json:"sink_cpu_ns"`
+	SentPPS      float64       `json:"sent_pps"`
+	DeliveredPPS float64       `json:"delivered_pps"`
+	LossPct      float64       `json:"loss_pct"`
 }
 
 // TCPMeasure is one iperf3 run.
@@ -66,6 +70,8 @@ func (w *readyWriter) String() string {
 type runner struct {
 	cfg  *Config
 	topo *Topology
+	// owner, when set, is the dataplane's own processes (for CPU).
+	owner ProcessOwner
 }
 
 func (r *runner) toolCmd(ctx context.Context, ns string, args ...string) *exec.Cmd {
@@ -131,18 +137,32 @@ func (r *runner) startServer(ctx context.Context, ns string, args ...string) (*p
 
 // runClient runs a client tool in ns bounded by d and decodes its JSON.
 func (r *runner) runClient(ctx context.Context, d time.Duration, ns string, v any, args ...string) error {
+	_, err := r.runClientCPU(ctx, d, ns, v, args...)
+	return err
+}
+
+// runClientCPU is runClient that also returns the tool's CPU time.
+func (r *runner) runClientCPU(ctx context.Context, d time.Duration, ns string, v any, args ...string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	cmd := r.toolCmd(ctx, ns, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w: %s", args[0], err, strings.TrimSpace(errb.String()))
+		return 0, fmt.Errorf("%s: %w: %s", args[0], err, strings.TrimSpace(errb.String()))
 	}
 	if err := json.Unmarshal(out.Bytes(), v); err != nil {
-		return fmt.Errorf("%s: output %q: %w", args[0], out.String(), err)
+		return 0, fmt.Errorf("%s: output %q: %w", args[0], out.String(), err)
 	}
-	return nil
+	return cpuOf(cmd.ProcessState), nil
+}
+
+// cpuOf is an exited process's CPU time.
+func cpuOf(ps *os.ProcessState) time.Duration {
+	if ps == nil {
+		return 0
+	}
+	return ps.UserTime() + ps.SystemTime()
 }
 
 func itoa(i int) string                { return strconv.Itoa(i) }
@@ -187,7 +207,8 @@ func (r *runner) floodAt(ctx context.Context, target netip.Addr, rate float64, d
 	if rate > 0 {
 		batch = "16" // smaller bursts: pacing is per batch
 	}
-	ferr := r.runClient(ctx, d+pause+10*time.Second, r.topo.Client.NS, &m.Sender, "udpflood",
+	var ferr error
+	m.SenderCPU, ferr = r.runClientCPU(ctx, d+pause+10*time.Second, r.topo.Client.NS, &m.Sender, "udpflood",
 		"--dst", ap(target, r.topo.Ports.Flood), "--size", "64", "--batch", batch,
 		"--rate", strconv.FormatFloat(rate, 'f', 0, 64),
 		"--count", strconv.FormatUint(c.FloodCount, 10), "--duration", d.String(),
@@ -198,6 +219,7 @@ func (r *runner) floodAt(ctx context.Context, target netip.Addr, rate float64, d
 	if err := sink.wait(sinkDur + 5*time.Second); err != nil {
 		return m, fmt.Errorf("udpsink: %w: %s", err, sink.errw.String())
 	}
+	m.SinkCPU = cpuOf(sink.cmd.ProcessState)
 	if err := json.Unmarshal(sink.out.Bytes(), &m.Sink); err != nil {
 		return m, fmt.Errorf("udpsink: output %q: %w", sink.out.String(), err)
 	}
@@ -331,3 +353,158 @@ func (r *runner) tcp(ctx context.Context, target netip.Addr) (TCPMeasure, error)
 	srv.stop()
 	return m, fmt.Errorf("iperf3 client: %w (server: %s)", lastErr, strings.TrimSpace(srv.out.String()))
 }
+
+// CPUMeasure is the CPU time per delivered packet at a fixed paced rate,
+// counted two ways. NsPerPkt counts the CPU time of the processes the
+// packets run through: the sender and the sink (their rusage; the kernel's
+// send and receive paths, veth, XDP, tc and the overlay run inside their
+// system calls or in ksoftirqd), every ksoftirqd thread, and the
+// dataplane's own processes (ProcessOwner: Oakwire's daemons, spinning
+// included). MachineNsPerPkt is the whole machine's busy time (user, nice,
+// system, irq, softirq in /proc/stat) over the run less an equally long
+// quiet window's before it: the same thing where nothing else runs, but
+// other work on the machine makes it noisy.
+type CPUMeasure struct {
+	RatePPS   float64 `json:"rate_pps"`
+	Delivered uint64  `json:"delivered"`
+	LossPct   float64 `json:"loss_pct"`
+	// Seconds is the measured window (tools started to sink done).
+	Seconds float64 `json:"seconds"`
+	// ToolsNs, KsoftirqdNs and DataplaneNs make up NsPerPkt.
+	ToolsNs     float64 `json:"tools_ns"`
+	KsoftirqdNs float64 `json:"ksoftirqd_ns"`
+	DataplaneNs float64 `json:"dataplane_ns"`
+	NsPerPkt    float64 `json:"ns_per_packet"`
+	// BusyNs and QuietBusyNs are the machine's busy time over the window
+	// and over the quiet window (scaled to the same length).
+	BusyNs          float64 `json:"busy_ns"`
+	QuietBusyNs     float64 `json:"quiet_busy_ns"`
+	MachineNsPerPkt float64 `json:"machine_ns_per_packet"`
+}
+
+// cpu measures CPUMeasure at cfg.CPURate for cfg.CPUDuration.
+func (r *runner) cpu(ctx context.Context, target netip.Addr) (CPUMeasure, error) {
+	c := r.cfg
+	m := CPUMeasure{RatePPS: c.CPURate}
+	q0, err := busyTime()
+	if err != nil {
+		return m, err
+	}
+	t0 := time.Now()
+	select {
+	case <-time.After(c.CPUDuration):
+	case <-ctx.Done():
+		return m, ctx.Err()
+	}
+	q1, err := busyTime()
+	if err != nil {
+		return m, err
+	}
+	quiet := time.Since(t0)
+	var pids []int
+	if r.owner != nil {
+		pids = r.owner.PIDs()
+	}
+	k0, d0 := ksoftirqdTime(), procsTime(pids)
+	t1 := time.Now()
+	f, err := r.floodAt(ctx, target, c.CPURate, c.CPUDuration, 300*time.Millisecond)
+	if err != nil {
+		return m, err
+	}
+	b1, err := busyTime()
+	if err != nil {
+		return m, err
+	}
+	k1, d1 := ksoftirqdTime(), procsTime(pids)
+	win := time.Since(t1)
+	m.Delivered, m.LossPct, m.Seconds = f.Sink.Received, f.LossPct, win.Seconds()
+	if m.Delivered == 0 {
+		return m, errors.New("no packet delivered")
+	}
+	m.ToolsNs = float64(f.SenderCPU + f.SinkCPU)
+	m.KsoftirqdNs, m.DataplaneNs = float64(k1-k0), float64(d1-d0)
+	m.NsPerPkt = (m.ToolsNs + m.KsoftirqdNs + m.DataplaneNs) / float64(m.Delivered)
+	m.BusyNs = float64(b1 - q1)
+	m.QuietBusyNs = float64(q1-q0) * win.Seconds() / quiet.Seconds()
+	m.MachineNsPerPkt = max(0, m.BusyNs-m.QuietBusyNs) / float64(m.Delivered)
+	return m, nil
+}
+
+// busyTime is the CPU time all CPUs spent busy since boot, in ns: user,
+// nice, system, irq and softirq of /proc/stat's "cpu" line (not idle,
+// iowait or steal; guest time is inside user).
+func busyTime() (int64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system _ _ irq softirq
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		ticks += v
+	}
+	return ticks * int64(time.Second) / userHZ, nil
+}
+
+// procTime is process pid's CPU time (user and system, all its threads)
+// in ns; 0 when it is gone.
+func procTime(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, in parentheses, may hold spaces: fields count
+	// from after its closing parenthesis (state is field 3).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	st, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return (ut + st) * int64(time.Second) / userHZ
+}
+
+func procsTime(pids []int) int64 {
+	var t int64
+	for _, p := range pids {
+		t += procTime(p)
+	}
+	return t
+}
+
+// ksoftirqdTime is the CPU time of every ksoftirqd thread, in ns.
+func ksoftirqdTime() int64 {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	var t int64
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && bytes.HasPrefix(comm, []byte("ksoftirqd/")) {
+			t += procTime(pid)
+		}
+	}
+	return t
+}
+
+// userHZ is the unit of /proc/stat (USER_HZ, 100 on every Linux ABI).
+const userHZ = 100

@@ -85,14 +85,48 @@ func cell(s Summary, f func(float64) string) string {
 	return fmt.Sprintf("%s (%s–%s)", f(s.Median), f(s.Min), f(s.Max))
 }
 
-func ratioCell(v jsonFloat, registered bool) string {
-	if !registered {
-		return "n/a"
-	}
+func ratioCell(v jsonFloat) string {
 	if math.IsNaN(float64(v)) {
 		return "— (not measured)"
 	}
 	return fmt.Sprintf("%.2f×", float64(v))
+}
+
+// writeRatios writes the ratios table: one column per oakwire dataplane
+// and baseline.
+func (rep *Report) writeRatios(p func(string, ...any)) {
+	p("### Ratios")
+	p("")
+	if len(rep.Ratios) == 0 {
+		p("No oakwire dataplane was measured: nothing to compare.")
+		p("")
+		return
+	}
+	head, rule := "| metric |", "|---|"
+	for _, r := range rep.Ratios {
+		head += " " + r.Dataplane + "/" + r.Baseline + " |"
+		rule += "---|"
+	}
+	p("%s", head)
+	p("%s", rule)
+	for _, m := range []struct {
+		name string
+		get  func(Ratios) jsonFloat
+	}{
+		{"UDP pps delivered (higher is better)", func(r Ratios) jsonFloat { return r.DeliveredPPS }},
+		{"UDP loss-free pps (higher is better)", func(r Ratios) jsonFloat { return r.LossFreePPS }},
+		{"RR p50 latency (lower is better)", func(r Ratios) jsonFloat { return r.P50us }},
+		{"RR p99 latency (lower is better)", func(r Ratios) jsonFloat { return r.P99us }},
+		{"TCP throughput (higher is better)", func(r Ratios) jsonFloat { return r.TCPGbps }},
+		{"CPU per packet (lower is better)", func(r Ratios) jsonFloat { return r.CPUNsPerPkt }},
+	} {
+		row := "| " + m.name + " |"
+		for _, r := range rep.Ratios {
+			row += " " + ratioCell(m.get(r)) + " |"
+		}
+		p("%s", row)
+	}
+	p("")
 }
 
 // WriteMarkdown writes the human-readable report.
@@ -143,50 +177,27 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("Two emulated nodes in network namespaces joined by one veth underlay (198.18.0.1/.2); client container 10.18.0.2 on node A, server container 10.18.0.66 on node B (/32 addresses, default route via the gateway on-link, static neighbours, MTU 1450). "+
 		"UDP flood: 64-byte payloads, sendmmsg/recvmmsg batches of 64, warm-up packets and a pause before the clock, sender on CPU %d and sink on CPU %d, %v or %d packets per run. "+
 		"Loss-free rate: when the flood loses more than %.1f %%, the highest paced rate losing no more, by binary search between 0 and the flood's offered rate (%d runs of %v, batches of 16); otherwise the flood's delivered rate. "+
-		"Request/response: sequential 64-byte UDP ping-pong, client and server both on CPU %d, %d timed requests. TCP: iperf3, %v. Load tools run with GOMAXPROCS=1 and make their per-packet system calls raw (docs/design.md).",
+		"Request/response: sequential 64-byte UDP ping-pong, client and server both on CPU %d, %d timed requests. TCP: iperf3, %v. Load tools run with GOMAXPROCS=1 and make their per-packet system calls raw (docs/design.md). "+
+		"The oakwire dataplanes are the product as deployed: Redis and the service managers on node A, a netmanager with its defaults on each node, the containers attached by the netmanagers (addresses from the cluster's subnets), the client sending to the service's round-robin IP.",
 		rep.Config.FloodCPU, rep.Config.SinkCPU, rep.Config.FloodDuration, rep.Config.FloodCount,
 		rep.Config.LossFreeMaxPct, rep.Config.LossFreeSteps, rep.Config.LossFreeProbe,
 		rep.Config.RRCPU, rep.Config.RRCount, rep.Config.TCPDuration)
 	p("")
-	p("| dataplane | UDP pps delivered | UDP pps sent | loss %% | loss-free pps | RR p50 µs | RR p99 µs | RR p99.9 µs | RR lost | TCP Gbit/s |")
-	p("|---|---|---|---|---|---|---|---|---|---|")
+	p("CPU per packet: a flood paced at %s packets/s for %v; the CPU time of the sender and the sink (their system calls carry both nodes' kernel paths), every ksoftirqd thread and the dataplane's own processes (Oakwire's daemons, spinning included), per delivered packet. The rounds' table also gives the whole machine's busy time less a quiet window's (noisy when other work runs).",
+		num(rep.Config.CPURate, 0), rep.Config.CPUDuration)
+	p("")
+	p("| dataplane | UDP pps delivered | UDP pps sent | loss %% | loss-free pps | RR p50 µs | RR p99 µs | RR p99.9 µs | RR lost | TCP Gbit/s | CPU ns/packet |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|")
 	n0 := func(v float64) string { return num(v, 0) }
 	for _, s := range rep.Summary {
-		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", s.Dataplane,
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", s.Dataplane,
 			cell(s.DeliveredPPS, kpps), cell(s.SentPPS, kpps), cell(s.LossPct, func(v float64) string { return num(v, 2) }),
 			cell(s.LossFreePPS, kpps),
 			cell(s.P50us, n0), cell(s.P99us, n0), cell(s.P999us, n0), cell(s.RRLost, n0),
-			cell(s.TCPGbps, func(v float64) string { return num(v, 2) }))
-	}
-	for _, n := range rep.Missing {
-		p("| %s | not registered: not measured | | | | | | | | |", n)
+			cell(s.TCPGbps, func(v float64) string { return num(v, 2) }), cell(s.CPUNsPerPkt, n0))
 	}
 	p("")
-	p("### Ratios")
-	p("")
-	if !rep.OakwireRegistered {
-		p("The oakwire dataplane is not registered in this build, so there is nothing to compare: every ratio below is n/a.")
-		p("")
-	}
-	p("| metric | oakwire/kernel | oakwire/routed |")
-	p("|---|---|---|")
-	get := func(base string) Ratios {
-		for _, r := range rep.Ratios {
-			if r.Baseline == base {
-				return r
-			}
-		}
-		nan := jsonFloat(math.NaN())
-		return Ratios{Baseline: base, DeliveredPPS: nan, LossFreePPS: nan, P50us: nan, P99us: nan, TCPGbps: nan}
-	}
-	k, r := get("kernel"), get("routed")
-	reg := rep.OakwireRegistered
-	p("| UDP pps delivered (higher is better) | %s | %s |", ratioCell(k.DeliveredPPS, reg), ratioCell(r.DeliveredPPS, reg))
-	p("| UDP loss-free pps (higher is better) | %s | %s |", ratioCell(k.LossFreePPS, reg), ratioCell(r.LossFreePPS, reg))
-	p("| RR p50 latency (lower is better) | %s | %s |", ratioCell(k.P50us, reg), ratioCell(r.P50us, reg))
-	p("| RR p99 latency (lower is better) | %s | %s |", ratioCell(k.P99us, reg), ratioCell(r.P99us, reg))
-	p("| TCP throughput (higher is better) | %s | %s |", ratioCell(k.TCPGbps, reg), ratioCell(r.TCPGbps, reg))
-	p("")
+	rep.writeRatios(p)
 	for _, s := range rep.Summary {
 		if len(s.Info) > 0 {
 			var kv []string
@@ -203,10 +214,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("")
 	p("### Every round")
 	p("")
-	p("| round | # | dataplane | load | target | sent | received | pps delivered | loss %% | rcvbuf drops | loss-free pps (probes: rate → loss %%) | p50/p99/p99.9 µs | TCP Gbit/s | errors |")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	p("| round | # | dataplane | load | target | sent | received | pps delivered | loss %% | rcvbuf drops | loss-free pps (probes: rate → loss %%) | p50/p99/p99.9 µs | TCP Gbit/s | CPU ns/packet (tools + ksoftirqd + dataplane ms; machine ns/packet; loss %%) | errors |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, x := range rep.Rounds {
-		fl, lf, rr, tc := "— | — | — | — | —", "—", "—", "—"
+		fl, lf, rr, tc, cp := "— | — | — | — | —", "—", "—", "—", "—"
 		if l := x.LossFree; l != nil {
 			lf = kpps(l.PPS)
 			if l.FromFlood {
@@ -229,8 +240,12 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		if t := x.TCP; t != nil {
 			tc = num(t.Gbps, 2)
 		}
+		if c := x.CPU; c != nil {
+			cp = fmt.Sprintf("%s (%s + %s + %s; %s; %s)", num(c.NsPerPkt, 0), num(c.ToolsNs/1e6, 0), num(c.KsoftirqdNs/1e6, 0), num(c.DataplaneNs/1e6, 0),
+				num(c.MachineNsPerPkt, 0), num(c.LossPct, 2))
+		}
 		errs := strings.ReplaceAll(strings.Join(x.Errors, "; "), "|", "/")
-		p("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |", x.Round, x.Position, x.Dataplane, num(x.Load1, 2), x.Target, fl, lf, rr, tc, errs)
+		p("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |", x.Round, x.Position, x.Dataplane, num(x.Load1, 2), x.Target, fl, lf, rr, tc, cp, errs)
 	}
 	p("")
 	for _, x := range rep.Rounds {

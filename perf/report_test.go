@@ -17,7 +17,6 @@ func sampleReport() *Report {
 		Config:   SmokeConfig(),
 		Machine:  Machine{CPU: "Test CPU", NumCPU: 2, Kernel: "6.18", Go: "go1.26", XDPMode: "n/a"},
 		Measured: []string{"routed", "kernel"},
-		Missing:  []string{OakwireName},
 	}
 	for i, name := range []string{"routed", "kernel", "routed", "kernel"} {
 		k := float64(i/2 + 1)
@@ -45,9 +44,7 @@ func TestMarkdown(t *testing.T) {
 		"# Oakwire performance report",
 		"| routed | 148.5 k (99.0 k–198.0 k) |",         // median and spread of two rounds
 		"| 45 (30–60) | 120 (80–160) | 180 (120–240) |", // p50, p99, p99.9
-		"| oakwire | not registered: not measured",
-		"| UDP pps delivered (higher is better) | n/a | n/a |",
-		"not registered in this build",
+		"No oakwire dataplane was measured",
 		"Test CPU",
 		"tcp: a / pipe", // a | in an error must not break the table
 		"![packets/s and latency per dataplane](chart.png)",
@@ -73,9 +70,7 @@ func TestMarkdown(t *testing.T) {
 
 func TestMarkdownRatios(t *testing.T) {
 	rep := sampleReport()
-	rep.Measured = append(rep.Measured, OakwireName)
-	rep.Missing = nil
-	rep.OakwireRegistered = true
+	rep.Measured = append(rep.Measured, OakwireName, OakwireAFXDPName)
 	rep.Rounds = append(rep.Rounds, RoundResult{Dataplane: OakwireName, Round: 1, Position: 3,
 		Flood: &FloodMeasure{DeliveredPPS: 297e3}, RR: &RRResult{Count: 10, P50us: 45, P99us: 120}, TCP: &TCPMeasure{Gbps: 1.5}})
 	rep.summarize()
@@ -83,14 +78,23 @@ func TestMarkdownRatios(t *testing.T) {
 	if err := rep.WriteMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	if md := b.String(); !strings.Contains(md, "| UDP pps delivered (higher is better) | 2.00× | 2.00× |") ||
-		!strings.Contains(md, "| TCP throughput (higher is better) | 0.10× | 0.10× |") {
-		t.Errorf("ratios:\n%s", md)
+	md := b.String()
+	for _, want := range []string{
+		"| metric | oakwire/kernel | oakwire/routed | oakwire-afxdp/kernel | oakwire-afxdp/routed |",
+		"| UDP pps delivered (higher is better) | 2.00× | 2.00× | — (not measured) | — (not measured) |",
+		"| TCP throughput (higher is better) | 0.10× | 0.10× |",
+		"| CPU per packet (lower is better) | — (not measured) |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("ratios lack %q:\n%s", want, md)
+		}
 	}
 }
 
 func TestWriteFiles(t *testing.T) {
 	rep := sampleReport()
+	rep.Measured = append(rep.Measured, OakwireName) // no round: NaN ratios
+	rep.summarize()
 	root := t.TempDir()
 	dir, err := rep.Write(root)
 	if err != nil {
@@ -111,7 +115,7 @@ func TestWriteFiles(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("report.json: %v", err)
 	}
-	if len(back.Summary) != 2 || back.Summary[0].DeliveredPPS.Median != 148.5e3 {
+	if len(back.Summary) != 3 || back.Summary[0].DeliveredPPS.Median != 148.5e3 {
 		t.Errorf("round trip: %+v", back.Summary)
 	}
 	if !strings.Contains(string(b), `"delivered_pps": null`) {

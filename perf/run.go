@@ -14,13 +14,23 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oakwire/oakwire/internal/deploy"
 )
 
 // Config configures one run of the suite. Zero fields take the defaults
 // of DefaultConfig (or SmokeConfig with Smoke set).
 type Config struct {
-	// Dataplanes to measure, in the first round's order.
+	// Dataplanes to measure, in the first round's order (Dataplanes
+	// lists the names).
 	Dataplanes []string `json:"dataplanes"`
+	// Oakwire are netmanager settings for the oakwire dataplanes (zero:
+	// netmanager's defaults).
+	Oakwire OakwireSettings `json:"oakwire"`
+	// BinDir holds the servicemanager, netmanager and owload binaries
+	// the oakwire dataplanes run; empty: Run builds them (deploy.Build)
+	// into a temporary directory once.
+	BinDir string `json:"-"`
 	// Rounds of interleaved measurements (order rotated each round).
 	Rounds int  `json:"rounds"`
 	Smoke  bool `json:"smoke"`
@@ -44,6 +54,12 @@ type Config struct {
 	LossFreeMaxPct float64       `json:"loss_free_max_pct"`
 	RRCount        int           `json:"rr_count"`
 	TCPDuration    time.Duration `json:"tcp_duration"`
+	// CPU per packet: a paced flood at CPURate packets/s for CPUDuration
+	// (a rate every dataplane delivers without loss), the machine's busy
+	// CPU time over it, less what an equally long quiet window before it
+	// used (0 rate: not measured).
+	CPURate     float64       `json:"cpu_rate_pps"`
+	CPUDuration time.Duration `json:"cpu_duration"`
 	// CPUs: the flood sender and the sink on different CPUs, the
 	// request/response client and server on one (DESIGN.md).
 	FloodCPU int `json:"flood_cpu"`
@@ -71,14 +87,15 @@ type Config struct {
 // DefaultConfig is the full run (about 1 minute per round).
 func DefaultConfig() Config {
 	return Config{
-		Dataplanes:    []string{"routed", "kernel", OakwireName},
+		Dataplanes:    []string{"routed", "kernel", OakwireName, OakwireAFXDPName},
 		Rounds:        3,
 		Out:           "results",
 		FloodDuration: 5 * time.Second, FloodCount: 5_000_000,
 		LossFreeSteps: 5, LossFreeProbe: 2 * time.Second, LossFreeMaxPct: 0.1,
 		RRCount:     20000,
 		TCPDuration: 5 * time.Second,
-		FloodCPU:    0, SinkCPU: 1, RRCPU: 0,
+		CPURate:     40_000, CPUDuration: 3 * time.Second,
+		FloodCPU: 0, SinkCPU: 1, RRCPU: 0,
 		Micro: true, MicroTime: time.Second,
 		Control: true, ControlDeploys: 20000, ControlQueries: 50000, ControlPings: 200000, ControlConns: 64,
 	}
@@ -94,6 +111,7 @@ func SmokeConfig() Config {
 	c.LossFreeSteps, c.LossFreeProbe = 3, 500*time.Millisecond
 	c.RRCount = 2000
 	c.TCPDuration = time.Second
+	c.CPUDuration = time.Second
 	c.MicroTime = 100 * time.Millisecond
 	c.ControlDeploys, c.ControlQueries, c.ControlPings = 2000, 5000, 20000
 	return c
@@ -106,6 +124,17 @@ func (c *Config) fill() error {
 	}
 	if len(c.Dataplanes) == 0 {
 		c.Dataplanes = d.Dataplanes
+	}
+	for _, n := range c.Dataplanes {
+		if !slices.Contains(Dataplanes, n) {
+			return fmt.Errorf("config: dataplane %q: want one of %v", n, Dataplanes)
+		}
+	}
+	if c.CPURate < 0 || c.CPURate > 10e6 {
+		return errors.New("config: cpu rate out of range (0–10M packets/s)")
+	}
+	if c.CPUDuration <= 0 {
+		c.CPUDuration = d.CPUDuration
 	}
 	if c.Rounds <= 0 {
 		c.Rounds = d.Rounds
@@ -159,7 +188,7 @@ func (c *Config) fill() error {
 	if c.Progress == nil {
 		c.Progress = os.Stderr
 	}
-	if c.FloodDuration > 5*time.Minute || c.TCPDuration > 5*time.Minute || c.Rounds > 50 {
+	if c.FloodDuration > 5*time.Minute || c.TCPDuration > 5*time.Minute || c.CPUDuration > 5*time.Minute || c.Rounds > 50 {
 		return errors.New("config: durations or rounds out of range")
 	}
 	if c.ControlDeploys > 60000 {
@@ -182,6 +211,7 @@ type RoundResult struct {
 	LossFree *LossFreeMeasure  `json:"loss_free,omitempty"`
 	RR       *RRResult         `json:"rr,omitempty"`
 	TCP      *TCPMeasure       `json:"tcp,omitempty"`
+	CPU      *CPUMeasure       `json:"cpu,omitempty"`
 	Errors   []string          `json:"errors,omitempty"`
 	// Counters are the dataplane's own non-zero counters for the round
 	// (Counterer), read after Teardown.
@@ -201,36 +231,36 @@ type DPSummary struct {
 	P999us       Summary           `json:"p999_us"`
 	RRLost       Summary           `json:"rr_lost"`
 	TCPGbps      Summary           `json:"tcp_gbps"`
+	CPUNsPerPkt  Summary           `json:"cpu_ns_per_packet"`
 	Errors       int               `json:"errors"`
 }
 
-// Ratios of oakwire's medians to a baseline's; NaN when either is missing
-// (JSON null).
+// Ratios of an oakwire dataplane's medians to a baseline's; NaN when
+// either is missing (JSON null).
 type Ratios struct {
+	Dataplane    string    `json:"dataplane"`
 	Baseline     string    `json:"baseline"`
 	DeliveredPPS jsonFloat `json:"delivered_pps"`
 	LossFreePPS  jsonFloat `json:"loss_free_pps"`
 	P50us        jsonFloat `json:"p50_us"`
 	P99us        jsonFloat `json:"p99_us"`
 	TCPGbps      jsonFloat `json:"tcp_gbps"`
+	CPUNsPerPkt  jsonFloat `json:"cpu_ns_per_packet"`
 }
 
 // Report is everything one run measured.
 type Report struct {
-	Started  time.Time     `json:"started"`
-	Elapsed  float64       `json:"elapsed_seconds"`
-	Machine  Machine       `json:"machine"`
-	Config   Config        `json:"config"`
-	Measured []string      `json:"measured"`
-	Missing  []string      `json:"missing,omitempty"` // requested, not registered
-	Rounds   []RoundResult `json:"rounds"`
-	Summary  []DPSummary   `json:"summary"`
-	Ratios   []Ratios      `json:"ratios"`
-	// OakwireRegistered says whether the AF_XDP dataplane was registered.
-	OakwireRegistered bool           `json:"oakwire_registered"`
-	Micro             *MicroResult   `json:"micro,omitempty"`
-	Control           *ControlResult `json:"control,omitempty"`
-	Notes             []string       `json:"notes,omitempty"`
+	Started  time.Time      `json:"started"`
+	Elapsed  float64        `json:"elapsed_seconds"`
+	Machine  Machine        `json:"machine"`
+	Config   Config         `json:"config"`
+	Measured []string       `json:"measured"`
+	Rounds   []RoundResult  `json:"rounds"`
+	Summary  []DPSummary    `json:"summary"`
+	Ratios   []Ratios       `json:"ratios"`
+	Micro    *MicroResult   `json:"micro,omitempty"`
+	Control  *ControlResult `json:"control,omitempty"`
+	Notes    []string       `json:"notes,omitempty"`
 	// Failures are parts of the suite that did not measure what they
 	// should (a section that failed, allocations on a per-packet path, a
 	// requested dataplane missing); netbench exits non-zero when there
@@ -273,22 +303,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	rep := &Report{Started: time.Now(), Config: cfg, Machine: DescribeMachine()}
-	for _, n := range cfg.Dataplanes {
-		if _, ok := lookup(n); ok {
-			rep.Measured = append(rep.Measured, n)
-		} else {
-			rep.Missing = append(rep.Missing, n)
+	rep := &Report{Started: time.Now(), Config: cfg, Machine: DescribeMachine(), Measured: cfg.Dataplanes}
+	if cfg.BinDir == "" && slices.ContainsFunc(cfg.Dataplanes, isOakwire) {
+		dir, err := os.MkdirTemp("", "oakwire-bench-bin-")
+		if err != nil {
+			return nil, err
 		}
-	}
-	_, rep.OakwireRegistered = lookup(OakwireName)
-	if !rep.OakwireRegistered {
-		rep.Notes = append(rep.Notes, "The oakwire (AF_XDP) dataplane is not registered in this build (perf.Register), so it was not measured and its ratios are n/a.")
-	}
-	for _, n := range rep.Missing {
-		if n != OakwireName { // said above: a build without the AF_XDP dataplane
-			rep.Failures = append(rep.Failures, fmt.Sprintf("dataplane %q requested but not registered (have %v)", n, Registered()))
+		defer os.RemoveAll(dir)
+		cfg.progress("building servicemanager, netmanager, owload into %s", dir)
+		if err := deploy.Build(ctx, dir); err != nil {
+			return nil, err
 		}
+		cfg.BinDir = dir
 	}
 
 	total := cfg.Rounds * len(rep.Measured)
@@ -358,7 +384,6 @@ func rotate(names []string, r int) []string {
 func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res RoundResult) {
 	res = RoundResult{Dataplane: name, Round: round + 1, Position: pos + 1, Load1: load1()}
 	fail := func(what string, err error) { res.Errors = append(res.Errors, what+": "+err.Error()) }
-	newDP, _ := lookup(name)
 	topo, err := NewTopology("perf-" + name)
 	if err != nil {
 		fail("topology", err)
@@ -369,7 +394,7 @@ func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res 
 			fail("testbed close", err)
 		}
 	}()
-	dp := newDP()
+	dp := newDataplane(name, cfg)
 	err = dp.Setup(ctx, topo)
 	defer func() {
 		if err := dp.Teardown(); err != nil {
@@ -389,6 +414,7 @@ func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res 
 	target := dp.Target().Addr()
 	res.Target = dp.Target().String()
 	r := &runner{cfg: cfg, topo: topo}
+	r.owner, _ = dp.(ProcessOwner)
 	if err := r.probe(ctx, target); err != nil {
 		fail("probe", err)
 		return res
@@ -425,6 +451,15 @@ func runOne(ctx context.Context, cfg *Config, name string, round, pos int) (res 
 		res.TCP = &m
 		cfg.progress("  %s: %.2f Gbit/s", name, m.Gbps)
 	}
+	if cfg.CPURate > 0 {
+		cfg.progress("  %s: cpu per packet at %.0f pps paced, %v", name, cfg.CPURate, cfg.CPUDuration)
+		if m, err := r.cpu(ctx, target); err != nil {
+			fail("cpu", err)
+		} else {
+			res.CPU = &m
+			cfg.progress("  %s: %.0f ns of CPU per delivered packet (%.2f %% lost)", name, m.NsPerPkt, m.LossPct)
+		}
+	}
 	return res
 }
 
@@ -432,7 +467,7 @@ func (rep *Report) summarize() {
 	rep.Summary = nil
 	for _, name := range rep.Measured {
 		s := DPSummary{Dataplane: name}
-		var sent, deliv, loss, lossFree, p50, p99, p999, lost, tcp []float64
+		var sent, deliv, loss, lossFree, p50, p99, p999, lost, tcp, cpu []float64
 		for _, r := range rep.Rounds {
 			if r.Dataplane != name {
 				continue
@@ -454,28 +489,42 @@ func (rep *Report) summarize() {
 			if t := r.TCP; t != nil {
 				tcp = append(tcp, t.Gbps)
 			}
+			if c := r.CPU; c != nil {
+				cpu = append(cpu, c.NsPerPkt)
+			}
 		}
 		s.SentPPS, s.DeliveredPPS, s.LossPct = Summarize(sent), Summarize(deliv), Summarize(loss)
 		s.LossFreePPS = Summarize(lossFree)
 		s.P50us, s.P99us, s.P999us, s.RRLost = Summarize(p50), Summarize(p99), Summarize(p999), Summarize(lost)
-		s.TCPGbps = Summarize(tcp)
+		s.TCPGbps, s.CPUNsPerPkt = Summarize(tcp), Summarize(cpu)
 		rep.Summary = append(rep.Summary, s)
 	}
 	rep.Ratios = nil
-	ow := rep.summaryOf(OakwireName)
-	if m := ow.Info["xdp_mode"]; m != "" {
-		rep.Machine.XDPMode = m
+	for _, name := range rep.Measured {
+		if !isOakwire(name) {
+			continue
+		}
+		ow := rep.summaryOf(name)
+		if m := ow.Info["xdp_mode"]; m != "" {
+			rep.Machine.XDPMode = m
+		}
+		for _, base := range []string{"kernel", "routed"} {
+			rep.Ratios = append(rep.Ratios, ratios(ow, rep.summaryOf(base)))
+		}
 	}
-	for _, base := range []string{"kernel", "routed"} {
-		b := rep.summaryOf(base)
-		rep.Ratios = append(rep.Ratios, Ratios{
-			Baseline:     base,
-			DeliveredPPS: jsonFloat(Ratio(ow.DeliveredPPS, b.DeliveredPPS)),
-			LossFreePPS:  jsonFloat(Ratio(ow.LossFreePPS, b.LossFreePPS)),
-			P50us:        jsonFloat(Ratio(ow.P50us, b.P50us)),
-			P99us:        jsonFloat(Ratio(ow.P99us, b.P99us)),
-			TCPGbps:      jsonFloat(Ratio(ow.TCPGbps, b.TCPGbps)),
-		})
+}
+
+// ratios are a's medians over b's.
+func ratios(a, b DPSummary) Ratios {
+	return Ratios{
+		Dataplane:    a.Dataplane,
+		Baseline:     b.Dataplane,
+		DeliveredPPS: jsonFloat(Ratio(a.DeliveredPPS, b.DeliveredPPS)),
+		LossFreePPS:  jsonFloat(Ratio(a.LossFreePPS, b.LossFreePPS)),
+		P50us:        jsonFloat(Ratio(a.P50us, b.P50us)),
+		P99us:        jsonFloat(Ratio(a.P99us, b.P99us)),
+		TCPGbps:      jsonFloat(Ratio(a.TCPGbps, b.TCPGbps)),
+		CPUNsPerPkt:  jsonFloat(Ratio(a.CPUNsPerPkt, b.CPUNsPerPkt)),
 	}
 }
 

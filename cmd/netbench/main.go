@@ -4,10 +4,9 @@
 // tools it runs inside emulated containers.
 //
 //	netbench demo  [--dataplane xdp|none] [--keep]
-//	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire]
+//	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire,oakwire-afxdp]
 //	               [--oakwire-mode generic|native] [--oakwire-workers N] [--oakwire-cpus none|LIST|A/B]
-//	               [--oakwire-yield os|go|none] [--oakwire-spin 200µs]
-//	netbench xdpnode --spec FILE [--stats FILE]
+//	               [--oakwire-yield os|go|none] [--oakwire-spin 200µs] [--cpu-rate 40000]
 //	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--cpu C]
 //	netbench udpsink  --listen IP:PORT [--duration D] [--idle D] [--cpu C]
 //	netbench udpecho  --listen IP:PORT [--duration D] [--cpu C]
@@ -16,10 +15,9 @@
 // bench needs root (network namespaces); it builds its own emulated nodes
 // and removes them at the end, on failure and on Ctrl-C.
 //
-// The AF_XDP dataplane (perf.Oakwire) joins the suite by registering
-// itself before main runs (oakwire_linux.go); bench re-registers it with
-// the --oakwire-* flags. Its engines run as `netbench xdpnode` processes,
-// one per emulated node, inside the node's namespace (perf.RunXDPNode).
+// The oakwire dataplanes (perf.Oakwire) run the real daemons: Redis and
+// the service managers on node A, a netmanager on each node, with
+// netmanager's defaults unless an --oakwire-* flag says otherwise.
 package main
 
 import (
@@ -43,7 +41,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench xdpnode --spec FILE | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
+	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
 }
 
 func run(args []string) int {
@@ -56,8 +54,6 @@ func run(args []string) int {
 		return bench(args[1:])
 	case "demo":
 		return demo(args[1:])
-	case "xdpnode":
-		return perf.RunXDPNode(args[1:], os.Stdout, os.Stderr)
 	case "-h", "--help", "help":
 		usage()
 		return 0
@@ -76,38 +72,23 @@ func bench(args []string) int {
 	smoke := fs.Bool("smoke", false, "short durations, small counts, 1 round (under 2 minutes)")
 	rounds := fs.Int("rounds", 0, "interleaved rounds (default 3; 1 with --smoke)")
 	out := fs.String("out", "results", "results root: writes OUT/<timestamp>/ and OUT/latest/")
-	dps := fs.String("dataplanes", strings.Join(perf.DefaultConfig().Dataplanes, ","), "dataplanes to measure, comma-separated (registered: "+strings.Join(perf.Registered(), ",")+")")
+	dps := fs.String("dataplanes", strings.Join(perf.DefaultConfig().Dataplanes, ","), "dataplanes to measure, comma-separated (of "+strings.Join(perf.Dataplanes, ",")+")")
 	floodDur := fs.Duration("flood-duration", 0, "UDP flood length per run (default 5s; 1s with --smoke)")
 	tcpDur := fs.Duration("tcp-duration", 0, "iperf3 length per run (default 5s; 1s with --smoke)")
 	rrCount := fs.Int("rr-count", 0, "timed request/response exchanges per run (default 20000; 2000 with --smoke)")
+	rrCPU := fs.Int("rr-cpu", perf.DefaultConfig().RRCPU, "CPU the request/response client and server are pinned to (-1: unpinned)")
+	cpuRate := fs.Float64("cpu-rate", perf.DefaultConfig().CPURate, "paced rate (packets/s) of the CPU-per-packet run; 0 skips it")
 	noMicro := fs.Bool("no-micro", false, "skip the fastpath micro benchmarks")
 	noControl := fs.Bool("no-control", false, "skip the control-plane measurement")
-	owMode := fs.String("oakwire-mode", "generic", "oakwire: XDP attach mode, generic or native")
-	owWorkers := fs.Int("oakwire-workers", 0, "oakwire: workers per engine (0: the engine's default, half the CPUs)")
-	owCPUs := fs.String("oakwire-cpus", defaultOakwirePlacement, "oakwire: worker placement: none (unpinned), a CPU list for both engines (worker i on LIST[i % len]), or A/B per node (node A = client/sender, B = server/sink), e.g. 1/0")
-	owYield := fs.String("oakwire-yield", "os", "oakwire: how spinning workers yield: os (sched_yield), go (runtime.Gosched) or none")
-	owSpin := fs.Duration("oakwire-spin", 0, "oakwire: how long idle workers spin before sleeping in poll (0: the engine's default, 200µs)")
+	ow := oakwireFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if _, err := perf.ParseYield(*owYield); err != nil {
-		fmt.Fprintf(os.Stderr, "netbench bench: %v\n", err)
-		return 2
-	}
-	cpusA, cpusB, err := perf.ParsePlacement(*owCPUs)
+	settings, err := ow.settings()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "netbench bench: %v\n", err)
 		return 2
 	}
-	if *owMode != "generic" && *owMode != "native" {
-		fmt.Fprintf(os.Stderr, "netbench bench: --oakwire-mode %q: want generic or native\n", *owMode)
-		return 2
-	}
-	if *owSpin < 0 || *owSpin > time.Second {
-		fmt.Fprintln(os.Stderr, "netbench bench: --oakwire-spin out of range (0–1s)")
-		return 2
-	}
-	registerOakwire(oakwireOpts{mode: *owMode, workers: *owWorkers, cpusA: cpusA, cpusB: cpusB, yield: *owYield, spin: *owSpin})
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "netbench bench: needs root (network namespaces)")
 		return 1
@@ -136,6 +117,7 @@ func bench(args []string) int {
 		cfg.RRCount = *rrCount
 	}
 	cfg.Micro, cfg.Control = !*noMicro, !*noControl
+	cfg.Oakwire, cfg.CPURate, cfg.RRCPU = settings, *cpuRate, *rrCPU
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
 	defer cancel()
 	rep, err := perf.Run(ctx, cfg)

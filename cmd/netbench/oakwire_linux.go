@@ -1,59 +1,53 @@
 package main
 
 import (
+	"flag"
+	"fmt"
 	"time"
 
+	"github.com/oakwire/oakwire/fastpath/xsk"
 	"github.com/oakwire/oakwire/perf"
 )
 
-// oakwireOpts are the AF_XDP dataplane's settings for bench (flags
-// --oakwire-mode, --oakwire-workers, --oakwire-cpus).
-type oakwireOpts struct {
-	mode    string
-	workers int
-	cpusA   []int // node A's engine (client, flood sender)
-	cpusB   []int // node B's engine (server, sink)
-	yield   string
-	spin    time.Duration
+// owFlags are bench's --oakwire-* flags: netmanager settings for the
+// oakwire dataplanes. Their defaults are empty: the daemons then run with
+// netmanager's own defaults, what an operator runs.
+type owFlags struct {
+	mode, cpus, yield *string
+	workers           *int
+	spin              *time.Duration
 }
 
-// defaultOakwirePlacement is the worker placement (--oakwire-cpus, see
-// perf.ParsePlacement) bench uses unless told otherwise: none, the
-// engine's own default, so the suite measures what an operator runs.
-// Measured on the 2-vCPU machine with sched_yield spinning and the
-// RawSyscall load tools, 2 s floods, 3 rounds each (delivered pps, loss,
-// RR p50, TCP):
-//
-//	none (unpinned)  108–144 k  49–60 %   62–63 µs  1.45–1.56 Gbit/s
-//	1 (both on 1)    153–181 k  26–42 %  115–127 µs  0.91–0.99 Gbit/s
-//	0 (both on 0)     36–37 k  83–85 %   48–77 µs  1.05–1.24 Gbit/s
-//	1/0 (A 1, B 0)    43 k      82–85 %   39–54 µs  1.60–1.79 Gbit/s
-//	0/1 (A 0, B 1)    43 k      84–85 %   40–47 µs  1.43–2.00 Gbit/s
-//
-// Pinning both workers to the sink's CPU delivers the most packets, but
-// then every hop to and from the request/response pair (on CPU 0) wakes
-// another CPU, and a halted vCPU takes tens of µs to wake (cpuidle
-// haltpoll with guest_halt_poll_ns=0 here): p50 doubles. Unpinned, the
-// scheduler keeps a worker near the application it serves.
-const defaultOakwirePlacement = "none"
-
-func init() {
-	a, b, err := perf.ParsePlacement(defaultOakwirePlacement)
-	if err != nil {
-		panic(err)
+func oakwireFlags(fs *flag.FlagSet) owFlags {
+	return owFlags{
+		mode:    fs.String("oakwire-mode", "", "oakwire: netmanager --xdp-mode, generic or native (default: netmanager's)"),
+		workers: fs.Int("oakwire-workers", 0, "oakwire: netmanager --workers (0: netmanager's default, half the CPUs)"),
+		cpus:    fs.String("oakwire-cpus", "none", "oakwire: worker placement (netmanager --worker-cpus): none (unpinned), a CPU list for both nodes, or A/B per node (node A = client/sender, B = server/sink), e.g. 1/0"),
+		yield:   fs.String("oakwire-yield", "", "oakwire: netmanager --worker-yield, os, go or none (default: netmanager's)"),
+		spin:    fs.Duration("oakwire-spin", 0, "oakwire: netmanager --worker-spin, the adaptive spin's cap (0: netmanager's default)"),
 	}
-	registerOakwire(oakwireOpts{mode: "generic", cpusA: a, cpusB: b})
 }
 
-// registerOakwire (re-)registers the AF_XDP dataplane with opts; each round
-// gets a fresh value that runs `netbench xdpnode` (this executable) in the
-// node namespaces.
-func registerOakwire(opts oakwireOpts) {
-	perf.Register(perf.OakwireName, func() perf.Dataplane {
-		return &perf.Oakwire{Mode: opts.mode, Workers: opts.workers, CPUsA: opts.cpusA, CPUsB: opts.cpusB, Yield: opts.yield, Spin: opts.spin}
-	})
-	perf.Register("oakwire-tier", func() perf.Dataplane {
-		return &perf.Oakwire{Mode: opts.mode, Workers: opts.workers, CPUsA: opts.cpusA, CPUsB: opts.cpusB, Yield: opts.yield, Spin: opts.spin,
-			Offload: true, Label: "oakwire-tier"}
-	})
+func (f owFlags) settings() (perf.OakwireSettings, error) {
+	var s perf.OakwireSettings
+	if *f.mode != "" && *f.mode != "generic" && *f.mode != "native" {
+		return s, fmt.Errorf("--oakwire-mode %q: want generic or native", *f.mode)
+	}
+	if *f.yield != "" {
+		if _, err := xsk.ParseYield(*f.yield); err != nil {
+			return s, err
+		}
+	}
+	if *f.spin < 0 || *f.spin > time.Second {
+		return s, fmt.Errorf("--oakwire-spin %v out of range (0–1s)", *f.spin)
+	}
+	if *f.workers < 0 {
+		return s, fmt.Errorf("--oakwire-workers %d: want ≥ 0", *f.workers)
+	}
+	a, b, err := perf.ParsePlacement(*f.cpus)
+	if err != nil {
+		return s, err
+	}
+	s = perf.OakwireSettings{Mode: *f.mode, Workers: *f.workers, CPUsA: a, CPUsB: b, Yield: *f.yield, Spin: *f.spin}
+	return s, nil
 }

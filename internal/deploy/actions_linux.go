@@ -91,6 +91,12 @@ func (d *Deployment) DeployInstance(ctx context.Context, id string, n int, node 
 // portMappings, "8080:80/tcp;5353:53/udp": host port on the node's own
 // addresses → container port).
 func (d *Deployment) DeployInstanceMapped(ctx context.Context, id string, n int, node *Node, portMappings string) (*Instance, error) {
+	return d.deployInstance(ctx, id, n, node, portMappings, "")
+}
+
+// deployInstance is DeployInstanceMapped into namespace ns, or into a new
+// one of its own when ns is "".
+func (d *Deployment) deployInstance(ctx context.Context, id string, n int, node *Node, portMappings, ns string) (*Instance, error) {
 	s := d.Service(id)
 	if s == nil {
 		return nil, fmt.Errorf("deploy instance %s/%d: service not deployed through this deployment", id, n)
@@ -102,7 +108,7 @@ func (d *Deployment) DeployInstanceMapped(ctx context.Context, id string, n int,
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{Service: s, Number: n, IP: ip, PortMappings: portMappings}
+	inst := &Instance{Service: s, Number: n, IP: ip, PortMappings: portMappings, ExternalNS: ns}
 	if err := d.attach(ctx, inst, node); err != nil {
 		return nil, err
 	}
@@ -134,9 +140,12 @@ func (d *Deployment) rootInstance(ctx context.Context, id string, n int, cid str
 // attach creates inst's container namespace on node, has the netmanager
 // attach it and starts inst's servers there.
 func (d *Deployment) attach(ctx context.Context, inst *Instance, node *Node) error {
-	ns := fmt.Sprintf("%s-%s-%s%d", d.Bed.Prefix(), node.Name, shortName(inst.Service.Job), inst.Number)
-	if err := d.newNS(ns); err != nil {
-		return fmt.Errorf("deploy instance %s on %s: %w", inst.Name(), node.Name, err)
+	ns := inst.ExternalNS
+	if ns == "" {
+		ns = fmt.Sprintf("%s-%s-%s%d", d.Bed.Prefix(), node.Name, shortName(inst.Service.Job), inst.Number)
+		if err := d.newNS(ns); err != nil {
+			return fmt.Errorf("deploy instance %s on %s: %w", inst.Name(), node.Name, err)
+		}
 	}
 	req := map[string]any{"serviceName": inst.Service.Job, "instanceNumber": inst.Number,
 		"portMappings": inst.PortMappings, "netns": "/run/netns/" + ns}
@@ -145,7 +154,7 @@ func (d *Deployment) attach(ctx context.Context, inst *Instance, node *Node) err
 		NsAddressV6 string `json:"nsAddressv6"`
 	}
 	if err := d.NodeCall(ctx, node, "POST", "/container/deploy", req, &ans); err != nil {
-		return errors.Join(fmt.Errorf("deploy instance %s on %s: %w", inst.Name(), node.Name, err), d.dropNS(ns))
+		return errors.Join(fmt.Errorf("deploy instance %s on %s: %w", inst.Name(), node.Name, err), d.dropOwnNS(inst, ns))
 	}
 	v4, err4 := netip.ParseAddr(ans.NsAddress)
 	v6, err6 := netip.ParseAddr(ans.NsAddressV6)
@@ -170,7 +179,30 @@ func (d *Deployment) detach(ctx context.Context, inst *Instance) error {
 	if err != nil {
 		err = fmt.Errorf("undeploy instance %s on %s: %w", inst.Name(), inst.Node.Name, err)
 	}
-	return errors.Join(err, d.dropNS(inst.NS))
+	return errors.Join(err, d.dropOwnNS(inst, inst.NS))
+}
+
+// dropOwnNS deletes ns unless it is the instance's external namespace.
+func (d *Deployment) dropOwnNS(inst *Instance, ns string) error {
+	if inst.ExternalNS != "" {
+		return nil
+	}
+	return d.dropNS(ns)
+}
+
+// DeployInstanceIn is DeployInstance into an existing network namespace ns
+// (named, in /run/netns) that the deployment neither makes nor deletes.
+func (d *Deployment) DeployInstanceIn(ctx context.Context, id string, n int, node *Node, ns string) (*Instance, error) {
+	return d.deployInstance(ctx, id, n, node, "", ns)
+}
+
+// AddClientIn is AddClient into an existing network namespace ns.
+func (d *Deployment) AddClientIn(ctx context.Context, node *Node, ns string) (*Instance, error) {
+	n, err := d.nextClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return d.deployInstance(ctx, ClientServiceID, n, node, "", ns)
 }
 
 // UndeployInstance removes instance n of service id: the netmanager
@@ -222,16 +254,26 @@ func (d *Deployment) MoveInstance(ctx context.Context, id string, n int, to *Nod
 // client service (created on first use), so the data plane can translate
 // its source to its own instance IP.
 func (d *Deployment) AddClient(ctx context.Context, node *Node) (*Instance, error) {
+	n, err := d.nextClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return d.DeployInstance(ctx, ClientServiceID, n, node)
+}
+
+// nextClient deploys the client service on first use and returns the next
+// client instance number.
+func (d *Deployment) nextClient(ctx context.Context) (int, error) {
 	if d.Service(ClientServiceID) == nil {
 		if _, err := d.DeployService(ctx, ClientServiceID, "oakwire.demo.client.default"); err != nil {
-			return nil, err
+			return 0, err
 		}
 	}
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	n := d.clientN
 	d.clientN++
-	d.mu.Unlock()
-	return d.DeployInstance(ctx, ClientServiceID, n, node)
+	return n, nil
 }
 
 // Bin returns the path of one of the deployment's binaries.

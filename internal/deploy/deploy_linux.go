@@ -66,6 +66,8 @@ type Deployment struct {
 	opts    Options
 	bin     string // directory of the binaries
 	ownWork bool
+	ownBed  bool            // Close closes Bed (Up made it)
+	tbNodes []*testbed.Node // the worker nodes' testbed nodes
 	ctlHTTP *http.Client
 	log     io.Writer
 
@@ -129,6 +131,9 @@ type Instance struct {
 	NSIP IPPair
 	// PortMappings are its netmanager port mappings ("" for none).
 	PortMappings string
+	// ExternalNS is the namespace it was deployed into when the caller
+	// made it (DeployInstanceIn); the deployment then never deletes it.
+	ExternalNS string
 
 	servers []serverSpec
 }
@@ -282,14 +287,13 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		return d, fmt.Errorf("deploy: %w (make deps installs it)", err)
 	}
 
-	if d.Bed, err = testbed.New("deploy", testbed.Options{Underlay: testbed.Bridge}); err != nil {
-		return d, fmt.Errorf("deploy: %w", err)
+	if err := d.makeNodes(o); err != nil {
+		return d, err
 	}
-	for i := range o.Nodes {
-		name := string(rune('a' + i))
-		tn, err := d.Bed.AddNode(name)
-		if err != nil {
-			return d, fmt.Errorf("deploy: %w", err)
+	for i, tn := range d.tbNodes {
+		name := tn.Name
+		if o.Bed == nil {
+			name = string(rune('a' + i))
 		}
 		dir := filepath.Join(d.WorkDir, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -299,9 +303,6 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 			StateDir: filepath.Join(dir, "state"), LogPath: filepath.Join(d.WorkDir, "netmanager-"+name+".log")}
 		n.http = unixClient(n.Socket)
 		d.Nodes = append(d.Nodes, n)
-	}
-	if d.Ctl, err = d.Bed.AddNode("ctl"); err != nil {
-		return d, fmt.Errorf("deploy: %w", err)
 	}
 	ctlIP := d.Ctl.IP.String()
 	d.RootURL = "http://" + net.JoinHostPort(ctlIP, strconv.Itoa(RootPort))
@@ -363,12 +364,16 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	}
 	d.logf("redis and root %s up in the ctl namespace", d.RootURL)
 
-	for _, n := range d.Nodes {
+	for i, n := range d.Nodes {
 		n.args = []string{filepath.Join(d.bin, "netmanager"),
 			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
 			"--cluster", n.Cluster.URL, "--socket", n.Socket, "--state-dir", n.StateDir,
 			"--root", d.RootURL, "--cluster-id", n.Cluster.ID,
 			"--dataplane", o.Dataplane, "--bpf-dir", d.BPFDir}
+		n.args = append(n.args, o.NetManagerArgs...)
+		if i < len(o.NodeArgs) {
+			n.args = append(n.args, o.NodeArgs[i]...)
+		}
 		if o.Offload != "" {
 			n.args = append(n.args, "--offload", o.Offload)
 		}
@@ -386,6 +391,34 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	}
 	d.logf("netmanagers (--dataplane %s) registered: %s", o.Dataplane, d.nodeList())
 	return d, nil
+}
+
+// makeNodes makes the bed, its worker nodes and the control node, or takes
+// them from o (Options.Bed).
+func (d *Deployment) makeNodes(o Options) error {
+	if o.Bed != nil {
+		if len(o.Existing) != o.Nodes || o.Ctl == nil {
+			return fmt.Errorf("deploy: Bed needs Existing (%d nodes, want Nodes = %d) and Ctl", len(o.Existing), o.Nodes)
+		}
+		d.Bed, d.tbNodes, d.Ctl = o.Bed, o.Existing, o.Ctl
+		return nil
+	}
+	var err error
+	if d.Bed, err = testbed.New("deploy", testbed.Options{Underlay: testbed.Bridge}); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	d.ownBed = true
+	for i := range o.Nodes {
+		tn, err := d.Bed.AddNode(string(rune('a' + i)))
+		if err != nil {
+			return fmt.Errorf("deploy: %w", err)
+		}
+		d.tbNodes = append(d.tbNodes, tn)
+	}
+	if d.Ctl, err = d.Bed.AddNode("ctl"); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	return nil
 }
 
 func (d *Deployment) nodeList() string {
@@ -421,6 +454,7 @@ func (d *Deployment) startCluster(ctx context.Context, cl *Cluster) error {
 }
 
 func (d *Deployment) startNetManager(n *Node) error {
+	n.args = oakestraArgs(n.args, n.Cluster)
 	p, err := d.start("netmanager-"+n.Name, n.TB.NS, n.LogPath, n.args...)
 	if err != nil {
 		return err
@@ -437,6 +471,9 @@ func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
+	if err := d.registerOakestra(ctx, n); err != nil {
+		return err
+	}
 	var st *NodeStatus
 	err := d.waitFor(ctx, p, "netmanager "+n.Name+" registered", func() bool {
 		s, err := d.Status(ctx, n)
@@ -606,7 +643,7 @@ func (d *Deployment) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if d.Bed != nil {
+	if d.Bed != nil && d.ownBed {
 		if err := d.Bed.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -978,4 +1015,19 @@ func (d *Deployment) RemoveNode(ctx context.Context, n *Node) error {
 		return fmt.Errorf("deploy: remove node %s: %w", n.Name, err)
 	}
 	return nil
+}
+
+// PIDs lists the deployment's running processes (Redis, the service
+// managers, the netmanagers, the servers it started): what the product
+// costs on the machine.
+func (d *Deployment) PIDs() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var pids []int
+	for _, p := range d.procs {
+		if !p.exited() {
+			pids = append(pids, p.cmd.Process.Pid)
+		}
+	}
+	return pids
 }

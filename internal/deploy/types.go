@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/policy"
 )
 
@@ -52,6 +53,19 @@ type Options struct {
 	// Empty means one cluster with every node; the counts must add up to
 	// Nodes.
 	ClusterNodes []int
+	// Bed, when set, is a testbed to deploy on instead of making one (the
+	// perf suite's two-node topology): Close leaves it. Then Existing are
+	// its worker nodes (Nodes is their number) and Ctl the node the
+	// control services run on (it may be a worker).
+	Bed      *testbed.Bed
+	Existing []*testbed.Node
+	Ctl      *testbed.Node
+	// NetManagerArgs are more netmanager flags for every node
+	// (--worker-cpus, --worker-spin, ...).
+	NetManagerArgs []string
+	// NodeArgs are more netmanager flags per node, in node order (after
+	// NetManagerArgs; shorter than the node list is fine).
+	NodeArgs [][]string
 	// Log receives progress lines and, on failure, the tails of the
 	// processes' logs; nil discards them.
 	Log io.Writer
