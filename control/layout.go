@@ -132,6 +132,9 @@ type oldIndex struct {
 	score    float64
 }
 
+// migrate moves a layout-1 Redis to this layout: it fences the old
+// replicas, rewrites the pools as shard pools and the records into their
+// shards, records the layout and drops the old keys.
 func (s *rootStore) migrate(c context.Context) error {
 	// A migration takes longer than a request's budget.
 	c, cancel := context.WithTimeout(context.WithoutCancel(c), 2*time.Minute)
@@ -157,18 +160,42 @@ func (s *rootStore) migrate(c context.Context) error {
 	}
 	v1 := func(k string) string { return k + ":v1" }
 
-	// The old pools, by pool name ("4", "6.<k>").
-	owners, err := s.rdb.HGetAll(c, v1(s.oldPool()+"owners")).Result()
+	pools, owners, names, err := s.readOldPools(c, v1)
 	if err != nil {
-		return redisErr("read pool", err)
+		return err
 	}
-	type oldPoolState struct {
-		idx  map[uint64]*oldIndex
-		last map[string]string // l:<owner>
-		seq  string
+	held, err := s.writeShardPools(c, pools, owners, names)
+	if err != nil {
+		return err
 	}
-	pools := map[string]*oldPoolState{}
-	names := []string{"4"}
+	ids, err := s.migrateRecords(c, held)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.Set(c, s.kLayout(), s.layoutWant(), 0).Err(); err != nil {
+		return redisErr("record key layout", err)
+	}
+	s.dropOldKeys(c, ids, poolKeys, v1)
+	return nil
+}
+
+// oldPoolState is one pool of layout 1, read by migrate.
+type oldPoolState struct {
+	idx  map[uint64]*oldIndex
+	last map[string]string // l:<owner>
+	seq  string
+}
+
+// readOldPools reads layout 1's pools (fenced: under their :v1 names), by
+// pool name ("4", "6.<k>"), and the owner → kind hash; names lists every
+// pool name.
+func (s *rootStore) readOldPools(c context.Context, v1 func(string) string) (pools map[string]*oldPoolState, owners map[string]string, names []string, err error) {
+	owners, err = s.rdb.HGetAll(c, v1(s.oldPool()+"owners")).Result()
+	if err != nil {
+		return nil, nil, nil, redisErr("read pool", err)
+	}
+	pools = map[string]*oldPoolState{}
+	names = []string{"4"}
 	for k := range 16 {
 		names = append(names, "6."+strconv.Itoa(k))
 	}
@@ -179,14 +206,14 @@ func (s *rootStore) migrate(c context.Context) error {
 		}
 		m, err := s.rdb.HGetAll(c, v1(h)).Result()
 		if err != nil {
-			return redisErr("read pool", err)
+			return nil, nil, nil, redisErr("read pool", err)
 		}
 		if len(m) == 0 {
 			continue
 		}
 		z, err := s.rdb.ZRangeWithScores(c, v1(h+":released"), 0, -1).Result()
 		if err != nil {
-			return redisErr("read pool", err)
+			return nil, nil, nil, redisErr("read pool", err)
 		}
 		ps := &oldPoolState{idx: map[uint64]*oldIndex{}, last: map[string]string{}, seq: m["seq"]}
 		get := func(f string) *oldIndex {
@@ -221,7 +248,13 @@ func (s *rootStore) migrate(c context.Context) error {
 		pools[name] = ps
 	}
 
-	// Blocks: each to the shard of the service of its lowest index's owner.
+	return pools, owners, names, nil
+}
+
+// writeShardPools writes the old pools as shard pools: each block to the
+// shard of the service of its lowest index's owner. held: pool name →
+// owner → shard holding it.
+func (s *rootStore) writeShardPools(c context.Context, pools map[string]*oldPoolState, owners map[string]string, names []string) (map[string]map[string]int, error) {
 	shardOf := func(owner string) int {
 		parts := strings.Split(owner, "/")
 		if len(parts) < 3 {
@@ -243,7 +276,7 @@ func (s *rootStore) migrate(c context.Context) error {
 		pipe.Del(c, s.pool.Tag(k)+"po")
 	}
 	if _, err := pipe.Exec(c); err != nil {
-		return redisErr("reset new pools", err)
+		return nil, redisErr("reset new pools", err)
 	}
 	bsize := s.pool.BlockSize
 	for name, ps := range pools {
@@ -313,18 +346,23 @@ func (s *rootStore) migrate(c context.Context) error {
 			}
 		}
 		if _, err := pipe.Exec(c); err != nil {
-			return redisErr("write pools", err)
+			return nil, redisErr("write pools", err)
 		}
 	}
 
-	// The records.
+	return held, nil
+}
+
+// migrateRecords moves every service's record, interest and pending
+// frees into its shard; held is writeShardPools'. It returns the ids.
+func (s *rootStore) migrateRecords(c context.Context, held map[string]map[string]int) ([]string, error) {
 	ids, err := s.rdb.HVals(c, s.kJobs()).Result()
 	if err != nil {
-		return redisErr("read services", err)
+		return nil, redisErr("read services", err)
 	}
 	pendIDs, err := s.rdb.SMembers(c, s.tag+"pending").Result()
 	if err != nil {
-		return redisErr("read services", err)
+		return nil, redisErr("read services", err)
 	}
 	ids = append(ids, pendIDs...)
 	slices.Sort(ids)
@@ -344,15 +382,15 @@ func (s *rootStore) migrate(c context.Context) error {
 	for _, id := range ids {
 		rec, err := s.rdb.HGetAll(c, s.oldSvc(id)).Result()
 		if err != nil {
-			return redisErr("read service "+id, err)
+			return nil, redisErr("read service "+id, err)
 		}
 		ints, err := s.rdb.SMembers(c, s.tag+"int:"+id).Result()
 		if err != nil {
-			return redisErr("read service "+id, err)
+			return nil, redisErr("read service "+id, err)
 		}
 		pend, err := s.rdb.HGetAll(c, s.tag+"pend:"+id).Result()
 		if err != nil {
-			return redisErr("read service "+id, err)
+			return nil, redisErr("read service "+id, err)
 		}
 		pipe := s.rdb.Pipeline()
 		if len(rec) > 0 {
@@ -399,14 +437,15 @@ func (s *rootStore) migrate(c context.Context) error {
 			pipe.SAdd(c, s.st(id)+"pending", id)
 		}
 		if _, err := pipe.Exec(c); err != nil {
-			return redisErr("write service "+id, err)
+			return nil, redisErr("write service "+id, err)
 		}
 	}
-	if err := s.rdb.Set(c, s.kLayout(), s.layoutWant(), 0).Err(); err != nil {
-		return redisErr("record key layout", err)
-	}
-	// The old keys go last, best effort: the layout marker says they are
-	// no longer read.
+	return ids, nil
+}
+
+// dropOldKeys deletes layout 1's keys, best effort: the layout marker
+// says they are no longer read.
+func (s *rootStore) dropOldKeys(c context.Context, ids, poolKeys []string, v1 func(string) string) {
 	old := []string{s.tag + "pending", s.tag + "rehost", s.tag + "hcl-built"}
 	for _, id := range ids {
 		old = append(old, s.oldSvc(id), s.tag+"pend:"+id, s.tag+"hchg:"+id)
@@ -417,5 +456,4 @@ func (s *rootStore) migrate(c context.Context) error {
 	for _, k := range old {
 		s.rdb.Del(c, k)
 	}
-	return nil
 }
