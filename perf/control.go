@@ -176,7 +176,7 @@ func RunControl(ctx context.Context, cfg Config) (*ControlResult, error) {
 
 	res := &ControlResult{Conns: cfg.ControlConns, Services: controlServices, Root: "process"}
 	bin := filepath.Join(dir, "servicemanager")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/servicemanager").CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/oakwire/oakwire/cmd/servicemanager").CombinedOutput(); err != nil {
 		cfg.progress("  control: cannot build servicemanager (%v: %s); the root runs in this process", err, bytes.TrimSpace(out))
 		bin, res.Root = "", "in-process"
 	}
@@ -210,24 +210,30 @@ func RunControl(ctx context.Context, cfg Config) (*ControlResult, error) {
 		return res, fmt.Errorf("redis ping: %w", err)
 	}
 
+	res.Cluster, err = controlCluster(ctx, cfg, dir, bin, addStop)
+	return res, err
+}
+
+// controlCluster is RunControl's Redis Cluster part: a private
+// three-master cluster, a root on it, the same load, and each master's
+// share of the scripts root ran during the deploys.
+func controlCluster(ctx context.Context, cfg Config, dir, bin string, addStop func(func())) (*ControlClusterRun, error) {
 	cl, err := redistest.StartClusterProcess(filepath.Join(dir, "cluster"))
 	if cl != nil {
 		addStop(cl.Stop)
 	}
 	if err != nil {
-		return res, fmt.Errorf("redis cluster: %w", err)
+		return nil, fmt.Errorf("redis cluster: %w", err)
 	}
 	cr := &ControlClusterRun{Masters: cl.Addrs()}
-	res.Cluster = cr
 	crdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), PoolSize: cfg.ControlConns * 4, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second})
 	defer crdb.Close()
 	cr.RawEvalsha = rawEvalsha(ctx, cfg, cl.Addrs()[0])
 	cfg.progress("  control: Redis Cluster %v (raw EVALSHA on one master %.0f/s)", cl.Addrs(), cr.RawEvalsha)
-	r, err = startControlRoot(ctx, cfg, dir, bin, crdb, []string{"--redis-cluster", strings.Join(cl.Addrs(), ",")}, addStop)
+	r, err := startControlRoot(ctx, cfg, dir, bin, crdb, []string{"--redis-cluster", strings.Join(cl.Addrs(), ",")}, addStop)
 	if err != nil {
-		return res, err
+		return cr, err
 	}
-	var shares []float64
 	cr.Deploys, cr.Resolves, err = controlLoad(ctx, cfg, r, func(phase func() error) error {
 		before, err := scriptCalls(ctx, cl.Addrs())
 		if err != nil {
@@ -245,12 +251,11 @@ func RunControl(ctx context.Context, cfg Config) (*ControlResult, error) {
 			total += after[i] - before[i]
 		}
 		for i := range after {
-			shares = append(shares, (after[i]-before[i])/max(total, 1))
+			cr.Shares = append(cr.Shares, (after[i]-before[i])/max(total, 1))
 		}
 		return nil
 	})
-	cr.Shares = shares
-	return res, err
+	return cr, err
 }
 
 // controlRoot is a root service manager under test.
