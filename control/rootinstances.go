@@ -15,7 +15,7 @@ import (
 // an existing instance keeps them; a new cluster_id is recorded).
 func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	var in api.DeployInstance
-	if err := decodeBody(ctx, &in); err != nil {
+	if err := decodeDeployInstance(ctx, &in); err != nil {
 		return err
 	}
 	if in.ID == "" { // an older system manager's name of it
