@@ -54,6 +54,40 @@ func loadFixture(t *testing.T, rdb redis.UniversalClient, path string) map[strin
 	return dump
 }
 
+// layout1Records reads the layout-1 fixture's services: who holds each
+// address, and each service's entry.
+func layout1Records(t *testing.T, dump map[string]map[string]json.RawMessage) (map[netip.Addr]string, map[string]api.ServiceEntry) {
+	t.Helper()
+	held := map[netip.Addr]string{}
+	want := map[string]api.ServiceEntry{}
+	for _, id := range []string{"s1", "s2"} {
+		var rec map[string]string
+		_ = json.Unmarshal(dump[DefaultPrefix+"{r}:svc:"+id]["hash"], &rec)
+		var e api.ServiceEntry
+		for f, v := range rec {
+			if f == "meta" {
+				var m serviceMeta
+				if err := json.Unmarshal([]byte(v), &m); err != nil {
+					t.Fatal(err)
+				}
+				e.ID, e.JobName, e.ServiceIPList = m.ID, m.JobName, m.ServiceIPList
+				for _, ip := range m.ServiceIPList {
+					held[ip.Address], held[ip.AddressV6] = id, id
+				}
+				continue
+			}
+			var in storedInstance
+			if err := json.Unmarshal([]byte(v), &in); err != nil {
+				t.Fatal(err)
+			}
+			e.InstanceList = append(e.InstanceList, in.Instance)
+			held[in.InstanceIP], held[in.InstanceIPv6] = id, id
+		}
+		want[id] = e
+	}
+	return held, want
+}
+
 // TestMigrateLayout1: a root started over a layout-1 Redis (one slot for
 // root's records, one pool) migrates it before serving: every service,
 // instance, address, interest and endpoint is where the new layout looks
@@ -63,34 +97,7 @@ func TestMigrateLayout1(t *testing.T) {
 	backends(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		dump := loadFixture(t, b.rdb, "testdata/layout1.json")
-		// What layout 1 held: every record's addresses.
-		held := map[netip.Addr]string{}
-		want := map[string]api.ServiceEntry{}
-		for _, id := range []string{"s1", "s2"} {
-			var rec map[string]string
-			_ = json.Unmarshal(dump[DefaultPrefix+"{r}:svc:"+id]["hash"], &rec)
-			var e api.ServiceEntry
-			for f, v := range rec {
-				if f == "meta" {
-					var m serviceMeta
-					if err := json.Unmarshal([]byte(v), &m); err != nil {
-						t.Fatal(err)
-					}
-					e.ID, e.JobName, e.ServiceIPList = m.ID, m.JobName, m.ServiceIPList
-					for _, ip := range m.ServiceIPList {
-						held[ip.Address], held[ip.AddressV6] = id, id
-					}
-					continue
-				}
-				var in storedInstance
-				if err := json.Unmarshal([]byte(v), &in); err != nil {
-					t.Fatal(err)
-				}
-				e.InstanceList = append(e.InstanceList, in.Instance)
-				held[in.InstanceIP], held[in.InstanceIPv6] = id, id
-			}
-			want[id] = e
-		}
+		held, want := layout1Records(t, dump)
 		if len(held) < 14 {
 			t.Fatalf("fixture holds %d addresses", len(held))
 		}
