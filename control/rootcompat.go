@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/ipam"
@@ -38,20 +40,55 @@ func (r *Root) callerCluster(ctx *fasthttp.RequestCtx) (string, error) {
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
-	all, err := r.store.allClusters(c)
-	if err != nil {
-		return "", err
-	}
-	found := ""
-	for _, ci := range all {
-		if a, ok := clusterHostAddr(ci.ClusterAddress); ok && a == src.Unmap() {
-			if found != "" {
-				return "", nil // ambiguous: two clusters behind one address
-			}
-			found = ci.ClusterID
+	return r.store.clusterAt(c, src.Unmap())
+}
+
+// addrIndex maps the registered clusters' addresses to their ids ("":
+// two clusters behind one address), rebuilt at most every clusterTTL:
+// without it every lookup without cluster_id read every cluster.
+type addrIndex struct {
+	mu  sync.Mutex // guards m, at and gen
+	m   map[netip.Addr]string
+	at  time.Time
+	gen uint64 // counts resets: a rebuild that raced one is not kept
+}
+
+// reset drops the index (a cluster registered or deleted here).
+func (x *addrIndex) reset() {
+	x.mu.Lock()
+	x.m = nil
+	x.gen++
+	x.mu.Unlock()
+}
+
+// clusterAt is the id of the one registered cluster whose address is a
+// ("" if none, or more than one).
+func (s *rootStore) clusterAt(c context.Context, a netip.Addr) (string, error) {
+	s.byAddr.mu.Lock()
+	m, at, gen := s.byAddr.m, s.byAddr.at, s.byAddr.gen
+	s.byAddr.mu.Unlock()
+	if m == nil || time.Since(at) > clusterTTL {
+		all, err := s.allClusters(c)
+		if err != nil {
+			return "", err
 		}
+		m = make(map[netip.Addr]string, len(all))
+		for _, ci := range all {
+			if h, ok := clusterHostAddr(ci.ClusterAddress); ok {
+				if _, dup := m[h]; dup {
+					m[h] = "" // ambiguous: two clusters behind one address
+				} else {
+					m[h] = ci.ClusterID
+				}
+			}
+		}
+		s.byAddr.mu.Lock()
+		if s.byAddr.gen == gen {
+			s.byAddr.m, s.byAddr.at = m, time.Now()
+		}
+		s.byAddr.mu.Unlock()
 	}
-	return found, nil
+	return m[a], nil
 }
 
 // clusterHostAddr is the IP address a cluster_address names (a host, IP

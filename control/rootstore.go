@@ -56,6 +56,7 @@ type rootStore struct {
 	hot      *batcher // the scripts of deploys and lookups, batched (batch.go)
 	jobs     sync.Map // job name → service id (verified by every lookup's script)
 	clusters clusterCache
+	byAddr   addrIndex   // cluster address → id, for callers without cluster_id (rootcompat.go)
 	checked  atomic.Bool // layout checked (layout.go)
 	checkMu  sync.Mutex  // one layout check at a time
 
@@ -257,6 +258,7 @@ func (s *rootStore) registerCluster(c context.Context, ci api.Cluster) ([]hint, 
 		return nil, redisErr("register cluster", err)
 	}
 	s.clusters.put(ci)
+	s.byAddr.reset()
 	return hintsOf(res[1:]), nil
 }
 
@@ -264,6 +266,7 @@ func (s *rootStore) registerCluster(c context.Context, ci api.Cluster) ([]hint, 
 // hints are for the clusters linked with it. errNoCluster.
 func (s *rootStore) deleteCluster(c context.Context, cid string) ([]hint, error) {
 	s.clusters.drop(cid)
+	s.byAddr.reset()
 	res, err := deleteClusterScript.Run(c, s.rdb, []string{s.kClusters(), s.kCint(cid), s.kEndpoints(cid)},
 		cid, s.tag+"int:", s.tag).Slice()
 	if err != nil {
