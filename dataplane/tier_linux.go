@@ -363,7 +363,11 @@ func (m *tierMgr) readopt(t *fastpath.Table, l *tierLive, s *bpfprog.TierSlot) b
 	}
 	fwd := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
 	rev := fastpath.MakeFlowKey(l.key.Proto, inst, dst.Port(), src.Addr(), src.Port())
-	m.e.flows.Insert(&fwd, &rev, s.Inst, fastpath.Monotonic())
+	port, ok := m.e.portByIfindex(int(l.key.Ifindex))
+	if !ok {
+		port = fastpath.NoPort
+	}
+	m.e.flows.Adopt(&fwd, &rev, s.Inst, port, fastpath.Monotonic())
 	return true
 }
 

@@ -98,17 +98,60 @@ func (k *FlowKey) Hash() uint32 {
 
 // FlowConfig configures a FlowTable.
 type FlowConfig struct {
-	Capacity  int           // maximum flows (default 65536)
-	TCPIdle   time.Duration // idle expiry of TCP flows (default 10 min)
-	UDPIdle   time.Duration // default 60 s
-	ICMPIdle  time.Duration // ICMP and ICMPv6 echo (default 30 s)
-	OtherIdle time.Duration // any other protocol (default 60 s; unused today)
+	Capacity int // maximum flows (default 65536)
+	// PerPort bounds the flows one port holds (default DefaultPerPort):
+	// a port at its bound makes room for a new flow by evicting its own
+	// least recently used one.
+	PerPort int
+	TCPIdle time.Duration // idle expiry of TCP flows (default 10 min)
+	// TCPSynIdle is the idle expiry of a TCP flow no reply was seen on
+	// yet: a handshake that never completed (default 10 s).
+	TCPSynIdle time.Duration
+	UDPIdle    time.Duration // default 60 s
+	ICMPIdle   time.Duration // ICMP and ICMPv6 echo (default 30 s)
+	OtherIdle  time.Duration // any other protocol (default 60 s; unused today)
 }
 
-// DefaultFlowConfig: 65536 flows, TCP 10 min, UDP 60 s, ICMP 30 s.
+// DefaultFlowConfig: 65536 flows, 8192 per port, TCP 10 min (10 s
+// without a reply), UDP 60 s, ICMP 30 s.
 func DefaultFlowConfig() FlowConfig {
-	return FlowConfig{Capacity: 1 << 16, TCPIdle: 10 * time.Minute, UDPIdle: time.Minute, ICMPIdle: 30 * time.Second, OtherIdle: time.Minute}
+	const capacity = 1 << 16
+	return FlowConfig{Capacity: capacity, PerPort: DefaultPerPort(capacity), TCPIdle: 10 * time.Minute,
+		TCPSynIdle: 10 * time.Second, UDPIdle: time.Minute, ICMPIdle: 30 * time.Second, OtherIdle: time.Minute}
 }
+
+// DefaultPerPort is the per-port bound of a table of capacity flows: an
+// eighth of it, at least 64 (the kernel tier's quota per interface is the
+// same fraction of its slots), at most all of it. Eight ports at their
+// bound fill the table; until then no port's new flow touches another
+// port's flows.
+func DefaultPerPort(capacity int) int { return min(capacity, max(64, capacity/8)) }
+
+// WithDefaults returns c with its zero (or negative) fields set to
+// DefaultFlowConfig's values (PerPort from the capacity), PerPort capped
+// at the capacity and TCPSynIdle at TCPIdle.
+func (c FlowConfig) WithDefaults() FlowConfig {
+	d := DefaultFlowConfig()
+	if c.Capacity <= 0 {
+		c.Capacity = d.Capacity
+	}
+	if c.PerPort <= 0 {
+		c.PerPort = DefaultPerPort(c.Capacity)
+	}
+	for _, f := range []struct{ v, d *time.Duration }{{&c.TCPIdle, &d.TCPIdle}, {&c.TCPSynIdle, &d.TCPSynIdle},
+		{&c.UDPIdle, &d.UDPIdle}, {&c.ICMPIdle, &d.ICMPIdle}, {&c.OtherIdle, &d.OtherIdle}} {
+		if *f.v <= 0 {
+			*f.v = *f.d
+		}
+	}
+	c.PerPort = min(c.PerPort, c.Capacity)
+	c.TCPSynIdle = min(c.TCPSynIdle, c.TCPIdle)
+	return c
+}
+
+// NoPort owns the flows that came from no port: a previous daemon's,
+// taken over by Import. They count against no port's bound.
+const NoPort PortID = MaxPorts
 
 // flowRec is one flow. Every field a reader touches is atomic: readers run
 // a per-record seqlock (seq odd while a writer changes the record), so a
@@ -125,10 +168,13 @@ type flowRec struct {
 	// reply 5-tuple (see FlowTable), so LookupReverse skips this record
 	// until the flow is used again (Claim). Written under FlowTable.mu.
 	revOff atomic.Bool
+	// answered: a reply was seen (LookupReverse found the flow). A TCP
+	// flow without one expires after TCPSynIdle.
+	answered atomic.Bool
 	// Written and read by writers only (under FlowTable.mu).
 	used   bool
 	bf, br uint32  // bucket indexes
-	_      [8]byte // pad to 128 bytes: a lookup touches one cache line (seq … fwd)
+	_      [4]byte // pad to 128 bytes: a lookup touches one cache line (seq … fwd)
 }
 
 // FlowTable maps forward keys (client nsIP → service IP) and reverse keys
@@ -146,10 +192,25 @@ type flowRec struct {
 // untranslated. Writers (insert, rebind, sweep) serialize on one mutex;
 // they run once per new flow, not per packet.
 //
-// Capacity is fixed at creation: when every record is in use Insert fails
-// and the packet is dropped as ReasonFlowTableFull (no eviction of live
-// flows: a flood of new flows cannot break established ones). The sweeper
-// frees idle flows.
+// Capacity is fixed at creation, and every flow counts against the port
+// it came from (its client container's). A port holds at most PerPort
+// flows: at that bound, its new flow takes the place of its own least
+// recently used one, so a container opening flows as fast as it can
+// churns through its own share and never fills the table. A full table
+// (enough ports at their bound) likewise evicts the asking port's least
+// recently used flow; never another port's while the asker has one. Only
+// a port with no flows at all takes one from the port holding the most,
+// so every port can open a flow. Evictions are counted (Counters); Insert
+// fails (ReasonFlowTableFull) only when nothing can be evicted. The
+// sweeper frees idle flows; a TCP flow no reply was seen on (the reverse
+// lookup marks it answered) idles out after TCPSynIdle instead of TCPIdle,
+// so flows of a SYN flood into the void go within seconds.
+//
+// Least recently used is exact up to the 250 ms granularity of the last
+// use time: each port's flows sit in a binary heap on the last use its
+// writer knew of. Readers refresh the time without the lock, so the heap
+// is fixed lazily: a root whose time moved on is placed again before it
+// is evicted (each such step stands for a use since it was last placed).
 //
 // Reverse keys can collide: the reply 5-tuple (instance IP, port → client
 // nsIP, port) says which instance answered, not what the client addressed.
@@ -174,13 +235,33 @@ type FlowTable struct {
 	bktF  []atomic.Uint32 // forward chain heads (index+1)
 	bktR  []atomic.Uint32
 	recs  []flowRec
-	mu    sync.Mutex // guards free, used/bf/br of records, all writes
+	mu    sync.Mutex // guards free, used/bf/br of records, own, heaps, born, all writes
 	free  []uint32
 	count atomic.Int64
 	// gen is odd while a writer changes chains or records and advances by
 	// two per change: a lookup that missed while gen moved walks again.
 	gen   atomic.Uint64
 	sweep int // next record the sweeper looks at (guarded by mu)
+
+	perPort int   // flows one port may hold (immutable)
+	synIdle int64 // idle ns of an unanswered TCP flow (immutable)
+	// own is each record's place among its port's flows, parallel to
+	// recs; heaps[p] is port p's flows (record indexes), a min-heap on
+	// (own.key, own.born): its root is the port's least recently used
+	// flow. len(heaps[p]) is how many flows p holds. Guarded by mu.
+	own   []flowOwn
+	heaps [NoPort + 1][]uint32
+	born  uint64 // insert counter: of two flows last used at once, the older goes first
+
+	evictedQuota, evictedFull, expiredUnanswered atomic.Uint64
+}
+
+// flowOwn is a record's entry in its port's heap (writers only).
+type flowOwn struct {
+	key  int64  // the last use the heap placed the record by
+	born uint64 // FlowTable.born at insert
+	pos  int32  // index in heaps[port]
+	port PortID
 }
 
 // lookupTries bounds how often a lock-free lookup walks again after it
@@ -198,36 +279,24 @@ const maxChain = 64
 // the record's cache line from bouncing between workers).
 const touchGranularity = int64(250 * time.Millisecond)
 
-// NewFlowTable allocates a table for cfg.Capacity flows (zero fields take
-// DefaultFlowConfig's values).
+// NewFlowTable allocates a table for cfg.Capacity flows (cfg.WithDefaults
+// fills in zero fields).
 func NewFlowTable(cfg FlowConfig) *FlowTable {
-	d := DefaultFlowConfig()
-	if cfg.Capacity <= 0 {
-		cfg.Capacity = d.Capacity
-	}
-	if cfg.TCPIdle <= 0 {
-		cfg.TCPIdle = d.TCPIdle
-	}
-	if cfg.UDPIdle <= 0 {
-		cfg.UDPIdle = d.UDPIdle
-	}
-	if cfg.ICMPIdle <= 0 {
-		cfg.ICMPIdle = d.ICMPIdle
-	}
-	if cfg.OtherIdle <= 0 {
-		cfg.OtherIdle = d.OtherIdle
-	}
+	cfg = cfg.WithDefaults()
 	nb := 1
 	for nb < cfg.Capacity {
 		nb <<= 1
 	}
 	ft := &FlowTable{
-		cfg:   cfg,
-		shift: 64,
-		bktF:  make([]atomic.Uint32, nb),
-		bktR:  make([]atomic.Uint32, nb),
-		recs:  make([]flowRec, cfg.Capacity),
-		free:  make([]uint32, cfg.Capacity),
+		cfg:     cfg,
+		shift:   64,
+		bktF:    make([]atomic.Uint32, nb),
+		bktR:    make([]atomic.Uint32, nb),
+		recs:    make([]flowRec, cfg.Capacity),
+		free:    make([]uint32, cfg.Capacity),
+		own:     make([]flowOwn, cfg.Capacity),
+		perPort: cfg.PerPort,
+		synIdle: int64(cfg.TCPSynIdle),
 	}
 	for b := nb; b > 1; b >>= 1 {
 		ft.shift--
@@ -268,6 +337,35 @@ func (ft *FlowTable) Len() int { return int(ft.count.Load()) }
 
 // Capacity returns the maximum number of flows.
 func (ft *FlowTable) Capacity() int { return len(ft.recs) }
+
+// PerPort returns how many flows one port may hold.
+func (ft *FlowTable) PerPort() int { return ft.perPort }
+
+// PortFlows returns how many flows port holds (under the writer lock).
+func (ft *FlowTable) PortFlows(port PortID) int {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	return len(ft.heaps[min(port, NoPort)])
+}
+
+// FlowCounters counts what the table did to make room and to expire.
+type FlowCounters struct {
+	// EvictedQuota: flows evicted for a new flow of their own port, which
+	// was at its PerPort bound.
+	EvictedQuota uint64
+	// EvictedFull: flows evicted because the table was full (the asking
+	// port's own, or, for a port with none, the largest port's).
+	EvictedFull uint64
+	// ExpiredUnanswered: TCP flows that idled out after TCPSynIdle with
+	// no reply seen.
+	ExpiredUnanswered uint64
+}
+
+// Counters returns the table's counters (any goroutine).
+func (ft *FlowTable) Counters() FlowCounters {
+	return FlowCounters{EvictedQuota: ft.evictedQuota.Load(), EvictedFull: ft.evictedFull.Load(),
+		ExpiredUnanswered: ft.expiredUnanswered.Load()}
+}
 
 func keyEq(a *[5]atomic.Uint64, k *FlowKey) bool {
 	return a[0].Load() == k[0] && a[1].Load() == k[1] && a[2].Load() == k[2] &&
@@ -320,6 +418,13 @@ func (ft *FlowTable) LookupReverse(k *FlowKey, now int64) (svcIP netip.Addr, ok 
 				w0, hi, lo := r.fwd[0].Load(), r.fwd[3].Load(), r.fwd[4].Load()
 				if r.seq.Load() == s {
 					ft.touch(r, now)
+					if !r.answered.Load() {
+						// Once per flow (a load, not a store, after
+						// that). A writer reusing the record right now
+						// may see its new flow marked: it then idles
+						// like an answered one, nothing worse.
+						r.answered.Store(true)
+					}
 					return keyAddr(w0, hi, lo), true
 				}
 			}
@@ -349,17 +454,31 @@ func (ft *FlowTable) lookupLocked(k *FlowKey, b uint32) (uint32, bool) {
 	return 0, false
 }
 
-// Insert adds a flow, unless one with the same forward key exists already
-// (another worker won the race): then it returns that flow's instance
-// number. ok is false when the table is full.
-func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, now int64) (got uint32, ok bool) {
+// Insert adds a flow from port (the container whose packet opened it),
+// unless one with the same forward key exists already (another worker won
+// the race): then it returns that flow's instance number. To make room it
+// evicts a flow (see FlowTable); ok is false when nothing can be evicted.
+// A TCP flow counts as unanswered until LookupReverse finds it.
+func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, port PortID, now int64) (got uint32, ok bool) {
+	return ft.insert(fwd, rev, inst, port, now, false, true)
+}
+
+// Adopt is Insert for a flow that was running before it was known here
+// (the kernel tier's flows a previous daemon left): it counts as
+// answered, so an idle TCP connection keeps TCPIdle.
+func (ft *FlowTable) Adopt(fwd, rev *FlowKey, inst uint32, port PortID, now int64) (got uint32, ok bool) {
+	return ft.insert(fwd, rev, inst, port, now, true, true)
+}
+
+func (ft *FlowTable) insert(fwd, rev *FlowKey, inst uint32, port PortID, now int64, answered, evict bool) (uint32, bool) {
+	port = min(port, NoPort)
 	bf, br := ft.bucket(fwd), ft.bucket(rev)
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	if idx, found := ft.lookupLocked(fwd, bf); found {
 		return ft.recs[idx].inst.Load(), true
 	}
-	if len(ft.free) == 0 {
+	if !ft.roomLocked(port, evict) {
 		return 0, false
 	}
 	ft.gen.Add(1)
@@ -378,14 +497,178 @@ func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, now int64) (got uint
 	r.used = true
 	ft.disownLocked(rev, br, idx)
 	r.revOff.Store(false)
+	r.answered.Store(answered)
 	r.bf, r.br = bf, br
 	r.nextF.Store(ft.bktF[r.bf].Load())
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(s + 2)
 	ft.bktF[r.bf].Store(idx + 1)
 	ft.bktR[r.br].Store(idx + 1)
+	ft.pushLocked(port, idx, now)
 	ft.count.Add(1)
 	return inst, true
+}
+
+// roomLocked makes sure a new flow of port has a free record: a port at
+// its bound gives up its least recently used flow; a full table takes the
+// asker's least recently used flow, or, when the asker holds none, the
+// least recently used flow of the port holding the most (NoPort's
+// included). Without evict it only reports whether there is room. ft.mu
+// held.
+func (ft *FlowTable) roomLocked(port PortID, evict bool) bool {
+	n := len(ft.heaps[port])
+	if port != NoPort && n >= ft.perPort {
+		if !evict {
+			return false
+		}
+		ft.evictLocked(port)
+		ft.evictedQuota.Add(1)
+		return true
+	}
+	if len(ft.free) > 0 {
+		return true
+	}
+	if !evict {
+		return false
+	}
+	victim := port
+	if n == 0 {
+		victim = ft.largestLocked()
+	}
+	if len(ft.heaps[victim]) == 0 {
+		return false // not with a full table of at least one record
+	}
+	ft.evictLocked(victim)
+	ft.evictedFull.Add(1)
+	return true
+}
+
+// largestLocked returns the port holding the most flows (the first of
+// equals). ft.mu held; it runs only when the table is full and the asker
+// holds nothing, so a scan of the ports is fine.
+func (ft *FlowTable) largestLocked() PortID {
+	best := PortID(0)
+	for p := range ft.heaps {
+		if len(ft.heaps[p]) > len(ft.heaps[best]) {
+			best = PortID(p)
+		}
+	}
+	return best
+}
+
+// evictLocked removes port's least recently used flow (it holds one). A
+// root whose last use moved on since the heap placed it is placed again
+// first; after as many steps as the port has flows (readers refreshing
+// roots all along) the root goes as it is. ft.mu held.
+func (ft *FlowTable) evictLocked(port PortID) {
+	h := ft.heaps[port]
+	for steps := len(h); ; steps-- {
+		idx := h[0]
+		o := &ft.own[idx]
+		if last := ft.recs[idx].last.Load(); last != o.key && steps > 0 {
+			o.key = last // later (or, with two workers' clocks, barely earlier: still the root)
+			ft.downLocked(port, 0)
+			continue
+		}
+		ft.removeLocked(idx)
+		return
+	}
+}
+
+// removeLocked unlinks record idx from its chains and its port's heap and
+// frees it. The record's next pointers stay, so a reader standing on it
+// continues along its old chains. ft.mu held.
+func (ft *FlowTable) removeLocked(idx uint32) {
+	r := &ft.recs[idx]
+	ft.gen.Add(1)
+	ft.unlinkLocked(idx, true)
+	s := r.seq.Load()
+	r.seq.Store(s + 1)
+	for j := range r.fwd {
+		r.fwd[j].Store(0)
+		r.rev[j].Store(0)
+	}
+	r.seq.Store(s + 2)
+	r.used = false
+	ft.gen.Add(1)
+	ft.heapRemoveLocked(idx)
+	ft.free = append(ft.free, idx) // within its capacity: never allocates
+	ft.count.Add(-1)
+}
+
+// The heaps: standard binary min-heaps of record indexes with each
+// record's position kept in own.pos. A port's heap is allocated at its
+// first flow, PerPort deep (NoPort's grows as Import fills it), so a
+// packet's insert or eviction never allocates after that.
+
+func (ft *FlowTable) lessLocked(a, b uint32) bool {
+	oa, ob := &ft.own[a], &ft.own[b]
+	return oa.key < ob.key || oa.key == ob.key && oa.born < ob.born
+}
+
+func (ft *FlowTable) pushLocked(port PortID, idx uint32, now int64) {
+	h := ft.heaps[port]
+	if h == nil {
+		h = make([]uint32, 0, ft.perPort)
+	}
+	ft.born++
+	ft.own[idx] = flowOwn{key: now, born: ft.born, pos: int32(len(h)), port: port}
+	ft.heaps[port] = append(h, idx)
+	ft.upLocked(port, len(h))
+}
+
+func (ft *FlowTable) heapRemoveLocked(idx uint32) {
+	o := &ft.own[idx]
+	port, i := o.port, int(o.pos)
+	h := ft.heaps[port]
+	last := len(h) - 1
+	if i != last {
+		h[i] = h[last]
+		ft.own[h[i]].pos = int32(i)
+	}
+	ft.heaps[port] = h[:last]
+	if i != last && !ft.downLocked(port, i) {
+		ft.upLocked(port, i)
+	}
+}
+
+func (ft *FlowTable) swapLocked(h []uint32, i, j int) {
+	h[i], h[j] = h[j], h[i]
+	ft.own[h[i]].pos = int32(i)
+	ft.own[h[j]].pos = int32(j)
+}
+
+func (ft *FlowTable) upLocked(port PortID, i int) {
+	h := ft.heaps[port]
+	for i > 0 {
+		p := (i - 1) / 2
+		if !ft.lessLocked(h[i], h[p]) {
+			return
+		}
+		ft.swapLocked(h, i, p)
+		i = p
+	}
+}
+
+// downLocked moves entry i down to its place and reports whether it moved.
+func (ft *FlowTable) downLocked(port PortID, i int) bool {
+	h := ft.heaps[port]
+	start := i
+	for {
+		c := 2*i + 1
+		if c >= len(h) {
+			break
+		}
+		if c+1 < len(h) && ft.lessLocked(h[c+1], h[c]) {
+			c++
+		}
+		if !ft.lessLocked(h[c], h[i]) {
+			break
+		}
+		ft.swapLocked(h, i, c)
+		i = c
+	}
+	return i > start
 }
 
 // Rebind changes the instance of the flow found as ref (its instance
@@ -409,6 +692,7 @@ func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
 	r.inst.Store(inst)
 	ft.disownLocked(rev, br, ref.idx)
 	r.revOff.Store(false)
+	r.answered.Store(false) // a reply from the new instance is yet to come
 	r.br = br
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(ref.seq + 2)
@@ -549,13 +833,15 @@ func (ft *FlowTable) Range(f func(r FlowRecord) bool) {
 }
 
 // Import inserts flows (a previous daemon's, Range's records saved on a
-// graceful stop) as used at now, keeping any flow already there. It
-// returns how many it inserted; it stops when the table is full.
+// graceful stop) as used at now and answered, keeping any flow already
+// there. They belong to NoPort: the ports they came from are attached
+// again only after the import, under numbers of their own. It returns how
+// many it inserted; it stops when the table is full (it evicts nothing).
 func (ft *FlowTable) Import(recs []FlowRecord, now int64) int {
 	n := 0
 	for i := range recs {
 		r := &recs[i]
-		got, ok := ft.Insert(&r.Fwd, &r.Rev, r.Inst, now)
+		got, ok := ft.insert(&r.Fwd, &r.Rev, r.Inst, NoPort, now, true, false)
 		if !ok {
 			break
 		}
@@ -567,7 +853,8 @@ func (ft *FlowTable) Import(recs []FlowRecord, now int64) int {
 }
 
 // Sweep removes flows idle longer than their protocol's timeout at now
-// (coarse monotonic ns, the same clock the workers pass in). It visits at
+// (coarse monotonic ns, the same clock the workers pass in); for a TCP
+// flow no reply was seen on, TCPSynIdle. It visits at
 // most budget records (≤ 0: all), resuming where the previous call
 // stopped, and takes the writer lock per chunk so inserts are not held up
 // for long. It returns the number of flows removed.
@@ -588,22 +875,22 @@ func (ft *FlowTable) Sweep(now int64, budget int) int {
 				ft.sweep = 0
 			}
 			r := &ft.recs[idx]
-			if !r.used || now-r.last.Load() <= ft.idle[uint8(r.fwd[0].Load())] {
+			if !r.used {
 				continue
 			}
-			ft.gen.Add(1)
-			ft.unlinkLocked(idx, true)
-			s := r.seq.Load()
-			r.seq.Store(s + 1)
-			for j := range r.fwd {
-				r.fwd[j].Store(0)
-				r.rev[j].Store(0)
+			proto := uint8(r.fwd[0].Load())
+			idle := ft.idle[proto]
+			unanswered := proto == ProtoTCP && !r.answered.Load()
+			if unanswered {
+				idle = ft.synIdle
 			}
-			r.seq.Store(s + 2)
-			r.used = false
-			ft.gen.Add(1)
-			ft.free = append(ft.free, idx)
-			ft.count.Add(-1)
+			if now-r.last.Load() <= idle {
+				continue
+			}
+			ft.removeLocked(idx)
+			if unanswered {
+				ft.expiredUnanswered.Add(1)
+			}
 			removed++
 		}
 		ft.mu.Unlock()

@@ -205,7 +205,7 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 			return
 		default:
 			var r DropReason
-			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
+			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, port.ID, pkt, pp); r != ReasonNone {
 				ctx.drop(v, r)
 				return
 			}
@@ -278,8 +278,8 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	ctx.ev(EvEgressRemote)
 }
 
-// resolve finds or creates the flow of a packet to a service IP.
-func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.ID, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
+// resolve finds or creates the flow of a packet from port to a service IP.
+func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.ID, port PortID, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
 	var key FlowKey
 	key.setOf(pkt, pp)
 	h := key.Hash() // tunnel source port, not the flow table's bucket
@@ -308,7 +308,7 @@ func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.I
 		ctx.ev(EvFlowRechosen)
 		return ii, h, ReasonNone
 	}
-	got, ok := p.flows.Insert(&key, &rev, inst.Number, ctx.Now)
+	got, ok := p.flows.Insert(&key, &rev, inst.Number, port, ctx.Now)
 	if !ok {
 		return 0, 0, ReasonFlowTableFull
 	}
