@@ -156,9 +156,7 @@ func New(cfg Config) (e *Engine, err error) {
 	if cfg.Frames < 2*cfg.RingSize {
 		return nil, fmt.Errorf("%w: %d frames for rings of %d (need twice the ring size)", ErrInvalidConfig, cfg.Frames, cfg.RingSize)
 	}
-	if cfg.Flows == (fastpath.FlowConfig{}) {
-		cfg.Flows = fastpath.DefaultFlowConfig()
-	}
+	cfg.Flows = cfg.Flows.WithDefaults() // the kernel tier reads its idle times
 	if cfg.Poller.Timeout <= 0 {
 		// Every control call and Close wake a sleeping worker through
 		// its eventfd; the timeout is only a safety net, so it is long.
@@ -981,6 +979,10 @@ func (e *Engine) Stats() Stats {
 	for k, v := range e.slow.counters() {
 		s.Counters[k] = v
 	}
+	fc := e.flows.Counters()
+	s.Counters["flows_evicted_quota"] = fc.EvictedQuota
+	s.Counters["flows_evicted_table_full"] = fc.EvictedFull
+	s.Counters["flows_expired_unanswered"] = fc.ExpiredUnanswered
 	for wi := range e.workers {
 		_ = e.onWorker(wi, func(w *worker) error {
 			for _, ws := range w.socks {
