@@ -1,173 +1,144 @@
-// Package dataplane is Oakwire's AF_XDP data plane engine: it ties the
-// steering programs (bpfprog), the per-packet logic (fastpath) and the
-// AF_XDP sockets (fastpath/xsk) into a running node data path (SPEC §7.3,
-// DESIGN.md "The data path"), with its kernel tier (docs/design.md "The
-// kernel tier"). It knows nothing of the NetManager daemon: the daemon
+// Package dataplane is Oakwire's node data path (SPEC §7.3, §7.5): it
+// ties the steering programs and the kernel tier (bpfprog), the
+// per-packet logic (fastpath) and the AF_XDP sockets (fastpath/xsk) into a
+// running engine. It knows nothing of the NetManager daemon: the daemon
 // owns the cluster client and the service feed and hands the engine
 // snapshots (SetServices); internal/nodeplane adapts the engine to the
-// daemon's netmanager.Dataplane.
+// daemon's netmanager.Dataplane. Measurements and the reasons behind the
+// choices below are in docs/design.md.
 //
 // # API
 //
-//	e, err := dataplane.New(dataplane.Config{Uplink: "eth0", NodeIP: ip, Resolver: r})
+//	e, err := dataplane.New(dataplane.Config{Uplink: "eth0", NodeIP: ip, Offload: true, PinPath: dir, Resolver: r})
 //	id, err := e.AddPort(dataplane.PortConfig{Ifindex, HostMAC, ContainerMAC, NS4, NS6, Job, Instance})
 //	err = e.SetServices(services, instances, peers) // whole view, swapped atomically
+//	flows := e.Flows()                              // live flows, both tiers
 //	err = e.RemovePort(id)
 //	st := e.Stats()
-//	err = e.Close()
+//	err = e.Close()      // the kernel tier's pinned flows stay (Teardown removes them)
 //
-// The engine runs in the network namespace of its process (the node's):
-// the NetManager daemon runs there, and the tests re-exec the test binary
-// inside an emulated node (`ip netns exec`), which also makes the SIGKILL
-// test a real process death.
+// The engine runs in the network namespace of its process (the node's).
 //
-// The control side owns the service view: SetServices takes every service,
-// every instance (wherever it runs) and the peer set. Instances are matched
-// to local ports by (Job, Number); the engine fills in Local, Port and the
-// nsIPs of those, and takes the port's own instance IPs (the egress source
-// rewrite) from them, so a port attached before the control side knows its
-// instance drops its service traffic as no-family until it does. Each call
-// builds a fresh fastpath.Table (policy state carried over through
-// Builder.Prev) and swaps it atomically; the peers also go into the steering
-// program's peer map. Unknown service IPs go to the Resolver hook: called
-// from the slow-path goroutine, one call at a time per address, cached
-// negatively for Config.NegativeTTL; it answers by calling SetServices.
+// # Two tiers
 //
-// # Workers and placement
+// The AF_XDP worker pool decides every flow: first packets, the policy
+// pick, anti-spoofing, resolution misses, ICMP errors, fragments, anything
+// unusual. With Config.Offload (the daemon's default), the kernel tier
+// then executes the decided flows in TC programs (bpfprog.Tier): tc_port
+// on every container port's host veth and tc_uplink on the uplink (tcx
+// ingress links) look a packet's flow up in tier_flows, rewrite it with
+// the checksum helpers, encapsulate or decapsulate it with
+// bpf_skb_adjust_room (GSO super-packets stay whole) and redirect it
+// (bpf_redirect_neigh to the uplink, bpf_redirect_peer into a container).
+// What the tier does not know it punts: tc redirects it to the punt
+// device's owpunt0, whose peer owpunt1 runs xdp_punt (native XDP), which
+// hands it to the workers' punt sockets, metadata in the Ethernet
+// destination (02:flags:ifindex). The workers answer through the same
+// sockets with the output interface in the Ethernet source; tc_punt on
+// owpunt0 sends it there. Without Offload, xdp_port and xdp_uplink
+// (generic XDP by default) steer service-range and tunnel traffic to a
+// socket per port and per uplink queue, and the workers transmit there.
 //
-// Config.Workers goroutines (default xsk.DetectTopology().SuggestWorkers():
-// half the CPUs, 1 on the 2-vCPU test machine), each locked to its OS
-// thread and optionally pinned (Config.CPUs, sched_setaffinity of the
-// thread; Stats reports both). A worker owns its sockets outright; the
-// uplink socket belongs to worker 0 and container ports go to the least
-// loaded worker (worker 0 last). A round: reclaim completions, drain the
-// cross-worker rings, receive up to 64 descriptors per socket and run them
-// through Processor.Egress/Ingress with one table load per batch, act on
-// the verdicts, then one Transmit (so at most one sendto) per socket with
-// queued frames, one Enqueue and at most one eventfd wake per peer worker,
-// refill the fill rings to their depth, publish the counters. Control
-// calls (open/close a socket, read socket statistics) run on the worker's
-// own thread between rounds, through a channel plus Poller.Notify. A call
-// that times out (5 s: only a wedged worker is that slow) has not run and
-// never will: the queued closure claims the call before it runs, a caller
-// giving up cancels it first, and a call already running is waited for.
-// So a timed-out socket open leaves no socket behind; a timed-out close is
-// queued again in the background until the worker runs it, and goes by
-// the socket, not its id, so it never closes a newer socket with that id.
+// A worker that forwards a packet of a flow the tier can execute writes
+// the flow's slot (tier_slots, memory-mapped) at the end of its round and
+// publishes its key, closed. Packets that meet a closed slot are punted
+// and counted in it; once the worker has sent every packet the kernel
+// punted before, it opens the gate (compare-and-swap), so no packet of the
+// flow overtakes another. A flow the tier cannot execute (fragments, a
+// rewrite that would not fit, ICMP errors) stays with the workers.
+//
+// The tier manager's sweeper (every 250 ms) expires flows idle longer than
+// the worker pool's idle times (TCP 10 min, after RST 1 s, after FIN 10 s;
+// UDP 60 s), keeps the worker pool's flow of a busy one alive, bounds the
+// slots of one arrival interface (an eighth of the tier, at least 64:
+// beyond it a port's flows stay with the workers), and on every new
+// table asks the processor what it would do now with each flow (simulate):
+// a flow whose answer changed (its instance left, a peer went) is
+// withdrawn and its next packet decided again.
+//
+// # Restarts
+//
+// With Offload and a PinPath, the tier's maps and tcx links are pinned
+// under bpffs and outlive the process: a stopped or killed daemon leaves
+// its decided flows running. A new engine on the same PinPath adopts them:
+// slots whose choice it can recover from the table (the slot records the
+// instance) go back into the worker pool's flow table; the rest get 30 s
+// to be seen again. Teardown (netmanager teardown) removes the pins, the
+// punt device and the saved flows. Without Offload, Close saves the worker
+// pool's flows (SaveFlows, flows.json in the state directory) and the next
+// engine loads them, so a graceful restart keeps every flow's choice.
+//
+// # Control side and misses
+//
+// SetServices takes every service, every instance (wherever it runs) and
+// the peer set. Instances are matched to local ports by (Job, Number).
+// Each call builds a fresh fastpath.Table (policy state carried over) and
+// swaps it atomically; the peers also go into the steering programs' peer
+// maps. A packet to a service IP the table does not know, or from a tunnel
+// source it cannot place, goes to the slow path: the Resolver hook is
+// called (one call at a time per address, cached negatively for
+// Config.NegativeTTL) and the packet is held (up to 8 per address, 256 in
+// all, 3 s) until a new table knows it, then processed and sent.
+//
+// # Workers
+//
+// Config.Workers goroutines (default: half the CPUs), each locked to its
+// OS thread and optionally pinned (Config.CPUs). A worker owns its
+// sockets outright: the uplink queues' sockets, container ports (least
+// loaded worker, worker 0 last) and, with the tier, its punt socket. A
+// round: reclaim completions, drain the cross-worker rings, receive up to
+// 64 descriptors per socket, run them through Processor.Egress/Ingress
+// with one table load per batch, act on the verdicts, one Transmit per
+// socket, one wake per peer worker, refill the fill rings, publish the
+// counters, then the round's kernel-tier decisions. Control calls (open
+// or close a socket, read its statistics) run on the worker's own thread
+// between rounds; a call that times out has not run and never will.
+//
+// Idle workers spin for a while after the last packet (adaptively: twice
+// the recent gap between packets, at most Config.Poller.Spin; not at all
+// when packets come further apart than that), then sleep in poll(2). The
+// per-round system calls are RawSyscalls; only the blocking poll goes
+// through the Go scheduler.
 //
 // # Panics and bad verdicts
 //
 // A packet never kills the daemon. Each socket's batch runs behind a
-// recover (one open-coded defer per batch, not per packet): a panic in the
-// processor or while acting on its verdicts drops the rest of that batch,
-// gives its frames back to the socket's free stack (every action frees or
-// queues its frame as its last step, so the worker knows which frames it
-// still holds) and counts "panics" and "panic_dropped"; the worker goes on
-// with the next socket. A last-resort recover around the whole round
-// catches the rest (cross-worker rings, flush), where frames may leak, and
-// control calls turn a panic into an error. Each panic is logged through
-// Config.Logger at most once a second per worker, with the stack the first
-// time. Before slicing a frame or writing a TX descriptor, the worker
-// checks the verdict's Off/Len against the frame (and Port against
-// MaxPorts): a processor bug there is a "bad_verdict" drop, no panic.
+// recover: a panic drops the rest of that batch, gives its frames back and
+// counts "panics" and "panic_dropped"; a last-resort recover covers the
+// rest of the round. Each panic is logged at most once a second per
+// worker, with the stack the first time. A verdict's Off/Len/Port is
+// checked against the frame before use: a processor bug there is a
+// "bad_verdict" drop.
 //
-// Polling is xsk.Poller's hybrid: spin with sched_yield for 200 µs after
-// the last work, then poll(2) on the worker's socket fds and eventfd, with
-// a 1 s timeout (every control call and Close wake the worker, so the
-// timeout is only a safety net). A Pending hook re-checks the cross-worker
-// rings and the control channel before sleeping, so no wake-up is lost.
-// The per-round system calls (sendto kicks, sched_yield, eventfd writes)
-// are RawSyscalls: through Syscall, every round shows sysmon a P in a
-// system call, and sysmon then wakes every 20 µs on the worker's CPU and
-// hands Ps around — bpftrace counted that churn as most of the context
-// switches on the workers' CPU during request/response. Only the blocking
-// poll(2) goes through Syscall, so a sleeping worker gives its P back.
-// Gosched (xsk.YieldGo) was the default until request/response was
-// measured hop by hop: on a locked thread every Gosched is a futex
-// hand-off of ~27 µs that each hop of a request waits out; sched_yield
-// brought the two-node request/response p50 from 100–290 µs to 43–56 µs
-// with no loss of flood rate beyond the noise (docs/design.md).
-// Measured idle (TestKillAndIdle): 0.6–0.8 % of one core for the whole engine
-// process over 5 s. Under light load a sched_yield spin burns its 200 µs
-// where Gosched slept most of it: the price of the latency.
+// # Sockets and frames
 //
-// # One UMEM per socket; copies, not shared UMEM
-//
-// Every socket has its own UMEM (Config.Frames frames, default 4096 × 2 KB)
-// and fill ring kept RingSize deep. A packet that leaves through another
-// socket is copied into a frame of that socket's UMEM; a reply that leaves
-// through the socket it came in on (ICMP too-big back to the sender) is
-// transmitted from its own frame. The alternative, XDP_SHARED_UMEM across a
-// worker's sockets (xsk.NewSharedSocket), saves that copy but breaks the
-// port lifecycle: frames sitting in a removed socket's fill ring are not
-// given back by the kernel, so every RemovePort would leak up to a fill
-// ring of frames from the worker's shared pool, and the uplink's UMEM would
-// have to be sized for every port at once. The copy is cheap where the time
-// goes: a CPU profile of node A's engine under BenchmarkUDPFlood put the
-// copy (copyTo) at 0.7 % of the engine's CPU, sendto (the kernel's
-// copy-mode transmit, flush) at 33 %, and the scheduler hand-offs of
-// Gosched-spinning on a locked thread at about half (the reason the
-// default yield is now sched_yield).
-//
-// Across workers, packets are copied into a slot of a per-pair buffer and
-// an xsk.SPSC carries descriptors {Addr: slot, Len, Options: destination
-// socket id}; the buffer has twice the ring's slots, so a slot is never
-// rewritten while the consumer copies out of it (see xring). The source
-// frame goes back to its socket at once, so no return ring is needed.
+// Every socket has its own UMEM (Config.Frames frames) and a fill ring
+// kept full. A packet leaving through another socket is copied into that
+// socket's UMEM (same worker) or into a cross-worker SPSC ring's slot
+// (another worker); shared UMEM would leak a removed port's fill-ring
+// frames.
 //
 // # Verdicts
 //
-//   - ActTxPort / ActTxUplink: transmit on that socket, via its owning
-//     worker (same socket: no copy; same worker: copy to its UMEM; other
-//     worker: cross ring).
-//   - ActPass: the frame was steered by XDP but is not for the fast path;
-//     it cannot be handed back to the kernel from userspace, so it is
-//     dropped and counted (pass_dropped). The steering programs only
-//     redirect service-range and tunnel traffic, so this is rare.
+//   - ActTxPort / ActTxUplink: transmit on that socket (with the tier:
+//     through the punt socket, to that interface).
+//   - ActPass: steered but not for us; dropped and counted (pass_dropped).
 //   - ActDrop: counted by reason in fastpath's per-worker counters.
-//   - ActSlowPath: copied into a preallocated batch for the slow-path
-//     goroutine; batches are recycled through a bounded free list, so a
-//     worker never blocks: no free batch means drop and count (slow_full).
-//     ReasonNoNeighbor: the encapsulated datagram's UDP payload is sent
-//     through a kernel UDP socket bound to the node IP (the kernel resolves
-//     the next hop) and the neighbour watcher rescans. ReasonUnknownService:
-//     the Resolver hook, as above.
+//   - ActSlowPath: copied to the slow-path goroutine through a bounded pool
+//     of batches (none free: dropped, slow_full). ReasonNoNeighbor: the
+//     datagram goes out through a kernel UDP socket on the node IP (the
+//     kernel resolves the next hop); ReasonUnknownService and
+//     ReasonUnknownSource: resolved and held, above.
 //
 // # Neighbours and the uplink
 //
-// The uplink MAC and MTU come from netlink at New. A remote node's frames go
-// to its next hop: the gateway of the kernel's route to the node (a router
-// or NAT between nodes), or the node itself when it is on-link. Next-hop
-// MACs come from the uplink's neighbour table: read at start, followed through a
-// netlink neighbour subscription, rescanned 20 ms after
-// each slow-path send and every second while a needed node is missing. A
-// learnt MAC rebuilds the table, after which that node's packets take the
-// fast path (Builder.Neighbors).
+// A remote node's frames go to its next hop (the gateway of the kernel's
+// route to it, or the node when on-link), whose MAC comes from the
+// uplink's neighbour table (read at start, followed through netlink,
+// rescanned after each slow-path send). The tier's redirect_neigh
+// resolves next hops itself. The uplink gets a socket per active RX queue
+// (ethtool channels, followed once a second).
 //
-// # Steering programs and lifecycle
-//
-// One bpfprog.Objects for the uplink (xdp_uplink; SetNode with the node IP
-// and tunnel port; peers from SetServices) and one per container port
-// (xdp_port, own XSKMAP, maps shared with the uplink's). AddPort: load,
-// open the socket on queue 0 of the host-side veth on the chosen worker
-// (fill ring primed first), register it in the XSKMAP, rebuild the table
-// with the port, then attach xdp_port as a bpf_link (Config.Mode, default
-// generic: DESIGN.md measured it at least as fast as native on veth).
-// RemovePort reverses it link first; other ports are untouched. Links die
-// with the process, so a SIGKILLed engine leaves no program attached
-// (TestKillAndIdle). A background goroutine sweeps idle flows (a sixteenth
-// of the flow table every 250 ms).
-//
-// The uplink gets a socket per RX queue (up to MaxUplinkQueues; RSS spreads
-// tunnel datagrams over the queues by flow and xdp_uplink redirects to the
-// queue's slot of the XSKMAP), queue q on worker q % workers; queue 0's
-// socket, on worker 0, also transmits for every worker. Container ports
-// have one queue each. TestUplinkQueues sends 64 flows over a 4-queue
-// uplink (native XDP on a multi-queue veth) and checks that every datagram
-// arrives and several queues carried them; with queue 0 alone, two thirds
-// were lost.
-//
-// Limits today: the next hop is looked up per rebuild, not followed
-// through route updates; no held-packet queue for unknown
-// services (dropped and counted, which SPEC §7.3 allows).
+// Limits: the next hop is looked up per table rebuild, not followed
+// through route updates.
 package dataplane

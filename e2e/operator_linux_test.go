@@ -92,6 +92,14 @@ func TestOperatorView(t *testing.T) {
 	if !strings.Contains(metrics, `oakwire_service_flows_total{direction="out",instance_number="0",service="demo.ns.web.default"}`) {
 		t.Errorf("/metrics lacks web/0's flows:\n%s", grep(metrics, "oakwire_service_"))
 	}
+	// Packets per tier: the UDP flows' later datagrams went through the
+	// kernel tier, their first ones through the workers.
+	for _, tier := range []string{"kernel", "workers"} {
+		m := regexp.MustCompile(`(?m)^oakwire_dataplane_tier_packets_total\{tier="` + tier + `"\} (\d+)`).FindStringSubmatch(metrics)
+		if m == nil || m[1] == "0" {
+			t.Errorf("/metrics: no packets in the %s tier:\n%s", tier, grep(metrics, "oakwire_dataplane_tier_"))
+		}
+	}
 	dash, err := os.ReadFile("../configs/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)

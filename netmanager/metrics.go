@@ -14,6 +14,8 @@ type metrics struct {
 	deployErrors counter
 	undeploys    counter
 	reportErrors counter
+	// nodeIPChanges counts node IP changes followed on the uplink.
+	nodeIPChanges counter
 }
 
 // counter is a monotonically increasing count read by /status and /metrics.
@@ -32,6 +34,7 @@ func newMetrics(d *Daemon) *metrics {
 		{"oakwire_netmanager_deploy_errors_total", "Deploy requests refused or failed (rolled back).", &m.deployErrors},
 		{"oakwire_netmanager_undeploys_total", "Containers detached.", &m.undeploys},
 		{"oakwire_netmanager_cluster_report_errors_total", "Undeploy reports the cluster did not take.", &m.reportErrors},
+		{"oakwire_netmanager_node_ip_changes_total", "Node IP changes followed on the uplink.", &m.nodeIPChanges},
 	} {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
 			func() float64 { return float64(c.c.Value()) }))
@@ -75,12 +78,20 @@ var (
 	dpTableDesc = prometheus.NewDesc("oakwire_dataplane_table_entries",
 		"Entries in the data plane's tables.", []string{"table"}, nil)
 	dpSocketsDesc = prometheus.NewDesc("oakwire_dataplane_sockets", "AF_XDP sockets open.", nil, nil)
+	// Per tier: kernel (the TC programs executed them) or workers (the
+	// AF_XDP worker pool).
+	dpTierPacketsDesc = prometheus.NewDesc("oakwire_dataplane_tier_packets_total",
+		"Packets per tier: kernel (executed by the kernel tier's programs) or workers (received by the AF_XDP worker pool).", []string{"tier"}, nil)
+	dpTierFlowsDesc = prometheus.NewDesc("oakwire_dataplane_tier_flows",
+		"Flows per tier now: kernel (executed by the kernel tier) or workers (the rest of the worker pool's flow table).", []string{"tier"}, nil)
 )
 
 func (c dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- dpCounterDesc
 	ch <- dpTableDesc
 	ch <- dpSocketsDesc
+	ch <- dpTierPacketsDesc
+	ch <- dpTierFlowsDesc
 }
 
 func (c dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
@@ -92,4 +103,10 @@ func (c dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(dpTableDesc, prometheus.GaugeValue, float64(v), k)
 	}
 	ch <- prometheus.MustNewConstMetric(dpSocketsDesc, prometheus.GaugeValue, float64(s.Sockets))
+	kernel := s.Counters["tier_fast_port"] + s.Counters["tier_fast_uplink"]
+	ch <- prometheus.MustNewConstMetric(dpTierPacketsDesc, prometheus.CounterValue, float64(kernel), "kernel")
+	ch <- prometheus.MustNewConstMetric(dpTierPacketsDesc, prometheus.CounterValue, float64(s.Counters["rx"]), "workers")
+	kf := s.Tables["kernel_flows"]
+	ch <- prometheus.MustNewConstMetric(dpTierFlowsDesc, prometheus.GaugeValue, float64(kf), "kernel")
+	ch <- prometheus.MustNewConstMetric(dpTierFlowsDesc, prometheus.GaugeValue, float64(max(0, s.Tables["flows"]-kf)), "workers")
 }
