@@ -26,12 +26,14 @@ type floodCase struct {
 }
 
 var floodCases = []floodCase{
-	// The key set low: 15 times the bound at 2,000 new flows/s (issue 13
-	// saw 1,500/s).
+	// The key set low: about 15 times the bound at 2,000 new flows/s
+	// (issue 13 saw 1,500/s).
 	{"flows-per-port=256", []string{"--flows-per-port", "256"}, 256, 3000, 1000, 100},
 	// The attack as found, on the defaults: more new flows than the whole
-	// table holds (65,536), at 20,000/s.
-	{"default", nil, fastpath.DefaultFlowConfig().PerPort, 60000, 10000, 1000},
+	// table holds (65,536), at 20,000/s. Generic XDP loses some of them
+	// (about a sixth on a 2-CPU VM) and those never become flows: 90,000
+	// still fill the table on a node without the bound.
+	{"default", nil, fastpath.DefaultFlowConfig().PerPort, 63000, 27000, 1000},
 }
 
 const (
@@ -43,12 +45,13 @@ const (
 // TestFlowFlood is issue 13 item 5: one container opens new service flows
 // as fast as it can (the attack that filled the node's 65,536-entry flow
 // table in 45 s, after which every container's new service flows failed
-// as flow-table-full). With flows-per-port set, the attacker's flows stay
-// at its bound: each new one replaces its own least recently used
-// (counted: flows_evicted_quota), nothing is dropped as flow-table-full,
-// and a second container on the same node opens new UDP and TCP flows to
-// the service during the flood and after it. The attacker itself still
-// gets new flows (at the price of its oldest).
+// as flow-table-full). With the per-port bound (flows-per-port, or its
+// default) the attacker's flows stay at its bound: each new one replaces
+// its own least recently used (counted: flows_evicted_quota), nothing is
+// dropped as flow-table-full, and a second container on the same node
+// opens new UDP and TCP flows to the service during the flood and after
+// it. The attacker itself still gets new flows (at the price of its
+// oldest).
 func TestFlowFlood(t *testing.T) {
 	for _, fc := range floodCases {
 		for _, offload := range []string{"on", "off"} {
@@ -134,8 +137,8 @@ func testFlowFlood(t *testing.T, fc floodCase, offload string) {
 		}
 	}
 	t.Logf("flow flood (offload=%s, flows-per-port %d): attacker sent %d UDP flows and %d SYNs; %d new flows on a, "+
-		"%d evicted at the per-port bound, %d table-full; a's table holds %d flows; victim during the flood: udp %d/%d, tcp %d/%d answered",
-		offload, fc.perPort, fc.udp, fc.syn, newFlows, evicted, full, flows,
+		"%d evicted at the per-port bound, %d table-full; a's table holds %d flows (kernel tier: %d, %d refused at its per-interface bound); victim during the flood: udp %d/%d, tcp %d/%d answered",
+		offload, fc.perPort, fc.udp, fc.syn, newFlows, evicted, full, flows, st.Tables["kernel_flows"], delta("tier_quota_full"),
 		during["udp"].Answered, during["udp"].Sent, during["tcp"].Answered, during["tcp"].Sent)
 }
 
