@@ -350,6 +350,34 @@ func (ft *FlowTable) LookupReverse(k *FlowKey, now int64) (svcIP netip.Addr, ok 
 	return netip.Addr{}, false
 }
 
+// Answered reports whether the flow with forward key k has seen a reply
+// (LookupReverse found it; see TCPSynIdle), without refreshing it; ok is
+// false when the table holds no such flow. The kernel tier's sweeper asks
+// it about the TCP flows it executes, whose packets the workers no longer
+// see.
+func (ft *FlowTable) Answered(k *FlowKey) (answered, ok bool) {
+	b := ft.bucket(k)
+	for try := 0; try < lookupTries; try++ {
+		g := ft.gen.Load()
+		i := ft.bktF[b].Load()
+		for n := 0; i != 0 && n < maxChain; n++ {
+			r := &ft.recs[i-1]
+			s := r.seq.Load()
+			if s&1 == 0 && keyEq(&r.fwd, k) {
+				a := r.answered.Load()
+				if r.seq.Load() == s {
+					return a, true
+				}
+			}
+			i = r.nextF.Load()
+		}
+		if g&1 == 0 && ft.gen.Load() == g {
+			break
+		}
+	}
+	return false, false
+}
+
 func (ft *FlowTable) touch(r *flowRec, now int64) {
 	if now-r.last.Load() > touchGranularity {
 		r.last.Store(now)

@@ -331,6 +331,16 @@ func TestFlowUnansweredTCPIdle(t *testing.T) {
 	_, ref, _ := ft.Lookup(&rebound, 0)
 	rebR2 := MakeFlowKey(ProtoTCP, a4("10.30.0.8"), 80, cli, 6)
 	ft.Rebind(ref, &rebR2, 1)
+	for _, c := range []struct {
+		k            *FlowKey
+		answered, ok bool
+	}{{&syn, false, true}, {&est, true, true}, {&rebound, false, true}, {&adopted, true, true}, {&imported, true, true},
+		{&synR, false, false}} {
+		if a, ok := ft.Answered(c.k); a != c.answered || ok != c.ok {
+			_, s, d := c.k.Unpack()
+			t.Fatalf("Answered(%v → %v) = %v, %v; want %v, %v", s, d, a, ok, c.answered, c.ok)
+		}
+	}
 	for _, k := range []*FlowKey{&syn, &est, &rebound} {
 		ft.Lookup(k, 5*sec) // the client's retransmissions keep it alive
 	}
