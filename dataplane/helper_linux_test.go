@@ -63,6 +63,8 @@ type helperSpec struct {
 	// Deferred services are withheld from the table until the Resolver is
 	// asked about one of their IPs.
 	Deferred []string
+	// Flows is Config.Flows (zero: the defaults).
+	Flows fastpath.FlowConfig
 }
 
 type helperPort struct {
@@ -89,7 +91,7 @@ func runEngineHelper(specJSON string) int {
 		fmt.Println("error:", err)
 		return 2
 	}
-	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode, Offload: sp.Offload}
+	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode, Offload: sp.Offload, Flows: sp.Flows}
 	// The engine's log goes to stderr as usual; panicLog also counts the
 	// recovered-panic lines for the "panics-logged" command.
 	var plog panicLog

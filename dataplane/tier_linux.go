@@ -86,6 +86,10 @@ type tierMgr struct {
 type tierLive struct {
 	key  bpfprog.TierKey
 	peer netip.Addr // ingress: the peer the slot accepts
+	// unanswered: a TCP service flow the worker pool has seen no reply on
+	// (yet); it idles out after TCPSynIdle. Cleared for good once the
+	// worker pool's record says answered, or for a slot of another kind.
+	unanswered bool
 }
 
 func newTierMgr(e *Engine, t *bpfprog.Tier) *tierMgr {
@@ -159,7 +163,7 @@ func (m *tierMgr) alloc(k *bpfprog.TierKey, peer netip.Addr) (uint32, bool) {
 	}
 	i := m.free[len(m.free)-1]
 	m.free = m.free[:len(m.free)-1]
-	m.live[i] = &tierLive{key: *k, peer: peer}
+	m.live[i] = &tierLive{key: *k, peer: peer, unanswered: k.Proto == fastpath.ProtoTCP}
 	m.perIf[k.Ifindex]++
 	return i, true
 }
@@ -237,18 +241,38 @@ func monoNow() uint64 {
 }
 
 // idle is how long an executed flow of protocol proto may go without a
-// packet, after the TCP flags it saw.
-func (m *tierMgr) idle(proto uint8, tcpFlags uint32) time.Duration {
+// packet, after the TCP flags it saw and whether a reply was seen.
+func (m *tierMgr) idle(proto uint8, tcpFlags uint32, unanswered bool) time.Duration {
 	fc := m.e.cfg.Flows
 	switch {
 	case proto == fastpath.ProtoTCP && tcpFlags&0x04 != 0:
 		return tierRSTIdle
 	case proto == fastpath.ProtoTCP && tcpFlags&0x01 != 0:
 		return tierFINIdle
+	case proto == fastpath.ProtoTCP && unanswered:
+		return fc.TCPSynIdle
 	case proto == fastpath.ProtoTCP:
 		return fc.TCPIdle
 	}
 	return fc.UDPIdle
+}
+
+// answeredLocked clears l.unanswered once the worker pool's record of the
+// service flow in slot s says a reply came back (the workers see a flow's
+// first reply; the sweeper's touchFlow reports later ones). A slot of
+// another kind is not the worker pool's to judge: it keeps TCPIdle. While
+// the record is gone (expired or evicted) the last answer stands. m.mu
+// held.
+func (m *tierMgr) answeredLocked(l *tierLive, s *bpfprog.TierSlot) {
+	if s.Kind != bpfprog.TierKindService {
+		l.unanswered = false
+		return
+	}
+	src, dst := bpfprog.TierKeyAddrs(&l.key)
+	k := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+	if a, ok := m.e.flows.Answered(&k); ok && a {
+		l.unanswered = false
+	}
 }
 
 // sweep expires idle flows, keeps the worker pool's flow of a busy one
@@ -267,7 +291,10 @@ func (m *tierMgr) sweep() {
 			continue // a worker's; it gives up on stuck ones itself
 		}
 		last := atomic.LoadUint64(&s.LastNs)
-		idle := m.idle(l.key.Proto, atomic.LoadUint32(&s.TcpFlags))
+		if l.unanswered {
+			m.answeredLocked(l, s)
+		}
+		idle := m.idle(l.key.Proto, atomic.LoadUint32(&s.TcpFlags), l.unanswered)
 		if last == 0 {
 			last = now // published, no packet yet: the sweep starts its clock
 			atomic.CompareAndSwapUint64(&s.LastNs, 0, now)
