@@ -142,23 +142,7 @@ func runEngineHelper(specJSON string) int {
 		return 1
 	}
 	defer e.Close()
-	addPort := func(p helperPort) error {
-		l, err := netlink.LinkByName(p.HostIf)
-		if err != nil {
-			return err
-		}
-		mac, err := net.ParseMAC(p.ContMAC)
-		if err != nil {
-			return err
-		}
-		csum := fastpath.CsumIncremental
-		if sp.Offload {
-			csum = fastpath.CsumRecompute // the kernel tier keeps the containers' offloads on
-		}
-		_, err = e.AddPort(PortConfig{Ifindex: l.Attrs().Index, ContainerMAC: [6]byte(mac), NS4: p.NS4, NS6: p.NS6,
-			Job: p.Job, Instance: p.Instance, Csum: csum})
-		return err
-	}
+	addPort := func(p helperPort) error { return helperAddPort(e, &sp, p) }
 	for _, p := range sp.Ports {
 		if err := addPort(p); err != nil {
 			fmt.Println("error:", err)
@@ -179,6 +163,35 @@ func runEngineHelper(specJSON string) int {
 		}
 	}
 	fmt.Println("ready")
+	helperCommands(e, &sp, &plog, addPort)
+	if err := e.Close(); err != nil {
+		fmt.Println("error: close:", err)
+		return 1
+	}
+	return 0
+}
+
+// helperAddPort attaches the spec's port p to e.
+func helperAddPort(e *Engine, sp *helperSpec, p helperPort) error {
+	l, err := netlink.LinkByName(p.HostIf)
+	if err != nil {
+		return err
+	}
+	mac, err := net.ParseMAC(p.ContMAC)
+	if err != nil {
+		return err
+	}
+	csum := fastpath.CsumIncremental
+	if sp.Offload {
+		csum = fastpath.CsumRecompute // the kernel tier keeps the containers' offloads on
+	}
+	_, err = e.AddPort(PortConfig{Ifindex: l.Attrs().Index, ContainerMAC: [6]byte(mac), NS4: p.NS4, NS6: p.NS6,
+		Job: p.Job, Instance: p.Instance, Csum: csum})
+	return err
+}
+
+// helperCommands answers the test's commands on stdin until it closes.
+func helperCommands(e *Engine, sp *helperSpec, plog *panicLog, addPort func(helperPort) error) {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		cmd, arg, _ := strings.Cut(in.Text(), " ")
@@ -239,11 +252,6 @@ func runEngineHelper(specJSON string) int {
 			}
 		}
 	}
-	if err := e.Close(); err != nil {
-		fmt.Println("error: close:", err)
-		return 1
-	}
-	return 0
 }
 
 // panicLog counts the engine's recovered-panic log lines, and those of them

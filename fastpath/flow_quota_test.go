@@ -190,35 +190,45 @@ func TestFlowTableFull(t *testing.T) {
 // evicts its least recently used flow; a full table the asker's, or the
 // largest port's when the asker holds none; ties go to the older flow)
 // and checks every eviction picks the model's victim.
+// mflow is a flow of evictionModel.
+type mflow struct {
+	port PortID
+	id   int
+	last int64
+	born int
+}
+
+// evictionModel is the obviously-correct reference: a list of flows,
+// searched in full.
+type evictionModel []*mflow
+
+func (model evictionModel) count(p PortID) int {
+	n := 0
+	for _, m := range model {
+		if m.port == p {
+			n++
+		}
+	}
+	return n
+}
+
+// lru is the index of port p's least recently used flow (oldest first
+// on a tie), or -1.
+func (model evictionModel) lru(p PortID) int {
+	best := -1
+	for i, m := range model {
+		if m.port == p && (best < 0 || m.last < model[best].last || m.last == model[best].last && m.born < model[best].born) {
+			best = i
+		}
+	}
+	return best
+}
+
 func TestFlowEvictionModel(t *testing.T) {
 	const capacity, perPort, ports = 40, 16, 4
-	type mflow struct {
-		port PortID
-		id   int
-		last int64
-		born int
-	}
 	rng := rand.New(rand.NewPCG(13, 5))
 	ft := NewFlowTable(FlowConfig{Capacity: capacity, PerPort: perPort})
-	var model []*mflow
-	count := func(p PortID) int {
-		n := 0
-		for _, m := range model {
-			if m.port == p {
-				n++
-			}
-		}
-		return n
-	}
-	lru := func(p PortID) int {
-		best := -1
-		for i, m := range model {
-			if m.port == p && (best < 0 || m.last < model[best].last || m.last == model[best].last && m.born < model[best].born) {
-				best = i
-			}
-		}
-		return best
-	}
+	var model evictionModel
 	now, born, next := int64(0), 0, 0
 	var quota, full uint64
 	for step := range 3000 {
@@ -246,21 +256,21 @@ func TestFlowEvictionModel(t *testing.T) {
 			p = 1 // a busy port: at its bound
 		}
 		victim := -1
-		switch n := count(p); {
+		switch n := model.count(p); {
 		case n >= perPort:
-			victim = lru(p)
+			victim = model.lru(p)
 			quota++
 		case len(model) == capacity:
 			q := p
 			if n == 0 {
 				q = 0
 				for c := PortID(1); c <= ports+1; c++ {
-					if count(c) > count(q) {
+					if model.count(c) > model.count(q) {
 						q = c
 					}
 				}
 			}
-			victim = lru(q)
+			victim = model.lru(q)
 			full++
 		}
 		var vk FlowKey
