@@ -160,59 +160,9 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		ctx.slow(v, ReasonUnknownService)
 		return
 	}
-	var ii int32
-	var hash uint32
-	if e.kind == addrInstance {
-		ii = e.idx
-		var fk FlowKey
-		fk.setOf(pkt, pp)
-		k := fk
-		if pp.Frag != FragNone {
-			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
-		}
-		hash = k.Hash()
-		if pp.HasPorts && pp.Frag != FragLater && !pp.isICMPError() {
-			// The client now talks to the instance IP itself on this
-			// 5-tuple: a service flow that picked this instance from the
-			// same port must not turn the replies' source into its
-			// service IP (see FlowTable).
-			rev := fk.reverse()
-			p.flows.ReleaseReverse(&rev)
-		}
-	} else {
-		svc := &t.Services[e.idx]
-		switch {
-		case pp.Frag == FragLater:
-			fe := ctx.fragOut.get(pp, ctx.Now)
-			if fe == nil {
-				ctx.drop(v, ReasonFragUnknown)
-				return
-			}
-			if ii = t.instanceByNumber(svc, fe.inst); ii < 0 {
-				ctx.drop(v, ReasonFragUnknown)
-				return
-			}
-			hash = fe.hash
-			ctx.ev(EvFragTranslated)
-		case pp.isICMPError():
-			var r DropReason
-			if ii, hash, r = p.resolveICMPError(ctx, t, svc, pkt, pp); r != ReasonNone {
-				ctx.drop(v, r)
-				return
-			}
-		case !pp.HasPorts:
-			ctx.drop(v, ReasonUnsupportedProto)
-			return
-		default:
-			var r DropReason
-			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
-				ctx.drop(v, r)
-				return
-			}
-			if pp.Frag == FragFirst {
-				ctx.fragOut.put(pp, t.Instances[ii].Number, netip.Addr{}, hash, ctx.Now)
-			}
-		}
+	ii, hash, ok := p.egressTarget(ctx, t, e, pkt, pp, v)
+	if !ok {
+		return
 	}
 	inst := &t.Instances[ii]
 	ns := inst.NS4
@@ -225,30 +175,42 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	}
 	full := port.Csum == CsumRecompute
 	if inst.Local {
-		dp := t.Port(inst.Port)
-		if dp == nil {
-			ctx.drop(v, ReasonUnknownPort)
-			return
-		}
-		translateEgress(ctx, pkt, pp, self, ns, full)
-		start, end, ver := pp.L3Off-EthernetLen, pp.End, pp.Version
-		// Both ends are here: the reply direction of a local flow is also
-		// un-translated here (what ingress does for remote servers). The
-		// translated packet parses as pp did but for its addresses (the
-		// rewrite changed only addresses, checksums and an ICMP error's
-		// quote, none of which parsing looks at beyond reading the
-		// addresses), so pp, which this packet needs no more, becomes its
-		// decode with the addresses read again: no second Decode, and no
-		// copy of the struct just written (its wide loads would wait on
-		// the narrow stores).
-		pp.readAddrs(pkt)
-		p.untranslate(ctx, t, pkt[:end], pp)
-		writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
-		v.Action, v.Port = ActTxPort, inst.Port
-		v.Off, v.Len = f.Off+start, end-start
-		ctx.ev(EvEgressLocal)
+		p.egressLocal(ctx, t, f, pkt, pp, self, ns, full, ii, v)
 		return
 	}
+	p.egressRemote(ctx, t, port, f, pkt, pp, self, ns, full, inst, hash, v)
+}
+
+// egressLocal delivers a translated packet to an instance on this node.
+func (p *Processor) egressLocal(ctx *WorkerCtx, t *Table, f *Frame, pkt []byte, pp *Parsed, self, ns netip.Addr, full bool, ii int32, v *Verdict) {
+	inst := &t.Instances[ii]
+	dp := t.Port(inst.Port)
+	if dp == nil {
+		ctx.drop(v, ReasonUnknownPort)
+		return
+	}
+	translateEgress(ctx, pkt, pp, self, ns, full)
+	start, end, ver := pp.L3Off-EthernetLen, pp.End, pp.Version
+	// Both ends are here: the reply direction of a local flow is also
+	// un-translated here (what ingress does for remote servers). The
+	// translated packet parses as pp did but for its addresses (the
+	// rewrite changed only addresses, checksums and an ICMP error's
+	// quote, none of which parsing looks at beyond reading the
+	// addresses), so pp, which this packet needs no more, becomes its
+	// decode with the addresses read again: no second Decode, and no
+	// copy of the struct just written (its wide loads would wait on
+	// the narrow stores).
+	pp.readAddrs(pkt)
+	p.untranslate(ctx, t, pkt[:end], pp)
+	writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
+	v.Action, v.Port = ActTxPort, inst.Port
+	v.Off, v.Len = f.Off+start, end-start
+	ctx.ev(EvEgressLocal)
+}
+
+// egressRemote translates and encapsulates a packet for an instance on
+// another node.
+func (p *Processor) egressRemote(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, pkt []byte, pp *Parsed, self, ns netip.Addr, full bool, inst *Instance, hash uint32, v *Verdict) {
 	ipLen := pp.End - pp.L3Off
 	if ipLen > t.maxIP {
 		p.tooBig(ctx, t, port, f, pkt, v)
@@ -276,6 +238,65 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	}
 	v.Action = ActTxUplink
 	ctx.ev(EvEgressRemote)
+}
+
+// egressTarget picks the instance a container's packet to a service or
+// instance IP goes to, and the flow hash its tunnel header carries. On
+// false the verdict says why not.
+func (p *Processor) egressTarget(ctx *WorkerCtx, t *Table, e addrEntry, pkt []byte, pp *Parsed, v *Verdict) (ii int32, hash uint32, ok bool) {
+	if e.kind == addrInstance {
+		ii = e.idx
+		var fk FlowKey
+		fk.setOf(pkt, pp)
+		k := fk
+		if pp.Frag != FragNone {
+			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
+		}
+		hash = k.Hash()
+		if pp.HasPorts && pp.Frag != FragLater && !pp.isICMPError() {
+			// The client now talks to the instance IP itself on this
+			// 5-tuple: a service flow that picked this instance from the
+			// same port must not turn the replies' source into its
+			// service IP (see FlowTable).
+			rev := fk.reverse()
+			p.flows.ReleaseReverse(&rev)
+		}
+	} else {
+		svc := &t.Services[e.idx]
+		switch {
+		case pp.Frag == FragLater:
+			fe := ctx.fragOut.get(pp, ctx.Now)
+			if fe == nil {
+				ctx.drop(v, ReasonFragUnknown)
+				return 0, 0, false
+			}
+			if ii = t.instanceByNumber(svc, fe.inst); ii < 0 {
+				ctx.drop(v, ReasonFragUnknown)
+				return 0, 0, false
+			}
+			hash = fe.hash
+			ctx.ev(EvFragTranslated)
+		case pp.isICMPError():
+			var r DropReason
+			if ii, hash, r = p.resolveICMPError(ctx, t, svc, pkt, pp); r != ReasonNone {
+				ctx.drop(v, r)
+				return 0, 0, false
+			}
+		case !pp.HasPorts:
+			ctx.drop(v, ReasonUnsupportedProto)
+			return 0, 0, false
+		default:
+			var r DropReason
+			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
+				ctx.drop(v, r)
+				return 0, 0, false
+			}
+			if pp.Frag == FragFirst {
+				ctx.fragOut.put(pp, t.Instances[ii].Number, netip.Addr{}, hash, ctx.Now)
+			}
+		}
+	}
+	return ii, hash, true
 }
 
 // resolve finds or creates the flow of a packet to a service IP.
