@@ -60,8 +60,8 @@ const (
 type tierMgr struct {
 	e *Engine
 	t *bpfprog.Tier
-	// quota bounds the published slots of one arrival interface (a port,
-	// or the uplink), so one container cannot take the whole table.
+	// quota bounds the published slots charged to one container port
+	// (chargeIf), so one container cannot take the whole table.
 	quota int
 
 	// mu guards the fields below.
@@ -86,6 +86,8 @@ type tierMgr struct {
 type tierLive struct {
 	key  bpfprog.TierKey
 	peer netip.Addr // ingress: the peer the slot accepts
+	// charge is the interface whose quota the slot counts against.
+	charge uint32
 	// unanswered: a TCP service flow the worker pool has seen no reply on
 	// (yet); it idles out after TCPSynIdle. Cleared for good once the
 	// worker pool's record says answered, or for a slot of another kind.
@@ -126,12 +128,12 @@ func (m *tierMgr) adopt() error {
 		used[p.slot] = true
 		m.adopted[p.slot] = true
 		s := m.t.Slot(p.slot)
-		l := &tierLive{key: p.k}
+		l := &tierLive{key: p.k, charge: chargeIf(&p.k, s)}
 		if s.Kind == bpfprog.TierKindIngress {
 			l.peer = wordsAddr(s.PeerFamily, s.Peer)
 		}
 		m.live[p.slot] = l
-		m.perIf[p.k.Ifindex]++
+		m.perIf[l.charge]++
 	}
 	m.free = m.free[:0]
 	for i := m.t.NumSlots() - 1; i >= 0; i-- {
@@ -148,12 +150,26 @@ func (m *tierMgr) adopt() error {
 // node re-syncs its interests through the watch within seconds).
 const tierAdoptGrace = 30 * time.Second
 
-// alloc takes a free slot for a flow arriving on k.Ifindex (from peer,
-// for the uplink's flows).
-func (m *tierMgr) alloc(k *bpfprog.TierKey, peer netip.Addr) (uint32, bool) {
+// chargeIf is the interface whose quota a slot counts against: the
+// container port it serves. A flow from a port is charged to that port; a
+// flow arriving through the tunnel to the port it delivers into, so a
+// container's replies and the requests it serves count against it, not
+// against a shared uplink share that one busy or hostile container could
+// fill for every other.
+func chargeIf(k *bpfprog.TierKey, s *bpfprog.TierSlot) uint32 {
+	if s.Kind == bpfprog.TierKindIngress {
+		return s.OutIfindex
+	}
+	return k.Ifindex
+}
+
+// alloc takes a free slot for the flow k with slot content s (from peer,
+// for the tunnel's flows).
+func (m *tierMgr) alloc(k *bpfprog.TierKey, s *bpfprog.TierSlot, peer netip.Addr) (uint32, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.perIf[k.Ifindex] >= m.quota {
+	charge := chargeIf(k, s)
+	if m.perIf[charge] >= m.quota {
 		m.quotaFull.Add(1)
 		return 0, false
 	}
@@ -163,8 +179,8 @@ func (m *tierMgr) alloc(k *bpfprog.TierKey, peer netip.Addr) (uint32, bool) {
 	}
 	i := m.free[len(m.free)-1]
 	m.free = m.free[:len(m.free)-1]
-	m.live[i] = &tierLive{key: *k, peer: peer, unanswered: k.Proto == fastpath.ProtoTCP}
-	m.perIf[k.Ifindex]++
+	m.live[i] = &tierLive{key: *k, peer: peer, charge: charge, unanswered: k.Proto == fastpath.ProtoTCP}
+	m.perIf[charge]++
 	return i, true
 }
 
@@ -173,7 +189,7 @@ func (m *tierMgr) unalloc(i uint32) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if l := m.live[i]; l != nil {
-		m.perIf[l.key.Ifindex]--
+		m.perIf[l.charge]--
 		delete(m.live, i)
 		m.free = append(m.free, i)
 	}
@@ -187,7 +203,7 @@ func (m *tierMgr) withdrawLocked(i uint32) error {
 	}
 	err := m.t.Unpublish(&l.key)
 	atomic.StoreUint64(&m.t.Slot(i).Gate, tierGateDead)
-	m.perIf[l.key.Ifindex]--
+	m.perIf[l.charge]--
 	delete(m.live, i)
 	delete(m.adopted, i)
 	m.cooled = append(m.cooled, i)
