@@ -16,13 +16,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
 // FloodMeasure is one UDP flood: what the sender sent and the sink got.
 type FloodMeasure struct {
-	Sender FloodResult `json:"sender"`
-	Sink   SinkResult  `json:"sink"`
+	Sender loadtool.FloodResult `json:"sender"`
+	Sink   loadtool.SinkResult  `json:"sink"`
 	// SenderCPU and SinkCPU are the tools' CPU time (rusage: user and
 	// system), in ns.
 	SenderCPU    time.Duration `json:"sender_cpu_ns"`
@@ -40,7 +41,7 @@ type TCPMeasure struct {
 }
 
 // readyWriter collects a tool's stderr and closes ready when the tool
-// writes readyLine.
+// writes its ready line (loadtool.ReadyPrefix).
 type readyWriter struct {
 	mu    sync.Mutex // guards buf and once's effect
 	buf   bytes.Buffer
@@ -54,7 +55,7 @@ func (w *readyWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.buf.Write(p)
-	if bytes.Contains(w.buf.Bytes(), []byte(readyLine+"\n")) {
+	if bytes.HasPrefix(w.buf.Bytes(), []byte(loadtool.ReadyPrefix)) || bytes.Contains(w.buf.Bytes(), []byte("\n"+loadtool.ReadyPrefix)) {
 		w.once.Do(func() { close(w.ready) })
 	}
 	return len(p), nil
@@ -175,7 +176,7 @@ func (r *runner) probe(ctx context.Context, target netip.Addr) error {
 		return err
 	}
 	defer srv.stop()
-	var res RRResult
+	var res loadtool.RRResult
 	if err := r.runClient(ctx, 10*time.Second, r.topo.Client.NS, &res, "rr", "--dst", ap(target, r.topo.Ports.Echo),
 		"--count", "5", "--warmup", "0", "--timeout", "500ms", "--duration", "5s"); err != nil {
 		return err
@@ -283,9 +284,9 @@ func (r *runner) lossFree(ctx context.Context, target netip.Addr, f FloodMeasure
 	return m, nil
 }
 
-func (r *runner) rr(ctx context.Context, target netip.Addr) (RRResult, error) {
+func (r *runner) rr(ctx context.Context, target netip.Addr) (loadtool.RRResult, error) {
 	c := r.cfg
-	var res RRResult
+	var res loadtool.RRResult
 	bound := 30 * time.Second
 	srv, err := r.startServer(ctx, r.topo.Server.NS, "udpecho", "--listen", ap(netip.IPv4Unspecified(), r.topo.Ports.Echo),
 		"--duration", (bound + 10*time.Second).String(), "--cpu", itoa(c.RRCPU))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/api"
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
@@ -336,7 +337,7 @@ func (d *Deployment) startServer(ctx context.Context, inst *Instance, sv serverS
 	}
 	return d.waitFor(ctx, p, sv.kind+" "+inst.Tag()+" listening", func() bool {
 		b, _ := os.ReadFile(logPath)
-		return strings.Contains(string(b), "listening ")
+		return strings.Contains(string(b), loadtool.ReadyPrefix)
 	})
 }
 
@@ -397,7 +398,7 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 	defer sink.stop(9, 0)
 	if err := d.waitFor(ctx, sink, "udpsink listening", func() bool {
 		b, _ := os.ReadFile(logPath)
-		return strings.Contains(string(b), "listening ")
+		return strings.Contains(string(b), loadtool.ReadyPrefix)
 	}); err != nil {
 		return nil, nil, err
 	}

@@ -288,7 +288,7 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	} else {
 		loss := 0.0
 		if f.Sent > 0 {
-			loss = 100 * float64(f.Sent-s.Received) / float64(f.Sent)
+			loss = 100 * (float64(f.Sent) - float64(s.Received)) / float64(f.Sent)
 		}
 		p.line("   sent %d (%.0f kpps), delivered %d (%.0f kpps), %.1f %% lost — a rough number: sender, sink",
 			f.Sent, float64(f.Sent)/f.Seconds/1e3, s.Received, float64(s.Received)/f.Seconds/1e3, loss)
