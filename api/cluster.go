@@ -11,7 +11,7 @@ import "net/netip"
 type Cluster struct {
 	ClusterID      string `json:"cluster_id" wire:"required"`
 	ClusterAddress string `json:"cluster_address" wire:"required"`
-	ClusterPort    int    `json:"cluster_port" wire:"required"`
+	ClusterPort    Int    `json:"cluster_port" wire:"required"` // Oakestra may send a string
 }
 
 // ClusterRef answers the deregistration of a cluster.

@@ -28,6 +28,7 @@ const (
 	CodeOutOfPool         = "out_of_pool"
 	CodeBadRequest        = "bad_request"
 	CodeUnauthorized      = "unauthorized"
+	CodeForbidden         = "forbidden"
 	CodeNotFound          = "not_found"
 	CodeMethodNotAllowed  = "method_not_allowed"
 	CodeConflict          = "conflict"
@@ -48,9 +49,12 @@ const (
 var (
 	ErrBadRequest   = errors.New("bad request")
 	ErrUnauthorized = errors.New("unauthorized")
-	ErrNotFound     = errors.New("not found")
-	ErrMethod       = errors.New("method not allowed")
-	ErrConflict     = errors.New("conflict")
+	// ErrForbidden: a valid token of a role the endpoint does not serve
+	// (a node's token at root's orchestrator API).
+	ErrForbidden = errors.New("forbidden")
+	ErrNotFound  = errors.New("not found")
+	ErrMethod    = errors.New("method not allowed")
+	ErrConflict  = errors.New("conflict")
 	// ErrTooLarge is a request body over the limit: a bad request too.
 	ErrTooLarge = fmt.Errorf("request body too large: %w", ErrBadRequest)
 	// ErrExhausted: a pool has no free address or subnet.
@@ -76,6 +80,7 @@ var statuses = [...]struct {
 	{ErrTooLarge, 413, CodeBodyTooLarge},
 	{ErrBadRequest, 400, CodeBadRequest},
 	{ErrUnauthorized, 401, CodeUnauthorized},
+	{ErrForbidden, 403, CodeForbidden},
 	{ErrNotFound, 404, CodeNotFound},
 	{ErrMethod, 405, CodeMethodNotAllowed},
 	{ErrConflict, 409, CodeConflict},

@@ -12,11 +12,16 @@ type Location struct {
 }
 
 // RegisterRequest registers (or re-registers) a node with its cluster.
-// TunnelPort 0 means DefaultTunnelPort.
+// TunnelPort 0 means DefaultTunnelPort. PublicIP and PublicPort are set
+// for a node behind a NAT (Oakestra's NodePublicAddress/NodePublicPort):
+// peers send its tunnel traffic there and accept it from there; PublicPort
+// 0 means TunnelPort.
 type RegisterRequest struct {
 	NodeID     string     `json:"node_id" wire:"required"`
 	NodeIP     netip.Addr `json:"node_ip"`
 	TunnelPort int        `json:"tunnel_port"`
+	PublicIP   netip.Addr `json:"public_ip,omitzero"`
+	PublicPort int        `json:"public_port,omitempty"`
 	Location   *Location  `json:"location,omitempty"`
 }
 

@@ -31,7 +31,10 @@ type Instance struct {
 // ServiceEntry is the table entry of one service: its service IPs and all
 // its instances, ordered by instance number.
 type ServiceEntry struct {
-	ID            string      `json:"_id"`
+	ID string `json:"_id"`
+	// SystemJobID is ID again, under the name Oakestra's cluster service
+	// manager stores and sends back in net_deploy_status (its job_id).
+	SystemJobID   string      `json:"system_job_id,omitempty"`
 	JobName       string      `json:"job_name"`
 	ServiceIPList []ServiceIP `json:"service_ip_list"`
 	InstanceList  []Instance  `json:"instance_list"`
@@ -40,8 +43,10 @@ type ServiceEntry struct {
 // DeployService is the body of root's POST /api/net/service/deploy
 // (Oakestra's).
 type DeployService struct {
-	ID         string                `json:"_id" wire:"required"`
-	Descriptor *DeploymentDescriptor `json:"deployment_descriptor" wire:"required"`
+	// ID is Oakestra's _id; older system managers send system_job_id.
+	ID          string                `json:"_id"`
+	SystemJobID string                `json:"system_job_id"`
+	Descriptor  *DeploymentDescriptor `json:"deployment_descriptor" wire:"required"`
 }
 
 // DeploymentDescriptor describes the service to deploy: its job name's
@@ -76,7 +81,9 @@ type ServiceRef struct {
 
 // DeployInstance is the body of POST /api/net/instance/deploy.
 type DeployInstance struct {
-	ID             string `json:"_id" wire:"required"`
+	// ID is Oakestra's _id; older system managers send system_job_id.
+	ID             string `json:"_id"`
+	SystemJobID    string `json:"system_job_id"`
 	InstanceNumber int    `json:"instance_number" wire:"required"`
 	ClusterID      string `json:"cluster_id" wire:"required"`
 }
@@ -108,7 +115,7 @@ type InstanceStatus struct {
 	NamespaceIP    netip.Addr `json:"namespace_ip,omitzero"`
 	NamespaceIPv6  netip.Addr `json:"namespace_ip_v6,omitzero"`
 	HostIP         netip.Addr `json:"host_ip" wire:"required"`
-	HostPort       int        `json:"host_port" wire:"required"`
+	HostPort       Int        `json:"host_port" wire:"required"` // Oakestra sends a string
 }
 
 // StatusAnswer answers a deploy or undeploy status: how many instances
@@ -169,4 +176,42 @@ type JobUpdate struct {
 // /api/net/deployment).
 type Deployment struct {
 	JobName string `json:"job_name" wire:"required"`
+}
+
+// NetInfo answers Oakestra's user-facing GET
+// /api/pubnet/service/netinfo/{service_name} and .../ip/{service_ip}: the
+// service's name in parts, its service IPs and its instances' addresses
+// (where they run is not shown).
+type NetInfo struct {
+	SystemJobID   string            `json:"system_job_id"`
+	ServiceJobID  string            `json:"service_job_id"`
+	AppName       string            `json:"app_name"`
+	AppNS         string            `json:"app_ns"`
+	ServiceName   string            `json:"service_name"`
+	ServiceNS     string            `json:"service_ns"`
+	ServiceIPList []ServiceIP       `json:"service_ip_list"`
+	InstanceList  []NetInfoInstance `json:"instance_list"`
+}
+
+// NetInfoInstance is one instance in a NetInfo.
+type NetInfoInstance struct {
+	ClusterID      string     `json:"cluster_id"`
+	InstanceNumber int        `json:"instance_number"`
+	InstanceIP     netip.Addr `json:"instance_ip"`
+	InstanceIPv6   netip.Addr `json:"instance_ip_v6"`
+}
+
+// AvailableServiceIPs answers Oakestra's GET
+// /api/pubnet/service/netinfo/available-ip/{x}?v=4|6: the next free service
+// IPs, IpType "IPv4" (Address set, Address_v6 null) or "IPv6" (the other
+// way round).
+type AvailableServiceIPs struct {
+	AvailableServiceIPs []AvailableServiceIP `json:"available_service_ips"`
+}
+
+// AvailableServiceIP is one address of an AvailableServiceIPs.
+type AvailableServiceIP struct {
+	Address   *netip.Addr `json:"Address"`
+	AddressV6 *netip.Addr `json:"Address_v6"`
+	IpType    string      `json:"IpType"`
 }

@@ -20,10 +20,16 @@ import (
 // ClusterConfig configures a cluster service manager (an immutable
 // snapshot read by NewCluster).
 type ClusterConfig struct {
-	Prefix    string // Redis key prefix (default DefaultPrefix), no { }
-	Token     string // bearer token, ours and root's; empty: no auth
-	ClusterID string // required
-	RootURL   string // required: root service manager, host:port or URL
+	Prefix string // Redis key prefix (default DefaultPrefix), no { }
+	// Token is the bearer token of every role (OAKWIRE_TOKEN), ours and
+	// root's; RoleTokens narrow roles to their own (auth.go): the cluster
+	// role's token is what root sends us and we send root. None: no auth.
+	Token      string
+	RoleTokens Tokens
+	// MetricsOpen serves /metrics without a token.
+	MetricsOpen bool
+	ClusterID   string // required
+	RootURL     string // required: root service manager, host:port or URL
 	// Advertise is the address root uses to reach this cluster
 	// ("host:port" or URL). Empty: not registered with root (Start).
 	Advertise string
@@ -92,7 +98,19 @@ func (c *ClusterConfig) Validate() error {
 	if c.RootURL == "" {
 		return errors.New("cluster config: root: missing")
 	}
+	if err := c.tokens().Validate(); err != nil {
+		return fmt.Errorf("cluster config: %w", err)
+	}
 	return nil
+}
+
+// tokens is Token and RoleTokens together.
+func (c *ClusterConfig) tokens() Tokens {
+	t := c.RoleTokens
+	if t.All == "" {
+		t.All = c.Token
+	}
+	return t
 }
 
 // Cluster is a cluster service manager (SPEC §6): Oakestra's cluster
@@ -127,9 +145,9 @@ func NewCluster(cfg ClusterConfig, rdb redis.UniversalClient) (*Cluster, error) 
 	ctx, cancel := context.WithCancel(context.Background())
 	tag := cfg.Prefix + "{c:" + cfg.ClusterID + "}:"
 	c := &Cluster{
-		server: newServer(cfg.Log, rdb, cfg.Token),
+		server: newServer(cfg.Log, rdb, cfg.tokens(), cfg.MetricsOpen),
 		cfg:    cfg,
-		root:   newRootClient(cfg.RootURL, cfg.Token, cfg.RootTimeout),
+		root:   newRootClient(cfg.RootURL, cfg.tokens().For(RoleCluster), cfg.RootTimeout),
 		store: &clusterStore{rdb: rdb, tag: tag, wakeC: tag + "wake", retention: cfg.WatchRetention,
 			clusterID: cfg.ClusterID},
 		waiters: map[string]chan struct{}{},
@@ -141,18 +159,18 @@ func NewCluster(cfg ClusterConfig, rdb redis.UniversalClient) (*Cluster, error) 
 		[]string{"kind"})
 	c.reg.MustRegister(c.peerUpdates)
 
-	c.handle("POST /api/net/deployment", c.deployment)
-	c.handle("DELETE /api/net/deployment/:job", c.deleteDeployment)
-	c.handle("POST /api/net/job/update", c.jobUpdate)
-	c.handle("POST /api/net/peers/update", c.peersUpdate)
-	c.handle("POST /api/node/register", c.registerNode)
-	c.handle("GET /api/node/resolve", c.resolve)
-	c.handle("POST /api/node/instance/deployed", c.instanceDeployed)
-	c.handle("POST /api/node/instance/undeployed", c.instanceUndeployed)
-	c.handle("DELETE /api/node/interest/:job", c.dropInterest)
-	c.handle("GET /api/node/peers", c.peers)
-	c.handle("GET /api/node/watch", c.watch)
-	c.handle("DELETE /api/node/:node", c.deleteNode)
+	c.handle("POST /api/net/deployment", RoleOrchestrator, c.deployment)
+	c.handle("DELETE /api/net/deployment/:job", RoleOrchestrator, c.deleteDeployment)
+	c.handle("POST /api/net/job/update", RoleCluster, c.jobUpdate)
+	c.handle("POST /api/net/peers/update", RoleCluster, c.peersUpdate)
+	c.handle("POST /api/node/register", RoleNode, c.registerNode)
+	c.handle("GET /api/node/resolve", RoleNode, c.resolve)
+	c.handle("POST /api/node/instance/deployed", RoleNode, c.instanceDeployed)
+	c.handle("POST /api/node/instance/undeployed", RoleNode, c.instanceUndeployed)
+	c.handle("DELETE /api/node/interest/:job", RoleNode, c.dropInterest)
+	c.handle("GET /api/node/peers", RoleNode, c.peers)
+	c.handle("GET /api/node/watch", RoleNode, c.watch)
+	c.handle("DELETE /api/node/:node", RoleNode, c.deleteNode)
 	return c, nil
 }
 
@@ -202,7 +220,7 @@ func (c *Cluster) registerWithRoot() {
 		c.log.Error("advertise address", "err", err)
 		return
 	}
-	ci := api.Cluster{ClusterID: c.cfg.ClusterID, ClusterAddress: host, ClusterPort: port}
+	ci := api.Cluster{ClusterID: c.cfg.ClusterID, ClusterAddress: host, ClusterPort: api.Int(port)}
 	backoff := 200 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RootTimeout)

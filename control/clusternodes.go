@@ -69,6 +69,22 @@ func nodeIn(in *api.RegisterRequest) (nodeRecord, error) {
 		return nodeRecord{}, err
 	}
 	rec := nodeRecord{NodeID: in.NodeID, NodeIP: ip, TunnelPort: port}
+	if in.PublicIP.IsValid() || in.PublicPort != 0 {
+		// Behind a NAT: peers tunnel to the public address and port.
+		if rec.PublicIP, err = addrIn("public_ip", in.PublicIP, 0); err != nil {
+			return rec, err
+		}
+		if rec.PublicIP.Is4() != ip.Is4() {
+			return rec, badf(api.CodeBadAddress, "public_ip: %s is not of node_ip %s's family", rec.PublicIP, ip)
+		}
+		rec.PublicPort = in.PublicPort
+		if rec.PublicPort == 0 {
+			rec.PublicPort = port
+		}
+		if err := portIn("public_port", rec.PublicPort); err != nil {
+			return rec, err
+		}
+	}
 	if l := in.Location; l != nil {
 		if l.Lat < -90 || l.Lat > 90 || l.Long < -180 || l.Long > 180 {
 			return rec, badf(api.CodeBadLocation, "location: lat %g / long %g out of range", l.Lat, l.Long)
@@ -246,7 +262,8 @@ func (c *Cluster) reportIn(ctx context.Context, in *api.InstanceReport, undeploy
 	if err != nil {
 		return "", st, err
 	}
-	st = api.InstanceStatus{InstanceNumber: in.InstanceNumber, HostIP: rec.NodeIP, HostPort: rec.TunnelPort}
+	host, hostPort := rec.tunnelTo()
+	st = api.InstanceStatus{InstanceNumber: in.InstanceNumber, HostIP: host, HostPort: api.Int(hostPort)}
 	if undeploy {
 		return job, st, nil
 	}

@@ -61,9 +61,9 @@ return pushTo(redis.call('SMEMBERS', KEYS[3]), 'removed', job, '')
 `)
 
 // registerNode: KEYS nodes, nseq:<node>. ARGV tag, maxlen, chan, node,
-// node JSON, node ip, tunnel port, cluster id. A new node or a changed
-// endpoint pushes a peers change (its delta) to every other node. → the
-// node's current version.
+// node JSON, node ip, tunnel port, cluster id, public ip ("" none), public
+// port. A new node or a changed endpoint pushes a peers change (its delta)
+// to every other node. → the node's current version.
 var registerNodeScript = redis.NewScript(luaPush + `
 local node = ARGV[4]
 local old = redis.call('HGET', KEYS[1], node)
@@ -71,7 +71,8 @@ redis.call('HSET', KEYS[1], node, ARGV[5])
 local changed = true
 if old then
   local o = cjson.decode(old)
-  changed = not (o.node_ip == ARGV[6] and tonumber(o.tunnel_port) == tonumber(ARGV[7]))
+  changed = not (o.node_ip == ARGV[6] and tonumber(o.tunnel_port) == tonumber(ARGV[7]) and
+    (o.public_ip or '') == ARGV[9] and tonumber(o.public_port or 0) == tonumber(ARGV[10]))
 end
 if changed then
   local others = {}
@@ -79,6 +80,10 @@ if changed then
     if n ~= node then table.insert(others, n) end
   end
   local p = {cluster_id = ARGV[8], node_id = node, ip = ARGV[6], port = tonumber(ARGV[7])}
+  if ARGV[9] ~= '' then
+    p.public_ip = ARGV[9]
+    if tonumber(ARGV[10]) ~= 0 then p.public_port = tonumber(ARGV[10]) end
+  end
   pushTo(others, 'peers', '', cjson.encode({set = {p}}))
 end
 return tonumber(redis.call('GET', KEYS[2]) or '0')

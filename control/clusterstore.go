@@ -42,6 +42,8 @@ type nodeRecord struct {
 	NodeID     string        `json:"node_id"`
 	NodeIP     netip.Addr    `json:"node_ip"`
 	TunnelPort int           `json:"tunnel_port"`
+	PublicIP   netip.Addr    `json:"public_ip,omitzero"`
+	PublicPort int           `json:"public_port,omitempty"`
 	Location   *api.Location `json:"location,omitempty"`
 	Subnet     netip.Prefix  `json:"subnet"`
 	SubnetV6   netip.Prefix  `json:"subnet_v6"`
@@ -49,7 +51,16 @@ type nodeRecord struct {
 
 // endpoint is the node's tunnel endpoint as root's registry keeps it.
 func (n nodeRecord) endpoint() api.Peer {
-	return api.Peer{NodeID: n.NodeID, IP: n.NodeIP, Port: n.TunnelPort}
+	return api.Peer{NodeID: n.NodeID, IP: n.NodeIP, Port: n.TunnelPort, PublicIP: n.PublicIP, PublicPort: n.PublicPort}
+}
+
+// tunnelTo is where peers send the node's tunnel traffic: its public
+// address behind a NAT, else its own.
+func (n nodeRecord) tunnelTo() (netip.Addr, int) {
+	if n.PublicIP.IsValid() {
+		return n.PublicIP, n.PublicPort
+	}
+	return n.NodeIP, n.TunnelPort
 }
 
 func (s *clusterStore) kNodes() string             { return s.tag + "nodes" }
@@ -171,7 +182,7 @@ func (s *clusterStore) dropInterest(c context.Context, node, job string) (int, e
 func (s *clusterStore) registerNode(c context.Context, rec nodeRecord) (uint64, error) {
 	b, _ := json.Marshal(rec)
 	ver, err := registerNodeScript.Run(c, s.rdb, []string{s.kNodes(), s.kNseq(rec.NodeID)},
-		s.pushArgs(rec.NodeID, b, rec.NodeIP.String(), rec.TunnelPort, s.clusterID)...).Int64()
+		s.pushArgs(rec.NodeID, b, rec.NodeIP.String(), rec.TunnelPort, s.clusterID, addrArg(rec.PublicIP), rec.PublicPort)...).Int64()
 	if err != nil {
 		return 0, redisErr("register node", err)
 	}
@@ -253,7 +264,9 @@ func (s *clusterStore) peerList(c context.Context, self string) ([]api.Peer, err
 	for id, b := range own.Val() {
 		var rec nodeRecord
 		if id != self && json.Unmarshal([]byte(b), &rec) == nil {
-			peers = append(peers, api.Peer{ClusterID: s.clusterID, NodeID: id, IP: rec.NodeIP, Port: rec.TunnelPort})
+			p := rec.endpoint()
+			p.ClusterID = s.clusterID
+			peers = append(peers, p)
 		}
 	}
 	for cid, b := range foreign.Val() {
@@ -345,4 +358,12 @@ func (s *clusterStore) interests(c context.Context, node string) ([]api.ServiceE
 		}
 	}
 	return out, nil
+}
+
+// addrArg is a for a script argument: "" when unset.
+func addrArg(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }

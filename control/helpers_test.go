@@ -83,6 +83,8 @@ func serveOn(t testing.TB, ln net.Listener, h fasthttp.RequestHandler) string {
 type rootOpts struct {
 	prefix   string
 	token    string
+	roles    Tokens // per-role tokens
+	metrics  bool   // MetricsOpen
 	policies []string
 	plan     ipam.Config
 	// timeout is the request budget (default testBudget; negative: the
@@ -119,7 +121,7 @@ func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, stri
 	if o.notify != nil {
 		nc = *o.notify
 	}
-	r, err := NewRoot(RootConfig{Prefix: o.prefix, Token: o.token, Policies: o.policies, IPAM: o.plan, Log: quietLog,
+	r, err := NewRoot(RootConfig{Prefix: o.prefix, Token: o.token, RoleTokens: o.roles, MetricsOpen: o.metrics, Policies: o.policies, IPAM: o.plan, Log: quietLog,
 		Timeout: o.timeout, Notify: nc, Sweep: o.sweep, staleAfter: o.stale}, rdb, alloc)
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +133,7 @@ func startRoot(t testing.TB, rdb redis.UniversalClient, o rootOpts) (*Root, stri
 type clusterOpts struct {
 	prefix    string
 	token     string
+	roles     Tokens // per-role tokens
 	id        string
 	retention int
 	// timeout is the Redis budget per request (default testBudget;
@@ -150,7 +153,7 @@ func startCluster(t testing.TB, rdb redis.UniversalClient, rootURL string, o clu
 		o.timeout = 0
 	}
 	ln := listen(t)
-	c, err := NewCluster(ClusterConfig{Prefix: o.prefix, Token: o.token, ClusterID: o.id, RootURL: rootURL,
+	c, err := NewCluster(ClusterConfig{Prefix: o.prefix, Token: o.token, RoleTokens: o.roles, ClusterID: o.id, RootURL: rootURL,
 		Advertise: ln.Addr().String(), WatchRetention: o.retention, Log: quietLog, Timeout: o.timeout, RootTimeout: testBudget}, rdb)
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,12 @@
 package control
 
 import (
+	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -25,6 +26,13 @@ import (
 // MaxBody is the largest request body accepted (SPEC §5); larger → 413.
 const MaxBody = 1 << 20
 
+// MaxDrain is how much of a body over MaxBody the server reads and
+// discards before it answers 413 and closes the connection: a client that
+// sends its whole body before reading the answer then gets the 413, not a
+// connection reset (closing a socket with unread data sends RST, RFC 1122
+// 4.2.2.13). A larger body is cut off (the client may see a reset).
+const MaxDrain = 64 << 20
+
 // handlerFunc serves one route. params are the path's ":name" segments in
 // order, already copied out of the request (they outlive nothing).
 type handlerFunc func(ctx *fasthttp.RequestCtx, params []string) error
@@ -33,30 +41,31 @@ type route struct {
 	method string
 	segs   []string // literal segments, or "" for a parameter
 	name   string   // metrics label: the pattern
+	roles  Role     // who may call it (auth.go)
 	h      handlerFunc
 }
 
 // server is what root and cluster share: routing, auth, metrics, health
 // and error answers.
 type server struct {
-	log     *slog.Logger
-	rdb     redis.UniversalClient
-	token   []byte // "Bearer <token>", or nil when auth is off
-	routes  []route
-	reg     *prometheus.Registry
-	reqs    *prometheus.CounterVec
-	latency *prometheus.HistogramVec
-	metrics fasthttp.RequestHandler
+	log  *slog.Logger
+	rdb  redis.UniversalClient
+	auth roleDigests // the tokens' digests per role (off: no tokens)
+	// metricsOpen serves /metrics without a token (configuration
+	// metrics-open); otherwise it takes a token of any role.
+	metricsOpen bool
+	routes      []route
+	reg         *prometheus.Registry
+	reqs        *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	metrics     fasthttp.RequestHandler
 }
 
-func newServer(log *slog.Logger, rdb redis.UniversalClient, token string) *server {
+func newServer(log *slog.Logger, rdb redis.UniversalClient, tokens Tokens, metricsOpen bool) *server {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &server{log: log, rdb: rdb, reg: prometheus.NewRegistry()}
-	if token != "" {
-		a.token = []byte("Bearer " + token)
-	}
+	a := &server{log: log, rdb: rdb, reg: prometheus.NewRegistry(), auth: newRoleDigests(tokens), metricsOpen: metricsOpen}
 	a.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "oakwire_http_requests_total", Help: "HTTP requests by route and status code.",
 	}, []string{"route", "code"})
@@ -70,8 +79,8 @@ func newServer(log *slog.Logger, rdb redis.UniversalClient, token string) *serve
 	return a
 }
 
-// handle registers pattern "METHOD /a/:x/b".
-func (a *server) handle(pattern string, h handlerFunc) {
+// handle registers pattern "METHOD /a/:x/b", served to callers of roles.
+func (a *server) handle(pattern string, roles Role, h handlerFunc) {
 	method, path, _ := strings.Cut(pattern, " ")
 	var segs []string
 	for _, s := range strings.Split(strings.Trim(path, "/"), "/") {
@@ -80,7 +89,7 @@ func (a *server) handle(pattern string, h handlerFunc) {
 		}
 		segs = append(segs, s)
 	}
-	a.routes = append(a.routes, route{method: method, segs: segs, name: method + " " + path, h: h})
+	a.routes = append(a.routes, route{method: method, segs: segs, name: method + " " + path, roles: roles, h: h})
 }
 
 // match finds the route of path; a path that matches only with another
@@ -129,7 +138,13 @@ func (a *server) serve(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path()) // a copy: nothing below keeps request bytes
 	method := string(ctx.Method())
 	var name string
-	if rej, ok := ctx.UserValue(rejectionKey{}).(*rejection); ok {
+	rej, rejected := ctx.UserValue(rejectionKey{}).(*rejection)
+	if !rejected {
+		if err := readBody(ctx); err != nil {
+			rej, rejected = &rejection{err: err}, true
+		}
+	}
+	if rejected {
 		rej.handled = true
 		name = "other"
 		if r, _, _ := a.match(method, path); r != nil {
@@ -164,18 +179,29 @@ func (a *server) dispatch(ctx *fasthttp.RequestCtx, method, path string) string 
 		}
 		return "readyz"
 	case "/metrics":
+		if !a.metricsOpen && a.auth.roles(ctx) == 0 {
+			a.writeErr(ctx, errUnauthorized())
+			return "unauthorized"
+		}
 		a.metrics(ctx)
 		return ""
 	}
-	if strings.HasPrefix(path, "/api/") && !a.authorized(ctx) {
-		a.writeErr(ctx, newErr(api.ErrUnauthorized, api.CodeUnauthorized, "Authorization: missing or wrong bearer token"))
-		return "unauthorized"
+	var roles Role
+	if strings.HasPrefix(path, "/api/") {
+		if roles = a.auth.roles(ctx); roles == 0 {
+			a.writeErr(ctx, errUnauthorized())
+			return "unauthorized"
+		}
 	}
 	name := "other"
 	r, params, err := a.match(method, path)
 	if r != nil {
 		name = r.name
-		err = r.h(ctx, params)
+		if r.roles&roles == 0 {
+			err = errForbidden(r.name, r.roles)
+		} else {
+			err = r.h(ctx, params)
+		}
 	}
 	if err != nil {
 		a.writeErr(ctx, err)
@@ -202,12 +228,29 @@ func requestErr(err error) error {
 	return badf(api.CodeBadRequest, "request: %v", err)
 }
 
-func (a *server) authorized(ctx *fasthttp.RequestCtx) bool {
-	if a.token == nil {
-		return true
+// readBody reads a request body that fasthttp streams (NewServer sets
+// StreamRequestBody) into the request, at most MaxBody bytes. A larger
+// body is read on and discarded up to MaxDrain, then refused with 413 and
+// the connection closed, so a client that writes its whole body before
+// it reads gets the answer instead of a reset.
+func readBody(ctx *fasthttp.RequestCtx) error {
+	if !ctx.Request.IsBodyStream() {
+		return nil
 	}
-	got := ctx.Request.Header.Peek("Authorization")
-	return subtle.ConstantTimeCompare(got, a.token) == 1
+	st := ctx.RequestBodyStream()
+	var buf bytes.Buffer
+	n, err := io.CopyN(&buf, st, MaxBody+1)
+	if n > MaxBody {
+		_, _ = io.CopyN(io.Discard, st, MaxDrain)
+		ctx.SetConnectionClose()
+		return newErr(api.ErrTooLarge, api.CodeBodyTooLarge, "body: larger than %d bytes", MaxBody)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		ctx.SetConnectionClose()
+		return badf(api.CodeBadRequest, "body: %v", err)
+	}
+	ctx.Request.SetBody(buf.Bytes())
+	return nil
 }
 
 // detach returns the parent for contexts of work done on behalf of a
@@ -259,10 +302,14 @@ func NewServer(h fasthttp.RequestHandler, log *slog.Logger) *fasthttp.Server {
 		Handler:            h,
 		Name:               "oakwire",
 		MaxRequestBodySize: MaxBody,
-		ReadTimeout:        30 * time.Second,
-		IdleTimeout:        2 * time.Minute,
-		Concurrency:        256 * 1024,
-		CloseOnShutdown:    true,
+		// Bodies over MaxBody reach serve as a stream: readBody drains
+		// them and answers 413 (fasthttp itself would close the
+		// connection with the body unread).
+		StreamRequestBody: true,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		Concurrency:       256 * 1024,
+		CloseOnShutdown:   true,
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			rej := &rejection{err: requestErr(err)}
 			ctx.SetUserValue(rejectionKey{}, rej)

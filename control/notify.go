@@ -129,11 +129,11 @@ func clusterURL(ci api.Cluster) string {
 		// a URL without a port gets cluster_port
 		rest := u[strings.Index(u, "://")+3:]
 		if _, _, err := net.SplitHostPort(rest); err != nil {
-			u += ":" + strconv.Itoa(ci.ClusterPort)
+			u += ":" + strconv.Itoa(int(ci.ClusterPort))
 		}
 		return u
 	}
-	return "http://" + net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(ci.ClusterPort))
+	return "http://" + net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(int(ci.ClusterPort)))
 }
 
 // enqueue queues u for ci. A peer hint already waiting behind the one in

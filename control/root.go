@@ -43,9 +43,14 @@ type RootConfig struct {
 	// Prefix starts every Redis key (default DefaultPrefix). It may not
 	// contain '{' or '}' (the hash tags are ours).
 	Prefix string
-	// Token is the bearer token of every /api/ request and of the
-	// notifications to clusters; empty disables auth.
-	Token string
+	// Token is the bearer token of every role (OAKWIRE_TOKEN); RoleTokens
+	// narrow roles to their own tokens (auth.go). The cluster role's token
+	// goes with the notifications to clusters. None set: no auth.
+	Token      string
+	RoleTokens Tokens
+	// MetricsOpen serves /metrics without a token; otherwise it takes a
+	// token of any role (when auth is on).
+	MetricsOpen bool
 	// Policies are the names of the balancing policies that get service
 	// IPs, in the order of service_ip_list (default DefaultPolicies). Each
 	// gets one v4+v6 service IP per service, from its kind's range
@@ -83,7 +88,19 @@ func (c *RootConfig) Validate() error {
 	if err := c.IPAM.Validate(); err != nil {
 		return fmt.Errorf("root config: %w", err)
 	}
+	if err := c.tokens().Validate(); err != nil {
+		return fmt.Errorf("root config: %w", err)
+	}
 	return nil
+}
+
+// tokens is Token and RoleTokens together.
+func (c *RootConfig) tokens() Tokens {
+	t := c.RoleTokens
+	if t.All == "" {
+		t.All = c.Token
+	}
+	return t
 }
 
 // policyIDs are the configured policies: each named as the policy spells
@@ -154,7 +171,7 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 		return nil, err
 	}
 	r := &Root{
-		server: newServer(cfg.Log, rdb, cfg.Token),
+		server: newServer(cfg.Log, rdb, cfg.tokens(), cfg.MetricsOpen),
 		cfg:    cfg,
 		store:  &rootStore{rdb: rdb, alloc: alloc, tag: cfg.Prefix + "{r}:", staleAfter: cfg.staleAfter},
 	}
@@ -163,7 +180,7 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 	last, _ := cfg.IPAM.SubnetAt(cfg.IPAM.WorkerCount - 1)
 	r.workerV4Lo, r.workerV6Lo = first.V4.Addr(), first.V6.Addr()
 	r.workerV4Hi, r.workerV6Hi = lastAddr(last.V4), lastAddr(last.V6)
-	r.notify = newNotifier(cfg.Notify, cfg.Token, cfg.Log, r.reg)
+	r.notify = newNotifier(cfg.Notify, cfg.tokens().For(RoleCluster), cfg.Log, r.reg)
 	sctx, stop := context.WithCancel(context.Background())
 	r.stop = stop
 	if cfg.Sweep > 0 {
@@ -171,24 +188,27 @@ func NewRoot(cfg RootConfig, rdb redis.UniversalClient, alloc ipam.Allocator) (*
 		go r.sweeper(sctx, cfg.Sweep)
 	}
 
-	r.handle("POST /api/net/cluster", r.registerCluster)
-	r.handle("DELETE /api/net/cluster/:cid", r.deleteCluster)
-	r.handle("PUT /api/net/cluster/:cid/nodes", r.putNodes)
-	r.handle("PUT /api/net/cluster/:cid/nodes/:node", r.putNode)
-	r.handle("DELETE /api/net/cluster/:cid/nodes/:node", r.deleteNode)
-	r.handle("GET /api/net/cluster/:cid/peers", r.peers)
-	r.handle("POST /api/net/service/deploy", r.deployService)
-	r.handle("POST /api/net/service/net_deploy_status", r.netDeployStatus)
-	r.handle("POST /api/net/service/net_undeploy_status", r.netUndeployStatus)
-	r.handle("GET /api/net/service/ip/:ip/instances", r.serviceByIP)
-	r.handle("GET /api/net/service/:job/instances", r.serviceByJob)
-	r.handle("DELETE /api/net/service/:id", r.deleteService)
-	r.handle("POST /api/net/instance/deploy", r.deployInstance)
-	r.handle("DELETE /api/net/interest/:job", r.dropInterest)
-	r.handle("GET /api/net/subnet", r.allocSubnet)
-	r.handle("DELETE /api/net/subnet/:node", r.releaseSubnet)
-	r.handle("GET /api/pubnet/service/netinfo/available-ip", r.availableIP)
-	r.handle("DELETE /api/net/:id/:n", r.deleteInstance)
+	r.handle("POST /api/net/cluster", RoleOrchestrator|RoleCluster, r.registerCluster) // Oakwire clusters register themselves
+	r.handle("DELETE /api/net/cluster/:cid", RoleOrchestrator, r.deleteCluster)
+	r.handle("PUT /api/net/cluster/:cid/nodes", RoleCluster, r.putNodes)
+	r.handle("PUT /api/net/cluster/:cid/nodes/:node", RoleCluster, r.putNode)
+	r.handle("DELETE /api/net/cluster/:cid/nodes/:node", RoleCluster, r.deleteNode)
+	r.handle("GET /api/net/cluster/:cid/peers", RoleCluster, r.peers)
+	r.handle("POST /api/net/service/deploy", RoleOrchestrator, r.deployService)
+	r.handle("POST /api/net/service/net_deploy_status", RoleCluster, r.netDeployStatus)
+	r.handle("POST /api/net/service/net_undeploy_status", RoleCluster, r.netUndeployStatus)
+	r.handle("GET /api/net/service/ip/:ip/instances", RoleOrchestrator|RoleCluster, r.serviceByIP)
+	r.handle("GET /api/net/service/:job/instances", RoleOrchestrator|RoleCluster, r.serviceByJob)
+	r.handle("DELETE /api/net/service/:id", RoleOrchestrator, r.deleteService)
+	r.handle("POST /api/net/instance/deploy", RoleOrchestrator, r.deployInstance)
+	r.handle("DELETE /api/net/interest/:job", RoleCluster, r.dropInterest)
+	r.handle("GET /api/net/subnet", RoleCluster, r.allocSubnet)
+	r.handle("DELETE /api/net/subnet/:node", RoleCluster, r.releaseSubnet)
+	r.handle("GET /api/pubnet/service/netinfo/available-ip", RoleOrchestrator|RoleCluster, r.availableIP)
+	r.handle("GET /api/pubnet/service/netinfo/available-ip/:x", RoleOrchestrator|RoleCluster, r.availableIPs)
+	r.handle("GET /api/pubnet/service/netinfo/ip/:ip", RoleOrchestrator|RoleCluster, r.netinfoByIP)
+	r.handle("GET /api/pubnet/service/netinfo/:name", RoleOrchestrator|RoleCluster, r.netinfoByName)
+	r.handle("DELETE /api/net/:id/:n", RoleOrchestrator, r.deleteInstance)
 	return r, nil
 }
 
@@ -220,15 +240,6 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 func (r *Root) ctx(ctx *fasthttp.RequestCtx) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(detach(ctx, context.Background()), r.cfg.Timeout)
-}
-
-// clusterParam is the optional query parameter cluster_id.
-func (r *Root) clusterParam(ctx *fasthttp.RequestCtx) (string, error) {
-	cid := string(ctx.QueryArgs().Peek("cluster_id"))
-	if cid == "" {
-		return "", nil
-	}
-	return cid, validID("cluster_id", cid)
 }
 
 // notifyClusters tells each cluster in to of a change of instance n of

@@ -20,7 +20,7 @@ func (r *Root) registerCluster(ctx *fasthttp.RequestCtx, _ []string) error {
 	if err := validID("cluster_id", in.ClusterID); err != nil {
 		return err
 	}
-	if err := portIn("cluster_port", in.ClusterPort); err != nil {
+	if err := portIn("cluster_port", int(in.ClusterPort)); err != nil {
 		return err
 	}
 	addr := in.ClusterAddress

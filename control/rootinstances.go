@@ -18,6 +18,9 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 	if err := decodeBody(ctx, &in); err != nil {
 		return err
 	}
+	if in.ID == "" { // an older system manager's name of it
+		in.ID = in.SystemJobID
+	}
 	if err := validID("_id", in.ID); err != nil {
 		return err
 	}
@@ -167,10 +170,10 @@ func (r *Root) statusIn(in *api.DeployStatus, undeploy bool) ([]instanceStatus, 
 		if err != nil {
 			return nil, err
 		}
-		if err := portIn(f("host_port"), s.HostPort); err != nil {
+		if err := portIn(f("host_port"), int(s.HostPort)); err != nil {
 			return nil, err
 		}
-		st := instanceStatus{Number: s.InstanceNumber, HostIP: host.String(), HostPort: s.HostPort}
+		st := instanceStatus{Number: s.InstanceNumber, HostIP: host.String(), HostPort: int(s.HostPort)}
 		if !undeploy {
 			ns4, err := r.workerAddr(f("namespace_ip"), s.NamespaceIP, 4)
 			if err != nil {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -41,6 +42,9 @@ func (r *Root) deployService(ctx *fasthttp.RequestCtx, _ []string) error {
 // serviceIn validates a service deploy: its job name and the service IPs
 // it asks for, one entry per configured policy.
 func (r *Root) serviceIn(in *api.DeployService) (string, []policyIPs, error) {
+	if in.ID == "" { // an older system manager's name of it
+		in.ID = in.SystemJobID
+	}
 	if err := validID("_id", in.ID); err != nil {
 		return "", nil, err
 	}
@@ -163,12 +167,13 @@ func (r *Root) deleteService(ctx *fasthttp.RequestCtx, p []string) error {
 	return nil
 }
 
-// jobParams reads the path's job name and the query's cluster_id.
+// jobParams reads the path's job name and the calling cluster
+// (callerCluster: cluster_id, else by source address).
 func (r *Root) jobParams(ctx *fasthttp.RequestCtx, p []string) (job, cid string, err error) {
 	if job, err = normJob("job_name", p[0]); err != nil {
 		return "", "", err
 	}
-	cid, err = r.clusterParam(ctx)
+	cid, err = r.callerCluster(ctx)
 	return job, cid, err
 }
 
@@ -194,40 +199,59 @@ func (r *Root) answerEntry(ctx *fasthttp.RequestCtx, e api.ServiceEntry, hints [
 		return clusterErr(err, cid)
 	}
 	r.sendHints(hints)
+	e.SystemJobID = e.ID
 	writeJSON(ctx, 200, e)
 	return nil
 }
 
+// isNoService reports a lookup that found no service.
+func isNoService(err error) bool { return errors.Is(err, errNoService) }
+
 // GET /api/net/service/ip/{ip}/instances[?cluster_id=]: the same, by any
-// service or instance IP.
+// service or instance IP (also written 10_30_0_2, as Oakestra does).
 func (r *Root) serviceByIP(ctx *fasthttp.RequestCtx, p []string) error {
-	a, err := parseAddr("ip", p[0], 0)
+	a, err := pathIP("ip", p[0])
 	if err != nil {
 		return err
 	}
-	if a.Is4() && !r.cfg.IPAM.ServiceV4.Contains(a) || a.Is6() && !r.cfg.IPAM.ServiceV6Base.Contains(a) {
-		return badf(api.CodeOutOfPool, "ip: %s is not in the service pools %s, %s", a, r.cfg.IPAM.ServiceV4, r.cfg.IPAM.ServiceV6Base)
+	if err := r.inServicePools("ip", a); err != nil {
+		return err
 	}
-	cid, err := r.clusterParam(ctx)
+	cid, err := r.callerCluster(ctx)
 	if err != nil {
 		return err
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()
 	free := notFoundf("ip: %s belongs to no service or instance", a)
+	e, hints, err := r.entryByIP(c, a, cid, free)
+	return r.answerEntry(ctx, e, hints, err, cid, free)
+}
+
+// inServicePools checks that a lies in the service or instance pools.
+func (r *Root) inServicePools(field string, a netip.Addr) error {
+	if a.Is4() && !r.cfg.IPAM.ServiceV4.Contains(a) || a.Is6() && !r.cfg.IPAM.ServiceV6Base.Contains(a) {
+		return badf(api.CodeOutOfPool, "%s: %s is not in the service pools %s, %s", field, a, r.cfg.IPAM.ServiceV4, r.cfg.IPAM.ServiceV6Base)
+	}
+	return nil
+}
+
+// entryByIP is the entry of the service owning a (a service or instance
+// IP), recording cluster cid's interest when set; errNoService (or free,
+// for an address nobody holds).
+func (r *Root) entryByIP(c context.Context, a netip.Addr, cid string, free error) (api.ServiceEntry, []hint, error) {
 	owner, err := r.store.alloc.Owner(c, a)
 	if errors.Is(err, ipam.ErrNotFound) {
-		return free
+		return api.ServiceEntry{}, nil, free
 	} else if err != nil {
-		return fmt.Errorf("get service by ip: %w", err)
+		return api.ServiceEntry{}, nil, fmt.Errorf("get service by ip: %w", err)
 	}
 	// owners are svc/<id>/<policy>[/<gen>] or inst/<id>/<n>[/<gen>]
 	parts := strings.Split(owner, "/")
 	if len(parts) < 3 {
-		return free
+		return api.ServiceEntry{}, nil, free
 	}
-	e, hints, err := r.store.service(c, parts[1], cid)
-	return r.answerEntry(ctx, e, hints, err, cid, free)
+	return r.store.service(c, parts[1], cid)
 }
 
 // DELETE /api/net/interest/{job_name}?cluster_id=: the cluster's interest
@@ -238,7 +262,7 @@ func (r *Root) dropInterest(ctx *fasthttp.RequestCtx, p []string) error {
 		return err
 	}
 	if cid == "" {
-		return badf(api.CodeMissingField, "cluster_id: missing query parameter")
+		return badf(api.CodeMissingField, "cluster_id: missing query parameter, and no one registered cluster has the caller's address %s", ctx.RemoteIP())
 	}
 	c, cancel := r.ctx(ctx)
 	defer cancel()

@@ -43,15 +43,19 @@ func parseAddr(field, s string, family int) (netip.Addr, error) {
 }
 
 // addrIn checks a decoded address: set, without a zone, of the wanted
-// family (4 or 6; 0 = any); IPv4-mapped IPv6 counts as IPv4.
+// family (4 or 6; 0 = any). An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+// is refused in every field: it is neither family's plain form, and an
+// IPv4 field that accepted it would store one address under two
+// spellings.
 func addrIn(field string, a netip.Addr, family int) (netip.Addr, error) {
 	switch {
 	case !a.IsValid():
 		return a, missing(field)
 	case a.Zone() != "":
 		return netip.Addr{}, badf(api.CodeBadAddress, "%s: %q is not an IP address", field, a)
+	case a.Is4In6():
+		return netip.Addr{}, badf(api.CodeBadAddress, "%s: %q is an IPv4-mapped IPv6 address; write %s", field, a, a.Unmap())
 	}
-	a = a.Unmap()
 	if family == 4 && !a.Is4() {
 		return netip.Addr{}, badf(api.CodeBadAddress, "%s: %q is not an IPv4 address", field, a)
 	}

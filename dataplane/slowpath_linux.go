@@ -277,59 +277,27 @@ func (s *slowPath) close() error {
 	return nil
 }
 
-// tunnelPayload parses an encapsulated frame (Ethernet, outer IPv4 or IPv6
-// without options or extension headers — we wrote it — and UDP) and returns
-// the outer destination and the UDP payload.
+// tunnelPayload parses an encapsulated frame (fastpath's header views:
+// Ethernet, outer IPv4 or IPv6, UDP) and returns the outer destination and
+// the UDP payload.
 func tunnelPayload(b []byte) (netip.AddrPort, []byte, bool) {
-	if len(b) < fastpath.EthernetLen {
+	var p fastpath.Parsed
+	if p.Decode(b) != fastpath.ReasonNone || p.Proto != fastpath.ProtoUDP || !p.HasPorts || p.End-p.L4Off < fastpath.UDPLen {
 		return netip.AddrPort{}, nil, false
 	}
-	ip := b[fastpath.EthernetLen:]
-	var dst netip.Addr
-	var udp []byte
-	switch binary.BigEndian.Uint16(b[12:]) {
-	case fastpath.EtherTypeIPv4:
-		if len(ip) < 20 || ip[9] != fastpath.ProtoUDP {
-			return netip.AddrPort{}, nil, false
-		}
-		hl := int(ip[0]&0xf) * 4
-		if len(ip) < hl+8 {
-			return netip.AddrPort{}, nil, false
-		}
-		dst = netip.AddrFrom4([4]byte(ip[16:20]))
-		udp = ip[hl:]
-	case fastpath.EtherTypeIPv6:
-		if len(ip) < 48 || ip[6] != fastpath.ProtoUDP {
-			return netip.AddrPort{}, nil, false
-		}
-		dst = netip.AddrFrom16([16]byte(ip[24:40]))
-		udp = ip[40:]
-	default:
-		return netip.AddrPort{}, nil, false
-	}
+	udp := b[p.L4Off:p.End]
 	l := int(binary.BigEndian.Uint16(udp[4:]))
-	if l < 8 || l > len(udp) {
+	if l < fastpath.UDPLen || l > len(udp) {
 		return netip.AddrPort{}, nil, false
 	}
-	return netip.AddrPortFrom(dst, binary.BigEndian.Uint16(udp[2:])), udp[8:l], true
+	return netip.AddrPortFrom(p.Dst, p.DstPort), udp[fastpath.UDPLen:l], true
 }
 
-// frameDst returns the IP destination of an Ethernet frame (one VLAN tag
-// tolerated, like the processor).
+// frameDst returns the IP destination of an Ethernet frame.
 func frameDst(b []byte) (netip.Addr, bool) {
-	if len(b) < fastpath.EthernetLen {
+	var p fastpath.Parsed
+	if p.Decode(b) != fastpath.ReasonNone {
 		return netip.Addr{}, false
 	}
-	et, off := binary.BigEndian.Uint16(b[12:]), fastpath.EthernetLen
-	if (et == 0x8100 || et == 0x88a8) && len(b) >= off+4 {
-		et, off = binary.BigEndian.Uint16(b[16:]), off+4
-	}
-	ip := b[off:]
-	switch {
-	case et == fastpath.EtherTypeIPv4 && len(ip) >= 20:
-		return netip.AddrFrom4([4]byte(ip[16:20])), true
-	case et == fastpath.EtherTypeIPv6 && len(ip) >= 40:
-		return netip.AddrFrom16([16]byte(ip[24:40])), true
-	}
-	return netip.Addr{}, false
+	return p.Dst, true
 }

@@ -18,9 +18,15 @@ import (
 // AF_XDP data plane: a and b in cluster1, c and d in cluster2. Service
 // "xweb" has instance 0 on c (cluster2) and instance 1 on b (cluster1);
 // clients run on a (cluster1) and d (cluster2). Subtests run in order and
-// build on each other.
+// build on each other. All of it with the kernel tier on and off.
 func TestAcrossClusters(t *testing.T) {
-	d, err := up(t, deploy.Options{Dataplane: "xdp", Nodes: 4, ClusterNodes: []int{2, 2}})
+	for _, offload := range []string{"on", "off"} {
+		t.Run("offload="+offload, func(t *testing.T) { acrossClusters(t, offload) })
+	}
+}
+
+func acrossClusters(t *testing.T, offload string) {
+	d, err := up(t, deploy.Options{Dataplane: "xdp", Nodes: 4, ClusterNodes: []int{2, 2}, Offload: offload})
 	if err != nil {
 		skipIfNoXDP(t, err)
 		t.Fatal(err)

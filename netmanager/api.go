@@ -16,8 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// maxBody bounds request bodies.
-const maxBody = 1 << 20
+// maxBody bounds request bodies; maxDrain is how much more of a larger
+// one is read and discarded before the 413.
+const (
+	maxBody  = 1 << 20
+	maxDrain = 64 << 20
+)
 
 // Handler is the local API of SPEC §7.1 (Oakestra's paths and JSON).
 func (d *Daemon) Handler() http.Handler {
@@ -26,6 +30,8 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("POST /container/deploy", d.handleDeploy)
 	mux.HandleFunc("POST /container/undeploy", d.handleUndeploy)
 	mux.HandleFunc("POST /docker/undeploy", d.handleUndeploy)
+	mux.HandleFunc("POST /unikernel/deploy", d.handleUnikernelDeploy)
+	mux.HandleFunc("POST /unikernel/undeploy", d.handleUnikernelUndeploy)
 	mux.HandleFunc("GET /status", d.handleStatus)
 	mux.HandleFunc("GET /flows", d.handleFlows)
 	mux.HandleFunc("GET /services", d.handleServices)
@@ -121,6 +127,7 @@ func (d *Daemon) Status() Status {
 			"deploy_errors":        d.metrics.deployErrors.Value(),
 			"undeploys":            d.metrics.undeploys.Value(),
 			"cluster_report_error": d.metrics.reportErrors.Value(),
+			"node_ip_changes":      d.metrics.nodeIPChanges.Value(),
 			"client_releases":      uint64(len(d.st.ClientReleases)),
 		},
 	},
@@ -244,6 +251,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 		case errors.As(err, &se):
 			return badRequest("malformed_json", "malformed JSON at byte %d: %v", se.Offset, err)
 		case errors.As(err, &me):
+			// Read on (bounded) before the 413: closing with unread data
+			// resets the connection before a caller that writes its whole
+			// body first reads the answer (RFC 1122 4.2.2.13).
+			_, _ = io.CopyN(io.Discard, r.Body, maxDrain)
 			return &apiError{kind: ErrTooLarge, code: "body_too_large", msg: fmt.Sprintf("body larger than %d bytes", maxBody)}
 		case errors.Is(err, io.EOF):
 			return badRequest("malformed_json", "empty body: want a JSON object")

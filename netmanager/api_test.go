@@ -1,16 +1,19 @@
 package netmanager
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +29,7 @@ type downCluster struct{}
 
 func (downCluster) ServiceSource() ServiceSource { return nil }
 
-func (downCluster) Register(context.Context, netip.Addr, int) (Registration, error) {
+func (downCluster) Register(context.Context, Endpoint) (Registration, error) {
 	return Registration{}, errors.New("connection refused")
 }
 func (downCluster) ReportDeployed(context.Context, string, int, netip.Addr, netip.Addr) error {
@@ -194,5 +197,36 @@ func TestNftRuleset(t *testing.T) {
 	cfg.NodeIP = "2001:2::1"
 	if got := nftRuleset(&cfg, sub, []*Container{c}); !strings.Contains(got, "ip6 daddr 2001:2::1 tcp dport 8080 dnat ip6 to [fc00::102]:80") {
 		t.Errorf("v6 node ruleset:\n%s", got)
+	}
+}
+
+// TestOversizedBodyDrained: a caller that writes a whole body over 1 MiB
+// before reading gets the 413, not a connection reset.
+func TestOversizedBodyDrained(t *testing.T) {
+	d := newTestDaemon(t)
+	srv := httptest.NewServer(d.Handler())
+	defer srv.Close()
+	for _, size := range []int{maxBody + 1, 4 << 20, 16 << 20} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := `{"serviceName":"` + strings.Repeat("a", size) + `"}`
+		req := "POST /container/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+			strconv.Itoa(len(body)) + "\r\n\r\n" + body
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatalf("%d bytes: write: %v (the daemon stopped reading)", size, err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%d bytes: read the answer: %v", size, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		_ = conn.Close()
+		if resp.StatusCode != 413 || !strings.Contains(string(b), "body_too_large") {
+			t.Errorf("%d bytes: %d %s, want 413 body_too_large", size, resp.StatusCode, b)
+		}
 	}
 }

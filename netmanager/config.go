@@ -34,9 +34,19 @@ type Config struct {
 	NodeIP string `yaml:"node-ip"`
 	// TunnelPort is the UDP port of the overlay tunnel.
 	TunnelPort int `yaml:"tunnel-port"`
+	// PublicIP and PublicPort are, for a node behind a NAT, the address
+	// and UDP port its NAT forwards to NodeIP:TunnelPort (Oakestra's
+	// NodePublicAddress and NodePublicPort): peers send the node's tunnel
+	// traffic there and accept the node's from there. PublicPort 0 means
+	// TunnelPort. Empty: the node is reached at NodeIP.
+	PublicIP   string `yaml:"public-ip"`
+	PublicPort int    `yaml:"public-port"`
 	// Cluster is the cluster service manager (host, host:port or URL).
 	// Empty: wait for POST /register.
 	Cluster string `yaml:"cluster"`
+	// ClusterPort is the port of a cluster address given without one
+	// (POST /register with a bare host, as Oakestra's node engine sends).
+	ClusterPort int `yaml:"cluster-port"`
 	// Root is the root service manager (host:port or URL) and ClusterID
 	// this node's cluster there: with both, a deploy that names no
 	// service (a CNI ADD without one) places the container as an instance
@@ -99,13 +109,19 @@ type Config struct {
 	PlatformV6 string `yaml:"platform-v6"`
 
 	// Token is OAKWIRE_TOKEN from the environment; never in the file.
-	Token string `yaml:"-"`
+	// NodeToken (OAKWIRE_NODE_TOKEN) and OrchestratorToken
+	// (OAKWIRE_ORCHESTRATOR_TOKEN), where the control hosts use per-role
+	// tokens, win over it towards the cluster and root respectively.
+	Token             string `yaml:"-"`
+	NodeToken         string `yaml:"-"`
+	OrchestratorToken string `yaml:"-"`
 }
 
 // Defaults returns the configuration with every default filled in.
 func Defaults() Config {
 	return Config{
 		TunnelPort:        api.DefaultTunnelPort,
+		ClusterPort:       DefaultClusterPort,
 		Socket:            "/etc/netmanager/netmanager.sock",
 		StateDir:          "/var/lib/netmanager",
 		MTU:               1450,
@@ -146,6 +162,9 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeIP, "node-ip", c.NodeIP, "node's underlay IP (tunnel endpoint)")
 	fs.IntVar(&c.TunnelPort, "tunnel-port", c.TunnelPort, "UDP port of the overlay tunnel")
 	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "cluster service manager (host:port or URL); empty: wait for POST /register")
+	fs.StringVar(&c.PublicIP, "public-ip", c.PublicIP, "behind a NAT: the public address peers send tunnel traffic to (empty: node-ip)")
+	fs.IntVar(&c.PublicPort, "public-port", c.PublicPort, "behind a NAT: the public UDP port forwarded to tunnel-port (0: tunnel-port)")
+	fs.IntVar(&c.ClusterPort, "cluster-port", c.ClusterPort, "port of a cluster address given without one (POST /register with a bare host)")
 	fs.StringVar(&c.Root, "root", c.Root, "root service manager (host:port or URL) for client-only containers; empty: refused")
 	fs.StringVar(&c.ClusterID, "cluster-id", c.ClusterID, "this node's cluster id at root (with --root)")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "unix socket of the local API")
@@ -204,6 +223,8 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		return Config{}, err
 	}
 	cfg.Token = getenv("OAKWIRE_TOKEN")
+	cfg.NodeToken = getenv("OAKWIRE_NODE_TOKEN")
+	cfg.OrchestratorToken = getenv("OAKWIRE_ORCHESTRATOR_TOKEN")
 	return cfg, nil
 }
 
@@ -249,6 +270,25 @@ func (c *Config) Validate() error {
 	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
 		bad("tunnel-port", "%d not in 1-65535", c.TunnelPort)
 	}
+	if c.PublicIP != "" {
+		a, err := netip.ParseAddr(c.PublicIP)
+		if err != nil || a.Zone() != "" || a.IsUnspecified() || a.Is4In6() {
+			bad("public-ip", "%q is not an IP address", c.PublicIP)
+		} else if n := c.nodeAddr(); n.IsValid() && a.Is4() != n.Is4() {
+			bad("public-ip", "%s is not of node-ip %s's family", a, n)
+		}
+	}
+	if c.PublicPort < 0 || c.PublicPort > 65535 || c.PublicPort != 0 && c.PublicIP == "" {
+		bad("public-port", "%d: want 1-65535 with public-ip (0: tunnel-port)", c.PublicPort)
+	}
+	if c.ClusterPort < 1 || c.ClusterPort > 65535 {
+		bad("cluster-port", "%d not in 1-65535", c.ClusterPort)
+	}
+	if c.Cluster != "" {
+		if _, err := clusterTarget(c.Cluster, c.ClusterPort); err != nil {
+			bad("cluster", "%v", err)
+		}
+	}
 	if c.Socket == "" || !filepath.IsAbs(c.Socket) {
 		bad("socket", "%q must be an absolute path", c.Socket)
 	} else if len(c.Socket) > 107 {
@@ -290,7 +330,7 @@ func (c *Config) Validate() error {
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		bad("log-level", "%v", err)
 	}
-	if c.Token == "" && !c.Insecure {
+	if c.ClusterToken() == "" && !c.Insecure {
 		bad("insecure", "OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without a token")
 	}
 	if c.Dataplane != "xdp" && c.Dataplane != "none" {
@@ -343,6 +383,15 @@ func ParseLogLevel(s string) (slog.Level, error) {
 	return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
 }
 
+// endpoint is the node's tunnel endpoint as it registers it.
+func (c *Config) endpoint() Endpoint {
+	ep := Endpoint{NodeIP: c.nodeAddr(), TunnelPort: c.TunnelPort}
+	if a, err := netip.ParseAddr(c.PublicIP); err == nil {
+		ep.PublicIP, ep.PublicPort = a, c.PublicPort
+	}
+	return ep
+}
+
 func (c *Config) nodeAddr() netip.Addr {
 	a, _ := netip.ParseAddr(c.NodeIP)
 	return a
@@ -352,4 +401,23 @@ func (c *Config) platforms() (netip.Prefix, netip.Prefix) {
 	p4, _ := netip.ParsePrefix(c.PlatformV4)
 	p6, _ := netip.ParsePrefix(c.PlatformV6)
 	return p4, p6
+}
+
+// ClusterToken is the bearer token towards the cluster: the node role's,
+// else OAKWIRE_TOKEN.
+func (c *Config) ClusterToken() string {
+	if c.NodeToken != "" {
+		return c.NodeToken
+	}
+	return c.Token
+}
+
+// RootToken is the bearer token towards root (client-only containers are
+// placed through its orchestrator API): the orchestrator role's, else
+// OAKWIRE_TOKEN.
+func (c *Config) RootToken() string {
+	if c.OrchestratorToken != "" {
+		return c.OrchestratorToken
+	}
+	return c.Token
 }

@@ -122,7 +122,7 @@ func New(o Options) (*Daemon, error) {
 	d := &Daemon{cfg: o.Config, dp: o.Dataplane, newCluster: o.NewCluster, log: o.Logger, build: o.Build, started: time.Now(),
 		deploying: map[string]*pendingDeploy{}, undeploying: map[string]bool{}, clientReserved: map[int]bool{}}
 	if o.Config.Root != "" {
-		d.root = newHTTPRoot(o.Config.Root, o.Config.Token)
+		d.root = newHTTPRoot(o.Config.Root, o.Config.RootToken())
 	}
 	d.flowStats = newFlowStats(o.Config.ServiceMetricsMax)
 	d.metrics = newMetrics(d)
@@ -134,7 +134,7 @@ func New(o Options) (*Daemon, error) {
 // On return the API and the data plane are down; containers stay attached.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.ctx = ctx
-	if d.cfg.Insecure && d.cfg.Token == "" {
+	if d.cfg.Insecure && d.cfg.ClusterToken() == "" {
 		d.log.Warn("running without OAKWIRE_TOKEN (--insecure): cluster calls are unauthenticated")
 	}
 	defer func() {
@@ -152,6 +152,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	d.log.Info("serving", "socket", d.cfg.Socket, "node_id", d.nodeIDSnapshot())
+	go d.watchUplink(ctx)
 
 	d.mu.Lock()
 	addr := d.clusterAddressLocked()
@@ -506,6 +507,10 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 	if strings.TrimSpace(addr) == "" {
 		return badRequest("missing_field", "cluster_address: missing")
 	}
+	target, err := clusterTarget(addr, d.cfg.ClusterPort)
+	if err != nil {
+		return badRequest("bad_cluster_address", "cluster_address: %v", err)
+	}
 	// regMu serialises registrations; d.mu is not held during the cluster
 	// call so /status and deploys (with known subnets) go on meanwhile.
 	d.regMu.Lock()
@@ -515,21 +520,28 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 		d.mu.Unlock()
 		return conflict("node_id", "client_id: this node is registered as %q, not %q", d.nodeID, id)
 	}
+	// The node has one cluster: the configured one, or the one it
+	// registered with. Another address is refused, not ignored.
+	if cur := d.clusterAddressLocked(); cur != "" && (d.confirmed || d.cfg.Cluster != "") {
+		if ct, _ := clusterTarget(cur, d.cfg.ClusterPort); ct != target {
+			d.mu.Unlock()
+			return conflict("cluster_changed", "cluster_address: this node belongs to the cluster at %s, not %s (run `netmanager teardown` to move it)", ct, target)
+		}
+	}
 	if d.confirmed {
 		d.mu.Unlock()
 		return nil
 	}
 	cl := d.cluster
-	if cl == nil || d.clusterAddressLocked() != addr {
-		var err error
-		if cl, err = d.newCluster(addr, id); err != nil {
+	if cl == nil || d.clusterAddressLocked() != target {
+		if cl, err = d.newCluster(target, id); err != nil {
 			d.mu.Unlock()
 			return badRequest("bad_cluster_address", "cluster_address: %v", err)
 		}
 	}
 	d.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	reg, err := cl.Register(rctx, d.cfg.nodeAddr(), d.cfg.TunnelPort)
+	reg, err := cl.Register(rctx, d.cfg.endpoint())
 	cancel()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -560,7 +572,7 @@ func (d *Daemon) Register(ctx context.Context, id, addr string) error {
 	d.nodeID = id
 	st.NodeID = id
 	if d.cfg.Cluster == "" {
-		st.ClusterAddress = addr
+		st.ClusterAddress = target
 	}
 	if err := d.setupNodeLocked(); err != nil {
 		// Registered, but the node cannot carry traffic: say so in the

@@ -2,13 +2,11 @@ package netmanager
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -158,18 +156,7 @@ func deleteNftTable() error {
 	return err
 }
 
-func runNft(stdin string, args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nft", args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("nft %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return nil
-}
+func runNft(stdin string, args ...string) error { return run(stdin, "nft", args...) }
 
 // openNetns opens the container's network namespace by pid or by path and
 // checks it is a network namespace other than the daemon's own, and, when

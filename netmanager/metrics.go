@@ -14,6 +14,8 @@ type metrics struct {
 	deployErrors counter
 	undeploys    counter
 	reportErrors counter
+	// nodeIPChanges counts node IP changes followed on the uplink.
+	nodeIPChanges counter
 }
 
 // counter is a monotonically increasing count read by /status and /metrics.
@@ -32,6 +34,7 @@ func newMetrics(d *Daemon) *metrics {
 		{"oakwire_netmanager_deploy_errors_total", "Deploy requests refused or failed (rolled back).", &m.deployErrors},
 		{"oakwire_netmanager_undeploys_total", "Containers detached.", &m.undeploys},
 		{"oakwire_netmanager_cluster_report_errors_total", "Undeploy reports the cluster did not take.", &m.reportErrors},
+		{"oakwire_netmanager_node_ip_changes_total", "Node IP changes followed on the uplink.", &m.nodeIPChanges},
 	} {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
 			func() float64 { return float64(c.c.Value()) }))

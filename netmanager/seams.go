@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/oakwire/oakwire/api"
 	"github.com/oakwire/oakwire/control/nodeclient"
 	"github.com/oakwire/oakwire/ipam"
 	"github.com/oakwire/oakwire/netmanager/localapi"
@@ -91,6 +92,16 @@ type Dataplane interface {
 // Flow is one live flow of the data plane (GET /flows, netmanager flows).
 type Flow = localapi.Flow
 
+// Endpoint is where the node receives tunnel traffic: its underlay
+// address and tunnel port, and, behind a NAT, the public address and port
+// peers send to (PublicPort 0: TunnelPort).
+type Endpoint struct {
+	NodeIP     netip.Addr
+	TunnelPort int
+	PublicIP   netip.Addr
+	PublicPort int
+}
+
 // Registration is the cluster's answer to Register.
 type Registration struct {
 	Subnets ipam.SubnetPair
@@ -101,9 +112,10 @@ type Cluster interface {
 	// ServiceSource is the cluster's node-facing service API (resolve,
 	// watch, drop interest) the daemon's service feed reads, or nil.
 	ServiceSource() ServiceSource
-	// Register registers (idempotently, per node id) and returns the
-	// node's subnets.
-	Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error)
+	// Register registers (idempotently, per node id) the node's tunnel
+	// endpoint and returns its subnets. Registering again with another
+	// endpoint updates it (the node's address changed).
+	Register(ctx context.Context, ep Endpoint) (Registration, error)
 	// ReportDeployed/ReportUndeployed tell the cluster where an instance
 	// runs. A failing ReportDeployed fails the deploy (it rolls back).
 	ReportDeployed(ctx context.Context, job string, instance int, nsIP4, nsIP6 netip.Addr) error
@@ -136,8 +148,9 @@ func (n *nodeClientCluster) ServiceSource() ServiceSource {
 	return NewServiceSource(n.c, 30*time.Second)
 }
 
-func (n *nodeClientCluster) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int) (Registration, error) {
-	r, err := n.c.Register(ctx, nodeIP, tunnelPort, nil)
+func (n *nodeClientCluster) Register(ctx context.Context, ep Endpoint) (Registration, error) {
+	r, err := n.c.RegisterWith(ctx, api.RegisterRequest{NodeIP: ep.NodeIP, TunnelPort: ep.TunnelPort,
+		PublicIP: ep.PublicIP, PublicPort: ep.PublicPort})
 	if err != nil {
 		return Registration{}, err
 	}

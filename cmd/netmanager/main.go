@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	d, err := netmanager.New(netmanager.Options{
 		Config:     cfg,
 		Dataplane:  dp,
-		NewCluster: netmanager.NodeClientCluster(cfg.Token),
+		NewCluster: netmanager.NodeClientCluster(cfg.ClusterToken()),
 		Logger:     log,
 		Build:      build(),
 	})

@@ -58,6 +58,7 @@ type Config struct {
 	RedisPrefix  string   `yaml:"redis-prefix"`
 	RedisTimeout Duration `yaml:"redis-timeout"`
 	Insecure     bool     `yaml:"insecure"`
+	MetricsOpen  bool     `yaml:"metrics-open"`
 	LogLevel     string   `yaml:"log-level"`
 
 	// root
@@ -115,6 +116,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	fs.StringVar(&flags.Redis, "redis", "", "Redis `URL` (redis://host:port/db)")
 	fs.StringVar(&flags.RedisPrefix, "redis-prefix", "", "Redis key `prefix` (default oakwire:)")
 	fs.BoolVar(&flags.Insecure, "insecure", false, "run without OAKWIRE_TOKEN (no authentication)")
+	fs.BoolVar(&flags.MetricsOpen, "metrics-open", false, "serve /metrics without a token")
 	if role == "root" {
 		fs.StringVar(&redisCluster, "redis-cluster", "", "Redis Cluster seed `addresses` ADDR,ADDR,... (instead of --redis)")
 	} else {
@@ -149,6 +151,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			cfg.RedisPrefix = flags.RedisPrefix
 		case "insecure":
 			cfg.Insecure = flags.Insecure
+		case "metrics-open":
+			cfg.MetricsOpen = flags.MetricsOpen
 		case "redis-cluster":
 			cfg.RedisCluster = splitList(redisCluster)
 		case "root":
@@ -167,9 +171,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level})).With("role", role)
 
 	token := os.Getenv("OAKWIRE_TOKEN")
-	if token == "" {
+	roleTokens := control.Tokens{
+		Orchestrator: os.Getenv("OAKWIRE_ORCHESTRATOR_TOKEN"),
+		Cluster:      os.Getenv("OAKWIRE_CLUSTER_TOKEN"),
+		Node:         os.Getenv("OAKWIRE_NODE_TOKEN"),
+	}
+	if token == "" && roleTokens.Off() {
 		if !cfg.Insecure {
-			return errors.New("OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without authentication")
+			return errors.New("OAKWIRE_TOKEN is not set: set it (or OAKWIRE_ORCHESTRATOR_TOKEN, OAKWIRE_CLUSTER_TOKEN and OAKWIRE_NODE_TOKEN), or pass --insecure to run without authentication")
 		}
 		log.Warn("running without authentication (--insecure, OAKWIRE_TOKEN unset): every /api/ request is accepted")
 	}
@@ -199,7 +208,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return fmt.Errorf("ipam: %w", err)
 		}
 		r, err := control.NewRoot(control.RootConfig{
-			Prefix: prefix, Token: token, Policies: cfg.Policies, IPAM: plan, Log: log,
+			Prefix: prefix, Token: token, RoleTokens: roleTokens, MetricsOpen: cfg.MetricsOpen, Policies: cfg.Policies, IPAM: plan, Log: log,
 			Timeout: redisBudget(cfg.RedisTimeout),
 			Notify: control.NotifyConfig{Timeout: time.Duration(cfg.NotifyTimeout), MinBackoff: time.Duration(cfg.NotifyBackoff),
 				MaxBackoff: time.Duration(cfg.NotifyMaxBack), QueueLen: cfg.NotifyQueue, UnreachableAfter: cfg.UnreachableAfter},
@@ -217,7 +226,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			adv = advertiseFor(cfg.Listen, cfg.Root)
 		}
 		c, err := control.NewCluster(control.ClusterConfig{
-			Prefix: cfg.RedisPrefix, Token: token, ClusterID: cfg.ClusterID, RootURL: cfg.Root, Advertise: adv,
+			Prefix: cfg.RedisPrefix, Token: token, RoleTokens: roleTokens, MetricsOpen: cfg.MetricsOpen, ClusterID: cfg.ClusterID, RootURL: cfg.Root, Advertise: adv,
 			WatchRetention: cfg.WatchRetention, WatchPoll: time.Duration(cfg.WatchPoll), MaxWatch: time.Duration(cfg.MaxWatch),
 			Refresh: time.Duration(cfg.Refresh), PeerSync: time.Duration(cfg.PeerSync), Timeout: redisBudget(cfg.RedisTimeout), RootTimeout: time.Duration(cfg.RootTimeout),
 			Log: log,

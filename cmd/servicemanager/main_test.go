@@ -240,7 +240,10 @@ func TestAuthAndConfig(t *testing.T) {
 	if st, b := do(t, "POST", c+"/api/node/register", `{"node_id":"n1","node_ip":"198.18.0.1"}`, "tok"); st != 200 {
 		t.Errorf("node register via cluster: %d %s", st, b)
 	}
-	if st, m := do(t, "GET", c+"/metrics", "", ""); st != 200 || !strings.Contains(string(m), `oakwire_http_requests_total{code="200",route="POST /api/node/register"} 1`) ||
+	if st, _ := do(t, "GET", c+"/metrics", "", ""); st != 401 {
+		t.Errorf("metrics without a token (no --metrics-open): %d, want 401", st)
+	}
+	if st, m := do(t, "GET", c+"/metrics", "", "tok"); st != 200 || !strings.Contains(string(m), `oakwire_http_requests_total{code="200",route="POST /api/node/register"} 1`) ||
 		!strings.Contains(string(m), `oakwire_build_info{bpf="",commit=`) {
 		t.Errorf("metrics: %d", st)
 	}

@@ -137,9 +137,15 @@ func (c *Client) do(ctx context.Context, timeout time.Duration, method, path str
 // subnets, peers and the watch position to start from. tunnelPort 0 is
 // api.DefaultTunnelPort.
 func (c *Client) Register(ctx context.Context, nodeIP netip.Addr, tunnelPort int, loc *api.Location) (api.RegisterResponse, error) {
+	return c.RegisterWith(ctx, api.RegisterRequest{NodeIP: nodeIP, TunnelPort: tunnelPort, Location: loc})
+}
+
+// RegisterWith is Register with every field of the request (a public
+// address for a node behind a NAT); NodeID is the client's.
+func (c *Client) RegisterWith(ctx context.Context, req api.RegisterRequest) (api.RegisterResponse, error) {
 	var r api.RegisterResponse
-	err := c.do(ctx, c.timeout, http.MethodPost, "/api/node/register",
-		api.RegisterRequest{NodeID: c.nodeID, NodeIP: nodeIP, TunnelPort: tunnelPort, Location: loc}, &r)
+	req.NodeID = c.nodeID
+	err := c.do(ctx, c.timeout, http.MethodPost, "/api/node/register", req, &r)
 	return r, err
 }
 

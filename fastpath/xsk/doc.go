@@ -97,12 +97,15 @@
 // # Polling
 //
 // Poller implements DESIGN.md's hybrid polling: rounds that find work, and
-// rounds within PollerConfig.Spin (200 µs) of the last work, only yield;
-// after that the worker blocks in poll(2) on its socket fds and an eventfd,
-// at most PollerConfig.Timeout, so shutdown is noticed. Notify (any
-// goroutine) writes the eventfd when the worker sleeps; PollerConfig.Pending
-// closes the race with work that has no fd (an SPSC ring). Idle, a worker
-// used 0.1 % of a CPU (TestPollerIdleCPU).
+// rounds within the spin budget after the last work, only yield; after
+// that the worker blocks in poll(2) on its socket fds and an eventfd, at
+// most PollerConfig.Timeout, so shutdown is noticed. The budget adapts:
+// twice the recent gap between bouts of work (an average), capped by
+// PollerConfig.Spin, and none once the gaps are longer than the cap
+// (PollerConfig.FixedSpin spins the whole cap every time). Notify (any
+// goroutine) writes the eventfd when the worker sleeps;
+// PollerConfig.Pending closes the race with work that has no fd (an SPSC
+// ring).
 //
 // On systems other than Linux every constructor returns ErrNotSupported.
 package xsk

@@ -82,6 +82,8 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	fmt.Fprintf(tw, "   ctl\t-\t%v\t-\t%s\n", d.Ctl.IP, strings.Join(ctl, ", "))
 	tw.Flush()
 	p.line("   Each cluster is its own servicemanager process with its own Redis key prefix (oakwire-<id>:).")
+	p.line("   Nodes registered as Oakestra's node engine registers them: POST /register {client_id, cluster_address: %q}", d.Ctl.IP.String())
+	p.line("   on each netmanager's socket, the bare host; the port is netmanager's --cluster-port (each node's cluster's).")
 
 	web, err := d.DeployService(ctx, "web", "demo.ns.web.default")
 	if err != nil {

@@ -454,6 +454,7 @@ func (d *Deployment) startCluster(ctx context.Context, cl *Cluster) error {
 }
 
 func (d *Deployment) startNetManager(n *Node) error {
+	n.args = oakestraArgs(n.args, n.Cluster)
 	p, err := d.start("netmanager-"+n.Name, n.TB.NS, n.LogPath, n.args...)
 	if err != nil {
 		return err
@@ -470,6 +471,9 @@ func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
+	if err := d.registerOakestra(ctx, n); err != nil {
+		return err
+	}
 	var st *NodeStatus
 	err := d.waitFor(ctx, p, "netmanager "+n.Name+" registered", func() bool {
 		s, err := d.Status(ctx, n)
