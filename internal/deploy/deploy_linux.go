@@ -1,12 +1,9 @@
 package deploy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,14 +14,12 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/internal/testbed"
@@ -158,51 +153,6 @@ func shortName(job string) string {
 type serverSpec struct {
 	kind string // udpecho, tcpecho
 	port int
-}
-
-// Build compiles servicemanager, netmanager, owload and oakwire-cni into
-// dir (go build, from the module containing this package's source or the
-// working directory).
-func Build(ctx context.Context, dir string) error {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go" // where make deps and the README put it
-	}
-	root, err := moduleRoot(ctx, goBin)
-	if err != nil {
-		return fmt.Errorf("build: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("build: %w", err)
-	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+"/",
-		"./cmd/servicemanager", "./cmd/netmanager", "./cmd/owload", "./cmd/oakwire-cni")
-	cmd.Dir = root
-	// Static, like the Makefile's: owload also runs in container images
-	// that hold nothing else (Podman).
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: go build: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// moduleRoot finds the oakwire module: the working directory's module, else
-// the source tree this package was built from.
-func moduleRoot(ctx context.Context, goBin string) (string, error) {
-	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
-	if gm := strings.TrimSpace(string(out)); err == nil && gm != "" && gm != os.DevNull {
-		if b, err := os.ReadFile(gm); err == nil && bytes.Contains(b, []byte("module github.com/oakwire/oakwire\n")) {
-			return filepath.Dir(gm), nil
-		}
-	}
-	if _, file, _, ok := runtime.Caller(0); ok {
-		root := filepath.Join(filepath.Dir(file), "..", "..")
-		if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
-			return root, nil
-		}
-	}
-	return "", errors.New("cannot find the oakwire module (run from its directory)")
 }
 
 // Up starts a deployment. On error everything it started is gone again and
@@ -494,119 +444,6 @@ func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
 	return nil
 }
 
-// proc is a process started by the deployment.
-type proc struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // valid after done
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends sig, waits up to grace, then kills; it returns once the
-// process is gone.
-func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(grace):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
-}
-
-// start runs argv inside namespace ns (ip netns exec, which execs the
-// program: the PID is the program's), output appended to logPath. The
-// process gets SIGKILL if this process dies first.
-func (d *Deployment) start(name, ns, logPath string, argv ...string) (*proc, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return nil, errors.New("deploy: closed")
-	}
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("deploy: %s: %w", name, err)
-	}
-	defer lf.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Env = append(os.Environ(), "OAKWIRE_TOKEN="+d.Token)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("deploy: start %s: %w", name, err)
-	}
-	p := &proc{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	d.procs = append(d.procs, p)
-	return p, nil
-}
-
-// waitFor polls ok every 50 ms until it holds, p exits, ctx ends or the
-// start timeout passes.
-func (d *Deployment) waitFor(ctx context.Context, p *proc, what string, ok func() bool) error {
-	deadline := time.Now().Add(d.opts.StartTimeout)
-	for {
-		if ok() {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("deploy: %s: process exited (%v) before ready", what, p.err)
-		case <-ctx.Done():
-			return fmt.Errorf("deploy: %s: %w", what, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("deploy: %s: not ready within %v", what, d.opts.StartTimeout)
-		}
-	}
-}
-
-// DumpLogs writes the last n lines of every process log to w.
-func (d *Deployment) DumpLogs(w io.Writer, n int) {
-	d.mu.Lock()
-	seen := map[string]bool{}
-	var logs []string
-	for _, p := range d.procs {
-		if !seen[p.log] {
-			seen[p.log] = true
-			logs = append(logs, p.log)
-		}
-	}
-	d.mu.Unlock()
-	for _, l := range logs {
-		b, err := os.ReadFile(l)
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if len(lines) > n {
-			lines = lines[len(lines)-n:]
-		}
-		fmt.Fprintf(w, "---- %s (last %d lines)\n%s\n", filepath.Base(l), len(lines), strings.Join(lines, "\n"))
-	}
-}
-
 // Close stops every process (by PID), deletes the container namespaces
 // and the testbed's namespaces (by exact name) and the work directory (if
 // Up made it). Idempotent.
@@ -665,19 +502,6 @@ func (d *Deployment) Close() error {
 	return errors.Join(errs...)
 }
 
-// mountBPFFS mounts a bpffs at WorkDir/bpf (see BPFDir).
-func (d *Deployment) mountBPFFS() error {
-	dir := filepath.Join(d.WorkDir, "bpf")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("deploy: %w", err)
-	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("deploy: mount bpffs at %s: %w", dir, err)
-	}
-	d.BPFDir = dir
-	return nil
-}
-
 // CloseOnSignal makes SIGINT, SIGTERM and SIGHUP close the deployment and
 // exit with 128+signal, for programs (the demo). stop undoes it.
 func (d *Deployment) CloseOnSignal() (stop func()) {
@@ -700,247 +524,6 @@ func (d *Deployment) CloseOnSignal() (stop func()) {
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { signal.Stop(ch); close(quit) }) }
-}
-
-// Namespaces lists every namespace the deployment made and has not deleted.
-func (d *Deployment) Namespaces() []string {
-	d.mu.Lock()
-	out := append([]string(nil), d.ctrNS...)
-	d.mu.Unlock()
-	if d.Bed != nil {
-		out = append(out, d.Bed.Namespaces()...)
-	}
-	return out
-}
-
-// newNS creates an empty named namespace (lo up) without leaving the
-// calling thread in it, and records it for Close.
-func (d *Deployment) newNS(name string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return errors.New("deploy: closed")
-	}
-	if err := testbed.NewNamedNS(name); err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	d.ctrNS = append(d.ctrNS, name)
-	if _, err := testbed.Run(5*time.Second, name, "ip", "link", "set", "lo", "up"); err != nil {
-		return err
-	}
-	return nil
-}
-
-func (d *Deployment) dropNS(name string) error {
-	d.mu.Lock()
-	for i, n := range d.ctrNS {
-		if n == name {
-			d.ctrNS = append(d.ctrNS[:i], d.ctrNS[i+1:]...)
-			break
-		}
-	}
-	d.mu.Unlock()
-	return deleteNS(name)
-}
-
-func deleteNS(name string) error {
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("delete netns %s: %w", name, err)
-	}
-	return nil
-}
-
-// nsClient is an HTTP client whose connections are made inside namespace
-// ns (a socket stays in the namespace it was created in).
-func nsClient(ns string) *http.Client {
-	return &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-				derr := testbed.Do(ns, func() error {
-					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-					return err
-				})
-				if c == nil && derr != nil {
-					return nil, derr
-				}
-				return c, err
-			},
-			MaxIdleConnsPerHost: 4,
-			IdleConnTimeout:     10 * time.Second,
-		},
-	}
-}
-
-// unixClient talks HTTP over the unix socket path (netmanager's API).
-func unixClient(path string) *http.Client {
-	return &http.Client{
-		Timeout: 20 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", path)
-			},
-			DisableKeepAlives: true,
-		},
-	}
-}
-
-func (d *Deployment) ready(base string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/readyz", nil)
-	resp, err := d.ctlHTTP.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode == 200
-}
-
-// redisPing sends PING to 127.0.0.1:port inside ns.
-func redisPing(ns string, port int) bool {
-	var c net.Conn
-	err := testbed.Do(ns, func() (err error) {
-		c, err = net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
-		return err
-	})
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
-}
-
-// APIError is a non-2xx answer of root, the cluster or a netmanager.
-type APIError struct {
-	Method, URL string
-	Status      int
-	Body        string
-}
-
-func (e *APIError) Error() string {
-	return fmt.Sprintf("%s %s: %d: %s", e.Method, e.URL, e.Status, strings.TrimSpace(e.Body))
-}
-
-func doJSON(ctx context.Context, c *http.Client, method, url, token string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return &APIError{Method: method, URL: url, Status: resp.StatusCode, Body: string(b)}
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: answer: %w", method, url, err)
-		}
-	}
-	return nil
-}
-
-// RootCall calls root's API (path like "/api/net/service/deploy") with the
-// token, from the control node's namespace; out (if not nil) receives the
-// JSON answer.
-func (d *Deployment) RootCall(ctx context.Context, method, path string, in, out any) error {
-	return doJSON(ctx, d.ctlHTTP, method, d.RootURL+path, d.Token, in, out)
-}
-
-// ClusterCall calls the (first) cluster's API like RootCall.
-func (d *Deployment) ClusterCall(ctx context.Context, method, path string, in, out any) error {
-	return d.ClusterCallOn(ctx, d.Clusters[0], method, path, in, out)
-}
-
-// ClusterCallOn calls cluster cl's API like RootCall.
-func (d *Deployment) ClusterCallOn(ctx context.Context, cl *Cluster, method, path string, in, out any) error {
-	return doJSON(ctx, d.ctlHTTP, method, cl.URL+path, d.Token, in, out)
-}
-
-// NodeCall calls n's netmanager API over its unix socket.
-func (d *Deployment) NodeCall(ctx context.Context, n *Node, method, path string, in, out any) error {
-	return doJSON(ctx, n.http, method, "http://netmanager"+path, "", in, out)
-}
-
-// NodeStatus is the part of netmanager's GET /status the harness reads.
-type NodeStatus struct {
-	NodeID     string            `json:"node_id"`
-	Registered bool              `json:"registered"`
-	Confirmed  bool              `json:"cluster_confirmed"`
-	LastError  string            `json:"last_error"`
-	NodeIP     string            `json:"node_ip"`
-	Subnet     string            `json:"subnet"`
-	SubnetV6   string            `json:"subnet_v6"`
-	Gateway    string            `json:"gateway"`
-	GatewayV6  string            `json:"gateway_v6"`
-	Containers []StatusContainer `json:"containers"`
-	Dataplane  struct {
-		Mode     string            `json:"mode"`
-		Tables   map[string]int    `json:"tables"`
-		Counters map[string]uint64 `json:"counters"`
-	} `json:"dataplane"`
-}
-
-// StatusContainer is one container of NodeStatus.
-type StatusContainer struct {
-	Job         string `json:"service"`
-	Instance    int    `json:"instance"`
-	Netns       string `json:"netns"`
-	ContainerID string `json:"container_id"`
-	Client      bool   `json:"client"`
-	NSIP        string `json:"ns_ip"`
-	NSIP6       string `json:"ns_ip6"`
-}
-
-// Status is n's netmanager GET /status.
-func (d *Deployment) Status(ctx context.Context, n *Node) (*NodeStatus, error) {
-	var s NodeStatus
-	if err := d.NodeCall(ctx, n, "GET", "/status", nil, &s); err != nil {
-		return nil, err
-	}
-	return &s, nil
-}
-
-// DumpStatus writes every netmanager's GET /status (counters, drop
-// reasons, tables) to w, for diagnosing a failed run.
-func (d *Deployment) DumpStatus(ctx context.Context, w io.Writer) {
-	for _, n := range d.Nodes {
-		var raw json.RawMessage
-		if err := d.NodeCall(ctx, n, "GET", "/status", nil, &raw); err != nil {
-			fmt.Fprintf(w, "---- netmanager %s /status: %v\n", n.Name, err)
-			continue
-		}
-		fmt.Fprintf(w, "---- netmanager %s /status\n%s\n", n.Name, raw)
-	}
 }
 
 // Node returns the worker node named name, or nil.
@@ -1015,19 +598,4 @@ func (d *Deployment) RemoveNode(ctx context.Context, n *Node) error {
 		return fmt.Errorf("deploy: remove node %s: %w", n.Name, err)
 	}
 	return nil
-}
-
-// PIDs lists the deployment's running processes (Redis, the service
-// managers, the netmanagers, the servers it started): what the product
-// costs on the machine.
-func (d *Deployment) PIDs() []int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var pids []int
-	for _, p := range d.procs {
-		if !p.exited() {
-			pids = append(pids, p.cmd.Process.Pid)
-		}
-	}
-	return pids
 }
