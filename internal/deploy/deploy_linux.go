@@ -158,54 +158,11 @@ type serverSpec struct {
 // Up starts a deployment. On error everything it started is gone again and
 // the error carries the tails of the process logs.
 func Up(ctx context.Context, o Options) (d *Deployment, err error) {
-	if o.Nodes == 0 {
-		o.Nodes = 3
+	if err := o.withDefaults(); err != nil {
+		return nil, err
 	}
-	if o.Nodes < 1 || o.Nodes > 26 {
-		return nil, fmt.Errorf("deploy: Nodes %d: want 1..26", o.Nodes)
-	}
-	if o.Dataplane == "" {
-		o.Dataplane = "xdp"
-	}
-	if o.ClusterID == "" {
-		o.ClusterID = "cluster1"
-	}
-	if len(o.ClusterNodes) == 0 {
-		o.ClusterNodes = []int{o.Nodes}
-	}
-	total := 0
-	for _, k := range o.ClusterNodes {
-		if k < 1 {
-			return nil, fmt.Errorf("deploy: ClusterNodes %v: every cluster needs a node", o.ClusterNodes)
-		}
-		total += k
-	}
-	if total != o.Nodes {
-		return nil, fmt.Errorf("deploy: ClusterNodes %v: %d nodes, want Nodes = %d", o.ClusterNodes, total, o.Nodes)
-	}
-	if o.StartTimeout == 0 {
-		o.StartTimeout = 20 * time.Second
-	}
-	d = &Deployment{opts: o, ClusterID: o.ClusterID, log: o.Log,
-		services: map[string]*Service{}, instances: map[instKey]*Instance{}}
-	if d.log == nil {
-		d.log = io.Discard
-	}
-	var tok [16]byte
-	if _, err := rand.Read(tok[:]); err != nil {
-		return nil, fmt.Errorf("deploy: token: %w", err)
-	}
-	d.Token = hex.EncodeToString(tok[:])
-	if o.WorkDir == "" {
-		if d.WorkDir, err = os.MkdirTemp("", "oakwire-deploy-"); err != nil {
-			return nil, fmt.Errorf("deploy: %w", err)
-		}
-		d.ownWork = !o.KeepWorkDir
-	} else {
-		d.WorkDir = o.WorkDir
-		if err := os.MkdirAll(d.WorkDir, 0o755); err != nil {
-			return nil, fmt.Errorf("deploy: %w", err)
-		}
+	if d, err = newDeployment(o); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -220,26 +177,109 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	if err := d.mountBPFFS(); err != nil {
 		return d, err
 	}
-	d.bin = o.BinDir
+	if err := d.findBinaries(ctx); err != nil {
+		return d, err
+	}
+	if err := d.makeNodes(o); err != nil {
+		return d, err
+	}
+	if err := d.layout(o); err != nil {
+		return d, err
+	}
+	if err := d.startControl(ctx); err != nil {
+		return d, err
+	}
+	if err := d.startNetManagers(ctx); err != nil {
+		return d, err
+	}
+	return d, nil
+}
+
+// withDefaults fills o's zero fields and checks the node counts.
+func (o *Options) withDefaults() error {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Nodes < 1 || o.Nodes > 26 {
+		return fmt.Errorf("deploy: Nodes %d: want 1..26", o.Nodes)
+	}
+	if o.Dataplane == "" {
+		o.Dataplane = "xdp"
+	}
+	if o.ClusterID == "" {
+		o.ClusterID = "cluster1"
+	}
+	if len(o.ClusterNodes) == 0 {
+		o.ClusterNodes = []int{o.Nodes}
+	}
+	total := 0
+	for _, k := range o.ClusterNodes {
+		if k < 1 {
+			return fmt.Errorf("deploy: ClusterNodes %v: every cluster needs a node", o.ClusterNodes)
+		}
+		total += k
+	}
+	if total != o.Nodes {
+		return fmt.Errorf("deploy: ClusterNodes %v: %d nodes, want Nodes = %d", o.ClusterNodes, total, o.Nodes)
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 20 * time.Second
+	}
+	return nil
+}
+
+// newDeployment makes the Deployment with its token and work directory.
+func newDeployment(o Options) (*Deployment, error) {
+	d := &Deployment{opts: o, ClusterID: o.ClusterID, log: o.Log,
+		services: map[string]*Service{}, instances: map[instKey]*Instance{}}
+	if d.log == nil {
+		d.log = io.Discard
+	}
+	var tok [16]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return nil, fmt.Errorf("deploy: token: %w", err)
+	}
+	d.Token = hex.EncodeToString(tok[:])
+	if o.WorkDir == "" {
+		var err error
+		if d.WorkDir, err = os.MkdirTemp("", "oakwire-deploy-"); err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
+		}
+		d.ownWork = !o.KeepWorkDir
+	} else {
+		d.WorkDir = o.WorkDir
+		if err := os.MkdirAll(d.WorkDir, 0o755); err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// findBinaries builds the binaries into the work directory unless
+// Options.BinDir has them, and checks that redis-server is on PATH.
+func (d *Deployment) findBinaries(ctx context.Context) error {
+	d.bin = d.opts.BinDir
 	if d.bin == "" {
 		d.bin = filepath.Join(d.WorkDir, "bin")
 		d.logf("building servicemanager, netmanager, owload, oakwire-cni")
 		if err := Build(ctx, d.bin); err != nil {
-			return d, err
+			return err
 		}
 	}
 	for _, b := range []string{"servicemanager", "netmanager", "owload"} {
 		if _, err := os.Stat(filepath.Join(d.bin, b)); err != nil {
-			return d, fmt.Errorf("deploy: binary: %w", err)
+			return fmt.Errorf("deploy: binary: %w", err)
 		}
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		return d, fmt.Errorf("deploy: %w (make deps installs it)", err)
+		return fmt.Errorf("deploy: %w (make deps installs it)", err)
 	}
+	return nil
+}
 
-	if err := d.makeNodes(o); err != nil {
-		return d, err
-	}
+// layout makes the Node and Cluster values: the nodes' directories and
+// sockets, the clusters' ports and which nodes each serves.
+func (d *Deployment) layout(o Options) error {
 	for i, tn := range d.tbNodes {
 		name := tn.Name
 		if o.Bed == nil {
@@ -247,7 +287,7 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		}
 		dir := filepath.Join(d.WorkDir, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return d, fmt.Errorf("deploy: %w", err)
+			return fmt.Errorf("deploy: %w", err)
 		}
 		n := &Node{Name: name, TB: tn, Socket: filepath.Join(dir, "nm.sock"),
 			StateDir: filepath.Join(dir, "state"), LogPath: filepath.Join(d.WorkDir, "netmanager-"+name+".log")}
@@ -274,20 +314,26 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	d.ClusterURL, d.ClusterID = d.Clusters[0].URL, d.Clusters[0].ID
 	d.ctlHTTP = nsClient(d.Ctl.NS)
 	d.logf("testbed %s: workers %s, control node ctl %s", d.Bed.Prefix(), d.nodeList(), ctlIP)
+	return nil
+}
 
+// startControl starts Redis, root and the clusters on the control node and
+// waits until each answers.
+func (d *Deployment) startControl(ctx context.Context) error {
+	ctlIP := d.Ctl.IP.String()
 	// Redis on the control node's loopback.
 	redisDir := filepath.Join(d.WorkDir, "redis")
 	if err := os.MkdirAll(redisDir, 0o755); err != nil {
-		return d, fmt.Errorf("deploy: %w", err)
+		return fmt.Errorf("deploy: %w", err)
 	}
 	rp, err := d.start("redis", d.Ctl.NS, filepath.Join(d.WorkDir, "redis.log"),
 		"redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(redisPort), "--dir", redisDir,
 		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", "")
 	if err != nil {
-		return d, err
+		return err
 	}
 	if err := d.waitFor(ctx, rp, "redis PING", func() bool { return redisPing(d.Ctl.NS, redisPort) }); err != nil {
-		return d, err
+		return err
 	}
 	redisURL := fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort)
 
@@ -295,25 +341,31 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		filepath.Join(d.bin, "servicemanager"), "root", "--listen", net.JoinHostPort(ctlIP, strconv.Itoa(RootPort)),
 		"--redis", redisURL)
 	if err != nil {
-		return d, err
+		return err
 	}
 	if err := d.waitFor(ctx, root, "root /readyz", func() bool { return d.ready(d.RootURL) }); err != nil {
-		return d, err
+		return err
 	}
 	for _, cl := range d.Clusters {
 		if err := d.startCluster(ctx, cl); err != nil {
-			return d, err
+			return err
 		}
 		// What an orchestrator does when a cluster joins (the cluster also
 		// registers itself; this is idempotent).
 		reg := map[string]any{"cluster_id": cl.ID, "cluster_address": ctlIP, "cluster_port": cl.port}
 		if err := d.RootCall(ctx, "POST", "/api/net/cluster", reg, nil); err != nil {
-			return d, err
+			return err
 		}
 		d.logf("cluster %s up at %s (Redis prefix %s)", cl.ID, cl.URL, cl.Prefix)
 	}
 	d.logf("redis and root %s up in the ctl namespace", d.RootURL)
+	return nil
+}
 
+// startNetManagers starts a netmanager on every worker node and waits until
+// each has registered.
+func (d *Deployment) startNetManagers(ctx context.Context) error {
+	o := d.opts
 	for i, n := range d.Nodes {
 		n.args = []string{filepath.Join(d.bin, "netmanager"),
 			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
@@ -331,16 +383,16 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 			n.args = append(n.args, "--workers", strconv.Itoa(o.Workers))
 		}
 		if err := d.startNetManager(n); err != nil {
-			return d, err
+			return err
 		}
 	}
 	for _, n := range d.Nodes {
 		if err := d.waitNetManager(ctx, n); err != nil {
-			return d, err
+			return err
 		}
 	}
 	d.logf("netmanagers (--dataplane %s) registered: %s", o.Dataplane, d.nodeList())
-	return d, nil
+	return nil
 }
 
 // makeNodes makes the bed, its worker nodes and the control node, or takes
