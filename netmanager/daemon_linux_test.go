@@ -153,7 +153,7 @@ type daemon struct {
 	node   *testbed.Node
 	dir    string
 	sock   string
-	cmd    *exec.Cmd
+	proc   *testbed.Proc
 	out    *bytes.Buffer
 	client *http.Client
 	extra  []string // more flags
@@ -179,11 +179,13 @@ func newDaemon(t *testing.T, bed *testbed.Bed, node *testbed.Node) *daemon {
 func (d *daemon) start() {
 	d.t.Helper()
 	d.out = &bytes.Buffer{}
-	d.cmd = testbed.Command(context.Background(), d.node.NS, append([]string{daemonBinary(d.t)}, d.args()...)...)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	if err := d.bed.Start(d.cmd); err != nil {
+	cmd := testbed.Command(context.Background(), d.node.NS, append([]string{daemonBinary(d.t)}, d.args()...)...)
+	cmd.Stdout, cmd.Stderr = d.out, d.out
+	p, err := d.bed.Launch(cmd)
+	if err != nil {
 		d.t.Fatal(err)
 	}
+	d.proc = p
 	deadline := time.Now().Add(10 * time.Second)
 	for !socketAnswers(d.sock) {
 		if time.Now().After(deadline) {
@@ -201,14 +203,12 @@ func (d *daemon) start() {
 // stop sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop() {
 	d.t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.proc.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		d.t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
+	case <-d.proc.Done():
+		if err := d.proc.Err(); err != nil {
 			d.t.Fatalf("daemon exit: %v\n%s", err, d.out)
 		}
 	case <-time.After(10 * time.Second):
@@ -1265,7 +1265,7 @@ func testDaemonXDPRollback(t *testing.T, offload string) {
 	// The worker keys reach the engine (and /status says what runs).
 	d.extra = []string{"--dataplane", "xdp", "--worker-cpus", "0", "--worker-yield", "go", "--worker-spin", "150us", "--offload", offload}
 	d.start()
-	daemonPID.Store(int64(d.cmd.Process.Pid))
+	daemonPID.Store(int64(d.proc.Pid()))
 	if code, body := d.call("POST", "/register", fmt.Sprintf(`{"client_id":"n1","cluster_address":%q}`, fc.addr)); code != 200 {
 		t.Fatalf("register: %d %s", code, body)
 	}
@@ -1293,7 +1293,7 @@ func testDaemonXDPRollback(t *testing.T, offload string) {
 	if !slices.Equal(s.Dataplane.CPUs, []int{0}) || s.Dataplane.Yield != "go" || s.Workers != s.Dataplane.Workers {
 		t.Errorf("worker settings in /status: cpus %v yield %q workers %d (data plane %d)", s.Dataplane.CPUs, s.Dataplane.Yield, s.Workers, s.Dataplane.Workers)
 	}
-	pid := d.cmd.Process.Pid
+	pid := d.proc.Pid()
 	before := xdpView(t, node.NS, pid, s.Dataplane)
 
 	code, body = d.call("POST", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.fail.sns","portMappings":"9999:99"}`, c3.NS))

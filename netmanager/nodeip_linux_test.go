@@ -156,7 +156,7 @@ func TestUnikernel(t *testing.T) {
 	// look at its namespaces from there, as the node engine would from
 	// the host where the daemon runs in the host's.
 	inDaemon := func(argv ...string) (string, error) {
-		out, err := exec.Command("nsenter", append([]string{"--mount=/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/ns/mnt", "--"}, argv...)...).CombinedOutput()
+		out, err := exec.Command("nsenter", append([]string{"--mount=/proc/" + strconv.Itoa(d.proc.Pid()) + "/ns/mnt", "--"}, argv...)...).CombinedOutput()
 		return string(out), err
 	}
 	body := fmt.Sprintf(`{"pid":0,"serviceName":%q,"instanceNumber":0,"portMappings":""}`, job)

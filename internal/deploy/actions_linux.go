@@ -353,7 +353,7 @@ func (d *Deployment) stopServers(inst *Instance) {
 	}
 	d.mu.Unlock()
 	for _, p := range ps {
-		p.stop(9, 0)
+		p.Stop(9, 0)
 	}
 }
 
@@ -395,7 +395,7 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 	if err != nil {
 		return nil, nil, err
 	}
-	defer sink.stop(9, 0)
+	defer sink.Stop(9, 0)
 	if err := d.waitFor(ctx, sink, "udpsink listening", func() bool {
 		b, _ := os.ReadFile(logPath)
 		return strings.Contains(string(b), loadtool.ReadyPrefix)
@@ -412,7 +412,7 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 		return nil, nil, fmt.Errorf("udpflood: %w: %q", err, out)
 	}
 	select {
-	case <-sink.done:
+	case <-sink.Done():
 	case <-time.After(dur + 10*time.Second):
 		return &f, nil, errors.New("udpsink did not finish")
 	}

@@ -486,7 +486,7 @@ func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
 		return true
 	})
 	if err != nil {
-		if p.exited() {
+		if p.Exited() {
 			return fmt.Errorf("%w: node %s (--dataplane %s): %w", ErrNetManagerExited, n.Name, d.opts.Dataplane, err)
 		}
 		return err
@@ -517,14 +517,14 @@ func (d *Deployment) Close() error {
 	d.mu.Unlock()
 	errs := perrs
 	for _, p := range procs {
-		if !p.exited() {
-			_ = p.cmd.Process.Kill()
+		if !p.Exited() {
+			_ = p.Cmd.Process.Kill()
 		}
 	}
 	for _, p := range procs {
-		p.stop(syscall.SIGKILL, 0) // waits for the exit
-		if !p.exited() {
-			errs = append(errs, fmt.Errorf("deploy: %s (pid %d) did not exit", p.name, p.cmd.Process.Pid))
+		p.Stop(syscall.SIGKILL, 0) // waits for the exit
+		if !p.Exited() {
+			errs = append(errs, fmt.Errorf("deploy: %s (pid %d) did not exit", p.name, p.Pid()))
 		}
 	}
 	for _, ns := range ctrs {
@@ -600,9 +600,9 @@ func (d *Deployment) RestartNetManagerSig(ctx context.Context, n *Node, sig sysc
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
-	p.stop(sig, 10*time.Second)
-	if !p.exited() {
-		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.cmd.Process.Pid)
+	p.Stop(sig, 10*time.Second)
+	if !p.Exited() {
+		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.Pid())
 	}
 	if err := d.startNetManager(n); err != nil {
 		return err
@@ -615,7 +615,7 @@ func (d *Deployment) StopNetManager(n *Node) {
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
-	p.stop(syscall.SIGTERM, 10*time.Second)
+	p.Stop(syscall.SIGTERM, 10*time.Second)
 }
 
 // KillCluster kills the (first) cluster service manager (SIGKILL) and
@@ -628,9 +628,9 @@ func (d *Deployment) KillCluster() error {
 	if p == nil {
 		return errors.New("deploy: no cluster process")
 	}
-	p.stop(syscall.SIGKILL, 0)
-	if !p.exited() {
-		return fmt.Errorf("deploy: cluster (pid %d) did not die", p.cmd.Process.Pid)
+	p.Stop(syscall.SIGKILL, 0)
+	if !p.Exited() {
+		return fmt.Errorf("deploy: cluster (pid %d) did not die", p.Pid())
 	}
 	return nil
 }

@@ -1,15 +1,15 @@
 package deploy
 
 import (
+	"github.com/oakwire/oakwire/internal/testbed"
+
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -17,42 +17,12 @@ import (
 type proc struct {
 	name string
 	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // valid after done
+	*testbed.Proc
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends sig, waits up to grace, then kills; it returns once the
-// process is gone.
-func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(grace):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
-}
-
-// start runs argv inside namespace ns (ip netns exec, which execs the
-// program: the PID is the program's), output appended to logPath. The
-// process gets SIGKILL if this process dies first.
+// start runs argv inside namespace ns (testbed.Command and Launch: the
+// process gets SIGKILL if this process dies first), output appended to
+// logPath.
 func (d *Deployment) start(name, ns, logPath string, argv ...string) (*proc, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -64,18 +34,14 @@ func (d *Deployment) start(name, ns, logPath string, argv ...string) (*proc, err
 		return nil, fmt.Errorf("deploy: %s: %w", name, err)
 	}
 	defer lf.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd := testbed.Command(context.Background(), ns, argv...)
 	cmd.Env = append(os.Environ(), "OAKWIRE_TOKEN="+d.Token)
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	tp, err := testbed.Launch(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("deploy: start %s: %w", name, err)
 	}
-	p := &proc{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
+	p := &proc{name: name, log: logPath, Proc: tp}
 	d.procs = append(d.procs, p)
 	return p, nil
 }
@@ -89,8 +55,8 @@ func (d *Deployment) waitFor(ctx context.Context, p *proc, what string, ok func(
 			return nil
 		}
 		select {
-		case <-p.done:
-			return fmt.Errorf("deploy: %s: process exited (%v) before ready", what, p.err)
+		case <-p.Done():
+			return fmt.Errorf("deploy: %s: process exited (%v) before ready", what, p.Err())
 		case <-ctx.Done():
 			return fmt.Errorf("deploy: %s: %w", what, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
@@ -134,8 +100,8 @@ func (d *Deployment) PIDs() []int {
 	defer d.mu.Unlock()
 	var pids []int
 	for _, p := range d.procs {
-		if !p.exited() {
-			pids = append(pids, p.cmd.Process.Pid)
+		if !p.Exited() {
+			pids = append(pids, p.Pid())
 		}
 	}
 	return pids

@@ -76,11 +76,13 @@ type Bed struct {
 
 	// mu guards all fields below.
 	mu     sync.Mutex
-	nsList []string // namespaces created, in creation order
-	procs  []*exec.Cmd
-	nodes  []*Node
-	bridge string // bridge namespace name, once made
-	closed bool
+	nsList []string    // namespaces created, in creation order
+	procs  []*exec.Cmd // Start's: their callers wait for them
+	// launched are Launch's, reaped by their own goroutines.
+	launched []*Proc
+	nodes    []*Node
+	bridge   string // bridge namespace name, once made
+	closed   bool
 }
 
 // Node is an emulated worker node: a namespace with an uplink.
@@ -564,6 +566,12 @@ func (b *Bed) Close() error {
 		}
 	}
 	b.procs = nil
+	for _, p := range b.launched {
+		if !p.Kill() {
+			errs = append(errs, fmt.Errorf("pid %d: not reaped after kill", p.Pid()))
+		}
+	}
+	b.launched = nil
 	for i := len(b.nsList) - 1; i >= 0; i-- {
 		name := b.nsList[i]
 		if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
