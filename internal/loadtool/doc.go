@@ -12,11 +12,3 @@
 // perf suite sets it); see raw_linux.go for why. Their measured behaviour
 // is the perf suite's method: change it only with a measurement.
 package loadtool
-
-import (
-	"errors"
-	"fmt"
-)
-
-// errNeedsLinux: a raw-socket tool elsewhere (an errors.ErrUnsupported).
-var errNeedsLinux = fmt.Errorf("loadtool: needs Linux: %w", errors.ErrUnsupported)

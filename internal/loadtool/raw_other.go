@@ -3,9 +3,13 @@
 package loadtool
 
 import (
+	"errors"
 	"fmt"
 	"io"
 )
+
+// errNeedsLinux: a raw-socket tool elsewhere (an errors.ErrUnsupported).
+var errNeedsLinux = fmt.Errorf("loadtool: needs Linux: %w", errors.ErrUnsupported)
 
 // The raw-socket tools (udpflood, udpsink, the Bench suite's udpecho, rr)
 // and PinCPU need Linux.
