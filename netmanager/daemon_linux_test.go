@@ -335,6 +335,18 @@ func containerIf(t *testing.T, ns, name string) (addrInfo, []netlink.Route) {
 	return ai, routes
 }
 
+// daemonNode is a bed with one node, a, for the daemon (which needs nft).
+func daemonNode(t *testing.T) (*testbed.Bed, *testbed.Node) {
+	t.Helper()
+	bed := testbed.NewT(t)
+	testenv.RequireBinary(t, "nft")
+	node, err := bed.AddNode("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bed, node
+}
+
 // daemonEnv is one node (a) running the daemon with --dataplane none, a
 // second node (b) on the same link, three empty container namespaces on a
 // (c2 also has a process, c2pid, for deploys by pid) and a fake cluster.
@@ -351,13 +363,9 @@ type daemonEnv struct {
 
 func newDaemonEnv(t *testing.T) *daemonEnv {
 	t.Helper()
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	e := &daemonEnv{bed: bed}
+	bed, nodeA := daemonNode(t)
+	e := &daemonEnv{bed: bed, nodeA: nodeA}
 	var err error
-	if e.nodeA, err = bed.AddNode("a"); err != nil {
-		t.Fatal(err)
-	}
 	if e.nodeB, err = bed.AddNode("b"); err != nil {
 		t.Fatal(err)
 	}
@@ -834,12 +842,7 @@ func TestDaemonTeardown(t *testing.T) {
 // TestDaemonClusterFlag: with --node-id and --cluster the daemon registers
 // by itself at start, retrying until the cluster answers.
 func TestDaemonClusterFlag(t *testing.T) {
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	c := emptyContainer(t, node, "c1")
 	// Reserve a port in the node namespace, start the daemon, then the
 	// cluster: the first attempts fail and are retried.
@@ -954,12 +957,7 @@ func (d *daemon) callAsync(path, body string) <-chan callResult {
 // does not stall the daemon either, and keeps its instance from being
 // deployed again until its report is out.
 func TestDaemonSlowCluster(t *testing.T) {
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	c1 := emptyContainer(t, node, "c1")
 	c2 := emptyContainer(t, node, "c2")
 	// The deploy report of app.ns.hang.sns hangs, then fails (503); so
@@ -1239,12 +1237,7 @@ func TestDaemonXDPRollback(t *testing.T) {
 
 func testDaemonXDPRollback(t *testing.T, offload string) {
 	tier := offload == "on"
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	c1 := emptyContainer(t, node, "c1")
 	c3 := emptyContainer(t, node, "c3")
 	var daemonPID atomic.Int64
