@@ -39,7 +39,10 @@ func TestOperatorView(t *testing.T) {
 		return string(out)
 	}
 	st := cli("status")
-	for _, want := range []string{"node        a", "registered with http://", "kernel-tier", cl.NSIP.V4.String(), "oakwire.demo.client.default"} {
+	if !regexp.MustCompile(`registered with [0-9.]+:[0-9]+\n`).MatchString(st) {
+		t.Errorf("netmanager status lacks the cluster it registered with (host:port):\n%s", st)
+	}
+	for _, want := range []string{"node        a", "kernel-tier", cl.NSIP.V4.String(), "oakwire.demo.client.default"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("netmanager status lacks %q:\n%s", want, st)
 		}

@@ -160,59 +160,9 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		ctx.slow(v, ReasonUnknownService)
 		return
 	}
-	var ii int32
-	var hash uint32
-	if e.kind == addrInstance {
-		ii = e.idx
-		var fk FlowKey
-		fk.setOf(pkt, pp)
-		k := fk
-		if pp.Frag != FragNone {
-			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
-		}
-		hash = k.Hash()
-		if pp.HasPorts && pp.Frag != FragLater && !pp.isICMPError() {
-			// The client now talks to the instance IP itself on this
-			// 5-tuple: a service flow that picked this instance from the
-			// same port must not turn the replies' source into its
-			// service IP (see FlowTable).
-			rev := fk.reverse()
-			p.flows.ReleaseReverse(&rev)
-		}
-	} else {
-		svc := &t.Services[e.idx]
-		switch {
-		case pp.Frag == FragLater:
-			fe := ctx.fragOut.get(pp, ctx.Now)
-			if fe == nil {
-				ctx.drop(v, ReasonFragUnknown)
-				return
-			}
-			if ii = t.instanceByNumber(svc, fe.inst); ii < 0 {
-				ctx.drop(v, ReasonFragUnknown)
-				return
-			}
-			hash = fe.hash
-			ctx.ev(EvFragTranslated)
-		case pp.isICMPError():
-			var r DropReason
-			if ii, hash, r = p.resolveICMPError(ctx, t, svc, pkt, pp); r != ReasonNone {
-				ctx.drop(v, r)
-				return
-			}
-		case !pp.HasPorts:
-			ctx.drop(v, ReasonUnsupportedProto)
-			return
-		default:
-			var r DropReason
-			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
-				ctx.drop(v, r)
-				return
-			}
-			if pp.Frag == FragFirst {
-				ctx.fragOut.put(pp, t.Instances[ii].Number, netip.Addr{}, hash, ctx.Now)
-			}
-		}
+	ii, hash, ok := p.egressTarget(ctx, t, e, pkt, pp, v)
+	if !ok {
+		return
 	}
 	inst := &t.Instances[ii]
 	ns := inst.NS4
@@ -225,30 +175,42 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	}
 	full := port.Csum == CsumRecompute
 	if inst.Local {
-		dp := t.Port(inst.Port)
-		if dp == nil {
-			ctx.drop(v, ReasonUnknownPort)
-			return
-		}
-		translateEgress(ctx, pkt, pp, self, ns, full)
-		start, end, ver := pp.L3Off-EthernetLen, pp.End, pp.Version
-		// Both ends are here: the reply direction of a local flow is also
-		// un-translated here (what ingress does for remote servers). The
-		// translated packet parses as pp did but for its addresses (the
-		// rewrite changed only addresses, checksums and an ICMP error's
-		// quote, none of which parsing looks at beyond reading the
-		// addresses), so pp, which this packet needs no more, becomes its
-		// decode with the addresses read again: no second Decode, and no
-		// copy of the struct just written (its wide loads would wait on
-		// the narrow stores).
-		pp.readAddrs(pkt)
-		p.untranslate(ctx, t, pkt[:end], pp)
-		writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
-		v.Action, v.Port = ActTxPort, inst.Port
-		v.Off, v.Len = f.Off+start, end-start
-		ctx.ev(EvEgressLocal)
+		p.egressLocal(ctx, t, f, pkt, pp, self, ns, full, ii, v)
 		return
 	}
+	p.egressRemote(ctx, t, port, f, pkt, pp, self, ns, full, inst, hash, v)
+}
+
+// egressLocal delivers a translated packet to an instance on this node.
+func (p *Processor) egressLocal(ctx *WorkerCtx, t *Table, f *Frame, pkt []byte, pp *Parsed, self, ns netip.Addr, full bool, ii int32, v *Verdict) {
+	inst := &t.Instances[ii]
+	dp := t.Port(inst.Port)
+	if dp == nil {
+		ctx.drop(v, ReasonUnknownPort)
+		return
+	}
+	translateEgress(ctx, pkt, pp, self, ns, full)
+	start, end, ver := pp.L3Off-EthernetLen, pp.End, pp.Version
+	// Both ends are here: the reply direction of a local flow is also
+	// un-translated here (what ingress does for remote servers). The
+	// translated packet parses as pp did but for its addresses (the
+	// rewrite changed only addresses, checksums and an ICMP error's
+	// quote, none of which parsing looks at beyond reading the
+	// addresses), so pp, which this packet needs no more, becomes its
+	// decode with the addresses read again: no second Decode, and no
+	// copy of the struct just written (its wide loads would wait on
+	// the narrow stores).
+	pp.readAddrs(pkt)
+	p.untranslate(ctx, t, pkt[:end], pp)
+	writeEth(pkt[start:], &dp.ContainerMAC, &dp.HostMAC, ver)
+	v.Action, v.Port = ActTxPort, inst.Port
+	v.Off, v.Len = f.Off+start, end-start
+	ctx.ev(EvEgressLocal)
+}
+
+// egressRemote translates and encapsulates a packet for an instance on
+// another node.
+func (p *Processor) egressRemote(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, pkt []byte, pp *Parsed, self, ns netip.Addr, full bool, inst *Instance, hash uint32, v *Verdict) {
 	ipLen := pp.End - pp.L3Off
 	if ipLen > t.maxIP {
 		p.tooBig(ctx, t, port, f, pkt, v)
@@ -276,6 +238,65 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	}
 	v.Action = ActTxUplink
 	ctx.ev(EvEgressRemote)
+}
+
+// egressTarget picks the instance a container's packet to a service or
+// instance IP goes to, and the flow hash its tunnel header carries. On
+// false the verdict says why not.
+func (p *Processor) egressTarget(ctx *WorkerCtx, t *Table, e addrEntry, pkt []byte, pp *Parsed, v *Verdict) (ii int32, hash uint32, ok bool) {
+	if e.kind == addrInstance {
+		ii = e.idx
+		var fk FlowKey
+		fk.setOf(pkt, pp)
+		k := fk
+		if pp.Frag != FragNone {
+			k = MakeFlowKey(pp.Proto, pp.Src, 0, pp.Dst, 0) // all fragments alike
+		}
+		hash = k.Hash()
+		if pp.HasPorts && pp.Frag != FragLater && !pp.isICMPError() {
+			// The client now talks to the instance IP itself on this
+			// 5-tuple: a service flow that picked this instance from the
+			// same port must not turn the replies' source into its
+			// service IP (see FlowTable).
+			rev := fk.reverse()
+			p.flows.ReleaseReverse(&rev)
+		}
+	} else {
+		svc := &t.Services[e.idx]
+		switch {
+		case pp.Frag == FragLater:
+			fe := ctx.fragOut.get(pp, ctx.Now)
+			if fe == nil {
+				ctx.drop(v, ReasonFragUnknown)
+				return 0, 0, false
+			}
+			if ii = t.instanceByNumber(svc, fe.inst); ii < 0 {
+				ctx.drop(v, ReasonFragUnknown)
+				return 0, 0, false
+			}
+			hash = fe.hash
+			ctx.ev(EvFragTranslated)
+		case pp.isICMPError():
+			var r DropReason
+			if ii, hash, r = p.resolveICMPError(ctx, t, svc, pkt, pp); r != ReasonNone {
+				ctx.drop(v, r)
+				return 0, 0, false
+			}
+		case !pp.HasPorts:
+			ctx.drop(v, ReasonUnsupportedProto)
+			return 0, 0, false
+		default:
+			var r DropReason
+			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
+				ctx.drop(v, r)
+				return 0, 0, false
+			}
+			if pp.Frag == FragFirst {
+				ctx.fragOut.put(pp, t.Instances[ii].Number, netip.Addr{}, hash, ctx.Now)
+			}
+		}
+	}
+	return ii, hash, true
 }
 
 // resolve finds or creates the flow of a packet to a service IP.
@@ -387,78 +408,6 @@ func translateEgress(ctx *WorkerCtx, pkt []byte, pp *Parsed, src, dst netip.Addr
 	rewriteAddrs(pkt, q, qs, qd, false)
 	icmpChecksum(pkt, pp)
 	ctx.ev(EvICMPErrorTranslated)
-}
-
-func writeEth(b []byte, dst, src *[6]byte, version uint8) {
-	// Array stores, not copy(): no temporaries and no overlap checks.
-	e := (*[EthernetLen]byte)(b)
-	*(*[6]byte)(e[0:6]) = *dst
-	*(*[6]byte)(e[6:12]) = *src
-	if version == 4 {
-		binary.BigEndian.PutUint16(e[12:], EtherTypeIPv4)
-	} else {
-		binary.BigEndian.PutUint16(e[12:], EtherTypeIPv6)
-	}
-}
-
-// TunnelSourcePort maps a flow hash to the outer UDP source port (the
-// ephemeral range 49152–65535, RFC 6335).
-func TunnelSourcePort(hash uint32) uint16 { return 49152 | uint16(hash&0x3fff) }
-
-// encap writes Ethernet + outer IP + UDP headers at the start of b, in
-// front of the inner packet that fills the rest of b. Outer IPv4: DF set,
-// TTL 64, ID 0 (RFC 6864 allows any ID on atomic datagrams), UDP checksum
-// 0 (RFC 768). Outer IPv6: hop limit 64, flow label from the hash, UDP
-// checksum computed (RFC 8200 §8.1; RFC 6935's zero-checksum exception is
-// not used).
-func encap(b []byte, t *Table, inst *Instance, hash uint32) {
-	ipo := EthernetLen
-	if t.node4 {
-		// The constant bytes come from the instance's template; only the
-		// lengths, the header checksum and the source port vary.
-		h := (*[EthernetLen + outerOverhead4]byte)(b)
-		*h = inst.outer4
-		ipLen := len(b) - ipo
-		binary.BigEndian.PutUint16(h[ipo+2:], uint16(ipLen))
-		binary.BigEndian.PutUint16(h[ipo+10:], ^fold32(inst.outerSum+uint32(ipLen)))
-		binary.BigEndian.PutUint16(h[ipo+IPv4MinLen:], TunnelSourcePort(hash))
-		binary.BigEndian.PutUint16(h[ipo+IPv4MinLen+4:], uint16(ipLen-IPv4MinLen))
-		return
-	}
-	writeEth(b, &inst.nodeMAC, &t.Node.UplinkMAC, 6)
-	h := b[ipo : ipo+IPv6Len]
-	binary.BigEndian.PutUint32(h[0:], 6<<28|hash&0xfffff)
-	binary.BigEndian.PutUint16(h[4:], uint16(len(b)-ipo-IPv6Len))
-	h[6], h[7] = ProtoUDP, 64
-	putAddr(h[8:], t.Node.Addr.Addr())
-	putAddr(h[24:], inst.Node.Addr())
-	udp := b[ipo+IPv6Len:]
-	binary.BigEndian.PutUint16(udp[0:], TunnelSourcePort(hash))
-	binary.BigEndian.PutUint16(udp[2:], inst.Node.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	udp[6], udp[7] = 0, 0
-	cs := Checksum(udp, PseudoHeaderSum(ProtoUDP, h[8:24], h[24:40], len(udp)))
-	if cs == 0 {
-		cs = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], cs)
-}
-
-// outerHeader4 returns the Ethernet, outer IPv4 and UDP headers encap
-// sends from node to peer over an IPv4 underlay, with the fields that vary
-// per packet (lengths, header checksum, UDP source port) zero: Build
-// keeps one per remote instance (Instance.outer4). Outer IPv4: DF set, TTL
-// 64, ID 0; UDP checksum 0.
-func outerHeader4(dstMAC, srcMAC [6]byte, node, peer netip.AddrPort) (h [EthernetLen + outerOverhead4]byte) {
-	writeEth(h[:], &dstMAC, &srcMAC, 4)
-	ip := h[EthernetLen:]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint32(ip[4:], ipv4FlagDF) // ID 0, DF
-	ip[8], ip[9] = 64, ProtoUDP
-	putAddr(ip[12:], node.Addr())
-	putAddr(ip[16:], peer.Addr())
-	binary.BigEndian.PutUint16(ip[IPv4MinLen+2:], peer.Port())
-	return h
 }
 
 // tooBig turns the frame into an ICMP "fragmentation needed" (IPv4, type 3

@@ -221,22 +221,44 @@ func (b *Builder) Build() (*Table, error) {
 	if t.maxIP < 576 {
 		return nil, fmt.Errorf("%w: underlay MTU %d too small", ErrInvalid, t.Node.UnderlayMTU)
 	}
-	addAddr := func(a netip.Addr, e addrEntry, what string) error {
-		if !a.IsValid() {
-			return nil
-		}
-		if !t.inService(a) {
-			return fmt.Errorf("%w: %s %v outside the service ranges", ErrInvalid, what, a)
-		}
-		if _, dup := t.addrs.get(a); dup {
-			return fmt.Errorf("%w: %s %v used twice", ErrInvalid, what, a)
-		}
-		t.addrs.put(a, e)
+	svcByJob, err := t.addServices(b.Services)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.addPorts(b.Ports); err != nil {
+		return nil, err
+	}
+	if err := t.addInstances(b, svcByJob); err != nil {
+		return nil, err
+	}
+	for _, p := range b.Peers {
+		t.peers.put(p.Addr(), struct{}{})
+	}
+	t.preparePolicies(b.Prev)
+	return t, nil
+}
+
+// addAddr indexes a service or instance IP; the zero Addr is skipped.
+func (t *Table) addAddr(a netip.Addr, e addrEntry, what string) error {
+	if !a.IsValid() {
 		return nil
 	}
-	svcByJob := make(map[string]int32, len(b.Services))
-	t.Services = make([]Service, len(b.Services))
-	for i, s := range b.Services {
+	if !t.inService(a) {
+		return fmt.Errorf("%w: %s %v outside the service ranges", ErrInvalid, what, a)
+	}
+	if _, dup := t.addrs.get(a); dup {
+		return fmt.Errorf("%w: %s %v used twice", ErrInvalid, what, a)
+	}
+	t.addrs.put(a, e)
+	return nil
+}
+
+// addServices adds the services and their service IPs, and returns each
+// job's index.
+func (t *Table) addServices(specs []ServiceSpec) (map[string]int32, error) {
+	svcByJob := make(map[string]int32, len(specs))
+	t.Services = make([]Service, len(specs))
+	for i, s := range specs {
 		if _, dup := svcByJob[s.Job]; dup || s.Job == "" {
 			return nil, fmt.Errorf("%w: service %q empty or duplicate", ErrInvalid, s.Job)
 		}
@@ -248,49 +270,60 @@ func (b *Builder) Build() (*Table, error) {
 				return nil, fmt.Errorf("%w: service %s: unknown policy %q", ErrInvalid, s.Job, pip.Policy)
 			}
 			e := addrEntry{kind: addrService, policy: pol, idx: int32(i)}
-			if err := addAddr(pip.V4, e, "service IP"); err != nil {
+			if err := t.addAddr(pip.V4, e, "service IP"); err != nil {
 				return nil, err
 			}
-			if err := addAddr(pip.V6, e, "service IP"); err != nil {
+			if err := t.addAddr(pip.V6, e, "service IP"); err != nil {
 				return nil, err
 			}
 		}
 	}
-	for _, p := range b.Ports {
+	return svcByJob, nil
+}
+
+// addPorts adds the local ports and their namespace IPs.
+func (t *Table) addPorts(specs []PortSpec) error {
+	for _, p := range specs {
 		if p.ID >= MaxPorts {
-			return nil, fmt.Errorf("%w: port %d beyond %d", ErrInvalid, p.ID, MaxPorts)
+			return fmt.Errorf("%w: port %d beyond %d", ErrInvalid, p.ID, MaxPorts)
 		}
 		for int(p.ID) >= len(t.ports) {
 			t.ports = append(t.ports, nil)
 		}
 		if t.ports[p.ID] != nil {
-			return nil, fmt.Errorf("%w: port %d twice", ErrInvalid, p.ID)
+			return fmt.Errorf("%w: port %d twice", ErrInvalid, p.ID)
 		}
 		t.ports[p.ID] = &LocalPort{PortSpec: p}
 		for _, a := range []netip.Addr{p.NS4, p.NS6} {
 			if a.IsValid() {
 				if _, dup := t.localNS.get(a); dup {
-					return nil, fmt.Errorf("%w: nsIP %v on two ports", ErrInvalid, a)
+					return fmt.Errorf("%w: nsIP %v on two ports", ErrInvalid, a)
 				}
 				t.localNS.put(a, p.ID)
 			}
 		}
 	}
+	return nil
+}
+
+// addInstances adds b's instances, their instance IPs and the outer
+// headers of the remote ones.
+func (t *Table) addInstances(b *Builder, svcByJob map[string]int32) error {
 	t.Instances = make([]Instance, len(b.Instances))
 	for i, in := range b.Instances {
 		si, ok := svcByJob[in.Job]
 		if !ok {
-			return nil, fmt.Errorf("%w: instance %s/%d of unknown service", ErrInvalid, in.Job, in.Number)
+			return fmt.Errorf("%w: instance %s/%d of unknown service", ErrInvalid, in.Job, in.Number)
 		}
 		for _, j := range t.Services[si].Instances {
 			if t.Instances[j].Number == in.Number {
-				return nil, fmt.Errorf("%w: instance %s/%d twice", ErrInvalid, in.Job, in.Number)
+				return fmt.Errorf("%w: instance %s/%d twice", ErrInvalid, in.Job, in.Number)
 			}
 		}
 		inst := Instance{InstanceSpec: in, Svc: si}
 		if in.Local {
 			if int(in.Port) >= len(t.ports) || t.ports[in.Port] == nil {
-				return nil, fmt.Errorf("%w: local instance %s/%d on unknown port %d", ErrInvalid, in.Job, in.Number, in.Port)
+				return fmt.Errorf("%w: local instance %s/%d on unknown port %d", ErrInvalid, in.Job, in.Number, in.Port)
 			}
 		} else if in.Node.IsValid() {
 			inst.nodeMAC, inst.hasMAC = b.Neighbors[in.Node.Addr()]
@@ -302,7 +335,7 @@ func (b *Builder) Build() (*Table, error) {
 				inst.outer4 = outerHeader4(inst.nodeMAC, t.Node.UplinkMAC, t.Node.Addr, in.Node)
 			}
 		} else {
-			return nil, fmt.Errorf("%w: remote instance %s/%d without node", ErrInvalid, in.Job, in.Number)
+			return fmt.Errorf("%w: remote instance %s/%d without node", ErrInvalid, in.Job, in.Number)
 		}
 		t.Instances[i] = inst
 		for _, a := range []netip.Addr{in.NS4, in.NS6} {
@@ -311,19 +344,15 @@ func (b *Builder) Build() (*Table, error) {
 			}
 		}
 		e := addrEntry{kind: addrInstance, idx: int32(i)}
-		if err := addAddr(in.IP4, e, "instance IP"); err != nil {
-			return nil, err
+		if err := t.addAddr(in.IP4, e, "instance IP"); err != nil {
+			return err
 		}
-		if err := addAddr(in.IP6, e, "instance IP"); err != nil {
-			return nil, err
+		if err := t.addAddr(in.IP6, e, "instance IP"); err != nil {
+			return err
 		}
 		t.Services[si].Instances = append(t.Services[si].Instances, int32(i))
 	}
-	for _, p := range b.Peers {
-		t.peers.put(p.Addr(), struct{}{})
-	}
-	t.preparePolicies(b.Prev)
-	return t, nil
+	return nil
 }
 
 // preparePolicies sets every service's policy states, keeping the counters

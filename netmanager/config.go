@@ -245,6 +245,21 @@ func (c *Config) Validate() error {
 	bad := func(key, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
 	}
+	c.validateNode(bad)
+	c.validateHost(bad)
+	c.validateDataplane(bad)
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// badKey reports one invalid key; Validate joins them.
+type badKey func(key, format string, a ...any)
+
+// validateNode checks who the node is and where its cluster and peers
+// reach it.
+func (c *Config) validateNode(bad badKey) {
 	if c.NodeID == "" && c.Cluster != "" {
 		bad("node-id", "required with cluster")
 	}
@@ -289,6 +304,10 @@ func (c *Config) Validate() error {
 			bad("cluster", "%v", err)
 		}
 	}
+}
+
+// validateHost checks the paths, logging and credentials on the host.
+func (c *Config) validateHost(bad badKey) {
 	if c.Socket == "" || !filepath.IsAbs(c.Socket) {
 		bad("socket", "%q must be an absolute path", c.Socket)
 	} else if len(c.Socket) > 107 {
@@ -297,6 +316,20 @@ func (c *Config) Validate() error {
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		bad("state-dir", "%q must be an absolute path", c.StateDir)
 	}
+	if c.BPFDir != "" && !filepath.IsAbs(c.BPFDir) {
+		bad("bpf-dir", "%q must be an absolute path", c.BPFDir)
+	}
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		bad("log-level", "%v", err)
+	}
+	if c.ClusterToken() == "" && !c.Insecure {
+		bad("insecure", "OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without a token")
+	}
+}
+
+// validateDataplane checks the data plane's keys: workers, XDP, the
+// kernel tier and the addresses it gives containers.
+func (c *Config) validateDataplane(bad badKey) {
 	if c.Workers < 0 || c.Workers > 256 {
 		bad("workers", "%d not in 0-256", c.Workers)
 	}
@@ -318,20 +351,11 @@ func (c *Config) Validate() error {
 	if c.Offload != "on" && c.Offload != "off" {
 		bad("offload", "%q: want on or off", c.Offload)
 	}
-	if c.BPFDir != "" && !filepath.IsAbs(c.BPFDir) {
-		bad("bpf-dir", "%q must be an absolute path", c.BPFDir)
-	}
 	if c.Quarantine < 0 {
 		bad("quarantine", "%v is negative", c.Quarantine)
 	}
 	if c.ServiceMetricsMax < 1 || c.ServiceMetricsMax > 100000 {
 		bad("service-metrics-max", "%d not in 1-100000", c.ServiceMetricsMax)
-	}
-	if _, err := ParseLogLevel(c.LogLevel); err != nil {
-		bad("log-level", "%v", err)
-	}
-	if c.ClusterToken() == "" && !c.Insecure {
-		bad("insecure", "OAKWIRE_TOKEN is not set: set it, or pass --insecure to run without a token")
 	}
 	if c.Dataplane != "xdp" && c.Dataplane != "none" {
 		bad("dataplane", "%q: want xdp or none", c.Dataplane)
@@ -345,10 +369,6 @@ func (c *Config) Validate() error {
 	if p, err := netip.ParsePrefix(c.PlatformV6); err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p {
 		bad("platform-v6", "%q: want a masked IPv6 prefix", c.PlatformV6)
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("config: %w", errors.Join(errs...))
-	}
-	return nil
 }
 
 // ParseCPUList parses a comma-separated list of CPU numbers ("0,2");

@@ -1,12 +1,18 @@
 package netmanager
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/oakwire/oakwire/api"
+	"github.com/oakwire/oakwire/ipam"
 )
 
 // DefaultClusterPort is the port of a cluster_address given without one:
@@ -83,4 +89,126 @@ func validHost(h string) bool {
 		}
 	}
 	return true
+}
+
+// registerLoop registers with the cluster, retrying with backoff, until it
+// answers or ctx ends.
+func (d *Daemon) registerLoop(ctx context.Context, id, addr string) {
+	backoff := time.Second
+	for {
+		err := d.Register(ctx, id, addr)
+		if err == nil || errors.Is(err, ErrConflict) || errors.Is(err, ErrBadRequest) {
+			if err != nil {
+				d.log.Error("registration refused; not retrying", "cluster", addr, "err", err)
+			}
+			return
+		}
+		d.log.Warn("registration failed; retrying", "cluster", addr, "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// Register registers the node id with the cluster at addr (POST
+// /register). Same id again: no-op. Another id: ErrConflict.
+func (d *Daemon) Register(ctx context.Context, id, addr string) error {
+	if !api.ValidID(id) {
+		return badRequest("bad_client_id", "client_id: %q: 1-128 characters of letters, digits and . _ - :", id)
+	}
+	if strings.TrimSpace(addr) == "" {
+		return badRequest("missing_field", "cluster_address: missing")
+	}
+	target, err := clusterTarget(addr, d.cfg.ClusterPort)
+	if err != nil {
+		return badRequest("bad_cluster_address", "cluster_address: %v", err)
+	}
+	// regMu serialises registrations; d.mu is not held during the cluster
+	// call so /status and deploys (with known subnets) go on meanwhile.
+	d.regMu.Lock()
+	defer d.regMu.Unlock()
+	d.mu.Lock()
+	if d.nodeID != "" && d.nodeID != id {
+		d.mu.Unlock()
+		return conflict("node_id", "client_id: this node is registered as %q, not %q", d.nodeID, id)
+	}
+	// The node has one cluster: the configured one, or the one it
+	// registered with. Another address is refused, not ignored.
+	if cur := d.clusterAddressLocked(); cur != "" && (d.confirmed || d.cfg.Cluster != "") {
+		if ct, _ := clusterTarget(cur, d.cfg.ClusterPort); ct != target {
+			d.mu.Unlock()
+			return conflict("cluster_changed", "cluster_address: this node belongs to the cluster at %s, not %s (run `netmanager teardown` to move it)", ct, target)
+		}
+	}
+	if d.confirmed {
+		d.mu.Unlock()
+		return nil
+	}
+	cl := d.cluster
+	if cl == nil || d.clusterAddressLocked() != target {
+		if cl, err = d.newCluster(target, id); err != nil {
+			d.mu.Unlock()
+			return badRequest("bad_cluster_address", "cluster_address: %v", err)
+		}
+	}
+	d.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	reg, err := cl.Register(rctx, d.cfg.endpoint())
+	cancel()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.lastErr = err.Error()
+		return fmt.Errorf("register with cluster %s: %w: %w", addr, ErrCluster, err)
+	}
+	if d.nodeID != "" && d.nodeID != id {
+		return conflict("node_id", "client_id: this node is registered as %q, not %q", d.nodeID, id)
+	}
+	st := d.st
+	if st.Subnets != nil && st.Subnets.Subnet() != reg.Subnets {
+		return conflict("subnet_changed", "cluster %s gave subnets %s %s but this node holds %s %s: run `netmanager teardown`",
+			addr, reg.Subnets.V4, reg.Subnets.V6, st.Subnets.Subnet().V4, st.Subnets.Subnet().V6)
+	}
+	fresh := st.Subnets == nil
+	if fresh {
+		ns, err := ipam.NewNodeSubnet(reg.Subnets)
+		if err != nil {
+			return fmt.Errorf("cluster %s: %w", addr, err)
+		}
+		st.Subnets = ns
+	}
+	if d.cluster != nil && d.cluster != cl {
+		_ = d.cluster.Close()
+	}
+	d.cluster = cl
+	d.nodeID = id
+	st.NodeID = id
+	if d.cfg.Cluster == "" {
+		st.ClusterAddress = target
+	}
+	if err := d.setupNodeLocked(); err != nil {
+		// Registered, but the node cannot carry traffic: say so in the
+		// log and in /status (last_error) and the 409s of deploys, not
+		// only as a retry.
+		d.lastErr = err.Error()
+		d.log.Error("node setup failed after registering", "cluster", addr, "err", err)
+		if fresh { // undo the half-made node setup
+			st.Subnets = nil
+			if terr := teardownNode(st.Sysctls); terr != nil {
+				err = errors.Join(err, fmt.Errorf("rollback: %w", terr))
+			}
+			st.Sysctls = map[string]string{}
+		}
+		return err
+	}
+	if err := d.saveLocked(); err != nil {
+		return err
+	}
+	d.confirmed = true
+	d.lastErr = ""
+	d.log.Info("registered", "node_id", id, "cluster", addr, "subnet", reg.Subnets.V4, "subnet_v6", reg.Subnets.V6)
+	return nil
 }

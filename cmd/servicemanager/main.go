@@ -107,6 +107,49 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		return errors.New(usage)
 	}
 	role := args[0]
+	cfg, err := parseConfig(role, args[1:], logOut)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if cfg.LogLevel != "" {
+		if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+			return fmt.Errorf("log-level: %w", err)
+		}
+	}
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level})).With("role", role)
+
+	token, roleTokens, err := authTokens(cfg, log)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen == "" {
+		return errors.New("--listen: missing")
+	}
+	if cfg.Redis == "" && len(cfg.RedisCluster) == 0 {
+		return errors.New("--redis: missing")
+	}
+	rdb, err := newRedis(cfg)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	var handler fasthttp.RequestHandler
+	var closer func() error
+	if role == "root" {
+		handler, closer, err = newRootRole(cfg, rdb, token, roleTokens, log)
+	} else {
+		handler, closer, err = newClusterRole(cfg, rdb, token, roleTokens, log)
+	}
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, handler, closer, log, ready)
+}
+
+// parseConfig reads the configuration file, if any, and lets the flags
+// given override it.
+func parseConfig(role string, args []string, logOut io.Writer) (Config, error) {
 	fs := flag.NewFlagSet(role, flag.ContinueOnError)
 	fs.SetOutput(logOut)
 	var flags Config
@@ -123,22 +166,22 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		fs.StringVar(&flags.Root, "root", "", "root service manager `URL`")
 		fs.StringVar(&flags.ClusterID, "cluster-id", "", "this cluster's `id`")
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q\n%s", fs.Args(), usage)
+		return Config{}, fmt.Errorf("unexpected arguments %q\n%s", fs.Args(), usage)
 	}
 	var cfg Config
 	if configFile != "" {
 		b, err := os.ReadFile(configFile)
 		if err != nil {
-			return fmt.Errorf("config: %w", err)
+			return Config{}, fmt.Errorf("config: %w", err)
 		}
 		dec := yaml.NewDecoder(strings.NewReader(string(b)))
 		dec.KnownFields(true)
 		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("config %s: %w", configFile, err)
+			return Config{}, fmt.Errorf("config %s: %w", configFile, err)
 		}
 	}
 	fs.Visit(func(f *flag.Flag) {
@@ -161,15 +204,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			cfg.ClusterID = flags.ClusterID
 		}
 	})
+	return cfg, nil
+}
 
-	level := slog.LevelInfo
-	if cfg.LogLevel != "" {
-		if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-			return fmt.Errorf("log-level: %w", err)
-		}
-	}
-	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level})).With("role", role)
-
+// authTokens reads the tokens from the environment: one for every role
+// (OAKWIRE_TOKEN) or one per role. Neither is an error unless insecure.
+func authTokens(cfg Config, log *slog.Logger) (string, control.Tokens, error) {
 	token := os.Getenv("OAKWIRE_TOKEN")
 	roleTokens := control.Tokens{
 		Orchestrator: os.Getenv("OAKWIRE_ORCHESTRATOR_TOKEN"),
@@ -178,66 +218,61 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	if token == "" && roleTokens.Off() {
 		if !cfg.Insecure {
-			return errors.New("OAKWIRE_TOKEN is not set: set it (or OAKWIRE_ORCHESTRATOR_TOKEN, OAKWIRE_CLUSTER_TOKEN and OAKWIRE_NODE_TOKEN), or pass --insecure to run without authentication")
+			return "", control.Tokens{}, errors.New("OAKWIRE_TOKEN is not set: set it (or OAKWIRE_ORCHESTRATOR_TOKEN, OAKWIRE_CLUSTER_TOKEN and OAKWIRE_NODE_TOKEN), or pass --insecure to run without authentication")
 		}
 		log.Warn("running without authentication (--insecure, OAKWIRE_TOKEN unset): every /api/ request is accepted")
 	}
-	if cfg.Listen == "" {
-		return errors.New("--listen: missing")
-	}
-	if cfg.Redis == "" && len(cfg.RedisCluster) == 0 {
-		return errors.New("--redis: missing")
-	}
-	rdb, err := newRedis(cfg)
+	return token, roleTokens, nil
+}
+
+// newRootRole builds root's IPAM and handler.
+func newRootRole(cfg Config, rdb redis.UniversalClient, token string, roleTokens control.Tokens, log *slog.Logger) (fasthttp.RequestHandler, func() error, error) {
+	plan, err := ipamConfig(cfg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer rdb.Close()
-
-	var handler fasthttp.RequestHandler
-	var closer func() error
-	switch role {
-	case "root":
-		plan, err := ipamConfig(cfg)
-		if err != nil {
-			return err
-		}
-		prefix := orDefault(cfg.RedisPrefix, control.DefaultPrefix)
-		alloc, err := ipam.NewRedis(rdb, plan, prefix)
-		if err != nil {
-			return fmt.Errorf("ipam: %w", err)
-		}
-		r, err := control.NewRoot(control.RootConfig{
-			Prefix: prefix, Token: token, RoleTokens: roleTokens, MetricsOpen: cfg.MetricsOpen, Policies: cfg.Policies, IPAM: plan, Log: log,
-			Timeout: redisBudget(cfg.RedisTimeout),
-			Notify: control.NotifyConfig{Timeout: time.Duration(cfg.NotifyTimeout), MinBackoff: time.Duration(cfg.NotifyBackoff),
-				MaxBackoff: time.Duration(cfg.NotifyMaxBack), QueueLen: cfg.NotifyQueue, UnreachableAfter: cfg.UnreachableAfter},
-		}, rdb, alloc)
-		if err != nil {
-			return err
-		}
-		handler, closer = r.Handler(), r.Close
-	case "cluster":
-		if cfg.Root == "" {
-			return errors.New("--root: missing")
-		}
-		adv := cfg.Advertise
-		if adv == "" {
-			adv = advertiseFor(cfg.Listen, cfg.Root)
-		}
-		c, err := control.NewCluster(control.ClusterConfig{
-			Prefix: cfg.RedisPrefix, Token: token, RoleTokens: roleTokens, MetricsOpen: cfg.MetricsOpen, ClusterID: cfg.ClusterID, RootURL: cfg.Root, Advertise: adv,
-			WatchRetention: cfg.WatchRetention, WatchPoll: time.Duration(cfg.WatchPoll), MaxWatch: time.Duration(cfg.MaxWatch),
-			Refresh: time.Duration(cfg.Refresh), PeerSync: time.Duration(cfg.PeerSync), Timeout: redisBudget(cfg.RedisTimeout), RootTimeout: time.Duration(cfg.RootTimeout),
-			Log: log,
-		}, rdb)
-		if err != nil {
-			return err
-		}
-		c.Start()
-		handler, closer = c.Handler(), c.Close
+	prefix := orDefault(cfg.RedisPrefix, control.DefaultPrefix)
+	alloc, err := ipam.NewRedis(rdb, plan, prefix)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipam: %w", err)
 	}
+	r, err := control.NewRoot(control.RootConfig{
+		Prefix: prefix, Token: token, RoleTokens: roleTokens, MetricsOpen: cfg.MetricsOpen, Policies: cfg.Policies, IPAM: plan, Log: log,
+		Timeout: redisBudget(cfg.RedisTimeout),
+		Notify: control.NotifyConfig{Timeout: time.Duration(cfg.NotifyTimeout), MinBackoff: time.Duration(cfg.NotifyBackoff),
+			MaxBackoff: time.Duration(cfg.NotifyMaxBack), QueueLen: cfg.NotifyQueue, UnreachableAfter: cfg.UnreachableAfter},
+	}, rdb, alloc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.Handler(), r.Close, nil
+}
 
+// newClusterRole builds a cluster service manager and starts its loops.
+func newClusterRole(cfg Config, rdb redis.UniversalClient, token string, roleTokens control.Tokens, log *slog.Logger) (fasthttp.RequestHandler, func() error, error) {
+	if cfg.Root == "" {
+		return nil, nil, errors.New("--root: missing")
+	}
+	adv := cfg.Advertise
+	if adv == "" {
+		adv = advertiseFor(cfg.Listen, cfg.Root)
+	}
+	c, err := control.NewCluster(control.ClusterConfig{
+		Prefix: cfg.RedisPrefix, Token: token, RoleTokens: roleTokens, MetricsOpen: cfg.MetricsOpen, ClusterID: cfg.ClusterID, RootURL: cfg.Root, Advertise: adv,
+		WatchRetention: cfg.WatchRetention, WatchPoll: time.Duration(cfg.WatchPoll), MaxWatch: time.Duration(cfg.MaxWatch),
+		Refresh: time.Duration(cfg.Refresh), PeerSync: time.Duration(cfg.PeerSync), Timeout: redisBudget(cfg.RedisTimeout), RootTimeout: time.Duration(cfg.RootTimeout),
+		Log: log,
+	}, rdb)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.Start()
+	return c.Handler(), c.Close, nil
+}
+
+// serve listens and serves until ctx ends or serving fails, then closes
+// the role and shuts the server down.
+func serve(ctx context.Context, cfg Config, handler fasthttp.RequestHandler, closer func() error, log *slog.Logger, ready chan<- string) error {
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = closer()
@@ -253,7 +288,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err = <-errc:
+	case err := <-errc:
 		_ = closer()
 		return fmt.Errorf("serve: %w", err)
 	}
