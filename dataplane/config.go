@@ -78,7 +78,10 @@ type Config struct {
 	RingSize int
 	// Poller tunes hybrid polling (zero: xsk defaults, 200 µs spin).
 	Poller xsk.PollerConfig
-	// Flows configures the flow table (zero: fastpath.DefaultFlowConfig).
+	// Flows configures the worker pool's flow table; zero fields take
+	// fastpath.DefaultFlowConfig's values. Flows.PerPort bounds the flows
+	// of one container port (default an eighth of the capacity, at least
+	// 64): a port at its bound replaces its least recently used flow.
 	Flows fastpath.FlowConfig
 	// Resolver resolves unknown service IPs; nil drops them (counted).
 	Resolver Resolver
@@ -150,8 +153,10 @@ type Stats struct {
 	// Fast is the per-packet logic's drop reasons and events.
 	Fast fastpath.Stats
 	// Counters are the engine's own counters (see counterNames) plus the
-	// sockets' kernel statistics summed ("xsk_*") and the steering
-	// programs' counters ("bpf_*").
+	// sockets' kernel statistics summed ("xsk_*"), the steering
+	// programs' counters ("bpf_*") and the flow table's
+	// (fastpath.FlowCounters: "flows_evicted_quota",
+	// "flows_evicted_table_full", "flows_expired_unanswered").
 	Counters map[string]uint64
 }
 

@@ -50,8 +50,9 @@
 // The tier manager's sweeper (every 250 ms) expires flows idle longer than
 // the worker pool's idle times (TCP 10 min, after RST 1 s, after FIN 10 s;
 // UDP 60 s), keeps the worker pool's flow of a busy one alive, bounds the
-// slots of one arrival interface (an eighth of the tier, at least 64:
-// beyond it a port's flows stay with the workers), and on every new
+// slots charged to one container port (an eighth of the tier, at least
+// 64; a tunnel flow is charged to the port it delivers into: beyond it a
+// port's flows stay with the workers), and on every new
 // table asks the processor what it would do now with each flow (simulate):
 // a flow whose answer changed (its instance left, a peer went) is
 // withdrawn and its next packet decided again.

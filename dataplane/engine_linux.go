@@ -222,9 +222,7 @@ func (c *Config) fill(topo xsk.Topology) error {
 	if c.Frames < 2*c.RingSize {
 		return fmt.Errorf("%w: %d frames for rings of %d (need twice the ring size)", ErrInvalidConfig, c.Frames, c.RingSize)
 	}
-	if c.Flows == (fastpath.FlowConfig{}) {
-		c.Flows = fastpath.DefaultFlowConfig()
-	}
+	c.Flows = c.Flows.WithDefaults() // the kernel tier reads its idle times
 	if c.Poller.Timeout <= 0 {
 		// Every control call and Close wake a sleeping worker through
 		// its eventfd; the timeout is only a safety net, so it is long.
@@ -432,6 +430,10 @@ func (e *Engine) Stats() Stats {
 	for k, v := range e.slow.counters() {
 		s.Counters[k] = v
 	}
+	fc := e.flows.Counters()
+	s.Counters["flows_evicted_quota"] = fc.EvictedQuota
+	s.Counters["flows_evicted_table_full"] = fc.EvictedFull
+	s.Counters["flows_expired_unanswered"] = fc.ExpiredUnanswered
 	for wi := range e.workers {
 		_ = e.onWorker(wi, func(w *worker) error {
 			for _, ws := range w.socks {

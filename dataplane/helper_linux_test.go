@@ -63,6 +63,8 @@ type helperSpec struct {
 	// Deferred services are withheld from the table until the Resolver is
 	// asked about one of their IPs.
 	Deferred []string
+	// Flows is Config.Flows (zero: the defaults).
+	Flows fastpath.FlowConfig
 }
 
 type helperPort struct {
@@ -89,7 +91,7 @@ func runEngineHelper(specJSON string) int {
 		fmt.Println("error:", err)
 		return 2
 	}
-	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode, Offload: sp.Offload}
+	cfg := Config{Uplink: sp.Uplink, NodeIP: sp.NodeIP, Workers: sp.Workers, CPUs: sp.CPUs, Mode: mode, Offload: sp.Offload, Flows: sp.Flows}
 	// The engine's log goes to stderr as usual; panicLog also counts the
 	// recovered-panic lines for the "panics-logged" command.
 	var plog panicLog
@@ -140,23 +142,7 @@ func runEngineHelper(specJSON string) int {
 		return 1
 	}
 	defer e.Close()
-	addPort := func(p helperPort) error {
-		l, err := netlink.LinkByName(p.HostIf)
-		if err != nil {
-			return err
-		}
-		mac, err := net.ParseMAC(p.ContMAC)
-		if err != nil {
-			return err
-		}
-		csum := fastpath.CsumIncremental
-		if sp.Offload {
-			csum = fastpath.CsumRecompute // the kernel tier keeps the containers' offloads on
-		}
-		_, err = e.AddPort(PortConfig{Ifindex: l.Attrs().Index, ContainerMAC: [6]byte(mac), NS4: p.NS4, NS6: p.NS6,
-			Job: p.Job, Instance: p.Instance, Csum: csum})
-		return err
-	}
+	addPort := func(p helperPort) error { return helperAddPort(e, &sp, p) }
 	for _, p := range sp.Ports {
 		if err := addPort(p); err != nil {
 			fmt.Println("error:", err)
@@ -177,6 +163,35 @@ func runEngineHelper(specJSON string) int {
 		}
 	}
 	fmt.Println("ready")
+	helperCommands(e, &sp, &plog, addPort)
+	if err := e.Close(); err != nil {
+		fmt.Println("error: close:", err)
+		return 1
+	}
+	return 0
+}
+
+// helperAddPort attaches the spec's port p to e.
+func helperAddPort(e *Engine, sp *helperSpec, p helperPort) error {
+	l, err := netlink.LinkByName(p.HostIf)
+	if err != nil {
+		return err
+	}
+	mac, err := net.ParseMAC(p.ContMAC)
+	if err != nil {
+		return err
+	}
+	csum := fastpath.CsumIncremental
+	if sp.Offload {
+		csum = fastpath.CsumRecompute // the kernel tier keeps the containers' offloads on
+	}
+	_, err = e.AddPort(PortConfig{Ifindex: l.Attrs().Index, ContainerMAC: [6]byte(mac), NS4: p.NS4, NS6: p.NS6,
+		Job: p.Job, Instance: p.Instance, Csum: csum})
+	return err
+}
+
+// helperCommands answers the test's commands on stdin until it closes.
+func helperCommands(e *Engine, sp *helperSpec, plog *panicLog, addPort func(helperPort) error) {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		cmd, arg, _ := strings.Cut(in.Text(), " ")
@@ -237,11 +252,6 @@ func runEngineHelper(specJSON string) int {
 			}
 		}
 	}
-	if err := e.Close(); err != nil {
-		fmt.Println("error: close:", err)
-		return 1
-	}
-	return 0
 }
 
 // panicLog counts the engine's recovered-panic log lines, and those of them

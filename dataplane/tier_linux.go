@@ -60,8 +60,8 @@ const (
 type tierMgr struct {
 	e *Engine
 	t *bpfprog.Tier
-	// quota bounds the published slots of one arrival interface (a port,
-	// or the uplink), so one container cannot take the whole table.
+	// quota bounds the published slots charged to one container port
+	// (chargeIf), so one container cannot take the whole table.
 	quota int
 
 	// mu guards the fields below.
@@ -86,6 +86,12 @@ type tierMgr struct {
 type tierLive struct {
 	key  bpfprog.TierKey
 	peer netip.Addr // ingress: the peer the slot accepts
+	// charge is the interface whose quota the slot counts against.
+	charge uint32
+	// unanswered: a TCP service flow the worker pool has seen no reply on
+	// (yet); it idles out after TCPSynIdle. Cleared for good once the
+	// worker pool's record says answered, or for a slot of another kind.
+	unanswered bool
 }
 
 func newTierMgr(e *Engine, t *bpfprog.Tier) *tierMgr {
@@ -122,12 +128,12 @@ func (m *tierMgr) adopt() error {
 		used[p.slot] = true
 		m.adopted[p.slot] = true
 		s := m.t.Slot(p.slot)
-		l := &tierLive{key: p.k}
+		l := &tierLive{key: p.k, charge: chargeIf(&p.k, s)}
 		if s.Kind == bpfprog.TierKindIngress {
 			l.peer = wordsAddr(s.PeerFamily, s.Peer)
 		}
 		m.live[p.slot] = l
-		m.perIf[p.k.Ifindex]++
+		m.perIf[l.charge]++
 	}
 	m.free = m.free[:0]
 	for i := m.t.NumSlots() - 1; i >= 0; i-- {
@@ -144,12 +150,26 @@ func (m *tierMgr) adopt() error {
 // node re-syncs its interests through the watch within seconds).
 const tierAdoptGrace = 30 * time.Second
 
-// alloc takes a free slot for a flow arriving on k.Ifindex (from peer,
-// for the uplink's flows).
-func (m *tierMgr) alloc(k *bpfprog.TierKey, peer netip.Addr) (uint32, bool) {
+// chargeIf is the interface whose quota a slot counts against: the
+// container port it serves. A flow from a port is charged to that port; a
+// flow arriving through the tunnel to the port it delivers into, so a
+// container's replies and the requests it serves count against it, not
+// against a shared uplink share that one busy or hostile container could
+// fill for every other.
+func chargeIf(k *bpfprog.TierKey, s *bpfprog.TierSlot) uint32 {
+	if s.Kind == bpfprog.TierKindIngress {
+		return s.OutIfindex
+	}
+	return k.Ifindex
+}
+
+// alloc takes a free slot for the flow k with slot content s (from peer,
+// for the tunnel's flows).
+func (m *tierMgr) alloc(k *bpfprog.TierKey, s *bpfprog.TierSlot, peer netip.Addr) (uint32, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.perIf[k.Ifindex] >= m.quota {
+	charge := chargeIf(k, s)
+	if m.perIf[charge] >= m.quota {
 		m.quotaFull.Add(1)
 		return 0, false
 	}
@@ -159,8 +179,8 @@ func (m *tierMgr) alloc(k *bpfprog.TierKey, peer netip.Addr) (uint32, bool) {
 	}
 	i := m.free[len(m.free)-1]
 	m.free = m.free[:len(m.free)-1]
-	m.live[i] = &tierLive{key: *k, peer: peer}
-	m.perIf[k.Ifindex]++
+	m.live[i] = &tierLive{key: *k, peer: peer, charge: charge, unanswered: k.Proto == fastpath.ProtoTCP}
+	m.perIf[charge]++
 	return i, true
 }
 
@@ -169,7 +189,7 @@ func (m *tierMgr) unalloc(i uint32) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if l := m.live[i]; l != nil {
-		m.perIf[l.key.Ifindex]--
+		m.perIf[l.charge]--
 		delete(m.live, i)
 		m.free = append(m.free, i)
 	}
@@ -183,7 +203,7 @@ func (m *tierMgr) withdrawLocked(i uint32) error {
 	}
 	err := m.t.Unpublish(&l.key)
 	atomic.StoreUint64(&m.t.Slot(i).Gate, tierGateDead)
-	m.perIf[l.key.Ifindex]--
+	m.perIf[l.charge]--
 	delete(m.live, i)
 	delete(m.adopted, i)
 	m.cooled = append(m.cooled, i)
@@ -237,18 +257,38 @@ func monoNow() uint64 {
 }
 
 // idle is how long an executed flow of protocol proto may go without a
-// packet, after the TCP flags it saw.
-func (m *tierMgr) idle(proto uint8, tcpFlags uint32) time.Duration {
+// packet, after the TCP flags it saw and whether a reply was seen.
+func (m *tierMgr) idle(proto uint8, tcpFlags uint32, unanswered bool) time.Duration {
 	fc := m.e.cfg.Flows
 	switch {
 	case proto == fastpath.ProtoTCP && tcpFlags&0x04 != 0:
 		return tierRSTIdle
 	case proto == fastpath.ProtoTCP && tcpFlags&0x01 != 0:
 		return tierFINIdle
+	case proto == fastpath.ProtoTCP && unanswered:
+		return fc.TCPSynIdle
 	case proto == fastpath.ProtoTCP:
 		return fc.TCPIdle
 	}
 	return fc.UDPIdle
+}
+
+// answeredLocked clears l.unanswered once the worker pool's record of the
+// service flow in slot s says a reply came back (the workers see a flow's
+// first reply; the sweeper's touchFlow reports later ones). A slot of
+// another kind is not the worker pool's to judge: it keeps TCPIdle. While
+// the record is gone (expired or evicted) the last answer stands. m.mu
+// held.
+func (m *tierMgr) answeredLocked(l *tierLive, s *bpfprog.TierSlot) {
+	if s.Kind != bpfprog.TierKindService {
+		l.unanswered = false
+		return
+	}
+	src, dst := bpfprog.TierKeyAddrs(&l.key)
+	k := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+	if a, ok := m.e.flows.Answered(&k); ok && a {
+		l.unanswered = false
+	}
 }
 
 // sweep expires idle flows, keeps the worker pool's flow of a busy one
@@ -267,7 +307,10 @@ func (m *tierMgr) sweep() {
 			continue // a worker's; it gives up on stuck ones itself
 		}
 		last := atomic.LoadUint64(&s.LastNs)
-		idle := m.idle(l.key.Proto, atomic.LoadUint32(&s.TcpFlags))
+		if l.unanswered {
+			m.answeredLocked(l, s)
+		}
+		idle := m.idle(l.key.Proto, atomic.LoadUint32(&s.TcpFlags), l.unanswered)
 		if last == 0 {
 			last = now // published, no packet yet: the sweep starts its clock
 			atomic.CompareAndSwapUint64(&s.LastNs, 0, now)
@@ -359,7 +402,11 @@ func (m *tierMgr) readopt(t *fastpath.Table, l *tierLive, s *bpfprog.TierSlot) b
 	}
 	fwd := fastpath.MakeFlowKey(l.key.Proto, src.Addr(), src.Port(), dst.Addr(), dst.Port())
 	rev := fastpath.MakeFlowKey(l.key.Proto, inst, dst.Port(), src.Addr(), src.Port())
-	m.e.flows.Insert(&fwd, &rev, s.Inst, fastpath.Monotonic())
+	port, ok := m.e.portByIfindex(int(l.key.Ifindex))
+	if !ok {
+		port = fastpath.NoPort
+	}
+	m.e.flows.Adopt(&fwd, &rev, s.Inst, port, fastpath.Monotonic())
 	return true
 }
 

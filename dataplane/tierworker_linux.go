@@ -137,7 +137,7 @@ func (w *worker) tierRound(m *tierMgr, ws *wsock) {
 		if _, dup := w.tpend[c.key]; dup {
 			continue
 		}
-		slot, ok := m.alloc(&c.key, c.peer)
+		slot, ok := m.alloc(&c.key, &c.slot, c.peer)
 		if !ok {
 			continue
 		}

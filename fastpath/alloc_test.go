@@ -104,17 +104,25 @@ func TestZeroAllocs(t *testing.T) {
 		t.Fatalf("new flow verdict %v/%v", nf.out[0].Action, nf.out[0].Reason)
 	}
 
-	ft := NewFlowTable(FlowConfig{Capacity: 4096})
+	// 1000 inserts from one port with a bound of 512: the later ones
+	// evict.
+	ft := NewFlowTable(FlowConfig{Capacity: 4096, PerPort: 512})
 	i := 0
 	insert := func() {
 		f, r := fkey(i)
 		i++
-		ft.Insert(&f, &r, 1, 0)
+		ft.Insert(&f, &r, 1, 1, int64(i))
 	}
 	if n := testing.AllocsPerRun(1000, insert); n != 0 {
 		t.Errorf("flow insert: %v allocs", n)
 	}
-	f, r := fkey(10)
+	if c := ft.Counters(); c.EvictedQuota == 0 {
+		t.Fatal("the insert case evicted nothing")
+	}
+	f, r := fkey(i - 1)
+	if _, _, ok := ft.Lookup(&f, 0); !ok {
+		t.Fatal("the newest flow is gone")
+	}
 	lookup := func() {
 		ft.Lookup(&f, 0)
 		ft.LookupReverse(&r, 0)
@@ -229,12 +237,12 @@ func BenchmarkFlowLookup(b *testing.B) {
 			name = "1M"
 		}
 		b.Run(name, func(b *testing.B) {
-			ft := NewFlowTable(FlowConfig{Capacity: n})
+			ft := NewFlowTable(FlowConfig{Capacity: n, PerPort: n})
 			keys := make([]FlowKey, n)
 			for i := range n {
 				f, r := fkey(i)
 				keys[i] = f
-				ft.Insert(&f, &r, 1, 0)
+				ft.Insert(&f, &r, 1, 1, 0)
 			}
 			b.ReportAllocs()
 			i := 0
@@ -251,18 +259,27 @@ func BenchmarkFlowLookup(b *testing.B) {
 
 func BenchmarkFlowInsert(b *testing.B) {
 	const capacity = 1 << 20
-	ft := NewFlowTable(FlowConfig{Capacity: capacity})
+	// A table with its port's heap made (the port's first flow allocates
+	// it), and room for capacity-1 more flows: inserts alone.
+	table := func() *FlowTable {
+		ft := NewFlowTable(FlowConfig{Capacity: capacity, PerPort: capacity})
+		w := MakeFlowKey(ProtoTCP, cli4, 1, svcR4, 1)
+		wr := w.reverse()
+		ft.Insert(&w, &wr, 1, 1, 0)
+		return ft
+	}
+	ft := table()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if i == capacity {
+		if i == capacity-1 {
 			b.StopTimer()
-			ft = NewFlowTable(FlowConfig{Capacity: capacity})
+			ft = table()
 			i = 0
 			b.StartTimer()
 		}
 		f, r := fkey(i)
-		if _, ok := ft.Insert(&f, &r, 1, 0); !ok {
+		if _, ok := ft.Insert(&f, &r, 1, 1, 0); !ok {
 			b.Fatal("full")
 		}
 		i++

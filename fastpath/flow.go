@@ -9,106 +9,62 @@ import (
 	"time"
 )
 
-// FlowKey is a packed 5-tuple: word 0 holds protocol, family and ports,
-// words 1–2 the source address, 3–4 the destination (IPv4 in the first 4
-// bytes). For ICMP echo both ports are the echo identifier.
-type FlowKey [5]uint64
-
-// MakeFlowKey packs a 5-tuple. src and dst must be of the same family.
-func MakeFlowKey(proto uint8, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) FlowKey {
-	var k FlowKey
-	fam := uint64(6)
-	if src.Is4() {
-		fam = 4
-		s, d := src.As4(), dst.As4()
-		k[1] = uint64(binary.BigEndian.Uint32(s[:])) << 32
-		k[3] = uint64(binary.BigEndian.Uint32(d[:])) << 32
-	} else {
-		s, d := src.As16(), dst.As16()
-		k[1], k[2] = binary.BigEndian.Uint64(s[:8]), binary.BigEndian.Uint64(s[8:])
-		k[3], k[4] = binary.BigEndian.Uint64(d[:8]), binary.BigEndian.Uint64(d[8:])
-	}
-	k[0] = uint64(proto) | fam<<8 | uint64(sport)<<16 | uint64(dport)<<32
-	return k
-}
-
-// flowKeyOf packs the 5-tuple of the packet p describes straight from its
-// bytes (the same key MakeFlowKey builds from p's fields).
-func flowKeyOf(pkt []byte, p *Parsed) FlowKey {
-	var k FlowKey
-	k.setOf(pkt, p)
-	return k
-}
-
-// setOf sets k to flowKeyOf(pkt, p) in place: the packet path keeps its
-// keys in locals, and a returned key would be copied into them with
-// 16-byte moves that must wait for the 8-byte stores that built it (no
-// store forwarding across two stores).
-func (k *FlowKey) setOf(pkt []byte, p *Parsed) {
-	w0 := uint64(p.Proto) | uint64(p.SrcPort)<<16 | uint64(p.DstPort)<<32
-	// Decode checked the fixed header, so one length check (the array
-	// conversion) covers the address loads.
-	if p.Version == 4 {
-		h := (*[IPv4MinLen]byte)(pkt[p.L3Off:])
-		*k = FlowKey{w0 | 4<<8, uint64(binary.BigEndian.Uint32(h[12:])) << 32, 0, uint64(binary.BigEndian.Uint32(h[16:])) << 32, 0}
-		return
-	}
-	h := (*[IPv6Len]byte)(pkt[p.L3Off:])
-	*k = FlowKey{w0 | 6<<8, binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint64(h[16:]), binary.BigEndian.Uint64(h[24:]), binary.BigEndian.Uint64(h[32:])}
-}
-
-// reverse returns the key of the same 5-tuple in the other direction.
-func (k *FlowKey) reverse() FlowKey {
-	w0 := k[0]&0xffff | (w0Port(k[0], 32) << 16) | (w0Port(k[0], 16) << 32)
-	return FlowKey{w0, k[3], k[4], k[1], k[2]}
-}
-
-func w0Port(w0 uint64, shift uint) uint64 { return (w0 >> shift) & 0xffff }
-
-// Dst returns the key's destination address.
-func (k *FlowKey) Dst() netip.Addr { return keyAddr(k[0], k[3], k[4]) }
-
-func keyAddr(w0, hi, lo uint64) netip.Addr {
-	if (w0>>8)&0xff == 4 {
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], uint32(hi>>32))
-		return netip.AddrFrom4(a)
-	}
-	var a [16]byte
-	binary.BigEndian.PutUint64(a[:8], hi)
-	binary.BigEndian.PutUint64(a[8:], lo)
-	return netip.AddrFrom16(a)
-}
-
-// Hash is the flow hash. It is deterministic (the same on every node and
-// across restarts) because it picks the tunnel UDP source port and the
-// IPv6 flow label, which peers' RSS spreads on, and a flow must keep its
-// outer 5-tuple (the fragment cache stores it for later fragments). Being
-// unseeded, anyone who picks ports can compute it, so it does not choose
-// FlowTable buckets: those use the table's seeded bucket function.
-func (k *FlowKey) Hash() uint32 {
-	// Five independent multiplies (they pipeline), then a finalizer.
-	h := k[0]*0x9E3779B97F4A7C15 + k[1]*0xbf58476d1ce4e5b9 + k[2]*0x94d049bb133111eb +
-		k[3]*0xff51afd7ed558ccd + k[4]*0xc4ceb9fe1a85ec53
-	h ^= h >> 31
-	h *= 0xd6e8feb86659fd93
-	h ^= h >> 32
-	return uint32(h)
-}
-
 // FlowConfig configures a FlowTable.
 type FlowConfig struct {
-	Capacity  int           // maximum flows (default 65536)
-	TCPIdle   time.Duration // idle expiry of TCP flows (default 10 min)
-	UDPIdle   time.Duration // default 60 s
-	ICMPIdle  time.Duration // ICMP and ICMPv6 echo (default 30 s)
-	OtherIdle time.Duration // any other protocol (default 60 s; unused today)
+	Capacity int // maximum flows (default 65536)
+	// PerPort bounds the flows one port holds (default DefaultPerPort):
+	// a port at its bound makes room for a new flow by evicting its own
+	// least recently used one.
+	PerPort int
+	TCPIdle time.Duration // idle expiry of TCP flows (default 10 min)
+	// TCPSynIdle is the idle expiry of a TCP flow no reply was seen on
+	// yet: a handshake that never completed (default 10 s).
+	TCPSynIdle time.Duration
+	UDPIdle    time.Duration // default 60 s
+	ICMPIdle   time.Duration // ICMP and ICMPv6 echo (default 30 s)
+	OtherIdle  time.Duration // any other protocol (default 60 s; unused today)
 }
 
-// DefaultFlowConfig: 65536 flows, TCP 10 min, UDP 60 s, ICMP 30 s.
+// DefaultFlowConfig: 65536 flows, 8192 per port, TCP 10 min (10 s
+// without a reply), UDP 60 s, ICMP 30 s.
 func DefaultFlowConfig() FlowConfig {
-	return FlowConfig{Capacity: 1 << 16, TCPIdle: 10 * time.Minute, UDPIdle: time.Minute, ICMPIdle: 30 * time.Second, OtherIdle: time.Minute}
+	const capacity = 1 << 16
+	return FlowConfig{Capacity: capacity, PerPort: DefaultPerPort(capacity), TCPIdle: 10 * time.Minute,
+		TCPSynIdle: 10 * time.Second, UDPIdle: time.Minute, ICMPIdle: 30 * time.Second, OtherIdle: time.Minute}
 }
+
+// DefaultPerPort is the per-port bound of a table of capacity flows: an
+// eighth of it, at least 64 (the kernel tier's quota per interface is the
+// same fraction of its slots), at most all of it. Eight ports at their
+// bound fill the table; until then no port's new flow touches another
+// port's flows.
+func DefaultPerPort(capacity int) int { return min(capacity, max(64, capacity/8)) }
+
+// WithDefaults returns c with its zero (or negative) fields set to
+// DefaultFlowConfig's values (PerPort from the capacity), PerPort capped
+// at the capacity and TCPSynIdle at TCPIdle.
+func (c FlowConfig) WithDefaults() FlowConfig {
+	d := DefaultFlowConfig()
+	if c.Capacity <= 0 {
+		c.Capacity = d.Capacity
+	}
+	if c.PerPort <= 0 {
+		c.PerPort = DefaultPerPort(c.Capacity)
+	}
+	for _, f := range []struct{ v, d *time.Duration }{{&c.TCPIdle, &d.TCPIdle}, {&c.TCPSynIdle, &d.TCPSynIdle},
+		{&c.UDPIdle, &d.UDPIdle}, {&c.ICMPIdle, &d.ICMPIdle}, {&c.OtherIdle, &d.OtherIdle}} {
+		if *f.v <= 0 {
+			*f.v = *f.d
+		}
+	}
+	c.PerPort = min(c.PerPort, c.Capacity)
+	c.TCPSynIdle = min(c.TCPSynIdle, c.TCPIdle)
+	return c
+}
+
+// NoPort owns the flows that came from no port: a previous daemon's,
+// taken over by Import. They count against no port's bound.
+const NoPort PortID = MaxPorts
 
 // flowRec is one flow. Every field a reader touches is atomic: readers run
 // a per-record seqlock (seq odd while a writer changes the record), so a
@@ -125,10 +81,13 @@ type flowRec struct {
 	// reply 5-tuple (see FlowTable), so LookupReverse skips this record
 	// until the flow is used again (Claim). Written under FlowTable.mu.
 	revOff atomic.Bool
+	// answered: a reply was seen (LookupReverse found the flow). A TCP
+	// flow without one expires after TCPSynIdle.
+	answered atomic.Bool
 	// Written and read by writers only (under FlowTable.mu).
 	used   bool
 	bf, br uint32  // bucket indexes
-	_      [8]byte // pad to 128 bytes: a lookup touches one cache line (seq … fwd)
+	_      [4]byte // pad to 128 bytes: a lookup touches one cache line (seq … fwd)
 }
 
 // FlowTable maps forward keys (client nsIP → service IP) and reverse keys
@@ -146,10 +105,25 @@ type flowRec struct {
 // untranslated. Writers (insert, rebind, sweep) serialize on one mutex;
 // they run once per new flow, not per packet.
 //
-// Capacity is fixed at creation: when every record is in use Insert fails
-// and the packet is dropped as ReasonFlowTableFull (no eviction of live
-// flows: a flood of new flows cannot break established ones). The sweeper
-// frees idle flows.
+// Capacity is fixed at creation, and every flow counts against the port
+// it came from (its client container's). A port holds at most PerPort
+// flows: at that bound, its new flow takes the place of its own least
+// recently used one, so a container opening flows as fast as it can
+// churns through its own share and never fills the table. A full table
+// (enough ports at their bound) likewise evicts the asking port's least
+// recently used flow; never another port's while the asker has one. Only
+// a port with no flows at all takes one from the port holding the most,
+// so every port can open a flow. Evictions are counted (Counters); Insert
+// fails (ReasonFlowTableFull) only when nothing can be evicted. The
+// sweeper frees idle flows; a TCP flow no reply was seen on (the reverse
+// lookup marks it answered) idles out after TCPSynIdle instead of TCPIdle,
+// so flows of a SYN flood into the void go within seconds.
+//
+// Least recently used is exact up to the 250 ms granularity of the last
+// use time: each port's flows sit in a binary heap on the last use its
+// writer knew of. Readers refresh the time without the lock, so the heap
+// is fixed lazily: a root whose time moved on is placed again before it
+// is evicted (each such step stands for a use since it was last placed).
 //
 // Reverse keys can collide: the reply 5-tuple (instance IP, port → client
 // nsIP, port) says which instance answered, not what the client addressed.
@@ -174,13 +148,33 @@ type FlowTable struct {
 	bktF  []atomic.Uint32 // forward chain heads (index+1)
 	bktR  []atomic.Uint32
 	recs  []flowRec
-	mu    sync.Mutex // guards free, used/bf/br of records, all writes
+	mu    sync.Mutex // guards free, used/bf/br of records, own, heaps, born, all writes
 	free  []uint32
 	count atomic.Int64
 	// gen is odd while a writer changes chains or records and advances by
 	// two per change: a lookup that missed while gen moved walks again.
 	gen   atomic.Uint64
 	sweep int // next record the sweeper looks at (guarded by mu)
+
+	perPort int   // flows one port may hold (immutable)
+	synIdle int64 // idle ns of an unanswered TCP flow (immutable)
+	// own is each record's place among its port's flows, parallel to
+	// recs; heaps[p] is port p's flows (record indexes), a min-heap on
+	// (own.key, own.born): its root is the port's least recently used
+	// flow. len(heaps[p]) is how many flows p holds. Guarded by mu.
+	own   []flowOwn
+	heaps [NoPort + 1][]uint32
+	born  uint64 // insert counter: of two flows last used at once, the older goes first
+
+	evictedQuota, evictedFull, expiredUnanswered atomic.Uint64
+}
+
+// flowOwn is a record's entry in its port's heap (writers only).
+type flowOwn struct {
+	key  int64  // the last use the heap placed the record by
+	born uint64 // FlowTable.born at insert
+	pos  int32  // index in heaps[port]
+	port PortID
 }
 
 // lookupTries bounds how often a lock-free lookup walks again after it
@@ -198,36 +192,24 @@ const maxChain = 64
 // the record's cache line from bouncing between workers).
 const touchGranularity = int64(250 * time.Millisecond)
 
-// NewFlowTable allocates a table for cfg.Capacity flows (zero fields take
-// DefaultFlowConfig's values).
+// NewFlowTable allocates a table for cfg.Capacity flows (cfg.WithDefaults
+// fills in zero fields).
 func NewFlowTable(cfg FlowConfig) *FlowTable {
-	d := DefaultFlowConfig()
-	if cfg.Capacity <= 0 {
-		cfg.Capacity = d.Capacity
-	}
-	if cfg.TCPIdle <= 0 {
-		cfg.TCPIdle = d.TCPIdle
-	}
-	if cfg.UDPIdle <= 0 {
-		cfg.UDPIdle = d.UDPIdle
-	}
-	if cfg.ICMPIdle <= 0 {
-		cfg.ICMPIdle = d.ICMPIdle
-	}
-	if cfg.OtherIdle <= 0 {
-		cfg.OtherIdle = d.OtherIdle
-	}
+	cfg = cfg.WithDefaults()
 	nb := 1
 	for nb < cfg.Capacity {
 		nb <<= 1
 	}
 	ft := &FlowTable{
-		cfg:   cfg,
-		shift: 64,
-		bktF:  make([]atomic.Uint32, nb),
-		bktR:  make([]atomic.Uint32, nb),
-		recs:  make([]flowRec, cfg.Capacity),
-		free:  make([]uint32, cfg.Capacity),
+		cfg:     cfg,
+		shift:   64,
+		bktF:    make([]atomic.Uint32, nb),
+		bktR:    make([]atomic.Uint32, nb),
+		recs:    make([]flowRec, cfg.Capacity),
+		free:    make([]uint32, cfg.Capacity),
+		own:     make([]flowOwn, cfg.Capacity),
+		perPort: cfg.PerPort,
+		synIdle: int64(cfg.TCPSynIdle),
 	}
 	for b := nb; b > 1; b >>= 1 {
 		ft.shift--
@@ -268,6 +250,35 @@ func (ft *FlowTable) Len() int { return int(ft.count.Load()) }
 
 // Capacity returns the maximum number of flows.
 func (ft *FlowTable) Capacity() int { return len(ft.recs) }
+
+// PerPort returns how many flows one port may hold.
+func (ft *FlowTable) PerPort() int { return ft.perPort }
+
+// PortFlows returns how many flows port holds (under the writer lock).
+func (ft *FlowTable) PortFlows(port PortID) int {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	return len(ft.heaps[min(port, NoPort)])
+}
+
+// FlowCounters counts what the table did to make room and to expire.
+type FlowCounters struct {
+	// EvictedQuota: flows evicted for a new flow of their own port, which
+	// was at its PerPort bound.
+	EvictedQuota uint64
+	// EvictedFull: flows evicted because the table was full (the asking
+	// port's own, or, for a port with none, the largest port's).
+	EvictedFull uint64
+	// ExpiredUnanswered: TCP flows that idled out after TCPSynIdle with
+	// no reply seen.
+	ExpiredUnanswered uint64
+}
+
+// Counters returns the table's counters (any goroutine).
+func (ft *FlowTable) Counters() FlowCounters {
+	return FlowCounters{EvictedQuota: ft.evictedQuota.Load(), EvictedFull: ft.evictedFull.Load(),
+		ExpiredUnanswered: ft.expiredUnanswered.Load()}
+}
 
 func keyEq(a *[5]atomic.Uint64, k *FlowKey) bool {
 	return a[0].Load() == k[0] && a[1].Load() == k[1] && a[2].Load() == k[2] &&
@@ -320,6 +331,13 @@ func (ft *FlowTable) LookupReverse(k *FlowKey, now int64) (svcIP netip.Addr, ok 
 				w0, hi, lo := r.fwd[0].Load(), r.fwd[3].Load(), r.fwd[4].Load()
 				if r.seq.Load() == s {
 					ft.touch(r, now)
+					if !r.answered.Load() {
+						// Once per flow (a load, not a store, after
+						// that). A writer reusing the record right now
+						// may see its new flow marked: it then idles
+						// like an answered one, nothing worse.
+						r.answered.Store(true)
+					}
 					return keyAddr(w0, hi, lo), true
 				}
 			}
@@ -330,6 +348,34 @@ func (ft *FlowTable) LookupReverse(k *FlowKey, now int64) (svcIP netip.Addr, ok 
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// Answered reports whether the flow with forward key k has seen a reply
+// (LookupReverse found it; see TCPSynIdle), without refreshing it; ok is
+// false when the table holds no such flow. The kernel tier's sweeper asks
+// it about the TCP flows it executes, whose packets the workers no longer
+// see.
+func (ft *FlowTable) Answered(k *FlowKey) (answered, ok bool) {
+	b := ft.bucket(k)
+	for try := 0; try < lookupTries; try++ {
+		g := ft.gen.Load()
+		i := ft.bktF[b].Load()
+		for n := 0; i != 0 && n < maxChain; n++ {
+			r := &ft.recs[i-1]
+			s := r.seq.Load()
+			if s&1 == 0 && keyEq(&r.fwd, k) {
+				a := r.answered.Load()
+				if r.seq.Load() == s {
+					return a, true
+				}
+			}
+			i = r.nextF.Load()
+		}
+		if g&1 == 0 && ft.gen.Load() == g {
+			break
+		}
+	}
+	return false, false
 }
 
 func (ft *FlowTable) touch(r *flowRec, now int64) {
@@ -349,17 +395,31 @@ func (ft *FlowTable) lookupLocked(k *FlowKey, b uint32) (uint32, bool) {
 	return 0, false
 }
 
-// Insert adds a flow, unless one with the same forward key exists already
-// (another worker won the race): then it returns that flow's instance
-// number. ok is false when the table is full.
-func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, now int64) (got uint32, ok bool) {
+// Insert adds a flow from port (the container whose packet opened it),
+// unless one with the same forward key exists already (another worker won
+// the race): then it returns that flow's instance number. To make room it
+// evicts a flow (see FlowTable); ok is false when nothing can be evicted.
+// A TCP flow counts as unanswered until LookupReverse finds it.
+func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, port PortID, now int64) (got uint32, ok bool) {
+	return ft.insert(fwd, rev, inst, port, now, false, true)
+}
+
+// Adopt is Insert for a flow that was running before it was known here
+// (the kernel tier's flows a previous daemon left): it counts as
+// answered, so an idle TCP connection keeps TCPIdle.
+func (ft *FlowTable) Adopt(fwd, rev *FlowKey, inst uint32, port PortID, now int64) (got uint32, ok bool) {
+	return ft.insert(fwd, rev, inst, port, now, true, true)
+}
+
+func (ft *FlowTable) insert(fwd, rev *FlowKey, inst uint32, port PortID, now int64, answered, evict bool) (uint32, bool) {
+	port = min(port, NoPort)
 	bf, br := ft.bucket(fwd), ft.bucket(rev)
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	if idx, found := ft.lookupLocked(fwd, bf); found {
 		return ft.recs[idx].inst.Load(), true
 	}
-	if len(ft.free) == 0 {
+	if !ft.roomLocked(port, evict) {
 		return 0, false
 	}
 	ft.gen.Add(1)
@@ -378,12 +438,14 @@ func (ft *FlowTable) Insert(fwd, rev *FlowKey, inst uint32, now int64) (got uint
 	r.used = true
 	ft.disownLocked(rev, br, idx)
 	r.revOff.Store(false)
+	r.answered.Store(answered)
 	r.bf, r.br = bf, br
 	r.nextF.Store(ft.bktF[r.bf].Load())
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(s + 2)
 	ft.bktF[r.bf].Store(idx + 1)
 	ft.bktR[r.br].Store(idx + 1)
+	ft.pushLocked(port, idx, now)
 	ft.count.Add(1)
 	return inst, true
 }
@@ -409,6 +471,7 @@ func (ft *FlowTable) Rebind(ref FlowRef, rev *FlowKey, inst uint32) {
 	r.inst.Store(inst)
 	ft.disownLocked(rev, br, ref.idx)
 	r.revOff.Store(false)
+	r.answered.Store(false) // a reply from the new instance is yet to come
 	r.br = br
 	r.nextR.Store(ft.bktR[r.br].Load())
 	r.seq.Store(ref.seq + 2)
@@ -549,13 +612,15 @@ func (ft *FlowTable) Range(f func(r FlowRecord) bool) {
 }
 
 // Import inserts flows (a previous daemon's, Range's records saved on a
-// graceful stop) as used at now, keeping any flow already there. It
-// returns how many it inserted; it stops when the table is full.
+// graceful stop) as used at now and answered, keeping any flow already
+// there. They belong to NoPort: the ports they came from are attached
+// again only after the import, under numbers of their own. It returns how
+// many it inserted; it stops when the table is full (it evicts nothing).
 func (ft *FlowTable) Import(recs []FlowRecord, now int64) int {
 	n := 0
 	for i := range recs {
 		r := &recs[i]
-		got, ok := ft.Insert(&r.Fwd, &r.Rev, r.Inst, now)
+		got, ok := ft.insert(&r.Fwd, &r.Rev, r.Inst, NoPort, now, true, false)
 		if !ok {
 			break
 		}
@@ -567,7 +632,8 @@ func (ft *FlowTable) Import(recs []FlowRecord, now int64) int {
 }
 
 // Sweep removes flows idle longer than their protocol's timeout at now
-// (coarse monotonic ns, the same clock the workers pass in). It visits at
+// (coarse monotonic ns, the same clock the workers pass in); for a TCP
+// flow no reply was seen on, TCPSynIdle. It visits at
 // most budget records (≤ 0: all), resuming where the previous call
 // stopped, and takes the writer lock per chunk so inserts are not held up
 // for long. It returns the number of flows removed.
@@ -588,22 +654,22 @@ func (ft *FlowTable) Sweep(now int64, budget int) int {
 				ft.sweep = 0
 			}
 			r := &ft.recs[idx]
-			if !r.used || now-r.last.Load() <= ft.idle[uint8(r.fwd[0].Load())] {
+			if !r.used {
 				continue
 			}
-			ft.gen.Add(1)
-			ft.unlinkLocked(idx, true)
-			s := r.seq.Load()
-			r.seq.Store(s + 1)
-			for j := range r.fwd {
-				r.fwd[j].Store(0)
-				r.rev[j].Store(0)
+			proto := uint8(r.fwd[0].Load())
+			idle := ft.idle[proto]
+			unanswered := proto == ProtoTCP && !r.answered.Load()
+			if unanswered {
+				idle = ft.synIdle
 			}
-			r.seq.Store(s + 2)
-			r.used = false
-			ft.gen.Add(1)
-			ft.free = append(ft.free, idx)
-			ft.count.Add(-1)
+			if now-r.last.Load() <= idle {
+				continue
+			}
+			ft.removeLocked(idx)
+			if unanswered {
+				ft.expiredUnanswered.Add(1)
+			}
 			removed++
 		}
 		ft.mu.Unlock()

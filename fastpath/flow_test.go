@@ -28,19 +28,15 @@ func TestFlowRecLayout(t *testing.T) {
 }
 
 func TestFlowTableBasics(t *testing.T) {
-	ft := NewFlowTable(FlowConfig{Capacity: 100, UDPIdle: time.Second, TCPIdle: time.Hour})
+	ft := NewFlowTable(FlowConfig{Capacity: 100, PerPort: 100, UDPIdle: time.Second, TCPIdle: time.Hour})
 	for i := range 100 {
 		f, r := fkey(i)
-		if got, ok := ft.Insert(&f, &r, uint32(i), 0); !ok || got != uint32(i) {
+		if got, ok := ft.Insert(&f, &r, uint32(i), 1, 0); !ok || got != uint32(i) {
 			t.Fatalf("insert %d: %d %v", i, got, ok)
 		}
 	}
-	f, r := fkey(100)
-	if _, ok := ft.Insert(&f, &r, 1, 0); ok {
-		t.Fatal("insert beyond capacity succeeded")
-	}
-	f, r = fkey(5)
-	if got, _ := ft.Insert(&f, &r, 77, 0); got != 5 {
+	f, r := fkey(5)
+	if got, _ := ft.Insert(&f, &r, 77, 1, 0); got != 5 {
 		t.Fatalf("duplicate insert returned %d, want the existing 5", got)
 	}
 	for i := range 100 {
@@ -70,7 +66,7 @@ func TestFlowTableBasics(t *testing.T) {
 	}
 	// Rebind moves the reverse key.
 	f, r = fkey(200)
-	ft.Insert(&f, &r, 1, 0)
+	ft.Insert(&f, &r, 1, 1, 0)
 	_, ref, _ := ft.Lookup(&f, 0)
 	r2 := MakeFlowKey(ProtoUDP, a4("10.30.0.8"), 53, a4("10.18.0.2"), 1)
 	ft.Rebind(ref, &r2, 2)
@@ -120,11 +116,11 @@ func TestFlowReverseOwner(t *testing.T) {
 		}
 		ft.Claim(ref)
 	}
-	ft.Insert(&f1, &r, 1, 0)
+	ft.Insert(&f1, &r, 1, 1, 0)
 	if got := rev(); got != "10.30.0.2" {
 		t.Fatalf("after insert 1: %s", got)
 	}
-	ft.Insert(&f2, &r, 1, 0)
+	ft.Insert(&f2, &r, 1, 1, 0)
 	if got := rev(); got != "10.30.0.1" {
 		t.Fatalf("after insert 2: %s, want the newest flow's", got)
 	}
@@ -150,13 +146,13 @@ func TestFlowReverseOwner(t *testing.T) {
 	if n := ft.Sweep(int64(time.Hour), 0); n != 2 {
 		t.Fatalf("swept %d, want 2", n)
 	}
-	ft.Insert(&f1, &r, 1, 0)
+	ft.Insert(&f1, &r, 1, 1, 0)
 	if got := rev(); got != "10.30.0.2" {
 		t.Fatalf("after reuse: %s", got)
 	}
 	// Rebind takes the new reverse key.
 	r2 := MakeFlowKey(ProtoTCP, a4("10.30.0.3"), 7001, cli, 46820)
-	ft.Insert(&f2, &r2, 0, 0)
+	ft.Insert(&f2, &r2, 0, 1, 0)
 	_, ref, _ := ft.Lookup(&f1, 0)
 	ft.Rebind(ref, &r2, 0)
 	if svc, ok := ft.LookupReverse(&r2, 0); !ok || svc != a4("10.30.0.2") {
@@ -282,11 +278,11 @@ func TestFlowKeyOf(t *testing.T) {
 // TestFlowLookupUnderChurn: lock-free lookups of stable flows never miss
 // while a writer inserts and sweeps other flows sharing their chains.
 func TestFlowLookupUnderChurn(t *testing.T) {
-	ft := NewFlowTable(FlowConfig{Capacity: 256, UDPIdle: time.Nanosecond})
+	ft := NewFlowTable(FlowConfig{Capacity: 256, UDPIdle: time.Nanosecond}) // 64 per port
 	const stable = 64
 	for i := range stable {
 		f, r := fkey(i)
-		ft.Insert(&f, &r, uint32(i), 1<<62) // far future: never idle
+		ft.Insert(&f, &r, uint32(i), 1, 1<<62) // far future: never idle
 	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -300,7 +296,7 @@ func TestFlowLookupUnderChurn(t *testing.T) {
 			}
 			for j := range 150 {
 				f, r := fkey(1000 + (n*150+j)%5000)
-				ft.Insert(&f, &r, 9, 0)
+				ft.Insert(&f, &r, 9, 2, 0) // another port: at its bound it evicts its own
 			}
 			ft.Sweep(1<<40, 0) // removes only churn flows (last use 0)
 		}
@@ -364,7 +360,7 @@ func chainLoad(t *testing.T, ft *FlowTable, keys []FlowKey) int {
 	longest := 0
 	for i := range keys {
 		r := keys[i].reverse()
-		if _, ok := ft.Insert(&keys[i], &r, uint32(i), 0); !ok {
+		if _, ok := ft.Insert(&keys[i], &r, uint32(i), 1, 0); !ok {
 			t.Fatalf("insert %d failed", i)
 		}
 		b := ft.bucket(&keys[i])
@@ -384,7 +380,7 @@ func chainLoad(t *testing.T, ft *FlowTable, keys []FlowKey) int {
 func TestFlowBucketSeeded(t *testing.T) {
 	const capacity, n = 1024, 3 * maxChain
 	old := collidingKeys(t, n, func(k *FlowKey) uint32 { return k.Hash() & (capacity - 1) })
-	ft := NewFlowTable(FlowConfig{Capacity: capacity})
+	ft := NewFlowTable(FlowConfig{Capacity: capacity, PerPort: capacity})
 	// n keys into 1024 chains: the longest chain of a random function
 	// exceeds 8 with probability far below 1e-6.
 	if l := chainLoad(t, ft, old); l > 8 {
@@ -400,7 +396,7 @@ func TestFlowBucketSeeded(t *testing.T) {
 		}
 	}
 
-	a, b := NewFlowTable(FlowConfig{Capacity: capacity}), NewFlowTable(FlowConfig{Capacity: capacity})
+	a, b := NewFlowTable(FlowConfig{Capacity: capacity}), NewFlowTable(FlowConfig{Capacity: capacity, PerPort: capacity})
 	if a.seed == b.seed {
 		t.Fatal("two tables drew the same seed")
 	}
@@ -459,7 +455,7 @@ func TestFlowRangeAndUnpack(t *testing.T) {
 	src, dst := netip.MustParseAddrPort("10.18.0.2:40000"), netip.MustParseAddrPort("10.30.0.1:80")
 	fwd := MakeFlowKey(ProtoTCP, src.Addr(), src.Port(), dst.Addr(), dst.Port())
 	rev := MakeFlowKey(ProtoTCP, netip.MustParseAddr("10.30.0.9"), 80, src.Addr(), src.Port())
-	if _, ok := ft.Insert(&fwd, &rev, 3, 7); !ok {
+	if _, ok := ft.Insert(&fwd, &rev, 3, 1, 7); !ok {
 		t.Fatal("insert")
 	}
 	var got []FlowRecord

@@ -127,7 +127,7 @@ func TestFlowsFollowInstances(t *testing.T) {
 	}
 	var h TableHolder
 	h.Swap(tb)
-	p, ctx := NewProcessor(&h, NewFlowTable(FlowConfig{Capacity: 2 * flows})), NewWorkerCtx()
+	p, ctx := NewProcessor(&h, NewFlowTable(FlowConfig{Capacity: 2 * flows, PerPort: flows})), NewWorkerCtx()
 	svc := a4("10.30.3.1")
 	first := make([]netip.Addr, flows)
 	for i := range flows {

@@ -160,7 +160,7 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 		ctx.slow(v, ReasonUnknownService)
 		return
 	}
-	ii, hash, ok := p.egressTarget(ctx, t, e, pkt, pp, v)
+	ii, hash, ok := p.egressTarget(ctx, t, e, port.ID, pkt, pp, v)
 	if !ok {
 		return
 	}
@@ -243,7 +243,7 @@ func (p *Processor) egressRemote(ctx *WorkerCtx, t *Table, port *LocalPort, f *F
 // egressTarget picks the instance a container's packet to a service or
 // instance IP goes to, and the flow hash its tunnel header carries. On
 // false the verdict says why not.
-func (p *Processor) egressTarget(ctx *WorkerCtx, t *Table, e addrEntry, pkt []byte, pp *Parsed, v *Verdict) (ii int32, hash uint32, ok bool) {
+func (p *Processor) egressTarget(ctx *WorkerCtx, t *Table, e addrEntry, port PortID, pkt []byte, pp *Parsed, v *Verdict) (ii int32, hash uint32, ok bool) {
 	if e.kind == addrInstance {
 		ii = e.idx
 		var fk FlowKey
@@ -287,7 +287,7 @@ func (p *Processor) egressTarget(ctx *WorkerCtx, t *Table, e addrEntry, pkt []by
 			return 0, 0, false
 		default:
 			var r DropReason
-			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, pkt, pp); r != ReasonNone {
+			if ii, hash, r = p.resolve(ctx, t, svc, e.policy, port, pkt, pp); r != ReasonNone {
 				ctx.drop(v, r)
 				return 0, 0, false
 			}
@@ -299,8 +299,8 @@ func (p *Processor) egressTarget(ctx *WorkerCtx, t *Table, e addrEntry, pkt []by
 	return ii, hash, true
 }
 
-// resolve finds or creates the flow of a packet to a service IP.
-func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.ID, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
+// resolve finds or creates the flow of a packet from port to a service IP.
+func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.ID, port PortID, pkt []byte, pp *Parsed) (int32, uint32, DropReason) {
 	var key FlowKey
 	key.setOf(pkt, pp)
 	h := key.Hash() // tunnel source port, not the flow table's bucket
@@ -329,7 +329,7 @@ func (p *Processor) resolve(ctx *WorkerCtx, t *Table, svc *Service, pol policy.I
 		ctx.ev(EvFlowRechosen)
 		return ii, h, ReasonNone
 	}
-	got, ok := p.flows.Insert(&key, &rev, inst.Number, ctx.Now)
+	got, ok := p.flows.Insert(&key, &rev, inst.Number, port, ctx.Now)
 	if !ok {
 		return 0, 0, ReasonFlowTableFull
 	}

@@ -86,6 +86,10 @@ type Config struct {
 	// under BPFDir/<node-id> so they outlive the daemon. Not on a bpffs
 	// (or empty): nothing is pinned, and flows end with the daemon.
 	BPFDir string `yaml:"bpf-dir"`
+	// FlowsPerPort bounds the service flows one container holds in the
+	// data plane's flow table; at the bound its new flow replaces its
+	// least recently used one. 0: an eighth of the table (8192 of 65536).
+	FlowsPerPort int `yaml:"flows-per-port"`
 	// Quarantine is how long a freed namespace IP stays unused (SPEC §2);
 	// 0 disables it.
 	Quarantine time.Duration `yaml:"quarantine"`
@@ -177,6 +181,7 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.XDPMode, "xdp-mode", c.XDPMode, "XDP attach mode: generic or native")
 	fs.StringVar(&c.Offload, "offload", c.Offload, "kernel tier for decided flows: on or off")
 	fs.StringVar(&c.BPFDir, "bpf-dir", c.BPFDir, "bpffs directory where the kernel tier pins its links and flows (per node id)")
+	fs.IntVar(&c.FlowsPerPort, "flows-per-port", c.FlowsPerPort, "most service flows one container holds; at the bound its least recently used goes (0: an eighth of the flow table)")
 	fs.DurationVar(&c.Quarantine, "quarantine", c.Quarantine, "how long a freed namespace IP stays unused (0: none)")
 	fs.IntVar(&c.ServiceMetricsMax, "service-metrics-max", c.ServiceMetricsMax, "most (service, instance, direction) series of the oakwire_service_* metrics")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -350,6 +355,9 @@ func (c *Config) validateDataplane(bad badKey) {
 	}
 	if c.Offload != "on" && c.Offload != "off" {
 		bad("offload", "%q: want on or off", c.Offload)
+	}
+	if c.FlowsPerPort < 0 || c.FlowsPerPort > 1<<16 {
+		bad("flows-per-port", "%d not in 0-65536 (0: an eighth of the flow table)", c.FlowsPerPort)
 	}
 	if c.Quarantine < 0 {
 		bad("quarantine", "%v is negative", c.Quarantine)

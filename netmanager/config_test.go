@@ -114,6 +114,7 @@ func TestConfigValidate(t *testing.T) {
 		{"worker-spin", func(c *Config) { c.WorkerSpin = 2 * time.Second }},
 		{"mtu", func(c *Config) { c.MTU = 500 }},
 		{"xdp-mode", func(c *Config) { c.XDPMode = "offload" }},
+		{"flows-per-port", func(c *Config) { c.FlowsPerPort = -1 }},
 		{"quarantine", func(c *Config) { c.Quarantine = -time.Second }},
 		{"log-level", func(c *Config) { c.LogLevel = "loud" }},
 		{"insecure", func(c *Config) { c.Insecure = false }},

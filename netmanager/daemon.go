@@ -390,7 +390,7 @@ func (d *Daemon) setupNodeLocked() error {
 			WorkerYield: d.cfg.WorkerYield, WorkerSpin: d.cfg.WorkerSpin,
 			MTU:     d.cfg.MTU,
 			Offload: d.cfg.Offload == "on", PinPath: d.cfg.PinPath(d.nodeID),
-			FlowsFile: d.cfg.FlowsFile(), Miss: d.miss,
+			FlowsFile: d.cfg.FlowsFile(), FlowsPerPort: d.cfg.FlowsPerPort, Miss: d.miss,
 		}
 		ni.WorkerCPUs, _ = ParseCPUList(d.cfg.WorkerCPUs) // validated
 		if err := d.dp.Start(d.ctx, ni); err != nil {

@@ -37,7 +37,10 @@ type NodeInfo struct {
 	// FlowsFile is where the data plane keeps its flows between a graceful
 	// stop and the next start (so flows keep their instances).
 	FlowsFile string
-	MTU       int
+	// FlowsPerPort bounds one container's flows in the flow table (0:
+	// the data plane's default).
+	FlowsPerPort int
+	MTU          int
 	// Miss, when set, takes the service-range addresses the data plane
 	// does not know (destinations, and tunnel sources): the daemon's
 	// service feed resolves them through the cluster and pushes the

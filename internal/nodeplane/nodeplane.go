@@ -109,6 +109,7 @@ func (d *Dataplane) config(node netmanager.NodeInfo) (dataplane.Config, error) {
 		Workers: node.Workers, CPUs: node.WorkerCPUs, Mode: mode, Logger: d.Logger,
 		Poller:  xsk.PollerConfig{Yield: yield, Spin: node.WorkerSpin},
 		Offload: node.Offload, PinPath: pin,
+		Flows: fastpath.FlowConfig{PerPort: node.FlowsPerPort},
 	}
 	if node.Miss != nil {
 		miss := node.Miss

@@ -18,14 +18,14 @@ func TestConfig(t *testing.T) {
 	var missed []netip.Addr
 	d := &Dataplane{}
 	node := netmanager.NodeInfo{Uplink: "ul0", NodeIP: netip.MustParseAddr("198.18.0.1"), XDPMode: "native",
-		WorkerYield: "go", WorkerSpin: 50 * time.Microsecond, WorkerCPUs: []int{1}, Workers: 2,
+		WorkerYield: "go", WorkerSpin: 50 * time.Microsecond, WorkerCPUs: []int{1}, Workers: 2, FlowsPerPort: 100,
 		Offload: true, PinPath: "/nonexistent/oakwire/n1", Miss: func(a netip.Addr) { missed = append(missed, a) }}
 	cfg, err := d.config(node)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Mode != bpfprog.ModeNative || cfg.TunnelPort != dataplane.DefaultTunnelPort || cfg.Workers != 2 ||
-		len(cfg.CPUs) != 1 || cfg.Poller.Spin != 50*time.Microsecond || !cfg.Offload {
+		len(cfg.CPUs) != 1 || cfg.Poller.Spin != 50*time.Microsecond || !cfg.Offload || cfg.Flows.PerPort != 100 {
 		t.Errorf("config %+v", cfg)
 	}
 	if cfg.PinPath != "" {
