@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/internal/deploy"
+	"github.com/oakwire/oakwire/internal/pkttest"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
@@ -206,7 +206,7 @@ func injectDropped(t *testing.T, d *deploy.Deployment, ns string, node *deploy.N
 	t.Helper()
 	const sent = 5
 	before := drops(t, d, node, "not_peer")
-	inner := ipv4UDP(netip.MustParseAddr("10.30.0.250"), dst.NSIP.V4, 40000, deploy.EchoUDPPort, []byte("not from a peer"))
+	inner := pkttest.UDP(netip.MustParseAddr("10.30.0.250"), dst.NSIP.V4, 40000, deploy.EchoUDPPort, []byte("not from a peer"))
 	err := testbed.Do(ns, func() error {
 		conn, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 50103})
 		if err != nil {
@@ -228,27 +228,4 @@ func injectDropped(t *testing.T, d *deploy.Deployment, ns string, node *deploy.N
 		got := drops(t, d, node, "not_peer") - before
 		return got >= sent, fmt.Sprintf("node %s counted %d of %d injected tunnel packets as not_peer", node.Name, got, sent)
 	})
-}
-
-// ipv4UDP builds an IPv4/UDP packet (header checksum set, UDP checksum 0).
-func ipv4UDP(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
-	b := make([]byte, 28+len(payload))
-	b[0], b[8], b[9] = 0x45, 64, 17
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	s4, d4 := src.As4(), dst.As4()
-	copy(b[12:16], s4[:])
-	copy(b[16:20], d4[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(b[10:], ^uint16(sum))
-	binary.BigEndian.PutUint16(b[20:], sport)
-	binary.BigEndian.PutUint16(b[22:], dport)
-	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
-	copy(b[28:], payload)
-	return b
 }

@@ -153,7 +153,7 @@ type daemon struct {
 	node   *testbed.Node
 	dir    string
 	sock   string
-	cmd    *exec.Cmd
+	proc   *testbed.Proc
 	out    *bytes.Buffer
 	client *http.Client
 	extra  []string // more flags
@@ -179,11 +179,13 @@ func newDaemon(t *testing.T, bed *testbed.Bed, node *testbed.Node) *daemon {
 func (d *daemon) start() {
 	d.t.Helper()
 	d.out = &bytes.Buffer{}
-	d.cmd = testbed.Command(context.Background(), d.node.NS, append([]string{daemonBinary(d.t)}, d.args()...)...)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	if err := d.bed.Start(d.cmd); err != nil {
+	cmd := testbed.Command(context.Background(), d.node.NS, append([]string{daemonBinary(d.t)}, d.args()...)...)
+	cmd.Stdout, cmd.Stderr = d.out, d.out
+	p, err := d.bed.Launch(cmd)
+	if err != nil {
 		d.t.Fatal(err)
 	}
+	d.proc = p
 	deadline := time.Now().Add(10 * time.Second)
 	for !socketAnswers(d.sock) {
 		if time.Now().After(deadline) {
@@ -201,14 +203,12 @@ func (d *daemon) start() {
 // stop sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop() {
 	d.t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.proc.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		d.t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
+	case <-d.proc.Done():
+		if err := d.proc.Err(); err != nil {
 			d.t.Fatalf("daemon exit: %v\n%s", err, d.out)
 		}
 	case <-time.After(10 * time.Second):
@@ -335,436 +335,514 @@ func containerIf(t *testing.T, ns, name string) (addrInfo, []netlink.Route) {
 	return ai, routes
 }
 
-func TestDaemon(t *testing.T) {
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	nodeA, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeB, err := bed.AddNode("b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c1 := emptyContainer(t, nodeA, "c1")
-	c2 := emptyContainer(t, nodeA, "c2")
-	c3 := emptyContainer(t, nodeA, "c3")
-	sleeper := testbed.Command(context.Background(), c2.NS, "sleep", "300")
-	if err := bed.Start(sleeper); err != nil {
-		t.Fatal(err)
-	}
-	c2pid := sleeper.Process.Pid
-	fc := startFakeCluster(t, nodeA.NS)
-
-	d := newDaemon(t, bed, nodeA)
-	d.start()
-
-	// snapshot is what a refused call must not change.
-	snapshot := func() string {
-		st, _ := os.ReadFile(d.stateFile())
-		parts := []string{string(st), nftTableText(t, nodeA.NS)}
-		for _, ns := range []string{nodeA.NS, c1.NS, c2.NS, c3.NS} {
-			parts = append(parts, strings.Join(linkNames(t, ns), ","))
-		}
-		return strings.Join(parts, "\n")
-	}
-	deployC3 := fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3.sns","instanceNumber":0}`, c3.NS)
-
-	t.Run("deploy before register", func(t *testing.T) {
-		before := snapshot()
-		code, body := d.call("POST", "/container/deploy", deployC3)
-		if code != http.StatusConflict || !strings.Contains(body, "register") {
-			t.Fatalf("%d %s", code, body)
-		}
-		if s := d.status(); s.Registered {
-			t.Fatal("registered before /register")
-		}
-		if after := snapshot(); after != before {
-			t.Fatalf("changed:\n%s\n%s", before, after)
-		}
-	})
-
-	t.Run("register", func(t *testing.T) {
-		reg := fmt.Sprintf(`{"client_id":"nodeA","cluster_address":%q}`, fc.addr)
-		if code, body := d.call("POST", "/register", reg); code != 200 || !strings.Contains(body, "10.18.0.0/26") {
-			t.Fatalf("register: %d %s", code, body)
-		}
-		if code, body := d.call("POST", "/register", reg); code != 200 {
-			t.Fatalf("same id again: %d %s", code, body)
-		}
-		other := fmt.Sprintf(`{"client_id":"nodeX","cluster_address":%q}`, fc.addr)
-		if code, body := d.call("POST", "/register", other); code != http.StatusConflict || !strings.Contains(body, "nodeA") {
-			t.Fatalf("other id: %d %s", code, body)
-		}
-		s := d.status()
-		if !s.Registered || s.NodeID != "nodeA" || s.Subnet != "10.18.0.0/26" || s.SubnetV6 != "fc00::/120" || s.Uplink != "ul0" {
-			t.Fatalf("status %+v", s)
-		}
-		fc.mu.Lock()
-		if len(fc.regs) != 1 || fc.regs[0].NodeIP != nodeA.IP || fc.regs[0].TunnelPort != 50103 {
-			t.Errorf("cluster saw %+v", fc.regs)
-		}
-		fc.mu.Unlock()
-		// The gateway and forwarding exist in the node namespace.
-		ai, _ := containerIf(t, nodeA.NS, "ow0")
-		if !slices.Equal(ai.addrs, []string{"10.18.0.1/26", "fc00::1/120"}) {
-			t.Errorf("gateway addrs %v", ai.addrs)
-		}
-		out, err := testbed.Run(5*time.Second, nodeA.NS, "sh", "-c", "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding")
-		if err != nil || strings.Fields(string(out))[0] != "1" || strings.Fields(string(out))[1] != "1" {
-			t.Errorf("forwarding: %q %v", out, err)
-		}
-		out, err = testbed.Run(5*time.Second, nodeA.NS, "sh", "-c", "ip route show 10.16.0.0/12; ip -6 route show fc00::/7")
-		if err != nil || !strings.Contains(string(out), "10.16.0.0/12 dev ow0") || !strings.Contains(string(out), "fc00::/7 dev ow0") {
-			t.Errorf("platform routes: %q %v", out, err)
-		}
-		if tbl := nftTableText(t, nodeA.NS); !strings.Contains(tbl, `oifname "ul0" ip saddr 10.18.0.0/26 ip daddr != 10.16.0.0/12 masquerade`) {
-			t.Errorf("no masquerade rule:\n%s", tbl)
-		}
-	})
-
-	var r1 DeployResponse
-	t.Run("deploy", func(t *testing.T) {
-		code, body := d.call("POST", "/container/deploy",
-			fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc1.sns","instanceNumber":0,"portMappings":"8080:80/tcp;5353:53/udp"}`, c1.NS))
-		if code != 200 {
-			t.Fatalf("deploy c1: %d %s", code, body)
-		}
-		if err := json.Unmarshal([]byte(body), &r1); err != nil {
-			t.Fatal(err)
-		}
-		if r1.NsAddress != "10.18.0.2" || r1.NsAddressV6 != "fc00::2" || r1.ServiceName != "app.ns.svc1.sns" {
-			t.Fatalf("c1: %+v", r1)
-		}
-		code, body = d.call("POST", "/container/deploy",
-			fmt.Sprintf(`{"pid":%d,"serviceName":"app_ns_svc2_sns","instanceNumber":1,"portMappings":""}`, c2pid))
-		if code != 200 || !strings.Contains(body, `"nsAddress":"10.18.0.3"`) || !strings.Contains(body, `"nsAddressv6":"fc00::3"`) {
-			t.Fatalf("deploy c2: %d %s", code, body)
-		}
-		ai, routes := containerIf(t, c1.NS, "eth0")
-		if !slices.Equal(ai.addrs, []string{"10.18.0.2/32", "fc00::2/128"}) || ai.mtu != 1450 || !ai.up ||
-			ai.mac != containerMAC(netip.MustParseAddr("10.18.0.2")).String() {
-			t.Errorf("c1 eth0: %+v", ai)
-		}
-		var gws []string
-		for _, r := range routes {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				gws = append(gws, r.Gw.String())
-			}
-		}
-		slices.Sort(gws)
-		if !slices.Equal(gws, []string{"10.18.0.1", "fc00::1"}) {
-			t.Errorf("c1 default routes via %v, want 10.18.0.1 and fc00::1 (routes %v)", gws, routes)
-		}
-		err := testbed.Do(c1.NS, func() error {
-			for _, cmd := range []uint32{unix.ETHTOOL_GTXCSUM, unix.ETHTOOL_GTSO, unix.ETHTOOL_GGSO} {
-				v, err := ethtool.Get("eth0", cmd)
-				if err != nil {
-					return err
-				}
-				// Kernel routing only (--dataplane none): no worker
-				// needs them off; the AF_XDP-only path turns them off
-				// (TestDaemonXDPRollback).
-				if v == 0 {
-					return fmt.Errorf("ethtool cmd %#x: off, want on", cmd)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Errorf("c1 offloads: %v", err)
-		}
-		fc.mu.Lock()
-		if len(fc.deps) != 2 || fc.deps[0].JobName != "app.ns.svc1.sns" || fc.deps[0].NamespaceIP != netip.MustParseAddr("10.18.0.2") || fc.deps[0].NamespaceIPv6 != netip.MustParseAddr("fc00::2") {
-			t.Errorf("cluster reports %+v", fc.deps)
-		}
-		fc.mu.Unlock()
-		if s := d.status(); len(s.Containers) != 2 || s.Dataplane.Tables["ports"] != 2 || s.Dataplane.Mode != "none" {
-			t.Errorf("status lists %d containers, data plane %+v", len(s.Containers), s.Dataplane)
-		}
-		_, metrics := d.call("GET", "/metrics", "")
-		if !strings.Contains(metrics, "oakwire_netmanager_deploys_total 2") || !strings.Contains(metrics, "oakwire_netmanager_containers 2") {
-			t.Errorf("metrics:\n%s", metrics)
-		}
-	})
-
-	t.Run("same-node ping", func(t *testing.T) {
-		for _, dst := range []string{"10.18.0.3", "fc00::3"} {
-			if err := testbed.Ping(c1.NS, netip.MustParseAddr(dst), 5, time.Second); err != nil {
-				t.Error(err)
-			}
-		}
-		for _, dst := range []string{"10.18.0.2", "fc00::2", "10.18.0.1", "fc00::1"} {
-			if err := testbed.Ping(c2.NS, netip.MustParseAddr(dst), 5, time.Second); err != nil {
-				t.Error(err)
-			}
-		}
-	})
-
-	t.Run("port mapping", func(t *testing.T) {
-		tbl := nftTableText(t, nodeA.NS)
-		rule := "ip daddr 198.18.0.1 tcp dport 8080 dnat ip to 10.18.0.2:80"
-		if !strings.Contains(tbl, rule) || !strings.Contains(tbl, "ip daddr 198.18.0.1 udp dport 5353 dnat ip to 10.18.0.2:53") {
-			t.Fatalf("no DNAT rule %q:\n%s", rule, tbl)
-		}
-		if n := strings.Count(tbl, " dnat ip to "); n != 4 { // prerouting and output, two mappings
-			t.Errorf("%d dnat rules, want 4:\n%s", n, tbl)
-		}
-		var ln net.Listener
-		if err := testbed.Do(c1.NS, func() (err error) { ln, err = net.Listen("tcp", ":80"); return err }); err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				_, _ = fmt.Fprintf(c, "hello from %s\n", c.LocalAddr())
-				c.Close()
-			}
-		}()
-		var got string
-		err := testbed.Do(nodeB.NS, func() error {
-			c, err := net.DialTimeout("tcp", "198.18.0.1:8080", 3*time.Second)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-			b, err := io.ReadAll(c)
-			got = string(b)
-			return err
-		})
-		if err != nil || !strings.Contains(got, "hello from 10.18.0.2:80") {
-			t.Fatalf("connect from node b to 198.18.0.1:8080: %q %v", got, err)
-		}
-	})
-
-	t.Run("bad calls change nothing", func(t *testing.T) {
-		deployC1Again := fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc1.sns","instanceNumber":0}`, c1.NS)
-		for _, tc := range []struct {
-			name, path, body string
-			status           int
-			want             string
-		}{
-			{"malformed JSON", "/container/deploy", `{"pid":`, 400, "malformed JSON"},
-			{"not an object", "/container/deploy", `[1,2]`, 400, "want"},
-			{"pid as string", "/container/deploy", `{"pid":"12","serviceName":"a.b.c.d"}`, 400, "pid"},
-			{"instance as string", "/container/deploy", deployC3[:len(deployC3)-len(`0}`)] + `"0"}`, 400, "instanceNumber"},
-			{"bad service name", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc-3.sns"}`, c3.NS), 400, "serviceName"},
-			{"three-part name", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3"}`, c3.NS), 400, "serviceName"},
-			{"no pid nor netns", "/container/deploy", `{"serviceName":"app.ns.svc3.sns"}`, 400, "pid"},
-			{"unknown pid", "/container/deploy", `{"pid":99999999,"serviceName":"app.ns.svc3.sns"}`, 400, "pid"},
-			{"unknown netns", "/container/deploy", `{"netns":"/run/netns/nonexistent-ow","serviceName":"app.ns.svc3.sns"}`, 400, "netns"},
-			{"netns not a netns", "/container/deploy", `{"netns":"/etc/hostname","serviceName":"app.ns.svc3.sns"}`, 400, "netns"},
-			{"node's own netns", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3.sns"}`, nodeA.NS), 400, "own network namespace"},
-			{"bad port mapping", "/container/deploy", deployC3[:len(deployC3)-1] + `,"portMappings":"80:x/tcp"}`, 400, "portMappings"},
-			{"host port in use", "/container/deploy", deployC3[:len(deployC3)-1] + `,"portMappings":"8080:81/tcp"}`, 409, "8080"},
-			{"double deploy", "/container/deploy", deployC1Again, 409, "already deployed"},
-			{"netns already attached", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc9.sns"}`, c1.NS), 409, "eth0"},
-			{"cluster refuses the report", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.fail.sns","portMappings":"9999:99"}`, c3.NS), 502, "redis down"},
-			{"undeploy unknown", "/container/undeploy", `{"serviceName":"app.ns.svc3.sns","instanceNumber":0}`, 404, "not deployed"},
-			{"undeploy bad name", "/docker/undeploy", `{"serviceName":"x","instanceNumber":0}`, 400, "serviceName"},
-			{"register bad id", "/register", `{"client_id":"a b","cluster_address":"x"}`, 400, "client_id"},
-		} {
-			before := snapshot()
-			code, body := d.call("POST", tc.path, tc.body)
-			if code != tc.status || !strings.Contains(body, tc.want) || !strings.Contains(body, `"code"`) {
-				t.Errorf("%s: %d %s, want %d naming %q", tc.name, code, body, tc.status, tc.want)
-			}
-			if after := snapshot(); after != before {
-				t.Errorf("%s changed the node:\nbefore %s\nafter  %s", tc.name, before, after)
-			}
-		}
-	})
-
-	hostIf1 := hostIfName("app.ns.svc1.sns", 0)
-	t.Run("restart re-adopts", func(t *testing.T) {
-		before, _ := containerIf(t, c1.NS, "eth0")
-		hostBefore, _ := containerIf(t, nodeA.NS, hostIf1)
-		d.stop()
-		after, _ := containerIf(t, c1.NS, "eth0")
-		if !slices.Equal(after.addrs, before.addrs) || after.mac != before.mac {
-			t.Fatalf("stopped daemon changed the container: %+v -> %+v", before, after)
-		}
-		// Still reachable with the daemon down (kernel routing).
-		if err := testbed.Ping(c2.NS, netip.MustParseAddr("10.18.0.2"), 3, time.Second); err != nil {
-			t.Error(err)
-		}
-		// A stale socket (no one listening) is replaced.
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: d.sock}); err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(fd)
-		d.start()
-		if fi, err := os.Stat(d.sock); err != nil || fi.Mode().Perm() != 0o660 {
-			t.Errorf("socket mode: %v %v", fi.Mode(), err)
-		}
-		s := d.status()
-		if !s.Registered || len(s.Containers) != 2 || s.Dataplane.Tables["ports"] != 2 {
-			t.Fatalf("after restart: %+v", s)
-		}
-		for _, c := range s.Containers {
-			if c.Job == "app.ns.svc1.sns" && (c.NSIP4.String() != "10.18.0.2" || c.NSIP6.String() != "fc00::2" || c.HostIf != hostIf1) {
-				t.Errorf("re-adopted %+v", c)
-			}
-		}
-		after, _ = containerIf(t, c1.NS, "eth0")
-		hostAfter, _ := containerIf(t, nodeA.NS, hostIf1)
-		if !slices.Equal(after.addrs, before.addrs) || after.mac != before.mac || hostAfter.mac != hostBefore.mac {
-			t.Errorf("re-adopt changed addresses or MACs: %+v/%s -> %+v/%s", before, hostBefore.mac, after, hostAfter.mac)
-		}
-		if err := testbed.Ping(c1.NS, netip.MustParseAddr("fc00::3"), 3, time.Second); err != nil {
-			t.Error(err)
-		}
-		// It re-registers with the cluster it registered with (state file).
-		deadline := time.Now().Add(5 * time.Second)
-		for !d.status().Confirmed {
-			if time.Now().After(deadline) {
-				t.Fatal("no re-registration after restart")
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		fc.mu.Lock()
-		if n := len(fc.regs); n != 2 || fc.regs[1].NodeID != "nodeA" {
-			t.Errorf("cluster saw registrations %+v", fc.regs)
-		}
-		fc.mu.Unlock()
-		// A new deploy after the restart gets the next free address.
-		code, body := d.call("POST", "/container/deploy", deployC3)
-		if code != 200 || !strings.Contains(body, `"10.18.0.4"`) {
-			t.Fatalf("deploy c3 after restart: %d %s", code, body)
-		}
-	})
-
-	t.Run("undeploy", func(t *testing.T) {
-		hostIf2 := hostIfName("app.ns.svc2.sns", 1)
-		code, body := d.call("POST", "/docker/undeploy", `{"serviceName":"app.ns.svc2.sns","instanceNumber":1}`)
-		if code != 200 {
-			t.Fatalf("undeploy: %d %s", code, body)
-		}
-		for _, l := range linkNames(t, nodeA.NS) {
-			if strings.HasPrefix(l, hostIf2+"/") {
-				t.Errorf("veth %s left", l)
-			}
-		}
-		if ls := linkNames(t, c2.NS); len(ls) != 1 { // lo only
-			t.Errorf("container c2 still has %v", ls)
-		}
-		st, err := loadState(d.stateFile())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Subnets.Lookup("app.ns.svc2.sns/1"); err == nil {
-			t.Error("nsIP of c2 still held")
-		}
-		if len(st.Containers) != 2 {
-			t.Errorf("state lists %d containers", len(st.Containers))
-		}
-		fc.mu.Lock()
-		if len(fc.unds) != 1 || fc.unds[0].JobName != "app.ns.svc2.sns" || fc.unds[0].InstanceNumber != 1 {
-			t.Errorf("cluster undeploy reports %+v", fc.unds)
-		}
-		fc.mu.Unlock()
-		// Undeploying c1 removes its port mappings.
-		if code, body := d.call("POST", "/container/undeploy", `{"serviceName":"app.ns.svc1.sns","instanceNumber":0}`); code != 200 {
-			t.Fatalf("undeploy c1: %d %s", code, body)
-		}
-		if tbl := nftTableText(t, nodeA.NS); strings.Contains(tbl, " dnat ip") {
-			t.Errorf("DNAT left after undeploy:\n%s", tbl)
-		}
-		// The freed address comes back (after never-used ones).
-		code, body = d.call("POST", "/container/deploy", fmt.Sprintf(`{"pid":%d,"serviceName":"app.ns.svc2.sns","instanceNumber":1}`, c2pid))
-		if code != 200 || !strings.Contains(body, `"10.18.0.5"`) {
-			t.Fatalf("redeploy c2: %d %s", code, body)
-		}
-	})
-
-	t.Run("restart drops vanished containers", func(t *testing.T) {
-		d.stop()
-		hostIf3 := hostIfName("app.ns.svc3.sns", 0)
-		err := testbed.Handle(nodeA.NS, func(h *netlink.Handle) error {
-			l, err := h.LinkByName(hostIf3)
-			if err != nil {
-				return err
-			}
-			return h.LinkDel(l)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		d.start()
-		s := d.status()
-		if len(s.Containers) != 1 || s.Containers[0].Job != "app.ns.svc2.sns" {
-			t.Fatalf("after restart: %+v", s.Containers)
-		}
-		st, err := loadState(d.stateFile())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Subnets.Lookup("app.ns.svc3.sns/0"); err == nil {
-			t.Error("vanished container's nsIP still held")
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			fc.mu.Lock()
-			n := len(fc.unds)
-			fc.mu.Unlock()
-			if n == 3 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("cluster got %d undeploy reports, want 3", n)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	})
-
-	t.Run("teardown", func(t *testing.T) {
-		d.stop()
-		out, err := testbed.Run(20*time.Second, nodeA.NS, append([]string{daemonBinary(t), "teardown"}, d.args()...)...)
-		if err != nil {
-			t.Fatalf("teardown: %v", err)
-		}
-		for _, l := range linkNames(t, nodeA.NS) {
-			if strings.HasPrefix(l, "ow") {
-				t.Errorf("link %s left after teardown", l)
-			}
-		}
-		for _, c := range []*testbed.Container{c1, c2, c3} {
-			if ls := linkNames(t, c.NS); len(ls) != 1 {
-				t.Errorf("container %s still has %v", c.Name, ls)
-			}
-		}
-		if _, err := testbed.Run(5*time.Second, nodeA.NS, "nft", "list", "table", "inet", "oakwire"); err == nil {
-			t.Error("nft table oakwire left after teardown")
-		}
-		if _, err := os.Stat(d.stateFile()); !os.IsNotExist(err) {
-			t.Errorf("state file left: %v", err)
-		}
-		fw, _ := testbed.Run(5*time.Second, nodeA.NS, "cat", "/proc/sys/net/ipv4/ip_forward")
-		if strings.TrimSpace(string(fw)) != "0" {
-			t.Errorf("ip_forward %q not restored", fw)
-		}
-		t.Logf("teardown output: %s", out)
-	})
-}
-
-// TestDaemonClusterFlag: with --node-id and --cluster the daemon registers
-// by itself at start, retrying until the cluster answers.
-func TestDaemonClusterFlag(t *testing.T) {
+// daemonNode is a bed with one node, a, for the daemon (which needs nft).
+func daemonNode(t *testing.T) (*testbed.Bed, *testbed.Node) {
+	t.Helper()
 	bed := testbed.NewT(t)
 	testenv.RequireBinary(t, "nft")
 	node, err := bed.AddNode("a")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bed, node
+}
+
+// daemonEnv is one node (a) running the daemon with --dataplane none, a
+// second node (b) on the same link, three empty container namespaces on a
+// (c2 also has a process, c2pid, for deploys by pid) and a fake cluster.
+// Every TestDaemon* test makes its own and brings it to the state it needs
+// with the steps below.
+type daemonEnv struct {
+	bed          *testbed.Bed
+	nodeA, nodeB *testbed.Node
+	c1, c2, c3   *testbed.Container
+	c2pid        int
+	fc           *fakeCluster
+	d            *daemon
+}
+
+func newDaemonEnv(t *testing.T) *daemonEnv {
+	t.Helper()
+	bed, nodeA := daemonNode(t)
+	e := &daemonEnv{bed: bed, nodeA: nodeA}
+	var err error
+	if e.nodeB, err = bed.AddNode("b"); err != nil {
+		t.Fatal(err)
+	}
+	e.c1 = emptyContainer(t, e.nodeA, "c1")
+	e.c2 = emptyContainer(t, e.nodeA, "c2")
+	e.c3 = emptyContainer(t, e.nodeA, "c3")
+	sleeper := testbed.Command(context.Background(), e.c2.NS, "sleep", "300")
+	if err := bed.Start(sleeper); err != nil {
+		t.Fatal(err)
+	}
+	e.c2pid = sleeper.Process.Pid
+	e.fc = startFakeCluster(t, e.nodeA.NS)
+	e.d = newDaemon(t, bed, e.nodeA)
+	e.d.start()
+	return e
+}
+
+// snapshot is what a refused call must not change: the state file, the
+// nft table and the links of the node and the containers.
+func (e *daemonEnv) snapshot(t *testing.T) string {
+	st, _ := os.ReadFile(e.d.stateFile())
+	parts := []string{string(st), nftTableText(t, e.nodeA.NS)}
+	for _, ns := range []string{e.nodeA.NS, e.c1.NS, e.c2.NS, e.c3.NS} {
+		parts = append(parts, strings.Join(linkNames(t, ns), ","))
+	}
+	return strings.Join(parts, "\n")
+}
+
+func (e *daemonEnv) registerBody(id string) string {
+	return fmt.Sprintf(`{"client_id":%q,"cluster_address":%q}`, id, e.fc.addr)
+}
+
+// register registers node a as nodeA with the fake cluster.
+func (e *daemonEnv) register(t *testing.T) {
+	t.Helper()
+	if code, body := e.d.call("POST", "/register", e.registerBody("nodeA")); code != 200 || !strings.Contains(body, "10.18.0.0/26") {
+		t.Fatalf("register: %d %s", code, body)
+	}
+}
+
+func (e *daemonEnv) deployC1Body() string {
+	return fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc1.sns","instanceNumber":0,"portMappings":"8080:80/tcp;5353:53/udp"}`, e.c1.NS)
+}
+
+func (e *daemonEnv) deployC2Body() string {
+	return fmt.Sprintf(`{"pid":%d,"serviceName":"app_ns_svc2_sns","instanceNumber":1,"portMappings":""}`, e.c2pid)
+}
+
+func (e *daemonEnv) deployC3Body() string {
+	return fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3.sns","instanceNumber":0}`, e.c3.NS)
+}
+
+// deploy POSTs a deploy and wants 200 with nsAddress want.
+func (e *daemonEnv) deploy(t *testing.T, body, want string) string {
+	t.Helper()
+	code, got := e.d.call("POST", "/container/deploy", body)
+	if code != 200 || !strings.Contains(got, `"nsAddress":"`+want+`"`) {
+		t.Fatalf("deploy %s: %d %s, want nsAddress %s", body, code, got, want)
+	}
+	return got
+}
+
+// deployC1C2 registers and deploys c1 (10.18.0.2, by netns, two port
+// mappings) and c2 (10.18.0.3, by pid).
+func (e *daemonEnv) deployC1C2(t *testing.T) {
+	t.Helper()
+	e.register(t)
+	e.deploy(t, e.deployC1Body(), "10.18.0.2")
+	e.deploy(t, e.deployC2Body(), "10.18.0.3")
+}
+
+// waitUndeployReports waits until the fake cluster holds n undeploy reports.
+func (e *daemonEnv) waitUndeployReports(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e.fc.mu.Lock()
+		got := len(e.fc.unds)
+		e.fc.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster got %d undeploy reports, want %d", got, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestDaemonDeployBeforeRegister(t *testing.T) {
+	e := newDaemonEnv(t)
+	before := e.snapshot(t)
+	code, body := e.d.call("POST", "/container/deploy", e.deployC3Body())
+	if code != http.StatusConflict || !strings.Contains(body, "register") {
+		t.Fatalf("%d %s", code, body)
+	}
+	if s := e.d.status(); s.Registered {
+		t.Fatal("registered before /register")
+	}
+	if after := e.snapshot(t); after != before {
+		t.Fatalf("changed:\n%s\n%s", before, after)
+	}
+}
+
+func TestDaemonRegister(t *testing.T) {
+	e := newDaemonEnv(t)
+	d, fc, nodeA := e.d, e.fc, e.nodeA
+	e.register(t)
+	if code, body := d.call("POST", "/register", e.registerBody("nodeA")); code != 200 {
+		t.Fatalf("same id again: %d %s", code, body)
+	}
+	if code, body := d.call("POST", "/register", e.registerBody("nodeX")); code != http.StatusConflict || !strings.Contains(body, "nodeA") {
+		t.Fatalf("other id: %d %s", code, body)
+	}
+	s := d.status()
+	if !s.Registered || s.NodeID != "nodeA" || s.Subnet != "10.18.0.0/26" || s.SubnetV6 != "fc00::/120" || s.Uplink != "ul0" {
+		t.Fatalf("status %+v", s)
+	}
+	fc.mu.Lock()
+	if len(fc.regs) != 1 || fc.regs[0].NodeIP != nodeA.IP || fc.regs[0].TunnelPort != 50103 {
+		t.Errorf("cluster saw %+v", fc.regs)
+	}
+	fc.mu.Unlock()
+	// The gateway and forwarding exist in the node namespace.
+	ai, _ := containerIf(t, nodeA.NS, "ow0")
+	if !slices.Equal(ai.addrs, []string{"10.18.0.1/26", "fc00::1/120"}) {
+		t.Errorf("gateway addrs %v", ai.addrs)
+	}
+	out, err := testbed.Run(5*time.Second, nodeA.NS, "sh", "-c", "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding")
+	if err != nil || strings.Fields(string(out))[0] != "1" || strings.Fields(string(out))[1] != "1" {
+		t.Errorf("forwarding: %q %v", out, err)
+	}
+	out, err = testbed.Run(5*time.Second, nodeA.NS, "sh", "-c", "ip route show 10.16.0.0/12; ip -6 route show fc00::/7")
+	if err != nil || !strings.Contains(string(out), "10.16.0.0/12 dev ow0") || !strings.Contains(string(out), "fc00::/7 dev ow0") {
+		t.Errorf("platform routes: %q %v", out, err)
+	}
+	if tbl := nftTableText(t, nodeA.NS); !strings.Contains(tbl, `oifname "ul0" ip saddr 10.18.0.0/26 ip daddr != 10.16.0.0/12 masquerade`) {
+		t.Errorf("no masquerade rule:\n%s", tbl)
+	}
+}
+
+func TestDaemonDeploy(t *testing.T) {
+	e := newDaemonEnv(t)
+	d, fc := e.d, e.fc
+	e.register(t)
+	var r1 DeployResponse
+	if err := json.Unmarshal([]byte(e.deploy(t, e.deployC1Body(), "10.18.0.2")), &r1); err != nil {
+		t.Fatal(err)
+	}
+	if r1.NsAddress != "10.18.0.2" || r1.NsAddressV6 != "fc00::2" || r1.ServiceName != "app.ns.svc1.sns" {
+		t.Fatalf("c1: %+v", r1)
+	}
+	if body := e.deploy(t, e.deployC2Body(), "10.18.0.3"); !strings.Contains(body, `"nsAddressv6":"fc00::3"`) {
+		t.Fatalf("deploy c2: %s", body)
+	}
+	ai, routes := containerIf(t, e.c1.NS, "eth0")
+	if !slices.Equal(ai.addrs, []string{"10.18.0.2/32", "fc00::2/128"}) || ai.mtu != 1450 || !ai.up ||
+		ai.mac != containerMAC(netip.MustParseAddr("10.18.0.2")).String() {
+		t.Errorf("c1 eth0: %+v", ai)
+	}
+	var gws []string
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			gws = append(gws, r.Gw.String())
+		}
+	}
+	slices.Sort(gws)
+	if !slices.Equal(gws, []string{"10.18.0.1", "fc00::1"}) {
+		t.Errorf("c1 default routes via %v, want 10.18.0.1 and fc00::1 (routes %v)", gws, routes)
+	}
+	err := testbed.Do(e.c1.NS, func() error {
+		for _, cmd := range []uint32{unix.ETHTOOL_GTXCSUM, unix.ETHTOOL_GTSO, unix.ETHTOOL_GGSO} {
+			v, err := ethtool.Get("eth0", cmd)
+			if err != nil {
+				return err
+			}
+			// Kernel routing only (--dataplane none): no worker
+			// needs them off; the AF_XDP-only path turns them off
+			// (TestDaemonXDPRollback).
+			if v == 0 {
+				return fmt.Errorf("ethtool cmd %#x: off, want on", cmd)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("c1 offloads: %v", err)
+	}
+	fc.mu.Lock()
+	if len(fc.deps) != 2 || fc.deps[0].JobName != "app.ns.svc1.sns" || fc.deps[0].NamespaceIP != netip.MustParseAddr("10.18.0.2") || fc.deps[0].NamespaceIPv6 != netip.MustParseAddr("fc00::2") {
+		t.Errorf("cluster reports %+v", fc.deps)
+	}
+	fc.mu.Unlock()
+	if s := d.status(); len(s.Containers) != 2 || s.Dataplane.Tables["ports"] != 2 || s.Dataplane.Mode != "none" {
+		t.Errorf("status lists %d containers, data plane %+v", len(s.Containers), s.Dataplane)
+	}
+	_, metrics := d.call("GET", "/metrics", "")
+	if !strings.Contains(metrics, "oakwire_netmanager_deploys_total 2") || !strings.Contains(metrics, "oakwire_netmanager_containers 2") {
+		t.Errorf("metrics:\n%s", metrics)
+	}
+}
+
+func TestDaemonSameNodePing(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.deployC1C2(t)
+	for _, dst := range []string{"10.18.0.3", "fc00::3"} {
+		if err := testbed.Ping(e.c1.NS, netip.MustParseAddr(dst), 5, time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, dst := range []string{"10.18.0.2", "fc00::2", "10.18.0.1", "fc00::1"} {
+		if err := testbed.Ping(e.c2.NS, netip.MustParseAddr(dst), 5, time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestDaemonPortMapping(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.deployC1C2(t)
+	tbl := nftTableText(t, e.nodeA.NS)
+	rule := "ip daddr 198.18.0.1 tcp dport 8080 dnat ip to 10.18.0.2:80"
+	if !strings.Contains(tbl, rule) || !strings.Contains(tbl, "ip daddr 198.18.0.1 udp dport 5353 dnat ip to 10.18.0.2:53") {
+		t.Fatalf("no DNAT rule %q:\n%s", rule, tbl)
+	}
+	if n := strings.Count(tbl, " dnat ip to "); n != 4 { // prerouting and output, two mappings
+		t.Errorf("%d dnat rules, want 4:\n%s", n, tbl)
+	}
+	var ln net.Listener
+	if err := testbed.Do(e.c1.NS, func() (err error) { ln, err = net.Listen("tcp", ":80"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = fmt.Fprintf(c, "hello from %s\n", c.LocalAddr())
+			c.Close()
+		}
+	}()
+	var got string
+	err := testbed.Do(e.nodeB.NS, func() error {
+		c, err := net.DialTimeout("tcp", "198.18.0.1:8080", 3*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	if err != nil || !strings.Contains(got, "hello from 10.18.0.2:80") {
+		t.Fatalf("connect from node b to 198.18.0.1:8080: %q %v", got, err)
+	}
+}
+
+func TestDaemonBadCallsChangeNothing(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.deployC1C2(t)
+	c1, c3, deployC3 := e.c1, e.c3, e.deployC3Body()
+	deployC1Again := fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc1.sns","instanceNumber":0}`, c1.NS)
+	for _, tc := range []struct {
+		name, path, body string
+		status           int
+		want             string
+	}{
+		{"malformed JSON", "/container/deploy", `{"pid":`, 400, "malformed JSON"},
+		{"not an object", "/container/deploy", `[1,2]`, 400, "want"},
+		{"pid as string", "/container/deploy", `{"pid":"12","serviceName":"a.b.c.d"}`, 400, "pid"},
+		{"instance as string", "/container/deploy", deployC3[:len(deployC3)-len(`0}`)] + `"0"}`, 400, "instanceNumber"},
+		{"bad service name", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc-3.sns"}`, c3.NS), 400, "serviceName"},
+		{"three-part name", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3"}`, c3.NS), 400, "serviceName"},
+		{"no pid nor netns", "/container/deploy", `{"serviceName":"app.ns.svc3.sns"}`, 400, "pid"},
+		{"unknown pid", "/container/deploy", `{"pid":99999999,"serviceName":"app.ns.svc3.sns"}`, 400, "pid"},
+		{"unknown netns", "/container/deploy", `{"netns":"/run/netns/nonexistent-ow","serviceName":"app.ns.svc3.sns"}`, 400, "netns"},
+		{"netns not a netns", "/container/deploy", `{"netns":"/etc/hostname","serviceName":"app.ns.svc3.sns"}`, 400, "netns"},
+		{"node's own netns", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc3.sns"}`, e.nodeA.NS), 400, "own network namespace"},
+		{"bad port mapping", "/container/deploy", deployC3[:len(deployC3)-1] + `,"portMappings":"80:x/tcp"}`, 400, "portMappings"},
+		{"host port in use", "/container/deploy", deployC3[:len(deployC3)-1] + `,"portMappings":"8080:81/tcp"}`, 409, "8080"},
+		{"double deploy", "/container/deploy", deployC1Again, 409, "already deployed"},
+		{"netns already attached", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.svc9.sns"}`, c1.NS), 409, "eth0"},
+		{"cluster refuses the report", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.fail.sns","portMappings":"9999:99"}`, c3.NS), 502, "redis down"},
+		{"undeploy unknown", "/container/undeploy", `{"serviceName":"app.ns.svc3.sns","instanceNumber":0}`, 404, "not deployed"},
+		{"undeploy bad name", "/docker/undeploy", `{"serviceName":"x","instanceNumber":0}`, 400, "serviceName"},
+		{"register bad id", "/register", `{"client_id":"a b","cluster_address":"x"}`, 400, "client_id"},
+	} {
+		before := e.snapshot(t)
+		code, body := e.d.call("POST", tc.path, tc.body)
+		if code != tc.status || !strings.Contains(body, tc.want) || !strings.Contains(body, `"code"`) {
+			t.Errorf("%s: %d %s, want %d naming %q", tc.name, code, body, tc.status, tc.want)
+		}
+		if after := e.snapshot(t); after != before {
+			t.Errorf("%s changed the node:\nbefore %s\nafter  %s", tc.name, before, after)
+		}
+	}
+}
+
+func TestDaemonRestartReadopts(t *testing.T) {
+	e := newDaemonEnv(t)
+	d, fc, c1, nodeA := e.d, e.fc, e.c1, e.nodeA
+	e.deployC1C2(t)
+	hostIf1 := hostIfName("app.ns.svc1.sns", 0)
+	before, _ := containerIf(t, c1.NS, "eth0")
+	hostBefore, _ := containerIf(t, nodeA.NS, hostIf1)
+	d.stop()
+	after, _ := containerIf(t, c1.NS, "eth0")
+	if !slices.Equal(after.addrs, before.addrs) || after.mac != before.mac {
+		t.Fatalf("stopped daemon changed the container: %+v -> %+v", before, after)
+	}
+	// Still reachable with the daemon down (kernel routing).
+	if err := testbed.Ping(e.c2.NS, netip.MustParseAddr("10.18.0.2"), 3, time.Second); err != nil {
+		t.Error(err)
+	}
+	// A stale socket (no one listening) is replaced.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: d.sock}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	d.start()
+	if fi, err := os.Stat(d.sock); err != nil || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode: %v %v", fi.Mode(), err)
+	}
+	s := d.status()
+	if !s.Registered || len(s.Containers) != 2 || s.Dataplane.Tables["ports"] != 2 {
+		t.Fatalf("after restart: %+v", s)
+	}
+	for _, c := range s.Containers {
+		if c.Job == "app.ns.svc1.sns" && (c.NSIP4.String() != "10.18.0.2" || c.NSIP6.String() != "fc00::2" || c.HostIf != hostIf1) {
+			t.Errorf("re-adopted %+v", c)
+		}
+	}
+	after, _ = containerIf(t, c1.NS, "eth0")
+	hostAfter, _ := containerIf(t, nodeA.NS, hostIf1)
+	if !slices.Equal(after.addrs, before.addrs) || after.mac != before.mac || hostAfter.mac != hostBefore.mac {
+		t.Errorf("re-adopt changed addresses or MACs: %+v/%s -> %+v/%s", before, hostBefore.mac, after, hostAfter.mac)
+	}
+	if err := testbed.Ping(c1.NS, netip.MustParseAddr("fc00::3"), 3, time.Second); err != nil {
+		t.Error(err)
+	}
+	// It re-registers with the cluster it registered with (state file).
+	deadline := time.Now().Add(5 * time.Second)
+	for !d.status().Confirmed {
+		if time.Now().After(deadline) {
+			t.Fatal("no re-registration after restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fc.mu.Lock()
+	if n := len(fc.regs); n != 2 || fc.regs[1].NodeID != "nodeA" {
+		t.Errorf("cluster saw registrations %+v", fc.regs)
+	}
+	fc.mu.Unlock()
+	// A new deploy after the restart gets the next free address.
+	e.deploy(t, e.deployC3Body(), "10.18.0.4")
+}
+
+func TestDaemonUndeploy(t *testing.T) {
+	e := newDaemonEnv(t)
+	d, fc, nodeA := e.d, e.fc, e.nodeA
+	e.deployC1C2(t)
+	e.deploy(t, e.deployC3Body(), "10.18.0.4")
+	hostIf2 := hostIfName("app.ns.svc2.sns", 1)
+	code, body := d.call("POST", "/docker/undeploy", `{"serviceName":"app.ns.svc2.sns","instanceNumber":1}`)
+	if code != 200 {
+		t.Fatalf("undeploy: %d %s", code, body)
+	}
+	for _, l := range linkNames(t, nodeA.NS) {
+		if strings.HasPrefix(l, hostIf2+"/") {
+			t.Errorf("veth %s left", l)
+		}
+	}
+	if ls := linkNames(t, e.c2.NS); len(ls) != 1 { // lo only
+		t.Errorf("container c2 still has %v", ls)
+	}
+	st, err := loadState(d.stateFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Subnets.Lookup("app.ns.svc2.sns/1"); err == nil {
+		t.Error("nsIP of c2 still held")
+	}
+	if len(st.Containers) != 2 {
+		t.Errorf("state lists %d containers", len(st.Containers))
+	}
+	fc.mu.Lock()
+	if len(fc.unds) != 1 || fc.unds[0].JobName != "app.ns.svc2.sns" || fc.unds[0].InstanceNumber != 1 {
+		t.Errorf("cluster undeploy reports %+v", fc.unds)
+	}
+	fc.mu.Unlock()
+	// Undeploying c1 removes its port mappings.
+	if code, body := d.call("POST", "/container/undeploy", `{"serviceName":"app.ns.svc1.sns","instanceNumber":0}`); code != 200 {
+		t.Fatalf("undeploy c1: %d %s", code, body)
+	}
+	if tbl := nftTableText(t, nodeA.NS); strings.Contains(tbl, " dnat ip") {
+		t.Errorf("DNAT left after undeploy:\n%s", tbl)
+	}
+	// The freed address comes back (after never-used ones).
+	e.deploy(t, fmt.Sprintf(`{"pid":%d,"serviceName":"app.ns.svc2.sns","instanceNumber":1}`, e.c2pid), "10.18.0.5")
+}
+
+func TestDaemonRestartDropsVanished(t *testing.T) {
+	e := newDaemonEnv(t)
+	d := e.d
+	e.register(t)
+	e.deploy(t, e.deployC2Body(), "10.18.0.2")
+	e.deploy(t, e.deployC3Body(), "10.18.0.3")
+	d.stop()
+	hostIf3 := hostIfName("app.ns.svc3.sns", 0)
+	err := testbed.Handle(e.nodeA.NS, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(hostIf3)
+		if err != nil {
+			return err
+		}
+		return h.LinkDel(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	s := d.status()
+	if len(s.Containers) != 1 || s.Containers[0].Job != "app.ns.svc2.sns" {
+		t.Fatalf("after restart: %+v", s.Containers)
+	}
+	st, err := loadState(d.stateFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Subnets.Lookup("app.ns.svc3.sns/0"); err == nil {
+		t.Error("vanished container's nsIP still held")
+	}
+	e.waitUndeployReports(t, 1)
+}
+
+func TestDaemonTeardown(t *testing.T) {
+	e := newDaemonEnv(t)
+	d, nodeA := e.d, e.nodeA
+	e.deployC1C2(t)
+	d.stop()
+	out, err := testbed.Run(20*time.Second, nodeA.NS, append([]string{daemonBinary(t), "teardown"}, d.args()...)...)
+	if err != nil {
+		t.Fatalf("teardown: %v", err)
+	}
+	for _, l := range linkNames(t, nodeA.NS) {
+		if strings.HasPrefix(l, "ow") {
+			t.Errorf("link %s left after teardown", l)
+		}
+	}
+	for _, c := range []*testbed.Container{e.c1, e.c2, e.c3} {
+		if ls := linkNames(t, c.NS); len(ls) != 1 {
+			t.Errorf("container %s still has %v", c.Name, ls)
+		}
+	}
+	if _, err := testbed.Run(5*time.Second, nodeA.NS, "nft", "list", "table", "inet", "oakwire"); err == nil {
+		t.Error("nft table oakwire left after teardown")
+	}
+	if _, err := os.Stat(d.stateFile()); !os.IsNotExist(err) {
+		t.Errorf("state file left: %v", err)
+	}
+	fw, _ := testbed.Run(5*time.Second, nodeA.NS, "cat", "/proc/sys/net/ipv4/ip_forward")
+	if strings.TrimSpace(string(fw)) != "0" {
+		t.Errorf("ip_forward %q not restored", fw)
+	}
+	t.Logf("teardown output: %s", out)
+}
+
+// TestDaemonClusterFlag: with --node-id and --cluster the daemon registers
+// by itself at start, retrying until the cluster answers.
+func TestDaemonClusterFlag(t *testing.T) {
+	bed, node := daemonNode(t)
 	c := emptyContainer(t, node, "c1")
 	// Reserve a port in the node namespace, start the daemon, then the
 	// cluster: the first attempts fail and are retried.
@@ -879,12 +957,7 @@ func (d *daemon) callAsync(path, body string) <-chan callResult {
 // does not stall the daemon either, and keeps its instance from being
 // deployed again until its report is out.
 func TestDaemonSlowCluster(t *testing.T) {
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	c1 := emptyContainer(t, node, "c1")
 	c2 := emptyContainer(t, node, "c2")
 	// The deploy report of app.ns.hang.sns hangs, then fails (503); so
@@ -1164,12 +1237,7 @@ func TestDaemonXDPRollback(t *testing.T) {
 
 func testDaemonXDPRollback(t *testing.T, offload string) {
 	tier := offload == "on"
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	c1 := emptyContainer(t, node, "c1")
 	c3 := emptyContainer(t, node, "c3")
 	var daemonPID atomic.Int64
@@ -1190,7 +1258,7 @@ func testDaemonXDPRollback(t *testing.T, offload string) {
 	// The worker keys reach the engine (and /status says what runs).
 	d.extra = []string{"--dataplane", "xdp", "--worker-cpus", "0", "--worker-yield", "go", "--worker-spin", "150us", "--offload", offload}
 	d.start()
-	daemonPID.Store(int64(d.cmd.Process.Pid))
+	daemonPID.Store(int64(d.proc.Pid()))
 	if code, body := d.call("POST", "/register", fmt.Sprintf(`{"client_id":"n1","cluster_address":%q}`, fc.addr)); code != 200 {
 		t.Fatalf("register: %d %s", code, body)
 	}
@@ -1218,7 +1286,7 @@ func testDaemonXDPRollback(t *testing.T, offload string) {
 	if !slices.Equal(s.Dataplane.CPUs, []int{0}) || s.Dataplane.Yield != "go" || s.Workers != s.Dataplane.Workers {
 		t.Errorf("worker settings in /status: cpus %v yield %q workers %d (data plane %d)", s.Dataplane.CPUs, s.Dataplane.Yield, s.Workers, s.Dataplane.Workers)
 	}
-	pid := d.cmd.Process.Pid
+	pid := d.proc.Pid()
 	before := xdpView(t, node.NS, pid, s.Dataplane)
 
 	code, body = d.call("POST", "/container/deploy", fmt.Sprintf(`{"netns":"/run/netns/%s","serviceName":"app.ns.fail.sns","portMappings":"9999:99"}`, c3.NS))

@@ -24,12 +24,7 @@ import (
 // with its cluster, reports its instances again from there, and its port
 // mappings follow.
 func TestRegisterBareHostAndNodeIPChange(t *testing.T) {
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	c := emptyContainer(t, node, "c1")
 	fc := startFakeCluster(t, node.NS)
 	host, port, _ := net.SplitHostPort(fc.addr)
@@ -131,13 +126,8 @@ func TestRegisterBareHostAndNodeIPChange(t *testing.T) {
 // its tap0 on virbr0 with the NAT to the guest; /unikernel/undeploy
 // detaches it and removes the namespace. Bad requests leave nothing.
 func TestUnikernel(t *testing.T) {
-	bed := testbed.NewT(t)
-	testenv.RequireBinary(t, "nft")
 	testenv.RequireBinary(t, "nsenter")
-	node, err := bed.AddNode("a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, node := daemonNode(t)
 	fc := startFakeCluster(t, node.NS)
 	d := newDaemon(t, bed, node)
 	d.start()
@@ -156,7 +146,7 @@ func TestUnikernel(t *testing.T) {
 	// look at its namespaces from there, as the node engine would from
 	// the host where the daemon runs in the host's.
 	inDaemon := func(argv ...string) (string, error) {
-		out, err := exec.Command("nsenter", append([]string{"--mount=/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/ns/mnt", "--"}, argv...)...).CombinedOutput()
+		out, err := exec.Command("nsenter", append([]string{"--mount=/proc/" + strconv.Itoa(d.proc.Pid()) + "/ns/mnt", "--"}, argv...)...).CombinedOutput()
 		return string(out), err
 	}
 	body := fmt.Sprintf(`{"pid":0,"serviceName":%q,"instanceNumber":0,"portMappings":""}`, job)

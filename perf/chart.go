@@ -47,70 +47,24 @@ func (rep *Report) ChartPNG() ([]byte, error) {
 		return nil, fmt.Errorf("no dataplane measured")
 	}
 	w := vg.Points(40)
-	mk := func(title, ylabel string) *plot.Plot {
-		p := plot.New()
-		p.Title.Text = title
-		p.Title.TextStyle.Font.Size = vg.Points(13)
-		p.Y.Label.Text = ylabel
-		p.Y.Min = 0
-		p.NominalX(names...)
-		p.X.Min, p.X.Max = -0.6, float64(len(names))-0.4
-		p.X.Tick.Label.Font.Size = vg.Points(12)
-		p.Add(plotter.NewGrid())
-		return p
-	}
-	bars := func(p *plot.Plot, vals plotter.Values, c color.Color, off vg.Length, legend string) error {
-		b, err := plotter.NewBarChart(vals, w)
-		if err != nil {
-			return err
-		}
-		// Headroom above the tallest bar for its label and the legend.
-		for _, v := range vals {
-			p.Y.Max = max(p.Y.Max, v*1.25)
-		}
-		xys := make(plotter.XYs, len(vals))
-		texts := make([]string, len(vals))
-		for i, v := range vals {
-			xys[i] = plotter.XY{X: float64(i), Y: v}
-			texts[i] = label(v)
-		}
-		lb, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
-		if err != nil {
-			return err
-		}
-		for i := range lb.TextStyle {
-			lb.TextStyle[i].XAlign = draw.XCenter
-			lb.TextStyle[i].YAlign = draw.YBottom
-			lb.TextStyle[i].Font.Size = vg.Points(10)
-		}
-		lb.Offset = vg.Point{X: off, Y: vg.Points(2)}
-		b.Color = c
-		b.LineStyle.Width = 0
-		b.Offset = off
-		p.Add(b, lb)
-		if legend != "" {
-			p.Legend.Add(legend, b)
-		}
-		return nil
-	}
-	pp := mk("UDP 64 B delivered", "k packets/s (median)")
-	if err := bars(pp, pps, colPPS, -w/2, "flood"); err != nil {
+	pp := newPanel(names, "UDP 64 B delivered", "k packets/s (median)")
+	if err := addBars(pp, w, pps, colPPS, -w/2, "flood"); err != nil {
 		return nil, err
 	}
-	if err := bars(pp, lf, colLF, w/2, "loss-free"); err != nil {
+	if err := addBars(pp, w, lf, colLF, w/2, "loss-free"); err != nil {
 		return nil, err
 	}
 	pp.Legend.Top = true
-	pl := mk("Request/response latency", "µs (median)")
-	if err := bars(pl, p50, colP50, -w/2, "p50"); err != nil {
+	pl := newPanel(names, "Request/response latency", "µs (median)")
+	if err := addBars(pl, w, p50, colP50, -w/2, "p50"); err != nil {
 		return nil, err
 	}
-	if err := bars(pl, p99, colP99, w/2, "p99"); err != nil {
+	if err := addBars(pl, w, p99, colP99, w/2, "p99"); err != nil {
 		return nil, err
 	}
 	pl.Legend.Top = true
-	pt := mk("TCP (iperf3)", "Gbit/s (median)")
-	if err := bars(pt, tcp, colTCP, 0, ""); err != nil {
+	pt := newPanel(names, "TCP (iperf3)", "Gbit/s (median)")
+	if err := addBars(pt, w, tcp, colTCP, 0, ""); err != nil {
 		return nil, err
 	}
 	img := vgimg.New(vg.Points(1200), vg.Points(420))
@@ -126,6 +80,58 @@ func (rep *Report) ChartPNG() ([]byte, error) {
 		return nil, fmt.Errorf("png: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// newPanel is one chart panel: a bar group per dataplane name, the y axis
+// from 0.
+func newPanel(names []string, title, ylabel string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.Title.TextStyle.Font.Size = vg.Points(13)
+	p.Y.Label.Text = ylabel
+	p.Y.Min = 0
+	p.NominalX(names...)
+	p.X.Min, p.X.Max = -0.6, float64(len(names))-0.4
+	p.X.Tick.Label.Font.Size = vg.Points(12)
+	p.Add(plotter.NewGrid())
+	return p
+}
+
+// addBars adds one bar series of width w, shifted by off, each bar labelled
+// with its value, and its legend entry unless legend is empty.
+func addBars(p *plot.Plot, w vg.Length, vals plotter.Values, c color.Color, off vg.Length, legend string) error {
+	b, err := plotter.NewBarChart(vals, w)
+	if err != nil {
+		return err
+	}
+	// Headroom above the tallest bar for its label and the legend.
+	for _, v := range vals {
+		p.Y.Max = max(p.Y.Max, v*1.25)
+	}
+	xys := make(plotter.XYs, len(vals))
+	texts := make([]string, len(vals))
+	for i, v := range vals {
+		xys[i] = plotter.XY{X: float64(i), Y: v}
+		texts[i] = label(v)
+	}
+	lb, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
+	if err != nil {
+		return err
+	}
+	for i := range lb.TextStyle {
+		lb.TextStyle[i].XAlign = draw.XCenter
+		lb.TextStyle[i].YAlign = draw.YBottom
+		lb.TextStyle[i].Font.Size = vg.Points(10)
+	}
+	lb.Offset = vg.Point{X: off, Y: vg.Points(2)}
+	b.Color = c
+	b.LineStyle.Width = 0
+	b.Offset = off
+	p.Add(b, lb)
+	if legend != "" {
+		p.Legend.Add(legend, b)
+	}
+	return nil
 }
 
 // label formats a bar's value with three significant digits.

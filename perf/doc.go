@@ -18,9 +18,9 @@
 // GOMAXPROCS=1, dataplanes interleaved with their order rotated each round,
 // medians and spread (min–max) over the rounds.
 //
-// The load tools (RunTool: udpflood, udpsink, udpecho, rr) live here too;
-// cmd/netbench exposes them as subcommands, and the suite runs them inside
-// the containers with `ip netns exec`.
+// The load tools (udpflood, udpsink, udpecho, rr) are internal/loadtool's
+// Bench suite; cmd/netbench exposes them as subcommands, and the suite runs
+// them (Config.Tool) inside the containers with `ip netns exec`.
 //
 // Safety (DESIGN.md "Testbed"): every address of the overlay exists only
 // inside the bed's namespaces, nodes have no default route, every load loop

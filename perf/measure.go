@@ -16,13 +16,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
 // FloodMeasure is one UDP flood: what the sender sent and the sink got.
 type FloodMeasure struct {
-	Sender FloodResult `json:"sender"`
-	Sink   SinkResult  `json:"sink"`
+	Sender loadtool.FloodResult `json:"sender"`
+	Sink   loadtool.SinkResult  `json:"sink"`
 	// SenderCPU and SinkCPU are the tools' CPU time (rusage: user and
 	// system), in ns.
 	SenderCPU    time.Duration `json:"sender_cpu_ns"`
@@ -40,7 +41,7 @@ type TCPMeasure struct {
 }
 
 // readyWriter collects a tool's stderr and closes ready when the tool
-// writes readyLine.
+// writes its ready line (loadtool.ReadyPrefix).
 type readyWriter struct {
 	mu    sync.Mutex // guards buf and once's effect
 	buf   bytes.Buffer
@@ -54,7 +55,7 @@ func (w *readyWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.buf.Write(p)
-	if bytes.Contains(w.buf.Bytes(), []byte(readyLine+"\n")) {
+	if bytes.HasPrefix(w.buf.Bytes(), []byte(loadtool.ReadyPrefix)) || bytes.Contains(w.buf.Bytes(), []byte("\n"+loadtool.ReadyPrefix)) {
 		w.once.Do(func() { close(w.ready) })
 	}
 	return len(p), nil
@@ -81,58 +82,43 @@ func (r *runner) toolCmd(ctx context.Context, ns string, args ...string) *exec.C
 	return cmd
 }
 
-// proc is a started server tool; done closes when it has exited (and
-// been reaped).
+// proc is a started server tool with its output.
 type proc struct {
-	cmd  *exec.Cmd
+	*testbed.Proc
 	out  *bytes.Buffer
 	errw *readyWriter
-	done chan struct{}
-	err  error // valid after done
 }
 
 // stop kills the process (by its PID) if it still runs and reaps it.
 func (p *proc) stop() {
-	if p == nil {
-		return
-	}
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-// wait waits for the process at most d, then kills it.
-func (p *proc) wait(d time.Duration) error {
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(d):
-		p.stop()
-		return fmt.Errorf("killed after %v", d)
+	if p != nil {
+		p.Kill()
 	}
 }
 
 // startServer starts a server tool in ns (tracked by the bed) and waits
 // until it reports ready.
 func (r *runner) startServer(ctx context.Context, ns string, args ...string) (*proc, error) {
-	p := &proc{cmd: r.toolCmd(ctx, ns, args...), out: &bytes.Buffer{}, errw: newReadyWriter(), done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.errw
-	if err := r.topo.Bed.Start(p.cmd); err != nil {
+	p := &proc{out: &bytes.Buffer{}, errw: newReadyWriter()}
+	cmd := r.toolCmd(ctx, ns, args...)
+	cmd.Stdout, cmd.Stderr = p.out, p.errw
+	tp, err := r.topo.Bed.Launch(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", args[0], err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	p.Proc = tp
 	select {
 	case <-p.errw.ready:
 		return p, nil
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(10 * time.Second):
 		p.stop()
 	}
-	return nil, fmt.Errorf("%s not ready (%v): %s", args[0], p.err, p.errw.String())
+	var perr error
+	if p.Exited() {
+		perr = p.Err()
+	}
+	return nil, fmt.Errorf("%s not ready (%v): %s", args[0], perr, p.errw.String())
 }
 
 // runClient runs a client tool in ns bounded by d and decodes its JSON.
@@ -175,7 +161,7 @@ func (r *runner) probe(ctx context.Context, target netip.Addr) error {
 		return err
 	}
 	defer srv.stop()
-	var res RRResult
+	var res loadtool.RRResult
 	if err := r.runClient(ctx, 10*time.Second, r.topo.Client.NS, &res, "rr", "--dst", ap(target, r.topo.Ports.Echo),
 		"--count", "5", "--warmup", "0", "--timeout", "500ms", "--duration", "5s"); err != nil {
 		return err
@@ -216,10 +202,10 @@ func (r *runner) floodAt(ctx context.Context, target netip.Addr, rate float64, d
 	if ferr != nil {
 		return m, ferr
 	}
-	if err := sink.wait(sinkDur + 5*time.Second); err != nil {
+	if err := sink.Wait(sinkDur + 5*time.Second); err != nil {
 		return m, fmt.Errorf("udpsink: %w: %s", err, sink.errw.String())
 	}
-	m.SinkCPU = cpuOf(sink.cmd.ProcessState)
+	m.SinkCPU = cpuOf(sink.Cmd.ProcessState)
 	if err := json.Unmarshal(sink.out.Bytes(), &m.Sink); err != nil {
 		return m, fmt.Errorf("udpsink: output %q: %w", sink.out.String(), err)
 	}
@@ -283,9 +269,9 @@ func (r *runner) lossFree(ctx context.Context, target netip.Addr, f FloodMeasure
 	return m, nil
 }
 
-func (r *runner) rr(ctx context.Context, target netip.Addr) (RRResult, error) {
+func (r *runner) rr(ctx context.Context, target netip.Addr) (loadtool.RRResult, error) {
 	c := r.cfg
-	var res RRResult
+	var res loadtool.RRResult
 	bound := 30 * time.Second
 	srv, err := r.startServer(ctx, r.topo.Server.NS, "udpecho", "--listen", ap(netip.IPv4Unspecified(), r.topo.Ports.Echo),
 		"--duration", (bound + 10*time.Second).String(), "--cpu", itoa(c.RRCPU))
@@ -319,12 +305,14 @@ func (r *runner) tcp(ctx context.Context, target netip.Addr) (TCPMeasure, error)
 	var m TCPMeasure
 	secs := max(1, int(c.TCPDuration.Round(time.Second)/time.Second))
 	port := strconv.Itoa(int(r.topo.Ports.TCP))
-	srv := &proc{cmd: testbed.Command(ctx, r.topo.Server.NS, "iperf3", "-s", "-1", "-p", port), out: &bytes.Buffer{}, done: make(chan struct{})}
-	srv.cmd.Stdout, srv.cmd.Stderr = srv.out, srv.out
-	if err := r.topo.Bed.Start(srv.cmd); err != nil {
+	srv := &proc{out: &bytes.Buffer{}}
+	cmd := testbed.Command(ctx, r.topo.Server.NS, "iperf3", "-s", "-1", "-p", port)
+	cmd.Stdout, cmd.Stderr = srv.out, srv.out
+	tp, err := r.topo.Bed.Launch(cmd)
+	if err != nil {
 		return m, fmt.Errorf("iperf3 server: %w", err)
 	}
-	go func() { srv.err = srv.cmd.Wait(); close(srv.done) }()
+	srv.Proc = tp
 	defer srv.stop()
 	var lastErr error
 	for try := range 10 {

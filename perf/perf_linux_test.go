@@ -13,17 +13,18 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/internal/testenv"
 )
 
-// toolEnv makes the test binary act as the load tools (RunTool) when the
-// suite runs it inside a namespace.
+// toolEnv makes the test binary act as the load tools (loadtool.Bench) when
+// the suite runs it inside a namespace.
 const toolEnv = "OAKWIRE_PERF_TOOL"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(toolEnv) == "1" {
-		os.Exit(RunTool(os.Args[1:], os.Stdout, os.Stderr))
+		os.Exit(loadtool.Bench.Run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }

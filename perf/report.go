@@ -133,6 +133,18 @@ func (rep *Report) writeRatios(p func(string, ...any)) {
 func (rep *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	p := func(f string, a ...any) { fmt.Fprintf(&b, f+"\n", a...) }
+	rep.writeHeader(p)
+	rep.writeMachine(p)
+	rep.writeEndToEnd(p)
+	rep.writeRounds(p)
+	rep.writeMicro(p)
+	rep.writeControl(p)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeHeader writes the title, the run, and the failures and notes if any.
+func (rep *Report) writeHeader(p func(string, ...any)) {
 	mode := "full"
 	if rep.Config.Smoke {
 		mode = "smoke (short durations, small counts: for checking the suite, not for quoting)"
@@ -158,6 +170,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("")
 	}
+}
+
+// writeMachine writes the machine table.
+func (rep *Report) writeMachine(p func(string, ...any)) {
 	m := rep.Machine
 	p("## Machine")
 	p("")
@@ -172,6 +188,11 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("| iperf3 | %s |", m.Iperf3)
 	p("| XDP mode (oakwire) | %s |", m.XDPMode)
 	p("")
+}
+
+// writeEndToEnd writes what the end-to-end runs do and their summary:
+// medians with spreads, ratios, settings and the chart.
+func (rep *Report) writeEndToEnd(p func(string, ...any)) {
 	p("## End to end")
 	p("")
 	p("Two emulated nodes in network namespaces joined by one veth underlay (198.18.0.1/.2); client container 10.18.0.2 on node A, server container 10.18.0.66 on node B (/32 addresses, default route via the gateway on-link, static neighbours, MTU 1450). "+
@@ -212,6 +233,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	p("")
 	p("The load column is the machine's 1-minute load average when the round started; anything well above the tools' own share means other work competed for the %d CPUs and the spread will show it.", rep.Machine.NumCPU)
 	p("")
+}
+
+// writeRounds writes every round's numbers and each round's non-zero counters.
+func (rep *Report) writeRounds(p func(string, ...any)) {
 	p("### Every round")
 	p("")
 	p("| round | # | dataplane | load | target | sent | received | pps delivered | loss %% | rcvbuf drops | loss-free pps (probes: rate → loss %%) | p50/p99/p99.9 µs | TCP Gbit/s | CPU ns/packet (tools + ksoftirqd + dataplane ms; machine ns/packet; loss %%) | errors |")
@@ -259,6 +284,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		p("%s counters, round %d (whole round: probe, flood, request/response, TCP; non-zero only): %s", x.Dataplane, x.Round, strings.Join(kv, ", "))
 		p("")
 	}
+}
+
+// writeMicro writes the micro benchmarks, if they ran.
+func (rep *Report) writeMicro(p func(string, ...any)) {
 	if mi := rep.Micro; mi != nil && len(mi.Benchmarks) > 0 {
 		p("## Micro: the per-packet pipeline")
 		p("")
@@ -285,6 +314,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("")
 	}
+}
+
+// writeControl writes the control-plane results, if they ran.
+func (rep *Report) writeControl(p func(string, ...any)) {
 	if c := rep.Control; c != nil {
 		p("## Control plane")
 		p("")
@@ -300,6 +333,4 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 		p("")
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oakwire/oakwire/internal/loadtool"
 )
 
 func sampleReport() *Report {
@@ -22,8 +24,8 @@ func sampleReport() *Report {
 		k := float64(i/2 + 1)
 		rep.Rounds = append(rep.Rounds, RoundResult{
 			Dataplane: name, Round: i/2 + 1, Position: i%2 + 1, Target: "10.18.0.66:9000",
-			Flood: &FloodMeasure{Sender: FloodResult{Sent: 1000}, Sink: SinkResult{Received: 990}, SentPPS: 100e3 * k, DeliveredPPS: 99e3 * k, LossPct: 1},
-			RR:    &RRResult{Count: 100, P50us: 30 * k, P99us: 80 * k, P999us: 120 * k},
+			Flood: &FloodMeasure{Sender: loadtool.FloodResult{Sent: 1000}, Sink: loadtool.SinkResult{Received: 990}, SentPPS: 100e3 * k, DeliveredPPS: 99e3 * k, LossPct: 1},
+			RR:    &loadtool.RRResult{Count: 100, P50us: 30 * k, P99us: 80 * k, P999us: 120 * k},
 			TCP:   &TCPMeasure{Gbps: 10 * k},
 		})
 	}
@@ -72,7 +74,7 @@ func TestMarkdownRatios(t *testing.T) {
 	rep := sampleReport()
 	rep.Measured = append(rep.Measured, OakwireName, OakwireAFXDPName)
 	rep.Rounds = append(rep.Rounds, RoundResult{Dataplane: OakwireName, Round: 1, Position: 3,
-		Flood: &FloodMeasure{DeliveredPPS: 297e3}, RR: &RRResult{Count: 10, P50us: 45, P99us: 120}, TCP: &TCPMeasure{Gbps: 1.5}})
+		Flood: &FloodMeasure{DeliveredPPS: 297e3}, RR: &loadtool.RRResult{Count: 10, P50us: 45, P99us: 120}, TCP: &TCPMeasure{Gbps: 1.5}})
 	rep.summarize()
 	var b strings.Builder
 	if err := rep.WriteMarkdown(&b); err != nil {

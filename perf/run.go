@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/internal/deploy"
+	"github.com/oakwire/oakwire/internal/loadtool"
 )
 
 // Config configures one run of the suite. Zero fields take the defaults
@@ -37,7 +38,7 @@ type Config struct {
 	// Out is the results root: the run writes Out/<timestamp>/ and copies
 	// it to Out/latest/.
 	Out string `json:"out"`
-	// Tool is the argv prefix that runs a load tool (RunTool) inside a
+	// Tool is the argv prefix that runs a load tool (loadtool.Bench) inside a
 	// namespace, e.g. [/path/netbench]; default: this executable.
 	Tool []string `json:"tool"`
 	// ToolEnv is added to the load tools' environment (GOMAXPROCS=1 is
@@ -205,14 +206,14 @@ type RoundResult struct {
 	Target    string `json:"target,omitempty"`
 	// Load1 is the 1-minute load average when the round started: other
 	// work on the machine shows up here before it skews the numbers.
-	Load1    float64           `json:"load1"`
-	Info     map[string]string `json:"info,omitempty"`
-	Flood    *FloodMeasure     `json:"flood,omitempty"`
-	LossFree *LossFreeMeasure  `json:"loss_free,omitempty"`
-	RR       *RRResult         `json:"rr,omitempty"`
-	TCP      *TCPMeasure       `json:"tcp,omitempty"`
-	CPU      *CPUMeasure       `json:"cpu,omitempty"`
-	Errors   []string          `json:"errors,omitempty"`
+	Load1    float64            `json:"load1"`
+	Info     map[string]string  `json:"info,omitempty"`
+	Flood    *FloodMeasure      `json:"flood,omitempty"`
+	LossFree *LossFreeMeasure   `json:"loss_free,omitempty"`
+	RR       *loadtool.RRResult `json:"rr,omitempty"`
+	TCP      *TCPMeasure        `json:"tcp,omitempty"`
+	CPU      *CPUMeasure        `json:"cpu,omitempty"`
+	Errors   []string           `json:"errors,omitempty"`
 	// Counters are the dataplane's own non-zero counters for the round
 	// (Counterer), read after Teardown.
 	Counters map[string]uint64 `json:"counters,omitempty"`

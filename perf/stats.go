@@ -6,35 +6,15 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/oakwire/oakwire/internal/loadtool"
 )
 
 // Percentile returns the p-th percentile (0 ≤ p ≤ 100) of xs by the
 // nearest-rank method on a sorted copy: the smallest value such that at
 // least p % of the samples are ≤ it. NaN for no samples.
-func Percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return percentileSorted(s, p)
-}
-
-func percentileSorted(s []float64, p float64) float64 {
-	if len(s) == 0 {
-		return math.NaN()
-	}
-	if p <= 0 {
-		return s[0]
-	}
-	if p >= 100 {
-		return s[len(s)-1]
-	}
-	// The epsilon keeps float error (99.9/100*1000 = 999.0000000000001)
-	// from moving the rank up by one.
-	rank := int(math.Ceil(p*float64(len(s))/100 - 1e-9))
-	return s[max(rank, 1)-1]
-}
+// It is the load tools' (rr's) own.
+func Percentile(xs []float64, p float64) float64 { return loadtool.Percentile(xs, p) }
 
 // DurationsMicros converts durations to microseconds.
 func DurationsMicros(ds []time.Duration) []float64 {

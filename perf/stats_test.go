@@ -7,32 +7,6 @@ import (
 	"testing"
 )
 
-func TestPercentile(t *testing.T) {
-	xs := make([]float64, 1000)
-	for i := range xs {
-		xs[i] = float64(1000 - i) // 1..1000, reversed: Percentile must sort
-	}
-	for _, c := range []struct{ p, want float64 }{
-		{0, 1}, {50, 500}, {99, 990}, {99.9, 999}, {100, 1000}, {0.05, 1}, {0.1, 1}, {0.2, 2},
-	} {
-		if got := Percentile(xs, c.p); got != c.want {
-			t.Errorf("Percentile(1..1000, %v) = %v, want %v", c.p, got, c.want)
-		}
-	}
-	if got := Percentile([]float64{7}, 99.9); got != 7 {
-		t.Errorf("one sample: %v", got)
-	}
-	if got := Percentile([]float64{1, 2}, 50); got != 1 {
-		t.Errorf("nearest rank of two at p50: %v, want 1", got)
-	}
-	if !math.IsNaN(Percentile(nil, 50)) {
-		t.Error("no samples: want NaN")
-	}
-	if xs[0] != 1000 {
-		t.Error("Percentile sorted its input in place")
-	}
-}
-
 func TestMedianSummarize(t *testing.T) {
 	if m := Median([]float64{3, 1, 2}); m != 2 {
 		t.Errorf("odd median %v", m)

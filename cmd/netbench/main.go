@@ -1,13 +1,14 @@
 //go:build linux
 
 // Command netbench is Oakwire's performance suite (SPEC §9) and the load
-// tools it runs inside emulated containers.
+// tools it runs inside emulated containers (internal/loadtool's Bench
+// suite).
 //
 //	netbench demo  [--dataplane xdp|none] [--keep]
 //	netbench bench [--smoke] [--rounds 3] [--out results] [--dataplanes routed,kernel,oakwire,oakwire-afxdp]
 //	               [--oakwire-mode generic|native] [--oakwire-workers N] [--oakwire-cpus none|LIST|A/B]
 //	               [--oakwire-yield os|go|none] [--oakwire-spin 200µs] [--cpu-rate 40000]
-//	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--cpu C]
+//	netbench udpflood --dst IP:PORT [--size 64] [--count N] [--duration D] [--batch 64] [--rate PPS] [--cpu C]
 //	netbench udpsink  --listen IP:PORT [--duration D] [--idle D] [--cpu C]
 //	netbench udpecho  --listen IP:PORT [--duration D] [--cpu C]
 //	netbench rr       --dst IP:PORT [--count N] [--cpu C]
@@ -28,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/version"
 	"github.com/oakwire/oakwire/perf"
 )
@@ -41,7 +43,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench {%s} [flags]\n", strings.Join(perf.Tools, ","))
+	fmt.Fprintf(os.Stderr, "usage: netbench demo [flags] | netbench bench [flags] | netbench {%s} [flags]\n", strings.Join(loadtool.Bench.Names(), ","))
 }
 
 func run(args []string) int {
@@ -58,10 +60,8 @@ func run(args []string) int {
 		usage()
 		return 0
 	}
-	for _, t := range perf.Tools {
-		if args[0] == t {
-			return perf.RunTool(args, os.Stdout, os.Stderr)
-		}
+	if loadtool.Bench.Has(args[0]) {
+		return loadtool.Bench.Run(args, os.Stdout, os.Stderr)
 	}
 	usage()
 	return 2

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/oakwire/oakwire/api"
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
 
@@ -336,7 +337,7 @@ func (d *Deployment) startServer(ctx context.Context, inst *Instance, sv serverS
 	}
 	return d.waitFor(ctx, p, sv.kind+" "+inst.Tag()+" listening", func() bool {
 		b, _ := os.ReadFile(logPath)
-		return strings.Contains(string(b), "listening ")
+		return strings.Contains(string(b), loadtool.ReadyPrefix)
 	})
 }
 
@@ -352,7 +353,7 @@ func (d *Deployment) stopServers(inst *Instance) {
 	}
 	d.mu.Unlock()
 	for _, p := range ps {
-		p.stop(9, 0)
+		p.Stop(9, 0)
 	}
 }
 
@@ -394,10 +395,10 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 	if err != nil {
 		return nil, nil, err
 	}
-	defer sink.stop(9, 0)
+	defer sink.Stop(9, 0)
 	if err := d.waitFor(ctx, sink, "udpsink listening", func() bool {
 		b, _ := os.ReadFile(logPath)
-		return strings.Contains(string(b), "listening ")
+		return strings.Contains(string(b), loadtool.ReadyPrefix)
 	}); err != nil {
 		return nil, nil, err
 	}
@@ -411,7 +412,7 @@ func (d *Deployment) Rate(ctx context.Context, from, to *Instance, dur time.Dura
 		return nil, nil, fmt.Errorf("udpflood: %w: %q", err, out)
 	}
 	select {
-	case <-sink.done:
+	case <-sink.Done():
 	case <-time.After(dur + 10*time.Second):
 		return &f, nil, errors.New("udpsink did not finish")
 	}

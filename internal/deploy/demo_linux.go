@@ -69,6 +69,74 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	}()
 	p.line("Up in %v; namespaces %s-* (see `ip netns list` while it runs).", time.Since(start).Round(10*time.Millisecond), d.Bed.Prefix())
 
+	run := &demoRun{d: d, p: p, w: w}
+	run.nodes()
+	if err := run.deployWeb(ctx); err != nil {
+		return err
+	}
+	a, client := run.a, run.client
+	p.section("   Peers: who may send each node tunnel traffic (its cluster's GET /api/node/peers; root links")
+	p.line("   clusters that share a service: one interested in it, the other hosting an instance)")
+	peersOK := d.showPeers(ctx, p)
+
+	if o.Dataplane == "none" {
+		if !peersOK {
+			return errors.New("demo: a node's peer set does not list every node of the other cluster")
+		}
+		p.section("4. Traffic")
+		p.line("   skipped: --dataplane none routes only inside a node (no service IPs, no overlay).")
+		if err := d.Ping(client, a.Subnet.Addr().Next(), 3, time.Second); err != nil {
+			p.line("   ping from client/0 to its gateway %v: %v", a.Subnet.Addr().Next(), err)
+			return err
+		}
+		p.line("   ping from client/0 to its node's gateway %v: ok", a.Subnet.Addr().Next())
+		return nil
+	}
+	if err := run.warmUp(ctx); err != nil {
+		return err
+	}
+	if !peersOK {
+		run.fail("a node's peer set does not list every node of the other cluster")
+	}
+
+	for _, step := range []func(context.Context) error{run.roundRobin, run.closest, run.instanceIPs, run.latencyAndRate} {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	if len(run.problems) > 0 {
+		return fmt.Errorf("demo: %d problems: %s", len(run.problems), strings.Join(run.problems, "; "))
+	}
+	p.section("All checks passed.")
+	return nil
+}
+
+// demoRun is one RunDemoWith after Up: the deployment, where it prints,
+// what it deployed and the problems it found so far. Its methods are the
+// demo's numbered sections.
+type demoRun struct {
+	d      *Deployment
+	p      *printer
+	w      io.Writer
+	web    *Service
+	a      *Node // the client's node
+	insts  []*Instance
+	client *Instance
+	// problems are the failed checks, printed as they happen and
+	// returned together at the end.
+	problems []string
+}
+
+// fail records a failed check and prints it.
+func (run *demoRun) fail(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	run.problems = append(run.problems, msg)
+	run.p.line("   PROBLEM: %s", msg)
+}
+
+// nodes prints section 1: the nodes, their clusters and the control node.
+func (run *demoRun) nodes() {
+	d, p := run.d, run.p
 	p.section("1. Nodes (underlay %v, tunnel UDP port %d)", d.Ctl.Prefix, api.DefaultTunnelPort)
 	tw := p.table()
 	fmt.Fprintln(tw, "   node\tcluster\tunderlay IP\tcontainer subnets (v4, v6)\truns")
@@ -84,13 +152,18 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	p.line("   Each cluster is its own servicemanager process with its own Redis key prefix (oakwire-<id>:).")
 	p.line("   Nodes registered as Oakestra's node engine registers them: POST /register {client_id, cluster_address: %q}", d.Ctl.IP.String())
 	p.line("   on each netmanager's socket, the bare host; the port is netmanager's --cluster-port (each node's cluster's).")
+}
 
+// deployWeb deploys the service web with instances on nodes b and c and a
+// client on a, and prints sections 2 and 3.
+func (run *demoRun) deployWeb(ctx context.Context) error {
+	d, p := run.d, run.p
 	web, err := d.DeployService(ctx, "web", "demo.ns.web.default")
 	if err != nil {
 		return err
 	}
 	p.section("2. Service %s (root POST /api/net/service/deploy): one IP pair per balancing policy", web.Job)
-	tw = p.table()
+	tw := p.table()
 	fmt.Fprintln(tw, "   policy\tservice IPv4\tservice IPv6")
 	pols := make([]string, 0, len(web.IPs))
 	for k := range web.IPs {
@@ -131,47 +204,34 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	}
 	tw.Flush()
 	p.line("   Applications use service and instance IPs; namespace IPs change when an instance moves.")
+	run.web, run.a, run.insts, run.client = web, a, insts, client
+	return nil
+}
 
-	p.section("   Peers: who may send each node tunnel traffic (its cluster's GET /api/node/peers; root links")
-	p.line("   clusters that share a service: one interested in it, the other hosting an instance)")
-	peersOK := d.showPeers(ctx, p)
-
-	if o.Dataplane == "none" {
-		if !peersOK {
-			return errors.New("demo: a node's peer set does not list every node of the other cluster")
-		}
-		p.section("4. Traffic")
-		p.line("   skipped: --dataplane none routes only inside a node (no service IPs, no overlay).")
-		if err := d.Ping(client, a.Subnet.Addr().Next(), 3, time.Second); err != nil {
-			p.line("   ping from client/0 to its gateway %v: %v", a.Subnet.Addr().Next(), err)
-			return err
-		}
-		p.line("   ping from client/0 to its node's gateway %v: ok", a.Subnet.Addr().Next())
-		return nil
-	}
-	var problems []string
-	fail := func(format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		problems = append(problems, msg)
-		p.line("   PROBLEM: %s", msg)
-	}
+// warmUp waits until the service IPs answer; if they do not, the data plane
+// is not working and the demo stops with the process logs.
+func (run *demoRun) warmUp(ctx context.Context) error {
+	d, p, w, web, client, fail := run.d, run.p, run.w, run.web, run.client, run.fail
 	rr, closest := web.RR(), web.Closest()
 	for _, ip := range []netip.Addr{rr.V4, rr.V6, closest.V4, closest.V6} {
 		if err := d.warm(ctx, client, ip); err != nil {
 			fail("%v", err)
 		}
 	}
-	if len(problems) > 0 {
+	if len(run.problems) > 0 {
 		p.line("   The service IPs do not answer: the data plane is not working; stopping here.")
 		p.line("   Process logs (last lines):")
 		d.DumpLogs(w, 8)
-		return fmt.Errorf("demo: %s", strings.Join(problems, "; "))
+		return fmt.Errorf("demo: %s", strings.Join(run.problems, "; "))
 	}
+	return nil
+}
 
-	if !peersOK {
-		fail("a node's peer set does not list every node of the other cluster")
-	}
-
+// roundRobin is section 4: flows to the RR IP split over both instances and
+// stick to one.
+func (run *demoRun) roundRobin(ctx context.Context) error {
+	d, p, web, a, insts, client, fail := run.d, run.p, run.web, run.a, run.insts, run.client, run.fail
+	rr := web.RR()
 	p.section("4. Round robin: 20 UDP + 20 TCP flows of 3 requests from client/0 on a to the RR IP,")
 	p.line("   over %s in %s and %s in %s", insts[0].Tag(), insts[0].Node.Cluster.ID, insts[1].Tag(), insts[1].Node.Cluster.ID)
 	for _, ip := range []netip.Addr{rr.V4, rr.V6} {
@@ -215,7 +275,14 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	if err := d.showFlows(ctx, p, a, web.Job, insts); err != nil {
 		fail("%v", err)
 	}
+	return nil
+}
 
+// closest is section 5: Closest picks the instance on the client's node once
+// there is one.
+func (run *demoRun) closest(ctx context.Context) error {
+	d, p, a, client, fail := run.d, run.p, run.a, run.client, run.fail
+	closest := run.web.Closest()
 	p.section("5. Closest: the instance nearest the client's node")
 	for _, ip := range []netip.Addr{closest.V4, closest.V6} {
 		r, err := d.Ask(ctx, client, "udp", echoAddr(ip, "udp"), 6, 1, time.Second)
@@ -252,7 +319,12 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 		return err
 	}
 	p.line("   web/2 undeployed again.")
+	return nil
+}
 
+// instanceIPs is section 6: each instance IP reaches its instance only.
+func (run *demoRun) instanceIPs(ctx context.Context) error {
+	d, p, insts, client, fail := run.d, run.p, run.insts, run.client, run.fail
 	p.section("6. Instance IPs reach exactly their instance")
 	for _, in := range insts {
 		for _, ip := range []netip.Addr{in.IP.V4, in.IP.V6} {
@@ -275,7 +347,13 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 			}
 		}
 	}
+	return nil
+}
 
+// latencyAndRate is sections 7 and 8: request/response latency and a short
+// packet rate.
+func (run *demoRun) latencyAndRate(ctx context.Context) error {
+	d, p, insts, client, fail := run.d, run.p, run.insts, run.client, run.fail
 	p.section("7. Latency: 200 UDP request/responses, one flow, client/0 on a → web/0's instance IP on b (%s)", insts[0].Node.Cluster.ID)
 	r, err := d.Ask(ctx, client, "udp", echoAddr(insts[0].IP.V4, "udp"), 1, 200, time.Second)
 	if err != nil {
@@ -290,16 +368,12 @@ func RunDemoWith(ctx context.Context, w io.Writer, o Options) (err error) {
 	} else {
 		loss := 0.0
 		if f.Sent > 0 {
-			loss = 100 * float64(f.Sent-s.Received) / float64(f.Sent)
+			loss = 100 * (float64(f.Sent) - float64(s.Received)) / float64(f.Sent)
 		}
 		p.line("   sent %d (%.0f kpps), delivered %d (%.0f kpps), %.1f %% lost — a rough number: sender, sink",
 			f.Sent, float64(f.Sent)/f.Seconds/1e3, s.Received, float64(s.Received)/f.Seconds/1e3, loss)
 		p.line("   and data-plane workers share this machine's CPUs; `make bench` measures properly.")
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("demo: %d problems: %s", len(problems), strings.Join(problems, "; "))
-	}
-	p.section("All checks passed.")
 	return nil
 }
 

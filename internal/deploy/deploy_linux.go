@@ -1,12 +1,9 @@
 package deploy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,14 +14,12 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/internal/testbed"
@@ -160,102 +155,14 @@ type serverSpec struct {
 	port int
 }
 
-// Build compiles servicemanager, netmanager, owload and oakwire-cni into
-// dir (go build, from the module containing this package's source or the
-// working directory).
-func Build(ctx context.Context, dir string) error {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go" // where make deps and the README put it
-	}
-	root, err := moduleRoot(ctx, goBin)
-	if err != nil {
-		return fmt.Errorf("build: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("build: %w", err)
-	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+"/",
-		"./cmd/servicemanager", "./cmd/netmanager", "./cmd/owload", "./cmd/oakwire-cni")
-	cmd.Dir = root
-	// Static, like the Makefile's: owload also runs in container images
-	// that hold nothing else (Podman).
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: go build: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// moduleRoot finds the oakwire module: the working directory's module, else
-// the source tree this package was built from.
-func moduleRoot(ctx context.Context, goBin string) (string, error) {
-	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
-	if gm := strings.TrimSpace(string(out)); err == nil && gm != "" && gm != os.DevNull {
-		if b, err := os.ReadFile(gm); err == nil && bytes.Contains(b, []byte("module github.com/oakwire/oakwire\n")) {
-			return filepath.Dir(gm), nil
-		}
-	}
-	if _, file, _, ok := runtime.Caller(0); ok {
-		root := filepath.Join(filepath.Dir(file), "..", "..")
-		if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
-			return root, nil
-		}
-	}
-	return "", errors.New("cannot find the oakwire module (run from its directory)")
-}
-
 // Up starts a deployment. On error everything it started is gone again and
 // the error carries the tails of the process logs.
 func Up(ctx context.Context, o Options) (d *Deployment, err error) {
-	if o.Nodes == 0 {
-		o.Nodes = 3
+	if err := o.withDefaults(); err != nil {
+		return nil, err
 	}
-	if o.Nodes < 1 || o.Nodes > 26 {
-		return nil, fmt.Errorf("deploy: Nodes %d: want 1..26", o.Nodes)
-	}
-	if o.Dataplane == "" {
-		o.Dataplane = "xdp"
-	}
-	if o.ClusterID == "" {
-		o.ClusterID = "cluster1"
-	}
-	if len(o.ClusterNodes) == 0 {
-		o.ClusterNodes = []int{o.Nodes}
-	}
-	total := 0
-	for _, k := range o.ClusterNodes {
-		if k < 1 {
-			return nil, fmt.Errorf("deploy: ClusterNodes %v: every cluster needs a node", o.ClusterNodes)
-		}
-		total += k
-	}
-	if total != o.Nodes {
-		return nil, fmt.Errorf("deploy: ClusterNodes %v: %d nodes, want Nodes = %d", o.ClusterNodes, total, o.Nodes)
-	}
-	if o.StartTimeout == 0 {
-		o.StartTimeout = 20 * time.Second
-	}
-	d = &Deployment{opts: o, ClusterID: o.ClusterID, log: o.Log,
-		services: map[string]*Service{}, instances: map[instKey]*Instance{}}
-	if d.log == nil {
-		d.log = io.Discard
-	}
-	var tok [16]byte
-	if _, err := rand.Read(tok[:]); err != nil {
-		return nil, fmt.Errorf("deploy: token: %w", err)
-	}
-	d.Token = hex.EncodeToString(tok[:])
-	if o.WorkDir == "" {
-		if d.WorkDir, err = os.MkdirTemp("", "oakwire-deploy-"); err != nil {
-			return nil, fmt.Errorf("deploy: %w", err)
-		}
-		d.ownWork = !o.KeepWorkDir
-	} else {
-		d.WorkDir = o.WorkDir
-		if err := os.MkdirAll(d.WorkDir, 0o755); err != nil {
-			return nil, fmt.Errorf("deploy: %w", err)
-		}
+	if d, err = newDeployment(o); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -270,26 +177,109 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	if err := d.mountBPFFS(); err != nil {
 		return d, err
 	}
-	d.bin = o.BinDir
+	if err := d.findBinaries(ctx); err != nil {
+		return d, err
+	}
+	if err := d.makeNodes(o); err != nil {
+		return d, err
+	}
+	if err := d.layout(o); err != nil {
+		return d, err
+	}
+	if err := d.startControl(ctx); err != nil {
+		return d, err
+	}
+	if err := d.startNetManagers(ctx); err != nil {
+		return d, err
+	}
+	return d, nil
+}
+
+// withDefaults fills o's zero fields and checks the node counts.
+func (o *Options) withDefaults() error {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Nodes < 1 || o.Nodes > 26 {
+		return fmt.Errorf("deploy: Nodes %d: want 1..26", o.Nodes)
+	}
+	if o.Dataplane == "" {
+		o.Dataplane = "xdp"
+	}
+	if o.ClusterID == "" {
+		o.ClusterID = "cluster1"
+	}
+	if len(o.ClusterNodes) == 0 {
+		o.ClusterNodes = []int{o.Nodes}
+	}
+	total := 0
+	for _, k := range o.ClusterNodes {
+		if k < 1 {
+			return fmt.Errorf("deploy: ClusterNodes %v: every cluster needs a node", o.ClusterNodes)
+		}
+		total += k
+	}
+	if total != o.Nodes {
+		return fmt.Errorf("deploy: ClusterNodes %v: %d nodes, want Nodes = %d", o.ClusterNodes, total, o.Nodes)
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 20 * time.Second
+	}
+	return nil
+}
+
+// newDeployment makes the Deployment with its token and work directory.
+func newDeployment(o Options) (*Deployment, error) {
+	d := &Deployment{opts: o, ClusterID: o.ClusterID, log: o.Log,
+		services: map[string]*Service{}, instances: map[instKey]*Instance{}}
+	if d.log == nil {
+		d.log = io.Discard
+	}
+	var tok [16]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return nil, fmt.Errorf("deploy: token: %w", err)
+	}
+	d.Token = hex.EncodeToString(tok[:])
+	if o.WorkDir == "" {
+		var err error
+		if d.WorkDir, err = os.MkdirTemp("", "oakwire-deploy-"); err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
+		}
+		d.ownWork = !o.KeepWorkDir
+	} else {
+		d.WorkDir = o.WorkDir
+		if err := os.MkdirAll(d.WorkDir, 0o755); err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// findBinaries builds the binaries into the work directory unless
+// Options.BinDir has them, and checks that redis-server is on PATH.
+func (d *Deployment) findBinaries(ctx context.Context) error {
+	d.bin = d.opts.BinDir
 	if d.bin == "" {
 		d.bin = filepath.Join(d.WorkDir, "bin")
 		d.logf("building servicemanager, netmanager, owload, oakwire-cni")
 		if err := Build(ctx, d.bin); err != nil {
-			return d, err
+			return err
 		}
 	}
 	for _, b := range []string{"servicemanager", "netmanager", "owload"} {
 		if _, err := os.Stat(filepath.Join(d.bin, b)); err != nil {
-			return d, fmt.Errorf("deploy: binary: %w", err)
+			return fmt.Errorf("deploy: binary: %w", err)
 		}
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		return d, fmt.Errorf("deploy: %w (make deps installs it)", err)
+		return fmt.Errorf("deploy: %w (make deps installs it)", err)
 	}
+	return nil
+}
 
-	if err := d.makeNodes(o); err != nil {
-		return d, err
-	}
+// layout makes the Node and Cluster values: the nodes' directories and
+// sockets, the clusters' ports and which nodes each serves.
+func (d *Deployment) layout(o Options) error {
 	for i, tn := range d.tbNodes {
 		name := tn.Name
 		if o.Bed == nil {
@@ -297,7 +287,7 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		}
 		dir := filepath.Join(d.WorkDir, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return d, fmt.Errorf("deploy: %w", err)
+			return fmt.Errorf("deploy: %w", err)
 		}
 		n := &Node{Name: name, TB: tn, Socket: filepath.Join(dir, "nm.sock"),
 			StateDir: filepath.Join(dir, "state"), LogPath: filepath.Join(d.WorkDir, "netmanager-"+name+".log")}
@@ -324,20 +314,26 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 	d.ClusterURL, d.ClusterID = d.Clusters[0].URL, d.Clusters[0].ID
 	d.ctlHTTP = nsClient(d.Ctl.NS)
 	d.logf("testbed %s: workers %s, control node ctl %s", d.Bed.Prefix(), d.nodeList(), ctlIP)
+	return nil
+}
 
+// startControl starts Redis, root and the clusters on the control node and
+// waits until each answers.
+func (d *Deployment) startControl(ctx context.Context) error {
+	ctlIP := d.Ctl.IP.String()
 	// Redis on the control node's loopback.
 	redisDir := filepath.Join(d.WorkDir, "redis")
 	if err := os.MkdirAll(redisDir, 0o755); err != nil {
-		return d, fmt.Errorf("deploy: %w", err)
+		return fmt.Errorf("deploy: %w", err)
 	}
 	rp, err := d.start("redis", d.Ctl.NS, filepath.Join(d.WorkDir, "redis.log"),
 		"redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(redisPort), "--dir", redisDir,
 		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", "")
 	if err != nil {
-		return d, err
+		return err
 	}
 	if err := d.waitFor(ctx, rp, "redis PING", func() bool { return redisPing(d.Ctl.NS, redisPort) }); err != nil {
-		return d, err
+		return err
 	}
 	redisURL := fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort)
 
@@ -345,25 +341,31 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 		filepath.Join(d.bin, "servicemanager"), "root", "--listen", net.JoinHostPort(ctlIP, strconv.Itoa(RootPort)),
 		"--redis", redisURL)
 	if err != nil {
-		return d, err
+		return err
 	}
 	if err := d.waitFor(ctx, root, "root /readyz", func() bool { return d.ready(d.RootURL) }); err != nil {
-		return d, err
+		return err
 	}
 	for _, cl := range d.Clusters {
 		if err := d.startCluster(ctx, cl); err != nil {
-			return d, err
+			return err
 		}
 		// What an orchestrator does when a cluster joins (the cluster also
 		// registers itself; this is idempotent).
 		reg := map[string]any{"cluster_id": cl.ID, "cluster_address": ctlIP, "cluster_port": cl.port}
 		if err := d.RootCall(ctx, "POST", "/api/net/cluster", reg, nil); err != nil {
-			return d, err
+			return err
 		}
 		d.logf("cluster %s up at %s (Redis prefix %s)", cl.ID, cl.URL, cl.Prefix)
 	}
 	d.logf("redis and root %s up in the ctl namespace", d.RootURL)
+	return nil
+}
 
+// startNetManagers starts a netmanager on every worker node and waits until
+// each has registered.
+func (d *Deployment) startNetManagers(ctx context.Context) error {
+	o := d.opts
 	for i, n := range d.Nodes {
 		n.args = []string{filepath.Join(d.bin, "netmanager"),
 			"--node-id", n.Name, "--uplink", n.TB.Uplink, "--node-ip", n.TB.IP.String(),
@@ -381,16 +383,16 @@ func Up(ctx context.Context, o Options) (d *Deployment, err error) {
 			n.args = append(n.args, "--workers", strconv.Itoa(o.Workers))
 		}
 		if err := d.startNetManager(n); err != nil {
-			return d, err
+			return err
 		}
 	}
 	for _, n := range d.Nodes {
 		if err := d.waitNetManager(ctx, n); err != nil {
-			return d, err
+			return err
 		}
 	}
 	d.logf("netmanagers (--dataplane %s) registered: %s", o.Dataplane, d.nodeList())
-	return d, nil
+	return nil
 }
 
 // makeNodes makes the bed, its worker nodes and the control node, or takes
@@ -484,7 +486,7 @@ func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
 		return true
 	})
 	if err != nil {
-		if p.exited() {
+		if p.Exited() {
 			return fmt.Errorf("%w: node %s (--dataplane %s): %w", ErrNetManagerExited, n.Name, d.opts.Dataplane, err)
 		}
 		return err
@@ -492,119 +494,6 @@ func (d *Deployment) waitNetManager(ctx context.Context, n *Node) error {
 	n.Subnet, _ = netip.ParsePrefix(st.Subnet)
 	n.Subnet6, _ = netip.ParsePrefix(st.SubnetV6)
 	return nil
-}
-
-// proc is a process started by the deployment.
-type proc struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // valid after done
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends sig, waits up to grace, then kills; it returns once the
-// process is gone.
-func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(grace):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
-}
-
-// start runs argv inside namespace ns (ip netns exec, which execs the
-// program: the PID is the program's), output appended to logPath. The
-// process gets SIGKILL if this process dies first.
-func (d *Deployment) start(name, ns, logPath string, argv ...string) (*proc, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return nil, errors.New("deploy: closed")
-	}
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("deploy: %s: %w", name, err)
-	}
-	defer lf.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Env = append(os.Environ(), "OAKWIRE_TOKEN="+d.Token)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("deploy: start %s: %w", name, err)
-	}
-	p := &proc{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	d.procs = append(d.procs, p)
-	return p, nil
-}
-
-// waitFor polls ok every 50 ms until it holds, p exits, ctx ends or the
-// start timeout passes.
-func (d *Deployment) waitFor(ctx context.Context, p *proc, what string, ok func() bool) error {
-	deadline := time.Now().Add(d.opts.StartTimeout)
-	for {
-		if ok() {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("deploy: %s: process exited (%v) before ready", what, p.err)
-		case <-ctx.Done():
-			return fmt.Errorf("deploy: %s: %w", what, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("deploy: %s: not ready within %v", what, d.opts.StartTimeout)
-		}
-	}
-}
-
-// DumpLogs writes the last n lines of every process log to w.
-func (d *Deployment) DumpLogs(w io.Writer, n int) {
-	d.mu.Lock()
-	seen := map[string]bool{}
-	var logs []string
-	for _, p := range d.procs {
-		if !seen[p.log] {
-			seen[p.log] = true
-			logs = append(logs, p.log)
-		}
-	}
-	d.mu.Unlock()
-	for _, l := range logs {
-		b, err := os.ReadFile(l)
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if len(lines) > n {
-			lines = lines[len(lines)-n:]
-		}
-		fmt.Fprintf(w, "---- %s (last %d lines)\n%s\n", filepath.Base(l), len(lines), strings.Join(lines, "\n"))
-	}
 }
 
 // Close stops every process (by PID), deletes the container namespaces
@@ -628,14 +517,14 @@ func (d *Deployment) Close() error {
 	d.mu.Unlock()
 	errs := perrs
 	for _, p := range procs {
-		if !p.exited() {
-			_ = p.cmd.Process.Kill()
+		if !p.Exited() {
+			_ = p.Cmd.Process.Kill()
 		}
 	}
 	for _, p := range procs {
-		p.stop(syscall.SIGKILL, 0) // waits for the exit
-		if !p.exited() {
-			errs = append(errs, fmt.Errorf("deploy: %s (pid %d) did not exit", p.name, p.cmd.Process.Pid))
+		p.Stop(syscall.SIGKILL, 0) // waits for the exit
+		if !p.Exited() {
+			errs = append(errs, fmt.Errorf("deploy: %s (pid %d) did not exit", p.name, p.Pid()))
 		}
 	}
 	for _, ns := range ctrs {
@@ -665,19 +554,6 @@ func (d *Deployment) Close() error {
 	return errors.Join(errs...)
 }
 
-// mountBPFFS mounts a bpffs at WorkDir/bpf (see BPFDir).
-func (d *Deployment) mountBPFFS() error {
-	dir := filepath.Join(d.WorkDir, "bpf")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("deploy: %w", err)
-	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("deploy: mount bpffs at %s: %w", dir, err)
-	}
-	d.BPFDir = dir
-	return nil
-}
-
 // CloseOnSignal makes SIGINT, SIGTERM and SIGHUP close the deployment and
 // exit with 128+signal, for programs (the demo). stop undoes it.
 func (d *Deployment) CloseOnSignal() (stop func()) {
@@ -702,247 +578,6 @@ func (d *Deployment) CloseOnSignal() (stop func()) {
 	return func() { once.Do(func() { signal.Stop(ch); close(quit) }) }
 }
 
-// Namespaces lists every namespace the deployment made and has not deleted.
-func (d *Deployment) Namespaces() []string {
-	d.mu.Lock()
-	out := append([]string(nil), d.ctrNS...)
-	d.mu.Unlock()
-	if d.Bed != nil {
-		out = append(out, d.Bed.Namespaces()...)
-	}
-	return out
-}
-
-// newNS creates an empty named namespace (lo up) without leaving the
-// calling thread in it, and records it for Close.
-func (d *Deployment) newNS(name string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return errors.New("deploy: closed")
-	}
-	if err := testbed.NewNamedNS(name); err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	d.ctrNS = append(d.ctrNS, name)
-	if _, err := testbed.Run(5*time.Second, name, "ip", "link", "set", "lo", "up"); err != nil {
-		return err
-	}
-	return nil
-}
-
-func (d *Deployment) dropNS(name string) error {
-	d.mu.Lock()
-	for i, n := range d.ctrNS {
-		if n == name {
-			d.ctrNS = append(d.ctrNS[:i], d.ctrNS[i+1:]...)
-			break
-		}
-	}
-	d.mu.Unlock()
-	return deleteNS(name)
-}
-
-func deleteNS(name string) error {
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("delete netns %s: %w", name, err)
-	}
-	return nil
-}
-
-// nsClient is an HTTP client whose connections are made inside namespace
-// ns (a socket stays in the namespace it was created in).
-func nsClient(ns string) *http.Client {
-	return &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-				derr := testbed.Do(ns, func() error {
-					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-					return err
-				})
-				if c == nil && derr != nil {
-					return nil, derr
-				}
-				return c, err
-			},
-			MaxIdleConnsPerHost: 4,
-			IdleConnTimeout:     10 * time.Second,
-		},
-	}
-}
-
-// unixClient talks HTTP over the unix socket path (netmanager's API).
-func unixClient(path string) *http.Client {
-	return &http.Client{
-		Timeout: 20 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", path)
-			},
-			DisableKeepAlives: true,
-		},
-	}
-}
-
-func (d *Deployment) ready(base string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/readyz", nil)
-	resp, err := d.ctlHTTP.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode == 200
-}
-
-// redisPing sends PING to 127.0.0.1:port inside ns.
-func redisPing(ns string, port int) bool {
-	var c net.Conn
-	err := testbed.Do(ns, func() (err error) {
-		c, err = net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
-		return err
-	})
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
-}
-
-// APIError is a non-2xx answer of root, the cluster or a netmanager.
-type APIError struct {
-	Method, URL string
-	Status      int
-	Body        string
-}
-
-func (e *APIError) Error() string {
-	return fmt.Sprintf("%s %s: %d: %s", e.Method, e.URL, e.Status, strings.TrimSpace(e.Body))
-}
-
-func doJSON(ctx context.Context, c *http.Client, method, url, token string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return &APIError{Method: method, URL: url, Status: resp.StatusCode, Body: string(b)}
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: answer: %w", method, url, err)
-		}
-	}
-	return nil
-}
-
-// RootCall calls root's API (path like "/api/net/service/deploy") with the
-// token, from the control node's namespace; out (if not nil) receives the
-// JSON answer.
-func (d *Deployment) RootCall(ctx context.Context, method, path string, in, out any) error {
-	return doJSON(ctx, d.ctlHTTP, method, d.RootURL+path, d.Token, in, out)
-}
-
-// ClusterCall calls the (first) cluster's API like RootCall.
-func (d *Deployment) ClusterCall(ctx context.Context, method, path string, in, out any) error {
-	return d.ClusterCallOn(ctx, d.Clusters[0], method, path, in, out)
-}
-
-// ClusterCallOn calls cluster cl's API like RootCall.
-func (d *Deployment) ClusterCallOn(ctx context.Context, cl *Cluster, method, path string, in, out any) error {
-	return doJSON(ctx, d.ctlHTTP, method, cl.URL+path, d.Token, in, out)
-}
-
-// NodeCall calls n's netmanager API over its unix socket.
-func (d *Deployment) NodeCall(ctx context.Context, n *Node, method, path string, in, out any) error {
-	return doJSON(ctx, n.http, method, "http://netmanager"+path, "", in, out)
-}
-
-// NodeStatus is the part of netmanager's GET /status the harness reads.
-type NodeStatus struct {
-	NodeID     string            `json:"node_id"`
-	Registered bool              `json:"registered"`
-	Confirmed  bool              `json:"cluster_confirmed"`
-	LastError  string            `json:"last_error"`
-	NodeIP     string            `json:"node_ip"`
-	Subnet     string            `json:"subnet"`
-	SubnetV6   string            `json:"subnet_v6"`
-	Gateway    string            `json:"gateway"`
-	GatewayV6  string            `json:"gateway_v6"`
-	Containers []StatusContainer `json:"containers"`
-	Dataplane  struct {
-		Mode     string            `json:"mode"`
-		Tables   map[string]int    `json:"tables"`
-		Counters map[string]uint64 `json:"counters"`
-	} `json:"dataplane"`
-}
-
-// StatusContainer is one container of NodeStatus.
-type StatusContainer struct {
-	Job         string `json:"service"`
-	Instance    int    `json:"instance"`
-	Netns       string `json:"netns"`
-	ContainerID string `json:"container_id"`
-	Client      bool   `json:"client"`
-	NSIP        string `json:"ns_ip"`
-	NSIP6       string `json:"ns_ip6"`
-}
-
-// Status is n's netmanager GET /status.
-func (d *Deployment) Status(ctx context.Context, n *Node) (*NodeStatus, error) {
-	var s NodeStatus
-	if err := d.NodeCall(ctx, n, "GET", "/status", nil, &s); err != nil {
-		return nil, err
-	}
-	return &s, nil
-}
-
-// DumpStatus writes every netmanager's GET /status (counters, drop
-// reasons, tables) to w, for diagnosing a failed run.
-func (d *Deployment) DumpStatus(ctx context.Context, w io.Writer) {
-	for _, n := range d.Nodes {
-		var raw json.RawMessage
-		if err := d.NodeCall(ctx, n, "GET", "/status", nil, &raw); err != nil {
-			fmt.Fprintf(w, "---- netmanager %s /status: %v\n", n.Name, err)
-			continue
-		}
-		fmt.Fprintf(w, "---- netmanager %s /status\n%s\n", n.Name, raw)
-	}
-}
-
 // Node returns the worker node named name, or nil.
 func (d *Deployment) Node(name string) *Node {
 	for _, n := range d.Nodes {
@@ -965,9 +600,9 @@ func (d *Deployment) RestartNetManagerSig(ctx context.Context, n *Node, sig sysc
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
-	p.stop(sig, 10*time.Second)
-	if !p.exited() {
-		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.cmd.Process.Pid)
+	p.Stop(sig, 10*time.Second)
+	if !p.Exited() {
+		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.Pid())
 	}
 	if err := d.startNetManager(n); err != nil {
 		return err
@@ -980,7 +615,7 @@ func (d *Deployment) StopNetManager(n *Node) {
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
-	p.stop(syscall.SIGTERM, 10*time.Second)
+	p.Stop(syscall.SIGTERM, 10*time.Second)
 }
 
 // KillCluster kills the (first) cluster service manager (SIGKILL) and
@@ -993,9 +628,9 @@ func (d *Deployment) KillCluster() error {
 	if p == nil {
 		return errors.New("deploy: no cluster process")
 	}
-	p.stop(syscall.SIGKILL, 0)
-	if !p.exited() {
-		return fmt.Errorf("deploy: cluster (pid %d) did not die", p.cmd.Process.Pid)
+	p.Stop(syscall.SIGKILL, 0)
+	if !p.Exited() {
+		return fmt.Errorf("deploy: cluster (pid %d) did not die", p.Pid())
 	}
 	return nil
 }
@@ -1015,19 +650,4 @@ func (d *Deployment) RemoveNode(ctx context.Context, n *Node) error {
 		return fmt.Errorf("deploy: remove node %s: %w", n.Name, err)
 	}
 	return nil
-}
-
-// PIDs lists the deployment's running processes (Redis, the service
-// managers, the netmanagers, the servers it started): what the product
-// costs on the machine.
-func (d *Deployment) PIDs() []int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var pids []int
-	for _, p := range d.procs {
-		if !p.exited() {
-			pids = append(pids, p.cmd.Process.Pid)
-		}
-	}
-	return pids
 }

@@ -5,8 +5,8 @@ package deploy
 func (n *Node) PID() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.proc == nil || n.proc.exited() {
+	if n.proc == nil || n.proc.Exited() {
 		return 0
 	}
-	return n.proc.cmd.Process.Pid
+	return n.proc.Pid()
 }

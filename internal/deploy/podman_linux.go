@@ -134,7 +134,7 @@ func (p *Podman) Command(ctx context.Context, env []string, args ...string) *exe
 	if len(args) > 0 && (args[0] == "run" || args[0] == "create") {
 		args = append([]string{args[0]}, append(append([]string{}, p.ulimits...), args[1:]...)...)
 	}
-	argv := append([]string{"--target", strconv.Itoa(p.holder.cmd.Process.Pid), "--mount", "--net", "--", "podman"}, p.base...)
+	argv := append([]string{"--target", strconv.Itoa(p.holder.Pid()), "--mount", "--net", "--", "podman"}, p.base...)
 	cmd := exec.CommandContext(ctx, "nsenter", append(argv, args...)...)
 	cmd.Env = append(append(os.Environ(), "CONTAINERS_CONF="+p.conf), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -153,10 +153,10 @@ func (p *Podman) Run(ctx context.Context, timeout time.Duration, env []string, a
 // CNI DEL) and stops the holder; its mount namespace, with whatever
 // podman mounted, goes with the last process in it.
 func (p *Podman) Close() error {
-	if p.holder == nil || p.holder.exited() {
+	if p.holder == nil || p.holder.Exited() {
 		return nil
 	}
 	_, err := p.Run(context.Background(), time.Minute, nil, "rm", "-a", "-f", "-t", "0")
-	p.holder.stop(syscall.SIGKILL, 0)
+	p.holder.Stop(syscall.SIGKILL, 0)
 	return err
 }

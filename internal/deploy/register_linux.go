@@ -69,8 +69,8 @@ func (d *Deployment) RestartNetManagerWith(ctx context.Context, n *Node, extra .
 	n.mu.Lock()
 	p := n.proc
 	n.mu.Unlock()
-	if !p.exited() {
-		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.cmd.Process.Pid)
+	if !p.Exited() {
+		return fmt.Errorf("deploy: netmanager %s (pid %d) did not stop", n.Name, p.Pid())
 	}
 	n.args = append(n.args, extra...)
 	if err := d.startNetManager(n); err != nil {

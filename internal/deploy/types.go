@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"slices"
-	"strings"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/loadtool"
 	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/oakwire/oakwire/policy"
 )
@@ -89,136 +88,15 @@ type Service struct {
 func (s *Service) RR() IPPair      { return s.IPs[policy.RR.String()] }
 func (s *Service) Closest() IPPair { return s.IPs[policy.Closest.String()] }
 
-// Reply, Answer and AskResult mirror owload's JSON (cmd/owload).
-type Answer struct {
-	Flow  int    `json:"flow"`
-	Seq   int    `json:"seq"`
-	OK    bool   `json:"ok"`
-	Tag   string `json:"tag,omitempty"`
-	Peer  string `json:"peer,omitempty"`
-	From  string `json:"from,omitempty"`
-	Local string `json:"local,omitempty"`
-	RTTus int64  `json:"rtt_us,omitempty"`
-	Err   string `json:"err,omitempty"`
-}
-
-// AskResult is the report of one owload udpask/tcpask run.
-type AskResult struct {
-	Proto    string   `json:"proto"`
-	Addr     string   `json:"addr"`
-	Sent     int      `json:"sent"`
-	Answered int      `json:"answered"`
-	P50us    int64    `json:"p50_us"`
-	P99us    int64    `json:"p99_us"`
-	Answers  []Answer `json:"answers"`
-}
-
-// ByTag counts answered requests per server tag.
-func (a *AskResult) ByTag() map[string]int {
-	m := map[string]int{}
-	for _, x := range a.Answers {
-		if x.OK {
-			m[x.Tag]++
-		}
-	}
-	return m
-}
-
-// FlowsByTag counts flows per server tag; a flow answered by several
-// servers counts for each (see Sticky).
-func (a *AskResult) FlowsByTag() map[string]int {
-	m := map[string]int{}
-	for _, tags := range a.flowTags() {
-		for _, t := range tags {
-			m[t]++
-		}
-	}
-	return m
-}
-
-// Sticky returns the flows answered by more than one server (nil: every
-// flow stuck to one server).
-func (a *AskResult) Sticky() (mixed []int) {
-	for f, tags := range a.flowTags() {
-		if len(tags) > 1 {
-			mixed = append(mixed, f)
-		}
-	}
-	slices.Sort(mixed)
-	return mixed
-}
-
-func (a *AskResult) flowTags() map[int][]string {
-	m := map[int][]string{}
-	for _, x := range a.Answers {
-		if x.OK && !slices.Contains(m[x.Flow], x.Tag) {
-			m[x.Flow] = append(m[x.Flow], x.Tag)
-		}
-	}
-	return m
-}
-
-// Peers returns the distinct source addresses (IP only) servers saw.
-func (a *AskResult) Peers() []netip.Addr {
-	var out []netip.Addr
-	for _, x := range a.Answers {
-		if ap, err := netip.ParseAddrPort(x.Peer); err == nil && !slices.Contains(out, ap.Addr()) {
-			out = append(out, ap.Addr())
-		}
-	}
-	return out
-}
-
-// Froms returns the distinct addresses (IP only) replies came from.
-func (a *AskResult) Froms() []netip.Addr {
-	var out []netip.Addr
-	for _, x := range a.Answers {
-		if ap, err := netip.ParseAddrPort(x.From); err == nil && x.OK && !slices.Contains(out, ap.Addr()) {
-			out = append(out, ap.Addr())
-		}
-	}
-	return out
-}
-
-// Failures describes the failed requests ("flow/seq: error", at most 5),
-// or "" if none failed.
-func (a *AskResult) Failures() string {
-	var out []string
-	n := 0
-	for _, x := range a.Answers {
-		if x.OK {
-			continue
-		}
-		if n++; n <= 5 {
-			out = append(out, fmt.Sprintf("flow %d seq %d: %s", x.Flow, x.Seq, x.Err))
-		}
-	}
-	if n > 5 {
-		out = append(out, fmt.Sprintf("and %d more", n-5))
-	}
-	return strings.Join(out, "; ")
-}
-
-// FirstError returns the first failed request's error text, or "".
-func (a *AskResult) FirstError() string {
-	for _, x := range a.Answers {
-		if !x.OK {
-			return x.Err
-		}
-	}
-	return ""
-}
-
-// SinkResult and FloodResult mirror owload udpsink / udpflood.
-type SinkResult struct {
-	Received int     `json:"received"`
-	Bytes    int64   `json:"bytes"`
-	Seconds  float64 `json:"seconds"`
-}
-
-// FloodResult is the report of owload udpflood.
-type FloodResult struct {
-	Sent    int     `json:"sent"`
-	Errors  int     `json:"errors"`
-	Seconds float64 `json:"seconds"`
-}
+// The workloads' results (owload's JSON): internal/loadtool's types, named
+// here too for the deployment's callers.
+type (
+	// AskResult is the report of one owload udpask/tcpask run.
+	AskResult = loadtool.AskResult
+	// Answer is one request of an AskResult.
+	Answer = loadtool.Answer
+	// FloodResult is the report of owload udpflood (Rate).
+	FloodResult = loadtool.FloodResult
+	// SinkResult is the report of owload udpsink (Rate).
+	SinkResult = loadtool.SinkResult
+)

@@ -1,7 +1,6 @@
 package testbed
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,11 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -79,11 +76,13 @@ type Bed struct {
 
 	// mu guards all fields below.
 	mu     sync.Mutex
-	nsList []string // namespaces created, in creation order
-	procs  []*exec.Cmd
-	nodes  []*Node
-	bridge string // bridge namespace name, once made
-	closed bool
+	nsList []string    // namespaces created, in creation order
+	procs  []*exec.Cmd // Start's: their callers wait for them
+	// launched are Launch's, reaped by their own goroutines.
+	launched []*Proc
+	nodes    []*Node
+	bridge   string // bridge namespace name, once made
+	closed   bool
 }
 
 // Node is an emulated worker node: a namespace with an uplink.
@@ -492,97 +491,6 @@ func addAddr(h *netlink.Handle, l netlink.Link, p netip.Prefix) error {
 	return nil
 }
 
-// Container returns the container named name, or nil.
-func (n *Node) Container(name string) *Container {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.containers[name]
-}
-
-// AddContainer adds a container namespace to node n with eth0 addressed and
-// routed per cfg; the host-side veth is up, without addresses unless
-// cfg.HostAddrs says so.
-func (n *Node) AddContainer(name string, cfg ContainerConfig) (*Container, error) {
-	if name == "" || strings.ContainsAny(name, "/ ") {
-		return nil, fmt.Errorf("add container %q: bad name", name)
-	}
-	if cfg.MTU == 0 {
-		cfg.MTU = 1450
-	}
-	if cfg.HostIf == "" {
-		cfg.HostIf = "c" + name
-	}
-	if len(cfg.HostIf) > unix.IFNAMSIZ-1 {
-		return nil, fmt.Errorf("add container %q: host interface name %q longer than %d", name, cfg.HostIf, unix.IFNAMSIZ-1)
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if _, ok := n.containers[name]; ok {
-		return nil, fmt.Errorf("add container %q on %s: exists", name, n.Name)
-	}
-	b := n.Bed
-	b.mu.Lock()
-	ns, err := b.newNSLocked(n.Name + "-" + name)
-	b.mu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("add container %q: %w", name, err)
-	}
-	c := &Container{Node: n, Name: name, NS: ns, IfName: "eth0", HostIf: cfg.HostIf, V4: cfg.V4, V6: cfg.V6}
-	n.containers[name] = c
-	err = withHandle(n.NS, func(h *netlink.Handle) error {
-		if err := addVeth(h, c.HostIf, ns, c.IfName, cfg.MTU, 1); err != nil {
-			return err
-		}
-		l, err := h.LinkByName(c.HostIf)
-		if err != nil {
-			return err
-		}
-		for _, a := range cfg.HostAddrs {
-			if err := addAddr(h, l, a); err != nil {
-				return err
-			}
-		}
-		return h.LinkSetUp(l)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("add container %q: %w", name, err)
-	}
-	err = withHandle(ns, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(c.IfName)
-		if err != nil {
-			return err
-		}
-		for _, p := range []netip.Prefix{cfg.V4, cfg.V6} {
-			if p.IsValid() {
-				if err := addAddr(h, l, p); err != nil {
-					return err
-				}
-			}
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			return err
-		}
-		for _, gw := range []netip.Addr{cfg.GW4, cfg.GW6} {
-			if !gw.IsValid() {
-				continue
-			}
-			r := &netlink.Route{
-				LinkIndex: l.Attrs().Index,
-				Gw:        gw.AsSlice(),
-				Flags:     int(netlink.FLAG_ONLINK),
-			}
-			if err := h.RouteAdd(r); err != nil {
-				return fmt.Errorf("default route via %v: %w", gw, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("add container %q: %w", name, err)
-	}
-	return c, nil
-}
-
 // Do runs fn on a thread inside namespace ns (lock OS thread, setns, run,
 // restore). fn must not start goroutines that expect to be in ns: only the
 // calling goroutine's thread switches. If the thread cannot be restored it
@@ -633,61 +541,6 @@ func (n *Node) Do(fn func() error) error { return Do(n.NS, fn) }
 // Do runs fn inside the container's namespace (see package-level Do).
 func (c *Container) Do(fn func() error) error { return Do(c.NS, fn) }
 
-// HostIndex returns the ifindex of the host-side veth inside the node
-// namespace.
-func (c *Container) HostIndex() (int, error) {
-	var idx int
-	err := withHandle(c.Node.NS, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(c.HostIf)
-		if err != nil {
-			return err
-		}
-		idx = l.Attrs().Index
-		return nil
-	})
-	return idx, err
-}
-
-// Command returns a command that runs argv inside namespace ns
-// (`ip netns exec`, which also gives it a /sys of that namespace). It is not
-// tracked: use Start for processes that must die with the bed.
-func Command(ctx context.Context, ns string, argv ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
-}
-
-// Run runs argv inside namespace ns, bounded by timeout, and returns its
-// combined output.
-func Run(timeout time.Duration, ns string, argv ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	out, err := Command(ctx, ns, argv...).CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), ns, err, strings.TrimSpace(string(out)))
-	}
-	return out, nil
-}
-
-// Start starts cmd (for example from Command) and records it, so Close
-// kills it by PID if it is still running. `ip netns exec` execs the target,
-// so the PID is the program itself.
-func (b *Bed) Start(cmd *exec.Cmd) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return errors.New("testbed: closed")
-	}
-	if cmd.SysProcAttr == nil {
-		// The process dies with the program that started it, even when
-		// that program is killed and Close never runs.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	b.procs = append(b.procs, cmd)
-	return nil
-}
-
 // Close kills the processes the bed started (by PID), then deletes every
 // namespace it made (by exact name), newest first; their interfaces,
 // addresses and routes go with them. Idempotent; safe after a partial
@@ -713,6 +566,12 @@ func (b *Bed) Close() error {
 		}
 	}
 	b.procs = nil
+	for _, p := range b.launched {
+		if !p.Kill() {
+			errs = append(errs, fmt.Errorf("pid %d: not reaped after kill", p.Pid()))
+		}
+	}
+	b.launched = nil
 	for i := len(b.nsList) - 1; i >= 0; i-- {
 		name := b.nsList[i]
 		if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
@@ -722,70 +581,6 @@ func (b *Bed) Close() error {
 	}
 	b.nsList = nil
 	return errors.Join(errs...)
-}
-
-// CloseOnSignal makes SIGINT, SIGTERM and SIGHUP close the bed and exit the
-// program with status 128+signal, for programs (demo, benchmarks) and tests
-// (NewT) that must not leave namespaces behind on Ctrl-C. The returned stop
-// undoes it. One handler serves every registered bed, so a signal closes
-// them all before the program exits; with none registered the signals have
-// their default effect again.
-func (b *Bed) CloseOnSignal() (stop func()) {
-	onSignal.add(b)
-	var once sync.Once
-	return func() { once.Do(func() { onSignal.remove(b) }) }
-}
-
-// onSignal is the process-wide set of beds CloseOnSignal registered.
-var onSignal signalSet
-
-type signalSet struct {
-	mu   sync.Mutex // guards beds and ch
-	beds map[*Bed]struct{}
-	ch   chan os.Signal // nil until the first add; notified while beds is not empty
-}
-
-func (s *signalSet) add(b *Bed) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ch == nil {
-		s.ch = make(chan os.Signal, 1)
-		s.beds = map[*Bed]struct{}{}
-		go s.wait()
-	}
-	if len(s.beds) == 0 {
-		signal.Notify(s.ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	}
-	s.beds[b] = struct{}{}
-}
-
-func (s *signalSet) remove(b *Bed) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.beds, b)
-	if len(s.beds) == 0 {
-		signal.Stop(s.ch)
-	}
-}
-
-func (s *signalSet) wait() {
-	for sig := range s.ch {
-		s.mu.Lock()
-		if len(s.beds) == 0 { // raced with the last remove
-			s.mu.Unlock()
-			continue
-		}
-		for b := range s.beds {
-			if err := b.Close(); err != nil {
-				fmt.Fprintf(os.Stderr, "testbed %s: close on %v: %v\n", b.prefix, sig, err)
-			}
-		}
-		code := 1
-		if n, ok := sig.(syscall.Signal); ok {
-			code = 128 + int(n)
-		}
-		os.Exit(code)
-	}
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

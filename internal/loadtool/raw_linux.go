@@ -1,6 +1,6 @@
 //go:build linux
 
-package perf
+package loadtool
 
 import (
 	"encoding/binary"
@@ -20,82 +20,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Tools lists the load tools RunTool knows, for usage texts.
-var Tools = []string{"udpflood", "udpsink", "udpecho", "rr"}
-
-// readyLine is what a server tool writes to stderr once its socket is
-// bound, so the suite starts the client only then.
-const readyLine = "ready"
-
 // Payload markers (first byte): warm-up packets are not counted by the sink.
 const (
 	markWarmup = 'W'
 	markData   = 'D'
 )
-
-// Results of the tools, printed as one JSON object on stdout.
-type (
-	// FloodResult is udpflood's output.
-	FloodResult struct {
-		Sent    uint64  `json:"sent"`
-		Seconds float64 `json:"seconds"`
-		Errors  uint64  `json:"errors"`
-		Warmup  int     `json:"warmup"`
-	}
-	// SinkResult is udpsink's output. Seconds spans the first to the last
-	// data packet received.
-	SinkResult struct {
-		Received     uint64  `json:"received"`
-		Seconds      float64 `json:"seconds"`
-		FirstUnixNs  int64   `json:"first_unix_ns"`
-		LastUnixNs   int64   `json:"last_unix_ns"`
-		Warmup       uint64  `json:"warmup"`
-		RcvbufErrors uint64  `json:"rcvbuf_errors"`
-	}
-	// RRResult is rr's output; latencies in microseconds.
-	RRResult struct {
-		Count  int     `json:"count"`
-		Lost   int     `json:"lost"`
-		P50us  float64 `json:"p50_us"`
-		P99us  float64 `json:"p99_us"`
-		P999us float64 `json:"p999_us"`
-		MinUs  float64 `json:"min_us"`
-		MaxUs  float64 `json:"max_us"`
-		MeanUs float64 `json:"mean_us"`
-	}
-)
-
-// RunTool runs load tool args[0] with flags args[1:], writing its JSON result
-// to stdout and diagnostics to stderr; it returns the exit status. Every
-// tool is bounded in packets and seconds.
-func RunTool(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintf(stderr, "tool: want one of %v\n", Tools)
-		return 2
-	}
-	var err error
-	switch args[0] {
-	case "udpflood":
-		err = runFlood(args[1:], stdout, stderr)
-	case "udpsink":
-		err = runSink(args[1:], stdout, stderr)
-	case "udpecho":
-		err = runEcho(args[1:], stderr)
-	case "rr":
-		err = runRR(args[1:], stdout, stderr)
-	default:
-		fmt.Fprintf(stderr, "tool %q: want one of %v\n", args[0], Tools)
-		return 2
-	}
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 2
-		}
-		fmt.Fprintf(stderr, "%s: %v\n", args[0], err)
-		return 1
-	}
-	return 0
-}
 
 // PinCPU pins every thread of the process to one CPU (cpu < 0: no change).
 // The calling goroutine is locked to its thread first; threads the runtime
@@ -190,9 +119,12 @@ func runFlood(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("udpflood", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dst := fs.String("dst", "", "destination IP:PORT")
+	fs.StringVar(dst, "addr", "", "same as --dst")
 	size := fs.Int("size", 64, "UDP payload bytes")
 	count := fs.Uint64("count", 2_000_000, "packets to send at most (bound)")
+	fs.Uint64Var(count, "max-packets", 2_000_000, "same as --count")
 	dur := fs.Duration("duration", 5*time.Second, "seconds to send at most (bound)")
+	fs.Func("seconds", "same as --duration, in seconds", secondsFlag(dur))
 	batch := fs.Int("batch", 64, "packets per sendmmsg")
 	rate := fs.Float64("rate", 0, "packets per second to pace at (0: as fast as possible)")
 	warm := fs.Int("warmup", 16, "warm-up packets before the clock (not counted by udpsink)")
@@ -310,7 +242,13 @@ func udpRcvbufErrors() uint64 {
 	return total
 }
 
+// bindSocket opens a UDP socket bound to listen (IP:PORT, or :PORT for
+// both families), with SO_RCVTIMEO timeout.
 func bindSocket(listen string, rcvbuf int, timeout time.Duration) (int, error) {
+	dual := strings.HasPrefix(listen, ":")
+	if dual {
+		listen = "[::]" + listen
+	}
 	ap, err := netip.ParseAddrPort(listen)
 	if err != nil {
 		return -1, fmt.Errorf("--listen: %w", err)
@@ -318,6 +256,12 @@ func bindSocket(listen string, rcvbuf int, timeout time.Duration) (int, error) {
 	fd, sa, err := udpSocket(ap)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if dual {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("IPV6_V6ONLY: %w", err)
+		}
 	}
 	if rcvbuf > 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
@@ -339,8 +283,9 @@ func bindSocket(listen string, rcvbuf int, timeout time.Duration) (int, error) {
 func runSink(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("udpsink", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "0.0.0.0:9000", "IP:PORT to receive on")
+	listen := fs.String("listen", "0.0.0.0:9000", "IP:PORT to receive on (:PORT: dual-stack)")
 	dur := fs.Duration("duration", 10*time.Second, "seconds to run at most (bound)")
+	fs.Func("seconds", "same as --duration, in seconds", secondsFlag(dur))
 	idle := fs.Duration("idle", time.Second, "exit this long after the last data packet")
 	rcvbuf := fs.Int("rcvbuf", 32<<20, "SO_RCVBUF bytes (SO_RCVBUFFORCE as root)")
 	batch := fs.Int("batch", 64, "packets per recvmmsg")
@@ -369,7 +314,7 @@ func runSink(args []string, stdout, stderr io.Writer) error {
 		hs[i].hdr.SetIovlen(1)
 	}
 	errs0 := udpRcvbufErrors()
-	fmt.Fprintln(stderr, readyLine)
+	ready(stderr, boundAddr(fd))
 	var res SinkResult
 	var first, last time.Time
 	deadline := time.Now().Add(*dur)
@@ -431,7 +376,7 @@ func runEcho(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer unix.Close(fd)
-	fmt.Fprintln(stderr, readyLine)
+	ready(stderr, boundAddr(fd))
 	buf := make([]byte, 65536)
 	var from unix.RawSockaddrAny
 	var fromlen uint32
@@ -534,4 +479,32 @@ func runRR(args []string, stdout, stderr io.Writer) error {
 		res.MeanUs = sum / float64(len(rtts))
 	}
 	return json.NewEncoder(stdout).Encode(res)
+}
+
+// boundAddr is fd's local address as IP:PORT, for the ready line.
+func boundAddr(fd int) string {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "?"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	}
+	return "?"
+}
+
+// secondsFlag sets *d from a number of seconds (owload's spelling of
+// --duration).
+func secondsFlag(d *time.Duration) func(string) error {
+	return func(s string) error {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		*d = time.Duration(f * float64(time.Second))
+		return nil
+	}
 }
