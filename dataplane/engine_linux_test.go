@@ -24,6 +24,7 @@ import (
 
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/internal/ethtool"
+	"github.com/oakwire/oakwire/internal/pkttest"
 	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
 )
@@ -678,7 +679,7 @@ func (tp *topo) tunnelFlows(t *testing.T, ea *engineProc, port uint16) {
 		c := listenIn(t, tp.b.NS, func() (*net.UDPConn, error) {
 			return net.ListenUDP("udp4", &net.UDPAddr{IP: tp.b.IP.AsSlice()})
 		})
-		inner := innerUDP4(instServer4, tp.client.ns4, uint16(7000+f), port, fmt.Appendf(nil, "flow %d", f))
+		inner := pkttest.UDP(instServer4, tp.client.ns4, uint16(7000+f), port, fmt.Appendf(nil, "flow %d", f))
 		for range perFlow {
 			if _, err := c.WriteToUDPAddrPort(inner, netip.AddrPortFrom(tp.a.IP, DefaultTunnelPort)); err != nil {
 				t.Fatal(err)
@@ -721,30 +722,6 @@ func xdpQueuesUsed(t *testing.T, n *testbed.Node) int {
 		}
 	}
 	return used
-}
-
-// innerUDP4 builds an IPv4/UDP packet with valid checksums: what a peer
-// node puts into a tunnel datagram.
-func innerUDP4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
-	p := make([]byte, 28+len(payload))
-	p[0], p[8], p[9] = 0x45, 64, 17
-	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
-	binary.BigEndian.PutUint16(p[6:], 0x4000) // DF
-	s4, d4 := src.As4(), dst.As4()
-	copy(p[12:], s4[:])
-	copy(p[16:], d4[:])
-	binary.BigEndian.PutUint16(p[10:], fastpath.Checksum(p[:20], 0))
-	u := p[20:]
-	binary.BigEndian.PutUint16(u[0:], sport)
-	binary.BigEndian.PutUint16(u[2:], dport)
-	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
-	copy(u[8:], payload)
-	cs := fastpath.Checksum(u, fastpath.PseudoHeaderSum(17, s4[:], d4[:], len(u)))
-	if cs == 0 {
-		cs = 0xffff
-	}
-	binary.BigEndian.PutUint16(u[6:], cs)
-	return p
 }
 
 // TestNeighbourFallback: with no neighbour entry for the peer node (a

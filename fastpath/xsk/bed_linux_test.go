@@ -17,6 +17,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/oakwire/oakwire/fastpath"
+	"github.com/oakwire/oakwire/internal/pkttest"
 	"github.com/oakwire/oakwire/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -296,24 +298,6 @@ func bigBuffers(c *net.UDPConn) error {
 
 // Packet helpers for IPv4/UDP over Ethernet without IP options.
 
-func csumAdd(sum uint32, b []byte) uint32 {
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	return sum
-}
-
-func csumFold(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
 // fixUDPChecksum recomputes the UDP checksum of an Ethernet/IPv4/UDP frame
 // from scratch (the sender's veth hands us partial checksums).
 func fixUDPChecksum(p []byte) {
@@ -321,10 +305,7 @@ func fixUDPChecksum(p []byte) {
 	udp := ip[20:]
 	ulen := int(binary.BigEndian.Uint16(udp[4:]))
 	udp[6], udp[7] = 0, 0
-	sum := csumAdd(0, ip[12:20])
-	sum += 17 + uint32(ulen)
-	sum = csumAdd(sum, udp[:ulen])
-	c := csumFold(sum)
+	c := fastpath.Checksum(udp[:ulen], fastpath.PseudoHeaderSum(fastpath.ProtoUDP, ip[12:16], ip[16:20], ulen))
 	if c == 0 {
 		c = 0xffff
 	}
@@ -333,27 +314,8 @@ func fixUDPChecksum(p []byte) {
 
 // buildUDP writes an Ethernet/IPv4/UDP frame into p and returns its length.
 func buildUDP(p []byte, srcMAC, dstMAC net.HardwareAddr, src, dst netip.AddrPort, payload []byte) int {
-	copy(p[0:6], dstMAC)
-	copy(p[6:12], srcMAC)
-	p[12], p[13] = 0x08, 0x00
-	ip := p[14:34]
-	ip[0], ip[1] = 0x45, 0
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
-	binary.BigEndian.PutUint32(ip[4:], 0x40000000) // id 0, DF
-	ip[8], ip[9] = 64, 17
-	ip[10], ip[11] = 0, 0
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	copy(ip[12:16], s4[:])
-	copy(ip[16:20], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip)))
-	udp := p[34:]
-	binary.BigEndian.PutUint16(udp[0:], src.Port())
-	binary.BigEndian.PutUint16(udp[2:], dst.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
-	copy(udp[8:], payload)
-	n := 42 + len(payload)
-	fixUDPChecksum(p[:n])
-	return n
+	ip := pkttest.UDP(src.Addr(), dst.Addr(), src.Port(), dst.Port(), payload)
+	return copy(p, pkttest.Eth([6]byte(dstMAC), [6]byte(srcMAC), ip))
 }
 
 // bounce turns a received Ethernet/IPv4/UDP frame around in place: swap

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oakwire/oakwire/fastpath"
 	"golang.org/x/sys/unix"
 )
 
@@ -393,7 +394,7 @@ func TestSharedUMEM(t *testing.T) {
 		copy(pkt[26:30], s4[:])
 		copy(pkt[30:34], d4[:])
 		pkt[24], pkt[25] = 0, 0
-		binary.BigEndian.PutUint16(pkt[24:], csumFold(csumAdd(0, pkt[14:34])))
+		binary.BigEndian.PutUint16(pkt[24:], fastpath.Checksum(pkt[14:34], 0))
 		binary.BigEndian.PutUint16(pkt[34:], srcPort)
 		binary.BigEndian.PutUint16(pkt[36:], 9201)
 		fixUDPChecksum(pkt)
