@@ -221,7 +221,7 @@ func (t *topo) spec(n *testbed.Node, workers int, ctrs ...*ctr) helperSpec {
 
 // engineProc is an Engine running as a child process in a node namespace.
 type engineProc struct {
-	cmd   *exec.Cmd
+	proc  *testbed.Proc
 	stdin io.WriteCloser
 	lines chan string
 }
@@ -240,10 +240,14 @@ func (t *topo) startEngine(tb testing.TB, n *testbed.Node, sp helperSpec) *engin
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := t.bed.Start(cmd); err != nil {
+	// The engine's output is read while it runs; what it writes after
+	// stdin closes is not needed, so the background reaping may close the
+	// pipe under the reader.
+	proc, err := t.bed.Launch(cmd)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	p := &engineProc{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
+	p := &engineProc{proc: proc, stdin: stdin, lines: make(chan string, 16)}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -303,21 +307,12 @@ func (p *engineProc) flows(tb testing.TB) []FlowInfo {
 // stop closes stdin (the engine closes and exits) and kills it by PID if
 // it does not exit within 5 s.
 func (p *engineProc) stop(tb testing.TB) {
-	if p.cmd.ProcessState != nil {
+	if p.proc.Exited() {
 		return
 	}
 	_ = p.stdin.Close()
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			tb.Errorf("engine exit: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-done
-		tb.Errorf("engine did not exit on close; killed")
+	if err := p.proc.Wait(5 * time.Second); err != nil {
+		tb.Errorf("engine exit (stdin closed): %v", err)
 	}
 }
 

@@ -274,7 +274,7 @@ func TestKillAndIdle(t *testing.T) {
 			t.Skip("idle CPU is not measured under the race detector")
 		}
 		time.Sleep(500 * time.Millisecond)
-		pid := ea.cmd.Process.Pid
+		pid := ea.proc.Pid()
 		t0, c0 := time.Now(), cpuTicks(t, pid)
 		time.Sleep(5 * time.Second)
 		c1, el := cpuTicks(t, pid), time.Since(t0)
@@ -289,10 +289,10 @@ func TestKillAndIdle(t *testing.T) {
 			t.Fatalf("%s: no XDP program while the engine runs", ifn)
 		}
 	}
-	if err := ea.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
+	if !ea.proc.Kill() {
+		t.Fatal("engine not reaped 5 s after SIGKILL")
 	}
-	if err := ea.cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+	if err := ea.proc.Err(); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Fatalf("engine wait after SIGKILL: %v", err)
 	}
 	deadline := time.Now().Add(3 * time.Second)
