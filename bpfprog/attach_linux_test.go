@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/oakwire/oakwire/internal/testbed"
+	"github.com/oakwire/oakwire/internal/testbed/bedtest"
 )
 
 var modes = []Mode{ModeGeneric, ModeNative}
@@ -28,7 +29,7 @@ var modes = []Mode{ModeGeneric, ModeNative}
 // the host-side veth so the kernel path answers ARP and local traffic).
 func bed(t *testing.T) (*testbed.Node, *testbed.Container) {
 	t.Helper()
-	b := testbed.NewT(t)
+	b := bedtest.New(t)
 	n, err := b.AddNode("n")
 	if err != nil {
 		t.Fatal(err)

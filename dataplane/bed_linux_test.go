@@ -22,6 +22,7 @@ import (
 
 	"github.com/oakwire/oakwire/fastpath"
 	"github.com/oakwire/oakwire/internal/testbed"
+	"github.com/oakwire/oakwire/internal/testbed/bedtest"
 	"github.com/oakwire/oakwire/internal/testenv"
 )
 
@@ -71,7 +72,7 @@ func newTopoOpts(tb testing.TB, opts testbed.Options) *topo {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	bed := testbed.NewT(tb, opts)
+	bed := bedtest.New(tb, opts)
 	t := &topo{bed: bed, exe: exe}
 	if t.a, err = bed.AddNode("a"); err != nil {
 		tb.Fatal(err)

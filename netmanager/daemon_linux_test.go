@@ -27,6 +27,7 @@ import (
 	"github.com/oakwire/oakwire/internal/ethtool"
 	"github.com/oakwire/oakwire/internal/raceflag"
 	"github.com/oakwire/oakwire/internal/testbed"
+	"github.com/oakwire/oakwire/internal/testbed/bedtest"
 	"github.com/oakwire/oakwire/internal/testenv"
 )
 
@@ -338,7 +339,7 @@ func containerIf(t *testing.T, ns, name string) (addrInfo, []netlink.Route) {
 // daemonNode is a bed with one node, a, for the daemon (which needs nft).
 func daemonNode(t *testing.T) (*testbed.Bed, *testbed.Node) {
 	t.Helper()
-	bed := testbed.NewT(t)
+	bed := bedtest.New(t)
 	testenv.RequireBinary(t, "nft")
 	node, err := bed.AddNode("a")
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -20,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/oakwire/oakwire/internal/ethtool"
-	"github.com/oakwire/oakwire/internal/testenv"
 )
 
 // netnsDir is where named namespaces live (iproute2 convention, used by
@@ -159,27 +157,6 @@ func New(name string, opts ...Options) (*Bed, error) {
 		}
 	}
 	return nil, fmt.Errorf("testbed %s: no free name prefix", name)
-}
-
-// NewT makes a bed for a test: it needs root (testenv.RequireRoot: skip
-// outside CI, fail in CI), fails the test on error and closes the bed in
-// t.Cleanup.
-func NewT(tb testing.TB, opts ...Options) *Bed {
-	tb.Helper()
-	testenv.RequireRoot(tb)
-	b, err := New(tb.Name(), opts...)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	// Ctrl-C on `go test` runs no Cleanup: the signal handler does.
-	stop := b.CloseOnSignal()
-	tb.Cleanup(func() {
-		stop()
-		if err := b.Close(); err != nil {
-			tb.Errorf("testbed close: %v", err)
-		}
-	})
-	return b
 }
 
 func prefixInUse(p string) bool {

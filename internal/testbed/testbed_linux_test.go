@@ -17,12 +17,29 @@ import (
 
 func mp(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
+// newT is bedtest.New for this package's own tests, which cannot import
+// bedtest (it imports testbed).
+func newT(t *testing.T, opts ...Options) *Bed {
+	t.Helper()
+	testenv.RequireRoot(t)
+	b, err := New(t.Name(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("testbed close: %v", err)
+		}
+	})
+	return b
+}
+
 // twoNodes builds nodes a, b, each with one container whose gateway address
 // sits on the host-side veth, and routes each node's container subnet to
 // the other over the underlay (a plain routed cluster, no overlay).
 func twoNodes(t *testing.T, opts Options) (*Bed, [2]*Node, [2]*Container) {
 	t.Helper()
-	b := NewT(t, opts)
+	b := newT(t, opts)
 	var nodes [2]*Node
 	var ctrs [2]*Container
 	subnets := []netip.Prefix{mp("10.18.0.0/26"), mp("10.18.0.64/26")}
@@ -179,7 +196,7 @@ func assertNoNamespaces(t *testing.T, prefix string) {
 
 func TestDoRestoresNamespace(t *testing.T) {
 	t.Parallel()
-	b := NewT(t)
+	b := newT(t)
 	n, err := b.AddNode("x")
 	if err != nil {
 		t.Fatal(err)
