@@ -318,19 +318,44 @@ func (rep *Report) writeMicro(p func(string, ...any)) {
 
 // writeControl writes the control-plane results, if they ran.
 func (rep *Report) writeControl(p func(string, ...any)) {
-	if c := rep.Control; c != nil {
-		p("## Control plane")
-		p("")
-		p("In-process root service manager over real HTTP on loopback, a private redis-server (%s), %d concurrent connections; the clients, the root and Redis share the machine's CPUs.", c.Redis, c.Conns)
-		p("")
-		p("| operation | count | per second | p50 µs | p99 µs |")
-		p("|---|---|---|---|---|")
-		for _, o := range []struct {
-			name string
-			s    OpStat
-		}{{"instance deploy (allocation + store + answer)", c.Deploys}, {"table query (resolve a service's instances)", c.Resolves}, {"raw Redis PING (same concurrency)", c.RedisPing}} {
-			p("| %s | %d | %s | %s | %s |", o.name, o.s.N, num(o.s.PerSec, 0), num(o.s.P50us, 0), num(o.s.P99us, 0))
-		}
-		p("")
+	c := rep.Control
+	if c == nil {
+		return
 	}
+	p("## Control plane")
+	p("")
+	how := "a root servicemanager process (its CPU read from /proc)"
+	if c.Root != "process" {
+		how = "a root service manager in this process (no servicemanager binary; root CPU not measured)"
+	}
+	p("%s over real HTTP on loopback, %d concurrent connections, instance deploys spread over %d services; the clients, the root and Redis share the machine's CPUs. Raw EVALSHA is `redis-benchmark` running a one-key script against the same Redis (one master, for the cluster).", how, c.Conns, c.Services)
+	p("")
+	p("| store | operation | count | per second | p50 µs | p99 µs | root CPU µs/op |")
+	p("|---|---|---|---|---|---|---|")
+	row := func(store, name string, s OpStat) {
+		cpu := "—"
+		if s.RootCPUus > 0 {
+			cpu = num(s.RootCPUus, 0)
+		}
+		p("| %s | %s | %d | %s | %s | %s | %s |", store, name, s.N, num(s.PerSec, 0), num(s.P50us, 0), num(s.P99us, 0), cpu)
+	}
+	single := "one Redis (" + c.Redis + ")"
+	row(single, "instance deploy", c.Deploys)
+	row(single, "table query (resolve)", c.Resolves)
+	row(single, "raw PING (same concurrency)", c.RedisPing)
+	if cl := c.Cluster; cl != nil {
+		name := fmt.Sprintf("Redis Cluster, %d masters", len(cl.Masters))
+		row(name, "instance deploy", cl.Deploys)
+		row(name, "table query (resolve)", cl.Resolves)
+	}
+	p("")
+	p("Deploys per second against raw EVALSHA: one Redis %s/s raw, deploys %.2f× of it.", num(c.RawEvalsha, 0), c.DeployRatio)
+	if cl := c.Cluster; cl != nil {
+		shares := make([]string, len(cl.Shares))
+		for i, sh := range cl.Shares {
+			shares[i] = fmt.Sprintf("%.0f %%", 100*sh)
+		}
+		p("Redis Cluster: %s/s raw EVALSHA on one master; each master's share of root's scripts during the deploy run: %s.", num(cl.RawEvalsha, 0), strings.Join(shares, ", "))
+	}
+	p("")
 }

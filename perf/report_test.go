@@ -93,6 +93,33 @@ func TestMarkdownRatios(t *testing.T) {
 	}
 }
 
+func TestMarkdownControl(t *testing.T) {
+	rep := sampleReport()
+	rep.Control = &ControlResult{Conns: 64, Services: 256, Root: "process", Redis: "redis-server 7.0.15",
+		Deploys:  OpStat{N: 20000, PerSec: 4600, P50us: 12000, P99us: 47000, RootCPUus: 76},
+		Resolves: OpStat{N: 50000, PerSec: 3700}, RedisPing: OpStat{N: 1000, PerSec: 56000},
+		RawEvalsha: 35000, DeployRatio: 0.13,
+		Cluster: &ControlClusterRun{Masters: []string{"a", "b", "c"}, Deploys: OpStat{N: 20000, PerSec: 2900, RootCPUus: 110},
+			RawEvalsha: 30000, Shares: []float64{0.36, 0.31, 0.33}}}
+	var b strings.Builder
+	if err := rep.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{
+		"a root servicemanager process (its CPU read from /proc)",
+		"| one Redis (redis-server 7.0.15) | instance deploy | 20000 | 4600 | 12000 | 47000 | 76 |",
+		"| one Redis (redis-server 7.0.15) | raw PING (same concurrency) | 1000 | 56000 | 0 | 0 | — |",
+		"| Redis Cluster, 3 masters | instance deploy | 20000 | 2900 | 0 | 0 | 110 |",
+		"deploys 0.13× of it",
+		"each master's share of root's scripts during the deploy run: 36 %, 31 %, 33 %.",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("control section lacks %q:\n%s", want, md)
+		}
+	}
+}
+
 func TestWriteFiles(t *testing.T) {
 	rep := sampleReport()
 	rep.Measured = append(rep.Measured, OakwireName) // no round: NaN ratios

@@ -353,7 +353,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Micro = m
 	}
 	if cfg.Control {
-		cfg.progress("control plane: private redis-server, in-process root, %d connections", cfg.ControlConns)
+		cfg.progress("control plane: one redis-server and a 3-master Redis Cluster, a root servicemanager, %d connections", cfg.ControlConns)
 		c, err := RunControl(ctx, cfg)
 		if err != nil {
 			rep.Failures = append(rep.Failures, "control plane: "+err.Error())
