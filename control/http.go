@@ -237,11 +237,12 @@ func readBody(ctx *fasthttp.RequestCtx) error {
 	if !ctx.Request.IsBodyStream() {
 		return nil
 	}
-	if n := ctx.Request.Header.ContentLength(); n >= 0 && n <= prefetched {
+	if n := ctx.Request.Header.ContentLength(); n >= 0 && n <= min(prefetched, MaxBody) {
 		// fasthttp has already read all of it (it reads the first
-		// min(length, 8 KiB) before the handler runs): taking it from
-		// the stream reads no connection, so cannot fail, and needs no
-		// buffer of ours. Every instance deploy's body is this size.
+		// min(length, 8 KiB, MaxBody) before the handler runs): taking
+		// it from the stream reads no connection, so cannot fail, and
+		// needs no buffer of ours. Every instance deploy's body is this
+		// size.
 		ctx.Request.Body()
 		return nil
 	}
