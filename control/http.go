@@ -237,6 +237,15 @@ func readBody(ctx *fasthttp.RequestCtx) error {
 	if !ctx.Request.IsBodyStream() {
 		return nil
 	}
+	if n := ctx.Request.Header.ContentLength(); n >= 0 && n <= min(prefetched, MaxBody) {
+		// fasthttp has already read all of it (it reads the first
+		// min(length, 8 KiB, MaxBody) before the handler runs): taking
+		// it from the stream reads no connection, so cannot fail, and
+		// needs no buffer of ours. Every instance deploy's body is this
+		// size.
+		ctx.Request.Body()
+		return nil
+	}
 	st := ctx.RequestBodyStream()
 	var buf bytes.Buffer
 	n, err := io.CopyN(&buf, st, MaxBody+1)
@@ -252,6 +261,10 @@ func readBody(ctx *fasthttp.RequestCtx) error {
 	ctx.Request.SetBody(buf.Bytes())
 	return nil
 }
+
+// prefetched is how much of a body of known length fasthttp reads before
+// it calls the handler (readBodyWithStreaming in fasthttp's http.go).
+const prefetched = 8 << 10
 
 // detach returns the parent for contexts of work done on behalf of a
 // request. fasthttp recycles a RequestCtx once the handler returns, and a

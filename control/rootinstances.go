@@ -39,7 +39,7 @@ func (r *Root) deployInstance(ctx *fasthttp.RequestCtx, _ []string) error {
 		return clusterErr(err, in.ClusterID)
 	}
 	r.instancesChanged(c, ch, in.ID, api.TypeDeployment)
-	writeJSON(ctx, 200, api.InstanceAnswer{JobName: ch.JobName, Instance: ch.Instance})
+	writeInstanceAnswer(ctx, &api.InstanceAnswer{JobName: ch.JobName, Instance: ch.Instance})
 	return nil
 }
 
