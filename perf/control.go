@@ -7,8 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -22,12 +20,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/oakwire/oakwire/internal/deploy"
+	"github.com/oakwire/oakwire/internal/redisproc"
+	"github.com/oakwire/oakwire/internal/testbed"
 	"github.com/redis/go-redis/v9"
 	"github.com/valyala/fasthttp"
-
-	"github.com/oakwire/oakwire/control"
-	"github.com/oakwire/oakwire/internal/redistest"
-	"github.com/oakwire/oakwire/ipam"
 )
 
 // OpStat is one control-plane operation under concurrent load.
@@ -52,8 +49,8 @@ type ControlResult struct {
 	// Services the deploys are spread over (instance i of the run goes to
 	// service i mod Services).
 	Services int `json:"services"`
-	// Root is how the root ran: "process" (bin/servicemanager, its CPU
-	// measured) or "in-process" (no go toolchain to build it).
+	// Root is how the root ran: "process" (the servicemanager binary, its
+	// CPU measured from /proc).
 	Root string `json:"root"`
 	// Redis, Deploys, Resolves, RedisPing, RawEvalsha: the single Redis.
 	Redis      string  `json:"redis"`
@@ -79,8 +76,6 @@ type ControlClusterRun struct {
 	// during the deploy benchmark, in the order of Masters.
 	Shares []float64 `json:"master_shares"`
 }
-
-var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // concurrent runs n operations over conns goroutines and returns their
 // latencies and the wall time; the first error stops the run.
@@ -175,16 +170,19 @@ func RunControl(ctx context.Context, cfg Config) (*ControlResult, error) {
 	}()
 
 	res := &ControlResult{Conns: cfg.ControlConns, Services: controlServices, Root: "process"}
-	bin := filepath.Join(dir, "servicemanager")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/oakwire/oakwire/cmd/servicemanager").CombinedOutput(); err != nil {
-		cfg.progress("  control: cannot build servicemanager (%v: %s); the root runs in this process", err, bytes.TrimSpace(out))
-		bin, res.Root = "", "in-process"
+	bins := cfg.BinDir
+	if bins == "" {
+		bins = filepath.Join(dir, "bin")
+		if err := deploy.Build(ctx, bins); err != nil {
+			return nil, err
+		}
 	}
+	bin := filepath.Join(bins, "servicemanager")
 
 	if err := os.MkdirAll(filepath.Join(dir, "single"), 0o755); err != nil {
 		return nil, err
 	}
-	srv, err := redistest.StartProcess(filepath.Join(dir, "single"))
+	srv, err := redisproc.Start(filepath.Join(dir, "single"))
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +192,7 @@ func RunControl(ctx context.Context, cfg Config) (*ControlResult, error) {
 	defer rdb.Close()
 	res.RawEvalsha = rawEvalsha(ctx, cfg, srv.Addr)
 	cfg.progress("  control: single Redis %s (raw EVALSHA %.0f/s)", srv.Addr, res.RawEvalsha)
-	r, err := startControlRoot(ctx, cfg, dir, bin, rdb, []string{"--redis", srv.URL()}, addStop)
+	r, err := startControlRoot(ctx, dir, bin, []string{"--redis", srv.URL()}, addStop)
 	if err != nil {
 		return res, err
 	}
@@ -218,7 +216,7 @@ func RunControl(ctx context.Context, cfg Config) (*ControlResult, error) {
 // three-master cluster, a root on it, the same load, and each master's
 // share of the scripts root ran during the deploys.
 func controlCluster(ctx context.Context, cfg Config, dir, bin string, addStop func(func())) (*ControlClusterRun, error) {
-	cl, err := redistest.StartClusterProcess(filepath.Join(dir, "cluster"))
+	cl, err := redisproc.StartCluster(filepath.Join(dir, "cluster"))
 	if cl != nil {
 		addStop(cl.Stop)
 	}
@@ -226,11 +224,9 @@ func controlCluster(ctx context.Context, cfg Config, dir, bin string, addStop fu
 		return nil, fmt.Errorf("redis cluster: %w", err)
 	}
 	cr := &ControlClusterRun{Masters: cl.Addrs()}
-	crdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), PoolSize: cfg.ControlConns * 4, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second})
-	defer crdb.Close()
 	cr.RawEvalsha = rawEvalsha(ctx, cfg, cl.Addrs()[0])
 	cfg.progress("  control: Redis Cluster %v (raw EVALSHA on one master %.0f/s)", cl.Addrs(), cr.RawEvalsha)
-	r, err := startControlRoot(ctx, cfg, dir, bin, crdb, []string{"--redis-cluster", strings.Join(cl.Addrs(), ",")}, addStop)
+	r, err := startControlRoot(ctx, dir, bin, []string{"--redis-cluster", strings.Join(cl.Addrs(), ",")}, addStop)
 	if err != nil {
 		return cr, err
 	}
@@ -261,37 +257,17 @@ func controlCluster(ctx context.Context, cfg Config, dir, bin string, addStop fu
 // controlRoot is a root service manager under test.
 type controlRoot struct {
 	base string
-	pid  int // 0: in this process
+	pid  int
 }
 
-// startControlRoot starts a root on redisArgs (bin: the servicemanager
-// binary; "" runs it in this process over rdb).
-func startControlRoot(ctx context.Context, cfg Config, dir, bin string, rdb redis.UniversalClient, redisArgs []string, addStop func(func())) (*controlRoot, error) {
+// startControlRoot starts the servicemanager binary bin as a root on
+// redisArgs, listening on a free loopback port.
+func startControlRoot(ctx context.Context, dir, bin string, redisArgs []string, addStop func(func())) (*controlRoot, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	addr := ln.Addr().String()
-	if bin == "" {
-		alloc, err := ipam.NewRedis(rdb, ipam.Config{}, control.DefaultPrefix)
-		if err != nil {
-			return nil, fmt.Errorf("ipam: %w", err)
-		}
-		root, err := control.NewRoot(control.RootConfig{Log: quietLog, Timeout: 10 * time.Second, Sweep: -1,
-			Notify: control.NotifyConfig{Timeout: 200 * time.Millisecond, MinBackoff: time.Second, MaxBackoff: 10 * time.Second}}, rdb, alloc)
-		if err != nil {
-			return nil, fmt.Errorf("root: %w", err)
-		}
-		hs := control.NewServer(root.Handler(), quietLog)
-		go func() { _ = hs.Serve(ln) }()
-		addStop(func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			defer cancel()
-			_ = hs.ShutdownWithContext(sctx)
-			_ = root.Close()
-		})
-		return &controlRoot{base: "http://" + addr}, nil
-	}
 	_ = ln.Close() // the root binds it again; nothing else on loopback takes it in between, or the start fails
 	conf := filepath.Join(dir, "root-"+strconv.Itoa(len(redisArgs))+".yaml")
 	// Budgets for a loaded machine: the point is throughput, not a 503.
@@ -302,28 +278,18 @@ func startControlRoot(ctx context.Context, cfg Config, dir, bin string, rdb redi
 	cmd := exec.Command(bin, args...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	p, err := testbed.Launch(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start root: %w", err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	addStop(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(3 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	addStop(func() { p.Stop(syscall.SIGTERM, 3*time.Second) })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if st, _, err := fasthttp.GetTimeout(nil, "http://"+addr+"/healthz", time.Second); err == nil && st == 200 {
-			return &controlRoot{base: "http://" + addr, pid: cmd.Process.Pid}, nil
+			return &controlRoot{base: "http://" + addr, pid: p.Pid()}, nil
 		}
 		select {
-		case <-done:
+		case <-p.Done():
 			return nil, fmt.Errorf("root exited: %s", bytes.TrimSpace(logs.Bytes()))
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -335,11 +301,8 @@ func startControlRoot(ctx context.Context, cfg Config, dir, bin string, rdb redi
 	}
 }
 
-// cpu is the root process's CPU time so far (0 in process).
+// cpu is the root process's CPU time so far.
 func (r *controlRoot) cpu() time.Duration {
-	if r.pid == 0 {
-		return 0
-	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(r.pid) + "/stat")
 	if err != nil {
 		return 0

@@ -324,11 +324,7 @@ func (rep *Report) writeControl(p func(string, ...any)) {
 	}
 	p("## Control plane")
 	p("")
-	how := "a root servicemanager process (its CPU read from /proc)"
-	if c.Root != "process" {
-		how = "a root service manager in this process (no servicemanager binary; root CPU not measured)"
-	}
-	p("%s over real HTTP on loopback, %d concurrent connections, instance deploys spread over %d services; the clients, the root and Redis share the machine's CPUs. Raw EVALSHA is `redis-benchmark` running a one-key script against the same Redis (one master, for the cluster).", how, c.Conns, c.Services)
+	p("A root servicemanager process (its CPU read from /proc) over real HTTP on loopback, %d concurrent connections, instance deploys spread over %d services; the clients, the root and Redis share the machine's CPUs. Raw EVALSHA is `redis-benchmark` running a one-key script against the same Redis (one master, for the cluster).", c.Conns, c.Services)
 	p("")
 	p("| store | operation | count | per second | p50 µs | p99 µs | root CPU µs/op |")
 	p("|---|---|---|---|---|---|---|")

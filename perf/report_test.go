@@ -107,7 +107,7 @@ func TestMarkdownControl(t *testing.T) {
 	}
 	md := b.String()
 	for _, want := range []string{
-		"a root servicemanager process (its CPU read from /proc)",
+		"A root servicemanager process (its CPU read from /proc)",
 		"| one Redis (redis-server 7.0.15) | instance deploy | 20000 | 4600 | 12000 | 47000 | 76 |",
 		"| one Redis (redis-server 7.0.15) | raw PING (same concurrency) | 1000 | 56000 | 0 | 0 | — |",
 		"| Redis Cluster, 3 masters | instance deploy | 20000 | 2900 | 0 | 0 | 110 |",

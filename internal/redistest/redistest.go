@@ -1,398 +1,90 @@
-// Package redistest starts private redis-server processes for tests: one
-// standalone server, or a three-master Redis Cluster. Every server listens
-// on a free loopback port, keeps its files in the test's temporary
-// directory, persists nothing, and is killed (by PID) when the test ends.
+// Package redistest starts private redis-server processes for tests
+// (internal/redisproc): one standalone server, or a three-master Redis
+// Cluster, in the test's temporary directory, killed when the test ends.
 //
-// The redis-server and redis-cli programs must be on PATH; without them a
-// test is skipped, or fails under CI (see internal/testenv).
+// Without redis-server and redis-cli on PATH a test is skipped, or fails
+// under CI (see internal/testenv).
 package redistest
 
 import (
-	"bytes"
-	"context"
 	"errors"
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
-	"time"
 
+	"github.com/oakwire/oakwire/internal/redisproc"
 	"github.com/oakwire/oakwire/internal/testenv"
 )
 
-// startTimeout bounds how long a server may take to answer PING.
-const startTimeout = 10 * time.Second
-
-// Server is one private redis-server on 127.0.0.1.
+// Server is a redisproc.Server bound to its test: what goes wrong fails
+// the test.
 type Server struct {
-	// Addr is "127.0.0.1:port"; it stays the same across Restart.
-	Addr string
-
-	tb   testing.TB
-	bin  string
-	dir  string
-	args []string
-
-	mu   sync.Mutex // guards cmd and done
-	cmd  *exec.Cmd  // nil while stopped
-	done chan struct{}
+	*redisproc.Server
+	tb testing.TB
 }
 
 // Start starts a standalone redis-server and registers its cleanup.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	bin := testenv.RequireBinary(tb, "redis-server")
-	dir := tb.TempDir()
-	var lastErr error
-	for range 10 {
-		port, err := freePort(false)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		s := &Server{
-			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			tb:   tb,
-			bin:  bin,
-			dir:  dir,
-			args: baseArgs(port, dir),
-		}
-		if err := s.start(); err != nil {
-			lastErr = err
-			continue // most likely someone took the port in between: retry
-		}
-		tb.Cleanup(s.Stop)
-		return s
+	testenv.RequireBinary(tb, "redis-server")
+	s, err := redisproc.Start(tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
 	}
-	tb.Fatalf("redistest: start redis-server: %v", lastErr)
-	return nil
+	tb.Cleanup(s.Stop)
+	return &Server{Server: s, tb: tb}
 }
 
-// URL is the server's address as a redis:// URL for database 0.
-func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
-
-// Stop kills the server and waits for it to exit. Stopping a stopped
-// server does nothing.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.cmd, s.done = nil, nil
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	<-done
-}
-
-// Restart starts the server again on the same port (stopping it first if it
-// runs) and waits until it answers PING. It starts empty: nothing persists.
+// Restart starts the server again on the same port, empty.
 func (s *Server) Restart() {
 	s.tb.Helper()
-	s.Stop()
-	var err error
-	deadline := time.Now().Add(startTimeout)
-	for time.Now().Before(deadline) {
-		// The port was ours a moment ago; a bind failure here means the
-		// kernel has not released it yet, so try again shortly.
-		if err = s.start(); err == nil {
-			return
+	if err := s.Server.Restart(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// Pause stops the server with SIGSTOP, like a hung server; resume, which
+// also runs at the test's cleanup, continues it.
+func (s *Server) Pause() (resume func()) {
+	s.tb.Helper()
+	r, err := s.Server.Pause()
+	if errors.Is(err, errors.ErrUnsupported) {
+		s.tb.Skip(err)
+	}
+	if err != nil {
+		s.tb.Fatal(err)
+	}
+	resume = func() {
+		if err := r(); err != nil {
+			s.tb.Error(err)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	s.tb.Fatalf("redistest: restart redis-server on %s: %v", s.Addr, err)
+	s.tb.Cleanup(resume)
+	return resume
 }
 
-// start runs the process and waits until it answers PING or exits.
-func (s *Server) start() error {
-	cmd := exec.Command(s.bin, s.args...)
-	cmd.Dir = s.dir
-	dieWithParent(cmd)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("exec %s: %w", s.bin, err)
-	}
-	done := make(chan struct{})
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		close(done)
-	}()
-	if err := waitReady(s.Addr, cmd.Process.Pid, done); err != nil {
-		_ = cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("%w (exit: %v): %s", err, waitErr, lastLines(out.String(), 5))
-	}
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-	return nil
-}
-
-func baseArgs(port int, dir string) []string {
-	return []string{
-		"--port", strconv.Itoa(port),
-		"--bind", "127.0.0.1",
-		"--dir", dir,
-		"--save", "",
-		"--appendonly", "no",
-		"--protected-mode", "no",
-		"--daemonize", "no",
-		"--loglevel", "warning",
-		"--logfile", "",
-	}
-}
-
-// Cluster is a three-master Redis Cluster without replicas.
+// Cluster is a redisproc.Cluster bound to its test.
 type Cluster struct {
-	servers []*Server
+	*redisproc.Cluster
+	tb testing.TB
 }
 
-// StartCluster starts three masters with cluster mode on, joins them with
-// redis-cli --cluster create, and waits until every node reports
-// cluster_state:ok.
+// StartCluster starts a three-master cluster and registers its cleanup.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
 	testenv.RequireBinary(tb, "redis-server")
 	testenv.RequireBinary(tb, "redis-cli")
-	c, err := startCluster(func() string { return tb.TempDir() }, tb)
-	if c != nil {
-		tb.Cleanup(c.Stop)
-	}
+	c, err := redisproc.StartCluster(tb.TempDir())
 	if err != nil {
-		tb.Fatalf("redistest: %v", err)
+		tb.Fatal(err)
 	}
-	return c
+	tb.Cleanup(c.Stop)
+	return &Cluster{Cluster: c, tb: tb}
 }
 
-// StartClusterProcess is StartCluster outside a test (the benchmark
-// suite): the masters keep their files under dir. The caller must call
-// Stop, also when it fails part way (it then stops what it started).
-func StartClusterProcess(dir string) (*Cluster, error) {
-	n := 0
-	c, err := startCluster(func() string {
-		n++
-		d := filepath.Join(dir, strconv.Itoa(n))
-		_ = os.MkdirAll(d, 0o755)
-		return d
-	}, nil)
-	if err != nil && c != nil {
-		c.Stop()
+// Servers are the masters, bound to the test.
+func (c *Cluster) Servers() []*Server {
+	var out []*Server
+	for _, s := range c.Cluster.Servers() {
+		out = append(out, &Server{Server: s, tb: c.tb})
 	}
-	return c, err
-}
-
-// Stop kills every master.
-func (c *Cluster) Stop() {
-	for _, s := range c.servers {
-		s.Stop()
-	}
-}
-
-func startCluster(tempDir func() string, tb testing.TB) (*Cluster, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("needs redis-server on PATH: %w", err)
-	}
-	cli, err := exec.LookPath("redis-cli")
-	if err != nil {
-		return nil, fmt.Errorf("needs redis-cli on PATH: %w", err)
-	}
-	c := &Cluster{}
-	for i := range 3 {
-		dir := tempDir()
-		var lastErr error
-		var s *Server
-		for range 10 {
-			port, err := freePort(true)
-			if err != nil {
-				lastErr = err
-				continue
-			}
-			s = &Server{
-				Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-				tb:   tb,
-				bin:  bin,
-				dir:  dir,
-				args: append(baseArgs(port, dir),
-					"--cluster-enabled", "yes",
-					"--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-					"--cluster-node-timeout", "2000"),
-			}
-			if lastErr = s.start(); lastErr == nil {
-				break
-			}
-			s = nil
-			_ = os.Remove(filepath.Join(dir, "nodes.conf"))
-		}
-		if s == nil {
-			return c, fmt.Errorf("start cluster node %d: %w", i, lastErr)
-		}
-		c.servers = append(c.servers, s)
-	}
-	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
-		return c, fmt.Errorf("redis-cli --cluster create: %w: %s", err, lastLines(string(out), 10))
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for _, s := range c.servers {
-		for {
-			info, err := command(s.Addr, "CLUSTER", "INFO")
-			if err == nil && strings.Contains(info, "cluster_state:ok") {
-				break
-			}
-			if time.Now().After(deadline) {
-				return c, fmt.Errorf("cluster node %s not ok: %v: %s", s.Addr, err, info)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return c, nil
-}
-
-// Addrs returns the masters' "127.0.0.1:port" addresses.
-func (c *Cluster) Addrs() []string {
-	a := make([]string, len(c.servers))
-	for i, s := range c.servers {
-		a[i] = s.Addr
-	}
-	return a
-}
-
-// Servers returns the masters, for tests that stop one of them.
-func (c *Cluster) Servers() []*Server { return c.servers }
-
-// freePort returns a loopback port that was free a moment ago; with bus set,
-// port+10000 (the cluster bus port) was free as well. The caller must cope
-// with losing the race for it (retry on bind failure).
-func freePort(bus bool) (int, error) {
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, fmt.Errorf("listen: %w", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		if !bus {
-			_ = l.Close()
-			return port, nil
-		}
-		if port+10000 > 65535 {
-			_ = l.Close()
-			continue
-		}
-		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
-		_ = l.Close()
-		if err != nil {
-			continue
-		}
-		_ = l2.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port pair")
-}
-
-// waitReady polls PING until the server answers or exited is closed. The
-// answering server must be process pid: another test's server may have
-// taken the port between freePort and the bind.
-func waitReady(addr string, pid int, exited <-chan struct{}) error {
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case <-exited:
-			return errors.New("redis-server exited")
-		default:
-		}
-		if reply, err := command(addr, "PING"); err == nil && reply == "PONG" {
-			info, err := command(addr, "INFO", "server")
-			if err == nil && strings.Contains(info, "process_id:"+strconv.Itoa(pid)+"\r\n") {
-				return nil
-			}
-			if err == nil {
-				return fmt.Errorf("port %s answered by another process", addr)
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no PONG from %s within %v", addr, startTimeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// command sends one command in RESP and returns a simple or bulk string
-// reply. It is enough for PING and CLUSTER INFO, and keeps this package
-// free of a client library.
-func command(addr string, args ...string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := conn.Write([]byte(b.String())); err != nil {
-		return "", err
-	}
-	var buf []byte
-	tmp := make([]byte, 4096)
-	for {
-		n, err := conn.Read(tmp)
-		buf = append(buf, tmp[:n]...)
-		if reply, ok, perr := parseReply(buf); ok || perr != nil {
-			return reply, perr
-		}
-		if err != nil {
-			return "", err
-		}
-	}
-}
-
-// parseReply decodes a complete simple string, error or bulk string.
-func parseReply(b []byte) (reply string, complete bool, err error) {
-	i := bytes.Index(b, []byte("\r\n"))
-	if i < 0 {
-		return "", false, nil
-	}
-	line := string(b[1:i])
-	switch b[0] {
-	case '+':
-		return line, true, nil
-	case '-':
-		return "", true, errors.New(line)
-	case '$':
-		n, err := strconv.Atoi(line)
-		if err != nil {
-			return "", true, fmt.Errorf("bad bulk length %q", line)
-		}
-		if n < 0 {
-			return "", true, nil
-		}
-		if len(b) < i+2+n+2 {
-			return "", false, nil
-		}
-		return string(b[i+2 : i+2+n]), true, nil
-	default:
-		return "", true, fmt.Errorf("unexpected reply %q", line)
-	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return out
 }

@@ -3,24 +3,26 @@ package redistest
 import (
 	"strings"
 	"testing"
+
+	"github.com/oakwire/oakwire/internal/redisproc"
 )
 
 func TestStartStopRestart(t *testing.T) {
 	t.Parallel()
 	s := Start(t)
-	if got, err := command(s.Addr, "PING"); err != nil || got != "PONG" {
+	if got, err := redisproc.Command(s.Addr, "PING"); err != nil || got != "PONG" {
 		t.Fatalf("PING = %q, %v", got, err)
 	}
 	if !strings.HasPrefix(s.URL(), "redis://127.0.0.1:") || !strings.HasSuffix(s.URL(), "/0") {
 		t.Fatalf("URL = %q", s.URL())
 	}
 	s.Stop()
-	if _, err := command(s.Addr, "PING"); err == nil {
+	if _, err := redisproc.Command(s.Addr, "PING"); err == nil {
 		t.Fatal("PING answered after Stop")
 	}
 	s.Stop() // idempotent
 	s.Restart()
-	if got, err := command(s.Addr, "PING"); err != nil || got != "PONG" {
+	if got, err := redisproc.Command(s.Addr, "PING"); err != nil || got != "PONG" {
 		t.Fatalf("PING after Restart = %q, %v", got, err)
 	}
 }
@@ -44,7 +46,7 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("Addrs = %v", c.Addrs())
 	}
 	for _, a := range c.Addrs() {
-		info, err := command(a, "CLUSTER", "INFO")
+		info, err := redisproc.Command(a, "CLUSTER", "INFO")
 		if err != nil || !strings.Contains(info, "cluster_state:ok") {
 			t.Fatalf("%s: CLUSTER INFO = %q, %v", a, info, err)
 		}
