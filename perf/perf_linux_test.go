@@ -59,18 +59,30 @@ func tinyConfig(t *testing.T) Config {
 }
 
 // benchNamespaces counts namespaces that look like ours.
-func benchNamespaces(t *testing.T) int {
+func benchNamespaces(t *testing.T) map[string]bool {
 	ents, err := os.ReadDir("/var/run/netns")
 	if err != nil {
-		return 0
+		return nil
 	}
-	n := 0
+	out := map[string]bool{}
 	for _, e := range ents {
 		if strings.HasSuffix(e.Name(), "-a-cli") || strings.HasSuffix(e.Name(), "-b-srv") {
-			n++
+			out[e.Name()] = true
 		}
 	}
-	return n
+	return out
+}
+
+// leftBehind is every bench namespace in after that was not in before:
+// what a run left (another suite running meanwhile may come and go).
+func leftBehind(before, after map[string]bool) []string {
+	var out []string
+	for n := range after {
+		if !before[n] {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // TestSmoke runs the routed and kernel peers in smoke mode with tiny
@@ -126,8 +138,8 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("control: %+v (notes %v)", c, rep.Notes)
 		}
 	}
-	if after := benchNamespaces(t); after != before {
-		t.Errorf("namespaces left behind: %d before, %d after", before, after)
+	if left := leftBehind(before, benchNamespaces(t)); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
 	}
 }
 
