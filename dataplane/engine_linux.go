@@ -86,10 +86,9 @@ type Engine struct {
 	// Kernel tier (Config.Offload): the loaded tier, its manager, the
 	// links of the uplink and the punt device.
 	tier *bpfprog.Tier
-	tm   *tierMgr
-	// tmLive is tm as the workers see it: they run before startTier
-	// has the manager ready, so they take it from here once it is.
-	tmLive  atomic.Pointer[tierMgr]
+	// tm is set once startTier has the manager ready; the workers run
+	// before that, so everyone loads it (nil: no kernel tier yet).
+	tm      atomic.Pointer[tierMgr]
 	tierUp  link.Link
 	puntTC  link.Link
 	puntXDP link.Link
@@ -178,7 +177,7 @@ func New(cfg Config) (e *Engine, err error) {
 		}
 		e.bg.Add(2)
 		go func() { defer e.bg.Done(); e.sweepLoop() }()
-		go func() { defer e.bg.Done(); e.tm.loop(e.stop) }()
+		go func() { defer e.bg.Done(); e.tm.Load().loop(e.stop) }()
 		return e, nil
 	}
 	if err := e.setUplinkQueues(queues); err != nil {
@@ -413,9 +412,9 @@ func (e *Engine) Stats() Stats {
 		Services: int(e.nServices.Load()), Instances: int(e.nInstances.Load()), Peers: int(e.nPeers.Load()),
 		Flows: e.flows.Len(), Counters: map[string]uint64{}, Offload: e.cfg.Offload,
 	}
-	if e.tm != nil {
-		s.TierFlows = e.tm.flows()
-		e.tm.counters(s.Counters)
+	if m := e.tm.Load(); m != nil {
+		s.TierFlows = m.flows()
+		m.counters(s.Counters)
 	}
 	var c [numCounters]uint64
 	for _, w := range e.workers {

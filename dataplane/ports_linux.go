@@ -179,7 +179,9 @@ func (e *Engine) teardownPortLocked(p *port) error {
 		p.link = nil
 	}
 	if e.tier != nil {
-		e.tm.withdrawIf(p.cfg.Ifindex)
+		if m := e.tm.Load(); m != nil {
+			m.withdrawIf(p.cfg.Ifindex)
+		}
 		errs = append(errs, e.upObjs.DeletePort(p.cfg.Ifindex))
 	}
 	if e.ports[p.id] == p {

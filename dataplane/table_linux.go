@@ -145,8 +145,8 @@ func (e *Engine) rebuildLocked() error {
 	if e.slow != nil {
 		e.slow.tableChanged() // held packets may be known now
 	}
-	if e.tm != nil {
-		e.tm.changed() // withdraw the executed flows the change made wrong
+	if m := e.tm.Load(); m != nil {
+		m.changed() // withdraw the executed flows the change made wrong
 	}
 	return nil
 }

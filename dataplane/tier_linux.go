@@ -484,8 +484,8 @@ func (m *tierMgr) tierFlows(now uint64) []FlowInfo {
 func (e *Engine) Flows() []FlowInfo {
 	var out []FlowInfo
 	seen := map[[2]netip.AddrPort]bool{}
-	if e.tm != nil {
-		out = e.tm.tierFlows(monoNow())
+	if m := e.tm.Load(); m != nil {
+		out = m.tierFlows(monoNow())
 		for _, f := range out {
 			if !f.Ingress {
 				seen[[2]netip.AddrPort{f.Src, f.Dst}] = true

@@ -147,11 +147,11 @@ func (e *Engine) startTier() (err error) {
 	if e.puntTC, err = e.tier.AttachPunt(p0.Attrs().Index); err != nil {
 		return err
 	}
-	e.tm = newTierMgr(e, e.tier)
-	if err := e.tm.adopt(); err != nil {
+	m := newTierMgr(e, e.tier)
+	if err := m.adopt(); err != nil {
 		e.log.Warn("dataplane: kernel tier: flows of the previous daemon", "err", err)
 	}
-	e.tmLive.Store(e.tm)
+	e.tm.Store(m)
 	if e.tierUp, err = e.tier.AttachUplink(e.uplinkIdx); err != nil {
 		return err
 	}

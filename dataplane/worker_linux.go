@@ -303,7 +303,7 @@ func (w *worker) round() bool {
 		w.processBatch(ws, n, owners)
 	}
 	w.flush()
-	if m := w.e.tmLive.Load(); m != nil && (len(w.cands) > 0 || len(w.tpend) > 0) {
+	if m := w.e.tm.Load(); m != nil && (len(w.cands) > 0 || len(w.tpend) > 0) {
 		w.tierRound(m, w.punt)
 	}
 	for _, ws := range w.socks {
