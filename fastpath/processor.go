@@ -175,15 +175,14 @@ func (p *Processor) egress(ctx *WorkerCtx, t *Table, port *LocalPort, f *Frame, 
 	}
 	full := port.Csum == CsumRecompute
 	if inst.Local {
-		p.egressLocal(ctx, t, f, pkt, pp, self, ns, full, ii, v)
+		p.egressLocal(ctx, t, f, pkt, pp, self, ns, full, inst, v)
 		return
 	}
 	p.egressRemote(ctx, t, port, f, pkt, pp, self, ns, full, inst, hash, v)
 }
 
 // egressLocal delivers a translated packet to an instance on this node.
-func (p *Processor) egressLocal(ctx *WorkerCtx, t *Table, f *Frame, pkt []byte, pp *Parsed, self, ns netip.Addr, full bool, ii int32, v *Verdict) {
-	inst := &t.Instances[ii]
+func (p *Processor) egressLocal(ctx *WorkerCtx, t *Table, f *Frame, pkt []byte, pp *Parsed, self, ns netip.Addr, full bool, inst *Instance, v *Verdict) {
 	dp := t.Port(inst.Port)
 	if dp == nil {
 		ctx.drop(v, ReasonUnknownPort)
