@@ -157,11 +157,7 @@ func (s *slowPath) replayOne(p *heldPkt) replayResult {
 	out := buf[vd.Off : vd.Off+vd.Len]
 	switch {
 	case vd.Action == fastpath.ActTxUplink || vd.Action == fastpath.ActSlowPath && vd.Reason == fastpath.ReasonNoNeighbor:
-		dst, payload, ok := tunnelPayload(out)
-		if !ok {
-			return replayFailed
-		}
-		if _, err := s.conn.WriteToUDPAddrPort(payload, dst); err != nil {
+		if s.sendTunnel(out) != nil {
 			return replayFailed
 		}
 	case vd.Action == fastpath.ActTxPort:

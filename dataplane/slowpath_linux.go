@@ -159,17 +159,31 @@ func (s *slowPath) tableChanged() {
 	}
 }
 
+// errNotTunnel: a frame to send through the tunnel socket that is not an
+// encapsulated datagram.
+var errNotTunnel = errors.New("not a tunnel frame")
+
+// sendTunnel sends an encapsulated frame's payload through the kernel's
+// UDP stack, which resolves the next hop the worker had no MAC for.
+func (s *slowPath) sendTunnel(frame []byte) error {
+	dst, payload, ok := tunnelPayload(frame)
+	if !ok {
+		return errNotTunnel
+	}
+	_, err := s.conn.WriteToUDPAddrPort(payload, dst)
+	return err
+}
+
 func (s *slowPath) handle(pkt []byte, r fastpath.DropReason, from int32) {
 	switch r {
 	case fastpath.ReasonNoNeighbor:
-		dst, payload, ok := tunnelPayload(pkt)
-		if !ok {
+		switch err := s.sendTunnel(pkt); {
+		case errors.Is(err, errNotTunnel):
 			s.malformed.Add(1)
 			return
-		}
-		if _, err := s.conn.WriteToUDPAddrPort(payload, dst); err != nil {
+		case err != nil:
 			s.kernelErrors.Add(1)
-		} else {
+		default:
 			s.kernelSent.Add(1)
 		}
 		select {
